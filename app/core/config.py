@@ -1,0 +1,124 @@
+"""Service configuration: one pydantic-settings ``Settings``, read from ``PCB_*`` variables."""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+#: The weights shipped in the repository, used when ``PCB_WEIGHTS_PATH`` is not set.
+DEFAULT_WEIGHTS = Path(__file__).resolve().parents[2] / "weights" / "pcb_defect_unet.keras"
+
+
+class Settings(BaseSettings):
+    """All settings of the service. Each field is read from ``PCB_<NAME>`` (case-insensitive).
+
+    Lists (``PCB_API_KEYS``) are given as JSON, e.g. ``PCB_API_KEYS='["k1","k2"]'``.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="PCB_", env_file=None, extra="ignore")
+
+    # --- model -----------------------------------------------------------------------------
+    weights_path: Path = Field(DEFAULT_WEIGHTS, description="The .keras weights file to serve.")
+    model_card_path: Path | None = Field(
+        None, description="Model card JSON; default: model_card.json beside the weights."
+    )
+    device: Literal["auto", "cpu", "gpu"] = Field("auto", description="Where the model runs.")
+    precision: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32",
+        description="Inference precision: bfloat16 suits CPUs with AVX512_BF16/AMX, float16 GPUs.",
+    )
+    intra_op_threads: int = Field(0, ge=0, description="TF intra-op threads; 0 = one per core.")
+    inter_op_threads: int = Field(0, ge=0, description="TF inter-op threads; 0 = TF default.")
+    warmup: bool = Field(True, description="Run one warm-up inference before reporting ready.")
+
+    # --- server ----------------------------------------------------------------------------
+    host: str = Field("127.0.0.1", description="Bind address of `pcb-inspect serve`.")
+    port: int = Field(8000, ge=1, le=65535, description="Port of `pcb-inspect serve`.")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    api_keys: list[str] = Field(
+        default_factory=list,
+        description="Accepted API keys; empty turns auth off. Several allow rotation.",
+    )
+    shutdown_grace_s: float = Field(
+        20.0, gt=0, description="How long in-flight work may finish after SIGTERM."
+    )
+
+    # --- post-processing defaults (a request may override them) -----------------------------
+    threshold: float | None = Field(
+        None, ge=0, le=1, description="Confidence cut; default: the model card's."
+    )
+    min_area_px: int | None = Field(
+        None, ge=0, description="Minimum defect area in pixels; default: the model card's."
+    )
+    pixels_per_mm: float | None = Field(
+        None, gt=0, description="Scan resolution; default: the model card's."
+    )
+    fail_rule: Literal["count", "area"] = Field(
+        "count", description="Verdict rule: fail on defect count, or on total defect area."
+    )
+    fail_min_count: int = Field(1, ge=1, description="With fail_rule=count: defects to fail.")
+    fail_min_area_mm2: float = Field(
+        0.0, ge=0, description="With fail_rule=area: total mm2 above which a board fails."
+    )
+
+    # --- batching and tiling ---------------------------------------------------------------
+    max_batch_size: int = Field(8, ge=1, le=256, description="Tiles per model call, at most.")
+    max_wait_ms: float = Field(
+        3.0, ge=0, le=1000, description="How long a model call waits to fill its batch."
+    )
+    max_queue_tiles: int = Field(
+        256, ge=1, description="Tiles waiting for the model, at most; past it: 503."
+    )
+    tile_overlap: int | None = Field(
+        None, ge=0, description="Overlap of neighbouring tiles in pixels; default: tile size / 10."
+    )
+    request_timeout_s: float = Field(120.0, gt=0, description="Past it a request gets 504.")
+
+    # --- limits ------------------------------------------------------------------------------
+    max_body_bytes: int = Field(
+        50 * 1024 * 1024, ge=1024, description="Request body, counted as it arrives."
+    )
+    max_image_pixels: int = Field(
+        100_000_000, ge=1, description="Pixels per image (also Pillow's bomb guard)."
+    )
+    min_image_side: int = Field(8, ge=1, description="Smallest accepted width or height.")
+    max_batch_files: int = Field(32, ge=1, description="Files per batch request.")
+    max_form_fields: int = Field(16, ge=0, description="Non-file multipart fields per request.")
+    max_filename_chars: int = Field(255, ge=1, description="Longest accepted filename.")
+
+    @field_validator("api_keys")
+    @classmethod
+    def _no_empty_keys(cls, keys: list[str]) -> list[str]:
+        if any(not k.strip() for k in keys):
+            raise ValueError("api_keys must not contain empty keys")
+        return keys
+
+    @model_validator(mode="after")
+    def _card_beside_weights(self) -> Settings:
+        if self.model_card_path is None:
+            self.model_card_path = self.weights_path.with_name("model_card.json")
+        return self
+
+    @property
+    def auth_enabled(self) -> bool:
+        """Whether requests must carry an API key."""
+        return bool(self.api_keys)
+
+    def effective_intra_op_threads(self) -> int:
+        """Intra-op threads to give TF: the setting, or the cores this process may use."""
+        if self.intra_op_threads:
+            return self.intra_op_threads
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
+            os.cpu_count() or 1
+        )
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """Returns the process-wide settings, read once from the environment."""
+    return Settings()

@@ -1,0 +1,108 @@
+"""One error shape for every failure: ``{"error": {"code": ..., "message": ...}}``.
+
+Handlers turn every exception into that JSON, so a client never sees a stack trace; a
+``500`` says only that the server failed and carries the request id to look it up in the logs.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from app.core.metrics import REJECTED
+
+logger = logging.getLogger("pcb_inspect.errors")
+
+
+class ApiError(Exception):
+    """An error with its HTTP status, machine-readable code and operator-readable message."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        headers: dict[str, str] | None = None,
+        reject_reason: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = headers or {}
+        # Client errors and load shedding are counted as rejections, by reason.
+        self.reject_reason = reject_reason or (code if 400 <= status < 600 else None)
+
+
+def error_body(code: str, message: str, **extra: Any) -> dict[str, Any]:
+    """Builds the JSON error body."""
+    return {"error": {"code": code, "message": message, **extra}}
+
+
+def error_response(
+    status: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    """Builds a JSON error response."""
+    return JSONResponse(error_body(code, message), status_code=status, headers=headers)
+
+
+_HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    406: "not_acceptable",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "invalid_request",
+    429: "too_many_requests",
+    503: "unavailable",
+}
+
+
+async def _api_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ApiError)
+    if exc.reject_reason and exc.status != 500:
+        REJECTED.labels(reason=exc.reject_reason).inc()
+    return error_response(exc.status, exc.code, exc.message, exc.headers)
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    code = _HTTP_CODES.get(exc.status_code, "http_error")
+    REJECTED.labels(reason=code).inc()
+    return error_response(exc.status_code, code, str(exc.detail), dict(exc.headers or {}))
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    parts = []
+    for err in exc.errors()[:5]:
+        loc = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
+        parts.append(f"{loc}: {err.get('msg')}")
+    REJECTED.labels(reason="invalid_request").inc()
+    return error_response(422, "invalid_request", "; ".join(parts) or "invalid request")
+
+
+async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
+    request_id = getattr(request.state, "request_id", "-")
+    logger.exception("unhandled error", extra={"request_id": request_id})
+    return error_response(
+        500,
+        "internal_error",
+        f"The server failed to process this request (request id {request_id}).",
+    )
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Registers the JSON error handlers on ``app``."""
+    app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(Exception, _unhandled)

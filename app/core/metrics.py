@@ -1,0 +1,33 @@
+"""Prometheus metrics of the service (prometheus-client, default registry)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram, Info
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+REQUESTS = Counter(
+    "pcb_requests_total", "HTTP requests, by route template and status.", ["route", "status"]
+)
+LATENCY = Histogram(
+    "pcb_request_duration_seconds", "HTTP request latency, by route.", ["route"],
+    buckets=_LATENCY_BUCKETS,
+)
+QUEUE_WAIT = Histogram(
+    "pcb_queue_wait_seconds", "Time a tile waits in the batching queue before its model call.",
+    buckets=_LATENCY_BUCKETS,
+)
+MODEL_COMPUTE = Histogram(
+    "pcb_model_compute_seconds", "Duration of one batched model call.", buckets=_LATENCY_BUCKETS
+)
+BATCH_SIZE = Histogram(
+    "pcb_batch_size", "Tiles per model call.", buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64)
+)
+IMAGES = Counter("pcb_images_total", "Images inspected.")
+TILES = Counter("pcb_tiles_total", "Tiles run through the model.")
+DEFECTS = Counter("pcb_defects_total", "Defects found, by class.", ["class_name"])
+VERDICTS = Counter("pcb_verdicts_total", "Board verdicts.", ["verdict"])
+REJECTED = Counter("pcb_rejected_total", "Rejected requests, by reason.", ["reason"])
+QUEUE_DEPTH = Gauge("pcb_queue_tiles", "Tiles waiting for the model now.")
+IN_FLIGHT = Gauge("pcb_inflight_requests", "Inspection requests being processed now.")
+MODEL_INFO = Info("pcb_model", "The model being served.")

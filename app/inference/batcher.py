@@ -1,0 +1,194 @@
+"""Dynamic batching: tiles from concurrent requests share one model call.
+
+A single worker task takes the first waiting tile, then gathers more until the batch holds
+``max_batch_size`` tiles or ``max_wait_s`` has passed since that first tile, and runs the
+batch in a dedicated one-thread executor (never the event loop, never the shared threadpool,
+so a slow model call cannot starve request handling or health checks).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from app.core.metrics import BATCH_SIZE, MODEL_COMPUTE, QUEUE_DEPTH, QUEUE_WAIT, TILES
+
+logger = logging.getLogger("pcb_inspect.batcher")
+
+#: The model function: ``(n, T, T, 1) uint8 -> (fg (n, T, T) float32, cls (n, T, T) uint8)``.
+ForwardFn = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+class QueueFullError(RuntimeError):
+    """The batching queue has no room for the request's tiles."""
+
+
+class BatcherClosedError(RuntimeError):
+    """The batcher is shutting down and takes no new work."""
+
+
+class ModelCallError(RuntimeError):
+    """The model call for a batch failed; only that batch's requests see it."""
+
+
+@dataclasses.dataclass
+class _Item:
+    tile: np.ndarray
+    future: asyncio.Future[tuple[np.ndarray, np.ndarray]]
+    enqueued: float
+
+
+class DynamicBatcher:
+    """Gathers tiles into batched model calls.
+
+    Args:
+        forward: The model function, called from the batcher's own thread.
+        max_batch_size: Most tiles per model call.
+        max_wait_s: Longest a first tile waits for company.
+        max_queue: Most tiles waiting at once; admission beyond it raises ``QueueFullError``.
+    """
+
+    def __init__(
+        self, forward: ForwardFn, max_batch_size: int, max_wait_s: float, max_queue: int
+    ) -> None:
+        if max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be >= 1. Received: {max_batch_size}")
+        if max_queue < max_batch_size:
+            raise ValueError(
+                f"max_queue must be >= max_batch_size ({max_batch_size}). Received: {max_queue}"
+            )
+        self._forward = forward
+        self.max_batch_size = max_batch_size
+        self.max_wait_s = max_wait_s
+        self.max_queue = max_queue
+        self._queue: asyncio.Queue[_Item] = asyncio.Queue()
+        self._pending = 0
+        self._closed = False
+        self._task: asyncio.Task[None] | None = None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pcb-model")
+
+    @property
+    def pending(self) -> int:
+        """Tiles admitted and not yet taken into a batch."""
+        return self._pending
+
+    def start(self) -> None:
+        """Starts the worker task on the running loop."""
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="pcb-batcher")
+
+    async def close(self) -> None:
+        """Stops taking work, fails what still waits, and stops the worker."""
+        self._closed = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        while not self._queue.empty():
+            item = self._queue.get_nowait()
+            if not item.future.done():
+                item.future.set_exception(BatcherClosedError("the service is shutting down"))
+        self._pending = 0
+        QUEUE_DEPTH.set(0)
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+    async def submit(self, tiles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Runs ``tiles`` through the model, batched with whatever else is waiting.
+
+        Admission is all-or-nothing, so a request is never half-queued. Cancelling the caller
+        (a client that went away, a timeout) cancels its tiles, and the worker skips them.
+
+        Args:
+            tiles: ``(n, T, T, 1)`` uint8.
+
+        Returns:
+            ``(fg, cls)`` of shapes ``(n, T, T)``.
+
+        Raises:
+            QueueFullError: The queue has no room for ``n`` more tiles.
+            BatcherClosedError: The batcher is closing.
+            ModelCallError: The model call failed.
+        """
+        if self._closed:
+            raise BatcherClosedError("the service is shutting down")
+        n = len(tiles)
+        if self._pending + n > self.max_queue:
+            raise QueueFullError(
+                f"inference queue is full ({self._pending} of {self.max_queue} tiles waiting)"
+            )
+        loop = asyncio.get_running_loop()
+        now = time.perf_counter()
+        items = [_Item(tile, loop.create_future(), now) for tile in tiles]
+        self._pending += n
+        QUEUE_DEPTH.set(self._pending)
+        for item in items:
+            self._queue.put_nowait(item)
+        try:
+            results = await asyncio.gather(*(item.future for item in items))
+        except BaseException:
+            for item in items:
+                item.future.cancel()
+            raise
+        fg = np.stack([r[0] for r in results])
+        cls = np.stack([r[1] for r in results])
+        return fg, cls
+
+    async def _next_batch(self) -> list[_Item]:
+        first = await self._queue.get()
+        batch = [first]
+        deadline = time.perf_counter() + self.max_wait_s
+        while len(batch) < self.max_batch_size:
+            try:
+                batch.append(self._queue.get_nowait())
+                continue
+            except asyncio.QueueEmpty:
+                pass
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
+                break
+            try:
+                batch.append(await asyncio.wait_for(self._queue.get(), remaining))
+            except TimeoutError:
+                break
+        self._pending -= len(batch)
+        QUEUE_DEPTH.set(self._pending)
+        return batch
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = await self._next_batch()
+            live = [item for item in batch if not item.future.done()]
+            if not live:
+                continue
+            started = time.perf_counter()
+            for item in live:
+                QUEUE_WAIT.observe(started - item.enqueued)
+            x = np.stack([item.tile for item in live])
+            try:
+                fg, cls = await loop.run_in_executor(self._executor, self._forward, x)
+            except asyncio.CancelledError:
+                for item in live:
+                    if not item.future.done():
+                        item.future.set_exception(BatcherClosedError("the service stopped"))
+                raise
+            except Exception as exc:  # the model failed: fail this batch, keep serving
+                logger.exception("model call failed for a batch of %d tiles", len(live))
+                for item in live:
+                    if not item.future.done():
+                        item.future.set_exception(ModelCallError(f"model call failed: {exc}"))
+                continue
+            MODEL_COMPUTE.observe(time.perf_counter() - started)
+            BATCH_SIZE.observe(len(live))
+            TILES.inc(len(live))
+            for i, item in enumerate(live):
+                if not item.future.done():
+                    item.future.set_result((fg[i], cls[i]))

@@ -1,0 +1,81 @@
+"""The model card: the JSON file beside the weights that tells the service how to use them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+
+class InputSpec(BaseModel):
+    """What the model takes."""
+
+    tile_size: int = Field(640, gt=0, description="Side of the square tiles the model sees.")
+    multiple_of: int = Field(16, gt=0, description="H and W must be multiples of this.")
+    channels: int = Field(1, description="1: grayscale.")
+    dtype: str = Field("uint8", description="Raw pixel dtype; preprocessing is in the model.")
+
+    @field_validator("tile_size")
+    @classmethod
+    def _tile_fits(cls, v: int) -> int:
+        if v % 16 and v % 4:
+            raise ValueError(f"tile_size must be a multiple of 4 or 16, got {v}")
+        return v
+
+
+class Thresholds(BaseModel):
+    """Default post-processing rules."""
+
+    confidence: float = Field(0.5, ge=0, le=1)
+    min_area_px: int = Field(10, ge=0)
+
+
+class ModelCard(BaseModel):
+    """Machine-readable model card (``model_card.json``)."""
+
+    model_config = ConfigDict(extra="allow", protected_namespaces=())
+
+    name: str
+    version: str
+    classes: list[str] = Field(min_length=1)
+    input: InputSpec = Field(default_factory=InputSpec)
+    pixels_per_mm: float = Field(48.0, gt=0)
+    thresholds: Thresholds = Field(default_factory=Thresholds)
+
+
+class ModelCardError(ValueError):
+    """The model card is missing or invalid."""
+
+
+def load_card(path: Path) -> ModelCard:
+    """Reads and validates a model card.
+
+    Args:
+        path: The ``model_card.json`` file.
+
+    Returns:
+        The validated card.
+
+    Raises:
+        ModelCardError: With a one-line message naming the file and what is wrong.
+    """
+    try:
+        raw = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ModelCardError(f"model card {path} does not exist") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelCardError(f"model card {path} is not readable JSON: {exc}") from None
+    try:
+        return ModelCard.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "(root)"
+        raise ModelCardError(f"model card {path} is invalid at {where}: {first['msg']}") from None
+
+
+def write_card(path: Path, card: ModelCard | dict[str, Any]) -> None:
+    """Writes a model card as indented JSON (validated first)."""
+    model = card if isinstance(card, ModelCard) else ModelCard.model_validate(card)
+    Path(path).write_text(json.dumps(model.model_dump(mode="json"), indent=2) + "\n")

@@ -1,0 +1,332 @@
+"""The inferencer: the one object that owns the model.
+
+``pre_process`` (decoded board -> tiles) -> ``forward`` (tiles -> per-pixel maps, one
+``tf.function`` with a fixed input signature) -> ``post_process`` (maps -> typed defects,
+summary and mask). It returns typed results, never raw tensors.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import time
+import zipfile
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from app.core.config import Settings
+from app.inference.card import ModelCard, ModelCardError, load_card
+from app.inference.postprocess import Defect, PostprocessConfig, Summary, postprocess
+from app.inference.tiling import Stitcher, Tile, extract_tiles, plan_tiles
+
+logger = logging.getLogger("pcb_inspect.inferencer")
+
+_POLICIES = {"float32": None, "bfloat16": "bfloat16", "float16": "mixed_float16"}
+
+
+class ModelLoadError(RuntimeError):
+    """The weights or the model card cannot be used. The message is one line."""
+
+
+@dataclasses.dataclass(frozen=True)
+class InferenceResult:
+    """What one board's inspection found."""
+
+    width: int
+    height: int
+    defects: list[Defect]
+    summary: Summary
+    class_map: np.ndarray  # (H, W) uint8: 0 background, k the k-th class
+    tiles: int
+    timings_ms: dict[str, float]
+
+
+def sha256_of(path: Path) -> str:
+    """Returns the hex sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def configure_tensorflow(device: str, intra_op: int, inter_op: int) -> str:
+    """Applies device, memory-growth and thread settings; returns the device in use.
+
+    Must run before TensorFlow executes its first op; later calls keep the settings that
+    are already in force (TensorFlow cannot change them at run time) and say so in the log.
+
+    Args:
+        device: ``"auto"``, ``"cpu"`` or ``"gpu"``.
+        intra_op: Intra-op threads (0: TF's default).
+        inter_op: Inter-op threads (0: TF's default).
+
+    Returns:
+        ``"gpu"`` or ``"cpu"``.
+
+    Raises:
+        ModelLoadError: ``device="gpu"`` but TensorFlow sees no GPU.
+    """
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    try:
+        if device == "cpu":
+            tf.config.set_visible_devices([], "GPU")
+        for gpu in gpus if device != "cpu" else []:
+            tf.config.experimental.set_memory_growth(gpu, True)
+        if intra_op:
+            tf.config.threading.set_intra_op_parallelism_threads(intra_op)
+        if inter_op:
+            tf.config.threading.set_inter_op_parallelism_threads(inter_op)
+    except RuntimeError as exc:  # TF already initialised in this process (tests, reloads)
+        logger.warning("TensorFlow runtime already initialised; keeping its settings: %s", exc)
+    if device == "gpu" and not gpus:
+        raise ModelLoadError("PCB_DEVICE=gpu, but TensorFlow sees no GPU")
+    return "gpu" if gpus and device != "cpu" else "cpu"
+
+
+def _with_policy(model: Any, policy: str) -> Any:
+    """Clones ``model`` under a dtype policy, keeping its weights and a float32 softmax."""
+    import keras
+
+    def clone_layer(layer: Any) -> Any:
+        config = layer.get_config()
+        if layer.name != "probabilities":
+            config["dtype"] = policy
+        return layer.__class__.from_config(config)
+
+    clone = keras.models.clone_model(model, clone_function=clone_layer)
+    clone.set_weights(model.get_weights())
+    return clone
+
+
+def check_weights_file(weights_path: Path) -> None:
+    """Cheap check that the weights file exists and is a ``.keras`` archive.
+
+    Raises:
+        ModelLoadError: One line naming the file and what is wrong.
+    """
+    path = Path(weights_path)
+    if not path.is_file():
+        raise ModelLoadError(f"weights file {path} does not exist")
+    if not zipfile.is_zipfile(path):
+        raise ModelLoadError(
+            f"weights file {path} is not a Keras .keras archive (truncated or wrong format)"
+        )
+    with zipfile.ZipFile(path) as archive:
+        names = set(archive.namelist())
+    if "config.json" not in names:
+        raise ModelLoadError(f"weights file {path} is a zip archive but not a Keras model")
+
+
+def load_keras_model(weights_path: Path) -> Any:
+    """Loads the ``.keras`` file exactly as the service does.
+
+    Uses ``keras.models.load_model(path, custom_objects=model_defs.get_custom_objects(),
+    compile=False)``; every failure becomes a one-line ``ModelLoadError`` naming the file.
+    """
+    import keras
+
+    from model_defs import get_custom_objects
+
+    path = Path(weights_path)
+    check_weights_file(path)
+    try:
+        return keras.models.load_model(path, custom_objects=get_custom_objects(), compile=False)
+    except Exception as exc:  # Keras raises many types for a bad archive
+        reason = " ".join(str(exc).split())[:300]
+        raise ModelLoadError(f"weights file {path} could not be loaded: {reason}") from None
+
+
+class Inferencer:
+    """Owns the model and runs boards through it.
+
+    Args:
+        model: A loaded Keras model: raw grayscale pixels in, softmax over classes out.
+        card: Its model card.
+        weights_path: Where the weights came from.
+        weights_sha256: The weights file's sha256.
+        device: ``"cpu"`` or ``"gpu"``.
+        precision: ``"float32"``, ``"bfloat16"`` or ``"float16"``.
+        tile_overlap: Overlap of neighbouring tiles in pixels; ``None``: a tenth of the tile,
+            enough context that the owned core of each tile is unaffected by its border.
+        max_batch_size: Tiles per model call in the synchronous path.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        card: ModelCard,
+        weights_path: Path,
+        weights_sha256: str,
+        device: str = "cpu",
+        precision: str = "float32",
+        tile_overlap: int | None = None,
+        max_batch_size: int = 8,
+    ) -> None:
+        import tensorflow as tf
+
+        if precision not in _POLICIES:
+            raise ValueError(f"precision must be one of {list(_POLICIES)}. Received: {precision}")
+        policy = _POLICIES[precision]
+        self.model = _with_policy(model, policy) if policy else model
+        self.card = card
+        self.weights_path = Path(weights_path)
+        self.weights_sha256 = weights_sha256
+        self.device = device
+        self.precision = precision
+        self.tile = card.input.tile_size
+        if tile_overlap is None:
+            tile_overlap = self.tile // 10
+        if not 0 <= tile_overlap < self.tile:
+            raise ValueError(
+                f"tile_overlap must be in [0, {self.tile}). Received: tile_overlap={tile_overlap}"
+            )
+        self.tile_overlap = tile_overlap
+        self.max_batch_size = max_batch_size
+        signature = [tf.TensorSpec([None, self.tile, self.tile, 1], tf.uint8, name="tiles")]
+
+        def forward_graph(tiles: Any) -> tuple[Any, Any]:
+            probs = self.model(tf.cast(tiles, tf.float32), training=False)
+            probs = tf.cast(probs, tf.float32)
+            fg = 1.0 - probs[..., 0]
+            cls = tf.cast(tf.argmax(probs[..., 1:], axis=-1) + 1, tf.uint8)
+            return fg, cls
+
+        # Fixed signature: one trace for any batch size, so no request retraces the graph.
+        self._forward = tf.function(forward_graph, input_signature=signature, reduce_retracing=False)
+
+    # ----------------------------------------------------------------------------- loading
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Inferencer:
+        """Configures TensorFlow, loads card and weights, and builds the inferencer.
+
+        Raises:
+            ModelLoadError: One line naming the file and what is wrong with it.
+        """
+        device = configure_tensorflow(
+            settings.device, settings.effective_intra_op_threads(), settings.inter_op_threads
+        )
+        card_path = settings.model_card_path
+        assert card_path is not None
+        try:
+            card = load_card(card_path)
+        except ModelCardError as exc:
+            raise ModelLoadError(str(exc)) from None
+        model = load_keras_model(settings.weights_path)
+        outputs = model.output_shape[-1]
+        if outputs != len(card.classes) + 1:
+            raise ModelLoadError(
+                f"weights file {settings.weights_path} outputs {outputs} channels, but its card "
+                f"{card_path} lists {len(card.classes)} classes (expected classes + background)"
+            )
+        return cls(
+            model,
+            card,
+            settings.weights_path,
+            sha256_of(settings.weights_path),
+            device=device,
+            precision=settings.precision,
+            tile_overlap=settings.tile_overlap,
+            max_batch_size=settings.max_batch_size,
+        )
+
+    @property
+    def tracing_count(self) -> int:
+        """How often the model function has been traced (1 after warm-up, and it stays 1)."""
+        return int(self._forward.experimental_get_tracing_count())
+
+    def warm_up(self) -> float:
+        """Runs one tile through the model (traces the graph); returns the seconds it took."""
+        started = time.perf_counter()
+        self.forward(np.full((1, self.tile, self.tile, 1), 255, dtype=np.uint8))
+        return time.perf_counter() - started
+
+    # --------------------------------------------------------------------------- the stages
+    def pre_process(self, pixels: np.ndarray) -> list[Tile]:
+        """Plans the tiles of a ``(H, W)`` uint8 board (large boards: overlapping tiles)."""
+        if pixels.ndim != 2 or pixels.dtype != np.uint8:
+            raise ValueError(
+                f"expected a (H, W) uint8 image. Received: shape={pixels.shape}, "
+                f"dtype={pixels.dtype}"
+            )
+        return plan_tiles(pixels.shape[0], pixels.shape[1], self.tile, self.tile_overlap)
+
+    def tile_chunks(self, pixels: np.ndarray, tiles: list[Tile]) -> Iterator[tuple[list[Tile], np.ndarray]]:
+        """Yields ``(tiles, pixels of those tiles)`` a batch at a time, so memory stays bounded."""
+        for start in range(0, len(tiles), self.max_batch_size):
+            chunk = tiles[start : start + self.max_batch_size]
+            yield chunk, extract_tiles(pixels, chunk, self.tile)
+
+    def forward(self, tiles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Runs ``(n, T, T, 1)`` uint8 tiles; returns ``fg`` float32 and ``cls`` uint8, ``(n, T, T)``."""
+        fg, cls = self._forward(tiles)
+        return fg.numpy(), cls.numpy()
+
+    def post_process(
+        self, stitcher: Stitcher, config: PostprocessConfig, n_tiles: int, timings: dict[str, float]
+    ) -> InferenceResult:
+        """Turns the stitched maps into typed defects, summary and class map."""
+        started = time.perf_counter()
+        result = postprocess(stitcher.fg, stitcher.cls, self.card.classes, config)
+        timings["post_process"] = (time.perf_counter() - started) * 1e3
+        h, w = result.class_map.shape
+        return InferenceResult(
+            width=w,
+            height=h,
+            defects=result.defects,
+            summary=result.summary,
+            class_map=result.class_map,
+            tiles=n_tiles,
+            timings_ms={k: round(v, 2) for k, v in timings.items()},
+        )
+
+    # -------------------------------------------------------------------------- full paths
+    def predict(self, pixels: np.ndarray, config: PostprocessConfig) -> InferenceResult:
+        """Inspects one board synchronously (evaluation, benchmarks, scripts)."""
+        steps = self._predict_steps(pixels, config)
+        request = next(steps)
+        while True:
+            try:
+                request = steps.send(self.forward(request))
+            except StopIteration as stop:
+                return stop.value  # type: ignore[no-any-return]
+
+    async def predict_async(
+        self,
+        pixels: np.ndarray,
+        config: PostprocessConfig,
+        run_tiles: Callable[[np.ndarray], Awaitable[tuple[np.ndarray, np.ndarray]]],
+    ) -> InferenceResult:
+        """Inspects one board, sending its tiles through ``run_tiles`` (the batcher)."""
+        steps = self._predict_steps(pixels, config)
+        request = next(steps)
+        while True:
+            try:
+                request = steps.send(await run_tiles(request))
+            except StopIteration as stop:
+                return stop.value  # type: ignore[no-any-return]
+
+    def _predict_steps(
+        self, pixels: np.ndarray, config: PostprocessConfig
+    ) -> Any:
+        # One generator serves the sync and the async path: it yields tile batches and is
+        # sent their model outputs, so both paths share every other line.
+        timings = {"pre_process": 0.0, "forward": 0.0}
+        started = time.perf_counter()
+        tiles = self.pre_process(pixels)
+        stitcher = Stitcher(pixels.shape[0], pixels.shape[1])
+        timings["pre_process"] += (time.perf_counter() - started) * 1e3
+        for chunk, arrays in self.tile_chunks(pixels, tiles):
+            sent = time.perf_counter()
+            fg, cls = yield arrays
+            timings["forward"] += (time.perf_counter() - sent) * 1e3
+            for i, tile in enumerate(chunk):
+                stitcher.add(tile, fg[i], cls[i])
+        return self.post_process(stitcher, config, len(tiles), timings)
+

@@ -1,0 +1,120 @@
+"""``pcb-inspect serve``: uvicorn with a graceful, probe-friendly shutdown.
+
+On the first SIGTERM or SIGINT the service first turns ``/readyz`` to 503 and refuses new
+inspections (503 + Retry-After), lets the work in flight finish for up to
+``PCB_SHUTDOWN_GRACE_S``, and only then stops uvicorn, which exits 0. A second signal stops at
+once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from types import FrameType
+
+import uvicorn
+
+logger = logging.getLogger("pcb_inspect.serve")
+
+#: Exit status when the model could not be loaded (as uvicorn's own startup failure).
+STARTUP_FAILURE = 3
+
+
+def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    """Adds the ``serve`` arguments (each overrides its ``PCB_*`` setting)."""
+    p = parser or argparse.ArgumentParser(prog="pcb-inspect serve")
+    p.add_argument("--host", help="bind address (PCB_HOST, default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port (PCB_PORT, default 8000)")
+    p.add_argument("--weights", help="weights file (PCB_WEIGHTS_PATH)")
+    p.add_argument("--device", choices=("auto", "cpu", "gpu"), help="PCB_DEVICE")
+    p.add_argument("--precision", choices=("float32", "bfloat16", "float16"), help="PCB_PRECISION")
+    return p
+
+
+class GracefulServer(uvicorn.Server):
+    """A uvicorn server whose first exit signal drains the service before stopping."""
+
+    def __init__(self, config: uvicorn.Config, grace_s: float) -> None:
+        super().__init__(config)
+        self.grace_s = grace_s
+        self._draining = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def serve(self, sockets: list | None = None) -> None:  # type: ignore[type-arg]
+        self._loop = asyncio.get_running_loop()
+        await super().serve(sockets)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self._draining or self._loop is None or not self.started:
+            super().handle_exit(sig, frame)
+            return
+        self._draining = True
+        self._loop.call_soon_threadsafe(lambda: self._loop.create_task(self._drain()))  # type: ignore[union-attr]
+
+    async def _drain(self) -> None:
+        from app.main import app
+
+        state = app.state.service
+        state.begin_drain()
+        logger.info("signal received: draining (%d in flight, grace %.0f s)", state.in_flight,
+                    self.grace_s)
+        if state.in_flight:
+            try:
+                await asyncio.wait_for(state.idle.wait(), self.grace_s)
+            except TimeoutError:
+                logger.warning("grace period over with %d requests in flight", state.in_flight)
+        self.should_exit = True
+
+
+def run(args: argparse.Namespace) -> int:
+    """Serves the app until a signal stops it.
+
+    Returns:
+        0 after a clean shutdown, 3 when startup failed (the reason is logged on one line).
+    """
+    for flag, env in (("host", "PCB_HOST"), ("port", "PCB_PORT"), ("weights", "PCB_WEIGHTS_PATH"),
+                      ("device", "PCB_DEVICE"), ("precision", "PCB_PRECISION")):
+        value = getattr(args, flag, None)
+        if value is not None:
+            os.environ[env] = str(value)
+    from app.core.config import get_settings
+    from app.core.logging import setup_logging
+    from app.inference.card import ModelCardError, load_card
+    from app.inference.inferencer import ModelLoadError, check_weights_file
+
+    get_settings.cache_clear()
+    settings = get_settings()
+    setup_logging(settings.log_level)
+    # Cheap checks first, so the usual mistakes fail in one clear line, before TF starts.
+    try:
+        check_weights_file(settings.weights_path)
+        assert settings.model_card_path is not None
+        load_card(settings.model_card_path)
+    except (ModelLoadError, ModelCardError) as exc:
+        logger.error("startup failed: %s", exc)
+        print(f"pcb-inspect: startup failed: {exc}", file=sys.stderr)
+        return STARTUP_FAILURE
+    config = uvicorn.Config(
+        "app.main:app",
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=int(settings.shutdown_grace_s) + 1,
+        lifespan="on",
+    )
+    server = GracefulServer(config, settings.shutdown_grace_s)
+    server.run()
+    return 0 if server.started else STARTUP_FAILURE
+
+
+def main() -> int:
+    """``python -m app.serve``."""
+    return run(build_parser().parse_args())
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

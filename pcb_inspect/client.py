@@ -1,0 +1,520 @@
+"""A small client for the pcb-inspect service, for line integrators.
+
+Example::
+
+    from pcb_inspect.client import InspectClient, InspectError
+
+    with InspectClient("http://aoi-server:8000", api_key="...") as client:
+        result = client.predict("board_0001.png")
+        if result["summary"]["verdict"] == "fail":
+            ...
+
+The client retries what is worth retrying and nothing else:
+
+* ``503`` (overloaded, not ready, shutting down) and ``429``, honouring ``Retry-After``;
+* connection errors and timeouts (inspection has no side effects, so a repeat is safe).
+
+Waits grow exponentially with *full jitter* (a uniform draw in ``[0, backoff * 2**attempt]``,
+capped at ``max_backoff``), so that many stations knocked off by the same overload do not come
+back in lockstep. Every other failure raises :class:`InspectError` at once.
+
+Only ``httpx`` is needed: importing this module does not import TensorFlow.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import mimetypes
+import os
+import random
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any, Literal
+
+import httpx
+
+__all__ = [
+    "AsyncInspectClient",
+    "ImageInput",
+    "InspectClient",
+    "InspectError",
+    "RETRY_STATUSES",
+]
+
+#: What :meth:`InspectClient.predict` accepts as an image: a path, raw bytes, an open binary
+#: file, or a ``(filename, bytes)`` pair.
+ImageInput = str | os.PathLike[str] | bytes | IO[bytes] | tuple[str, bytes]
+MaskMode = Literal["png", "rle", "none"]
+
+#: Statuses worth another try: the service is busy or says so.
+RETRY_STATUSES: frozenset[int] = frozenset({429, 503})
+
+_USER_AGENT = "pcb-inspect-client/0.1.0"
+
+
+class InspectError(Exception):
+    """The service answered with an error, or could not be reached.
+
+    Attributes:
+        status: HTTP status, or ``None`` when no response came (connection error, timeout).
+        code: The API's machine-readable code (e.g. ``"unsupported_media_type"``), or
+            ``"connection_error"`` / ``"timeout"`` / ``"http_<status>"`` when the body had none.
+        message: The API's message for the operator, or what went wrong on the way.
+        retry_after: The ``Retry-After`` the service sent, in seconds, if any.
+    """
+
+    def __init__(
+        self, status: int | None, code: str, message: str, retry_after: float | None = None
+    ) -> None:
+        super().__init__(f"{status if status is not None else '-'} {code}: {message}")
+        self.status = status
+        self.code = code
+        self.message = message
+        self.retry_after = retry_after
+
+    @property
+    def retryable(self) -> bool:
+        """Whether the same request might succeed later (busy service, network trouble)."""
+        return self.status is None or self.status in RETRY_STATUSES or self.status >= 500
+
+
+@dataclass(frozen=True)
+class _Request:
+    """One request, fully materialised so it can be sent again on a retry."""
+
+    method: str
+    path: str
+    params: dict[str, Any] | None = None
+    files: list[tuple[str, tuple[str, bytes, str]]] | None = None
+    headers: dict[str, str] | None = None
+
+
+def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds or an HTTP date).
+
+    Args:
+        value: The header's value, or ``None``.
+        now: The current time, for HTTP dates (default: now, UTC).
+
+    Returns:
+        Seconds (>= 0), or ``None`` when the header is missing or unparseable.
+    """
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        seconds = (when - (now or datetime.now(UTC))).total_seconds()
+    # NaN compares false with everything, so this also turns "nan" into None.
+    if not seconds == seconds or seconds == float("inf"):
+        return None
+    return max(0.0, seconds)
+
+
+def _read_image(image: ImageInput, index: int = 0) -> tuple[str, bytes, str]:
+    """Reads ``image`` once into ``(filename, bytes, content type)`` so retries can resend it."""
+    if isinstance(image, tuple):
+        name, data = image
+    elif isinstance(image, bytes | bytearray | memoryview):
+        name, data = f"image{index or ''}", bytes(image)
+    elif isinstance(image, str | os.PathLike):
+        path = Path(image)
+        name, data = path.name, path.read_bytes()
+    elif hasattr(image, "read"):
+        data = image.read()
+        name = Path(str(getattr(image, "name", "") or f"image{index or ''}")).name
+    else:
+        raise TypeError(
+            "image must be a path, bytes, a binary file or a (filename, bytes) pair; "
+            f"got {type(image).__name__}"
+        )
+    if not isinstance(data, bytes):
+        raise TypeError(f"the image file must be opened in binary mode; read {type(data).__name__}")
+    content_type = mimetypes.guess_type(name)[0] or "application/octet-stream"
+    return name, data, content_type
+
+
+def _params(
+    mask: str | None = None,
+    threshold: float | None = None,
+    min_area_px: int | None = None,
+    pixels_per_mm: float | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    values = {
+        "mask": mask,
+        "threshold": threshold,
+        "min_area_px": min_area_px,
+        "pixels_per_mm": pixels_per_mm,
+        **extra,
+    }
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def _error_from_response(response: httpx.Response) -> InspectError:
+    """Builds the error from an API error response, falling back to the raw body."""
+    retry_after = parse_retry_after(response.headers.get("retry-after"))
+    try:
+        body = response.json()
+        error = body["error"]
+        return InspectError(
+            response.status_code, str(error["code"]), str(error["message"]), retry_after
+        )
+    except (ValueError, KeyError, TypeError):
+        # Not our JSON: a proxy or load balancer answered. Keep a short, printable excerpt.
+        text = " ".join(response.text.split())[:300] or response.reason_phrase
+        return InspectError(response.status_code, f"http_{response.status_code}", text, retry_after)
+
+
+def _transport_error(exc: httpx.TransportError, url: str) -> InspectError:
+    code = "timeout" if isinstance(exc, httpx.TimeoutException) else "connection_error"
+    detail = str(exc) or type(exc).__name__
+    return InspectError(None, code, f"{url}: {detail}")
+
+
+class _Base:
+    """What the sync and async clients share: settings, request building, retry policy."""
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str | None = None,
+        timeout: float = 60.0,
+        retries: int = 5,
+        backoff: float = 0.5,
+        max_backoff: float = 30.0,
+        rng: random.Random | None = None,
+    ) -> None:
+        if not base_url.startswith(("http://", "https://")):
+            raise ValueError(f"base_url must start with http:// or https://; got {base_url!r}")
+        if retries < 0:
+            raise ValueError(f"retries must be >= 0; got {retries}")
+        if backoff < 0 or max_backoff < 0:
+            raise ValueError(
+                f"backoff and max_backoff must be >= 0; got {backoff} and {max_backoff}"
+            )
+        if timeout <= 0:
+            raise ValueError(f"timeout must be > 0 seconds; got {timeout}")
+        self.base_url = base_url.rstrip("/")
+        self.api_key = api_key
+        self.timeout = timeout
+        self.retries = retries
+        self.backoff = backoff
+        self.max_backoff = max_backoff
+        self._rng = rng or random.Random()
+
+    def _headers(self) -> dict[str, str]:
+        headers = {"User-Agent": _USER_AGENT}
+        if self.api_key:
+            headers["X-API-Key"] = self.api_key
+        return headers
+
+    def retry_delay(self, attempt: int, retry_after: float | None = None) -> float:
+        """Seconds to wait before retry number ``attempt + 1``.
+
+        Full jitter: uniform in ``[0, min(max_backoff, backoff * 2**attempt)]``. A
+        ``Retry-After`` from the service is a lower bound (it knows its own load better than
+        we do), still capped at ``max_backoff`` so that a misconfigured proxy cannot park a
+        line station for an hour.
+
+        Args:
+            attempt: 0 for the first retry, 1 for the second, ...
+            retry_after: The service's ``Retry-After`` in seconds, if it sent one.
+
+        Returns:
+            The delay in seconds.
+        """
+        cap = min(self.max_backoff, self.backoff * (2 ** min(attempt, 32)))
+        delay = self._rng.uniform(0.0, cap)
+        if retry_after is not None:
+            delay = max(delay, retry_after)
+        return min(delay, self.max_backoff)
+
+    def _outcome(self, response: httpx.Response) -> InspectError | None:
+        """``None`` for a success, else the error the response stands for."""
+        if response.is_success:
+            return None
+        return _error_from_response(response)
+
+    @staticmethod
+    def _predict_request(
+        image: ImageInput, params: dict[str, Any], accept: str | None = None
+    ) -> _Request:
+        return _Request(
+            "POST",
+            "/predict",
+            params=params,
+            files=[("file", _read_image(image))],
+            headers={"Accept": accept} if accept else None,
+        )
+
+    @staticmethod
+    def _batch_request(images: Sequence[ImageInput], params: dict[str, Any]) -> _Request:
+        if not images:
+            raise ValueError("predict_batch needs at least one image; got an empty sequence")
+        files = [("files", _read_image(img, i)) for i, img in enumerate(images)]
+        return _Request("POST", "/predict/batch", params=params, files=files)
+
+
+class InspectClient(_Base):
+    """Synchronous client of the pcb-inspect REST API; safe to share between threads.
+
+    Args:
+        base_url: The service, e.g. ``"http://127.0.0.1:8000"``.
+        api_key: Sent as ``X-API-Key`` when given (services with ``PCB_API_KEYS`` set).
+        timeout: Seconds per attempt (connect, read and write each).
+        retries: Retries after the first attempt, on 503, 429 and connection errors.
+        backoff: Base of the exponential backoff, in seconds.
+        max_backoff: Longest single wait, in seconds (``Retry-After`` included).
+        sleep: The sleep function (tests replace it to observe and skip the waits).
+        rng: Random source of the jitter.
+        max_connections: Size of the connection pool (one per concurrent request).
+        transport: An httpx transport, for tests.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str | None = None,
+        timeout: float = 60.0,
+        retries: int = 5,
+        backoff: float = 0.5,
+        max_backoff: float = 30.0,
+        *,
+        sleep: Callable[[float], None] | None = None,
+        rng: random.Random | None = None,
+        max_connections: int = 10,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        super().__init__(base_url, api_key, timeout, retries, backoff, max_backoff, rng)
+        self._sleep = sleep or time.sleep
+        self._http = httpx.Client(
+            base_url=self.base_url,
+            timeout=timeout,
+            headers=self._headers(),
+            limits=httpx.Limits(max_connections=max_connections),
+            transport=transport,
+        )
+
+    def __enter__(self) -> InspectClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Closes the connection pool."""
+        self._http.close()
+
+    def _send(self, request: _Request) -> httpx.Response:
+        """Sends ``request``, retrying per the policy; returns the successful response.
+
+        Raises:
+            InspectError: The final error, once retries are spent or not warranted.
+        """
+        attempt = 0
+        while True:
+            try:
+                response = self._http.request(
+                    request.method,
+                    request.path,
+                    params=request.params,
+                    files=request.files,
+                    headers=request.headers,
+                )
+                error = self._outcome(response)
+            except httpx.TransportError as exc:
+                error = _transport_error(exc, self.base_url + request.path)
+            if error is None:
+                return response
+            # Only a busy service or a lost connection earns a retry: any other 4xx/5xx would
+            # come back the same, and a 500 may be the image itself.
+            if error.status not in (None, *RETRY_STATUSES) or attempt >= self.retries:
+                raise error
+            self._sleep(self.retry_delay(attempt, error.retry_after))
+            attempt += 1
+
+    def predict(
+        self,
+        image: ImageInput,
+        *,
+        mask: MaskMode = "none",
+        threshold: float | None = None,
+        min_area_px: int | None = None,
+        pixels_per_mm: float | None = None,
+    ) -> dict[str, Any]:
+        """Inspects one board.
+
+        Args:
+            image: A path, bytes, binary file or ``(filename, bytes)``.
+            mask: How the mask comes back: ``"png"`` (base64), ``"rle"`` or ``"none"``.
+            threshold: Confidence cut in ``[0, 1]``; default: the service's.
+            min_area_px: Smallest defect reported, in pixels; default: the service's.
+            pixels_per_mm: Scan resolution for the mm² areas; default: the service's.
+
+        Returns:
+            The API's JSON result (``image``, ``model``, ``defects``, ``summary``, ...).
+
+        Raises:
+            InspectError: The service rejected the image or could not be reached.
+        """
+        params = _params(mask, threshold, min_area_px, pixels_per_mm)
+        return self._send(self._predict_request(image, params)).json()  # type: ignore[no-any-return]
+
+    def predict_batch(
+        self,
+        images: Sequence[ImageInput],
+        *,
+        mask: MaskMode = "none",
+        threshold: float | None = None,
+        min_area_px: int | None = None,
+        pixels_per_mm: float | None = None,
+    ) -> dict[str, Any]:
+        """Inspects several boards in one request (``POST /predict/batch``).
+
+        A bad image does not fail the others: each item of ``results`` has its own
+        ``status`` and either ``result`` or ``error``.
+
+        Returns:
+            ``{"count", "succeeded", "failed", "results": [...]}`` in upload order.
+
+        Raises:
+            InspectError: The request as a whole failed (e.g. 413: too many files).
+        """
+        params = _params(mask, threshold, min_area_px, pixels_per_mm)
+        return self._send(self._batch_request(images, params)).json()  # type: ignore[no-any-return]
+
+    def overlay(self, image: ImageInput, **params: Any) -> bytes:
+        """PNG of the board with the defect masks, boxes, labels and a legend drawn on it."""
+        request = self._predict_request(image, _params(render="overlay", **params))
+        return self._send(request).content
+
+    def mask_png(self, image: ImageInput, **params: Any) -> bytes:
+        """The class-mask PNG (8-bit: 0 background, k the k-th class)."""
+        request = self._predict_request(image, _params(**params), accept="image/png")
+        return self._send(request).content
+
+    def health(self) -> bool:
+        """Whether the service is ready now (``GET /readyz``); never raises, never retries."""
+        try:
+            return self._http.get("/readyz").status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def model_info(self) -> dict[str, Any]:
+        """The served model's name, version, classes, input spec, resolution, ...
+
+        Raises:
+            InspectError: E.g. 401 for a missing or wrong API key.
+        """
+        return self._send(_Request("GET", "/v1/model")).json()  # type: ignore[no-any-return]
+
+
+class AsyncInspectClient(_Base):
+    """The asyncio twin of :class:`InspectClient`: same arguments, same methods, awaited.
+
+    ``sleep`` must be a coroutine function (default: :func:`asyncio.sleep`).
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str | None = None,
+        timeout: float = 60.0,
+        retries: int = 5,
+        backoff: float = 0.5,
+        max_backoff: float = 30.0,
+        *,
+        sleep: Callable[[float], Awaitable[None]] | None = None,
+        rng: random.Random | None = None,
+        max_connections: int = 10,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        import asyncio
+
+        super().__init__(base_url, api_key, timeout, retries, backoff, max_backoff, rng)
+        self._sleep = sleep or asyncio.sleep
+        self._http = httpx.AsyncClient(
+            base_url=self.base_url,
+            timeout=timeout,
+            headers=self._headers(),
+            limits=httpx.Limits(max_connections=max_connections),
+            transport=transport,
+        )
+
+    async def __aenter__(self) -> AsyncInspectClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Closes the connection pool."""
+        await self._http.aclose()
+
+    async def _send(self, request: _Request) -> httpx.Response:
+        attempt = 0
+        while True:
+            try:
+                response = await self._http.request(
+                    request.method,
+                    request.path,
+                    params=request.params,
+                    files=request.files,
+                    headers=request.headers,
+                )
+                error = self._outcome(response)
+            except httpx.TransportError as exc:
+                error = _transport_error(exc, self.base_url + request.path)
+            if error is None:
+                return response
+            if error.status not in (None, *RETRY_STATUSES) or attempt >= self.retries:
+                raise error
+            await self._sleep(self.retry_delay(attempt, error.retry_after))
+            attempt += 1
+
+    async def predict(self, image: ImageInput, **params: Any) -> dict[str, Any]:
+        """See :meth:`InspectClient.predict` (``mask`` defaults to ``"none"``)."""
+        params.setdefault("mask", "none")
+        response = await self._send(self._predict_request(image, _params(**params)))
+        return response.json()  # type: ignore[no-any-return]
+
+    async def predict_batch(
+        self, images: Sequence[ImageInput], **params: Any
+    ) -> dict[str, Any]:
+        """See :meth:`InspectClient.predict_batch`."""
+        params.setdefault("mask", "none")
+        response = await self._send(self._batch_request(images, _params(**params)))
+        return response.json()  # type: ignore[no-any-return]
+
+    async def overlay(self, image: ImageInput, **params: Any) -> bytes:
+        """See :meth:`InspectClient.overlay`."""
+        request = self._predict_request(image, _params(render="overlay", **params))
+        return (await self._send(request)).content
+
+    async def mask_png(self, image: ImageInput, **params: Any) -> bytes:
+        """See :meth:`InspectClient.mask_png`."""
+        request = self._predict_request(image, _params(**params), accept="image/png")
+        return (await self._send(request)).content
+
+    async def health(self) -> bool:
+        """See :meth:`InspectClient.health`."""
+        try:
+            return (await self._http.get("/readyz")).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    async def model_info(self) -> dict[str, Any]:
+        """See :meth:`InspectClient.model_info`."""
+        return (await self._send(_Request("GET", "/v1/model"))).json()  # type: ignore[no-any-return]
+

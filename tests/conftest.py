@@ -1,0 +1,51 @@
+"""Shared fixtures: a tiny real model built with ``model_defs``, saved as the service saves.
+
+The tiny model is the production architecture cut after ResNet50's stage 2 (stride 4), with
+narrow decoder blocks, so it builds and runs in seconds. It is saved to a ``.keras`` file with a
+model card beside it and always loaded back through the service's own loading code.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import pytest  # noqa: E402
+
+from model_defs import CLASS_NAMES  # noqa: E402
+
+TINY_TILE = 64
+
+
+def save_tiny_model(folder: Path, seed: int = 0, tile_size: int = TINY_TILE) -> Path:
+    """Builds, saves and carded a tiny model in ``folder``; returns the weights path."""
+    import keras
+
+    from app.inference.card import write_card
+    from model_defs import build_model
+
+    keras.utils.set_random_seed(seed)
+    model = build_model(encoder_depth=2, decoder_filters=(16, 8), name="tiny_unet")
+    folder.mkdir(parents=True, exist_ok=True)
+    weights = folder / "model.keras"
+    model.save(weights)
+    write_card(
+        folder / "model_card.json",
+        {
+            "name": "tiny-test-unet",
+            "version": "0.0.1-test",
+            "classes": list(CLASS_NAMES),
+            "input": {"tile_size": tile_size, "multiple_of": 4, "channels": 1, "dtype": "uint8"},
+            "pixels_per_mm": 48.0,
+            "thresholds": {"confidence": 0.5, "min_area_px": 0},
+        },
+    )
+    return weights
+
+
+@pytest.fixture(scope="session")
+def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Path of a tiny model's ``.keras`` file, with ``model_card.json`` beside it."""
+    return save_tiny_model(tmp_path_factory.mktemp("tiny_model"))

@@ -1,0 +1,228 @@
+"""Training of the defect model on a DeepPCB-format folder (``pcb-inspect train``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+LOSSES = ("dice_iou_ce", "dice_iou", "ce")
+
+
+def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    """Adds the training arguments to ``parser`` (or a new one) and returns it."""
+    p = parser or argparse.ArgumentParser(prog="pcb-inspect train", description=__doc__)
+    p.add_argument("--data", required=True, type=Path, help="DeepPCB-format folder")
+    p.add_argument("--out", required=True, type=Path, help="run folder (checkpoints, logs)")
+    p.add_argument("--max-minutes", type=float, default=60.0, help="wall-time budget")
+    p.add_argument("--epochs", type=int, default=1000, help="upper bound on epochs")
+    p.add_argument("--steps-per-epoch", type=int, default=50)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--crop", type=int, default=256, help="training crop size (multiple of 32)")
+    p.add_argument("--defect-crop-prob", type=float, default=0.7,
+                   help="share of crops centred near an annotated defect")
+    p.add_argument("--val-fraction", type=float, default=0.1)
+    p.add_argument("--val-images", type=int, default=24,
+                   help="validation images scored after each epoch (full 640x640)")
+    p.add_argument("--loss", choices=LOSSES, default="dice_iou_ce")
+    p.add_argument("--no-edge", action="store_true", help="ablation: no EdgeEnhancementLayer")
+    p.add_argument("--encoder-weights", choices=("none", "imagenet"), default="none",
+                   help="'imagenet' downloads weights: needs internet")
+    p.add_argument("--encoder-depth", type=int, choices=(2, 3, 4, 5), default=4)
+    p.add_argument("--precision", choices=("float32", "mixed_bfloat16", "mixed_float16"),
+                   default="float32")
+    p.add_argument("--learning-rate", type=float, default=1e-3)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--cache", type=Path, default=None, help="npz cache of decoded data")
+    p.add_argument("--verbose", type=int, default=1, help="0 silent, 1 progress bar, 2 a line")
+    return p
+
+
+def _boxes_to_centers(boxes: list[list[Any]], max_boxes: int) -> tuple[np.ndarray, np.ndarray]:
+    centers = np.zeros((len(boxes), max_boxes, 2), dtype=np.int32)
+    counts = np.zeros((len(boxes),), dtype=np.int32)
+    for i, bxs in enumerate(boxes):
+        bxs = bxs[:max_boxes]
+        counts[i] = len(bxs)
+        for j, b in enumerate(bxs):
+            centers[i, j] = ((b.y1 + b.y2) // 2, (b.x1 + b.x2) // 2)
+    return centers, counts
+
+
+def make_train_dataset(
+    images: np.ndarray,
+    masks: np.ndarray,
+    boxes: list[list[Any]],
+    crop: int,
+    batch_size: int,
+    defect_crop_prob: float,
+    seed: int,
+) -> Any:
+    """Builds the augmented ``tf.data`` training pipeline.
+
+    Each element is a random ``crop x crop`` window (centred near an annotated defect with
+    probability ``defect_crop_prob``, so the rare defect pixels are seen often), flipped and
+    rotated by a random multiple of 90 degrees; PCB layouts have no preferred orientation.
+
+    Args:
+        images: ``(N, H, W)`` uint8 boards.
+        masks: ``(N, H, W)`` uint8 class masks.
+        boxes: Per image, its annotated boxes.
+        crop: Crop size.
+        batch_size: Batch size.
+        defect_crop_prob: Probability of a defect-centred crop.
+        seed: Seed of the shuffle and of the augmentations.
+
+    Returns:
+        An infinite ``tf.data.Dataset`` of ``(image (B, crop, crop, 1) float32,
+        mask (B, crop, crop) int32)``.
+    """
+    import tensorflow as tf
+
+    n, h, w = images.shape
+    if crop > min(h, w):
+        raise ValueError(f"`crop` must be <= the image size {h}x{w}. Received: crop={crop}")
+    centers, counts = _boxes_to_centers(boxes, max_boxes=max(1, max(len(b) for b in boxes)))
+    rng = tf.random.Generator.from_seed(seed)
+
+    def sample(image: Any, mask: Any, ctr: Any, count: Any) -> tuple[Any, Any]:
+        stacked = tf.stack([image, mask], axis=-1)  # (H, W, 2) uint8
+        k = rng.uniform([], 0, tf.maximum(count, 1), dtype=tf.int32)
+        jitter = rng.uniform([2], -(crop // 3), crop // 3 + 1, dtype=tf.int32)
+        limit = tf.constant([h - crop, w - crop], dtype=tf.int32)
+        near = tf.clip_by_value(ctr[k] - crop // 2 + jitter, 0, limit)
+        anywhere = tf.cast(rng.uniform([2]) * tf.cast(limit + 1, tf.float32), tf.int32)
+        use_near = tf.logical_and(rng.uniform([]) < defect_crop_prob, count > 0)
+        off = tf.where(use_near, near, anywhere)
+        window = stacked[off[0] : off[0] + crop, off[1] : off[1] + crop]
+        window = tf.image.rot90(window, rng.uniform([], 0, 4, dtype=tf.int32))
+        window = tf.cond(rng.uniform([]) < 0.5, lambda: tf.reverse(window, [1]), lambda: window)
+        window = tf.reshape(window, (crop, crop, 2))
+        return tf.cast(window[..., :1], tf.float32), tf.cast(window[..., 1], tf.int32)
+
+    ds = tf.data.Dataset.from_tensor_slices((images, masks, centers, counts))
+    ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True).repeat()
+    # One parallel call keeps the generator's sequence deterministic for a given seed.
+    ds = ds.map(sample, num_parallel_calls=1)
+    return ds.batch(batch_size, drop_remainder=True).prefetch(2)
+
+
+def make_loss(kind: str) -> Any:
+    """Returns the loss named ``kind`` (one of :data:`LOSSES`)."""
+    import keras
+
+    from model_defs import DiceIoULoss
+
+    if kind == "dice_iou_ce":
+        return DiceIoULoss(cross_entropy_weight=1.0)
+    if kind == "dice_iou":
+        return DiceIoULoss()
+    if kind == "ce":
+        return keras.losses.SparseCategoricalCrossentropy()
+    raise ValueError(f"`loss` must be one of {LOSSES}. Received: loss={kind!r}")
+
+
+class TimeBudget:
+    """Keras callback that stops training once a wall-time budget is spent."""
+
+    def __new__(cls, minutes: float, started: float) -> Any:  # noqa: D102
+        import keras
+
+        class _Budget(keras.callbacks.Callback):
+            def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+                if time.time() - started > minutes * 60:
+                    self.model.stop_training = True
+
+        return _Budget()
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Trains a model as ``args`` say and writes the run folder.
+
+    Args:
+        args: Parsed arguments of :func:`build_parser`.
+
+    Returns:
+        A summary dict (also written as ``summary.json`` in the run folder).
+    """
+    import keras
+    import tensorflow as tf
+
+    from model_defs import build_model
+    from training.data import load_arrays, read_split, split_train_val
+
+    started = time.time()
+    keras.utils.set_random_seed(args.seed)
+    keras.mixed_precision.set_global_policy(args.precision)
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps({k: str(v) for k, v in vars(args).items()}, indent=2))
+
+    samples = read_split(args.data)
+    train_s, val_s = split_train_val(samples, args.val_fraction, args.seed)
+    images, masks, boxes = load_arrays(train_s, cache=args.cache)
+    val_images, val_masks, _ = load_arrays(val_s[: args.val_images])
+    (out / "split.json").write_text(
+        json.dumps({"train": [s.key for s in train_s], "val": [s.key for s in val_s]})
+    )
+    train_ds = make_train_dataset(
+        images, masks, boxes, args.crop, args.batch_size, args.defect_crop_prob, args.seed
+    )
+    val_ds = tf.data.Dataset.from_tensor_slices(
+        (val_images[..., None].astype("float32"), val_masks.astype("int32"))
+    ).batch(4)
+
+    model = build_model(
+        encoder_weights=None if args.encoder_weights == "none" else args.encoder_weights,
+        encoder_depth=args.encoder_depth,
+        edge_enhancement=not args.no_edge,
+    )
+    model.compile(
+        optimizer=keras.optimizers.Adam(args.learning_rate),
+        loss=make_loss(args.loss),
+        metrics=[keras.metrics.MeanIoU(num_classes=7, sparse_y_pred=False, name="miou")],
+    )
+    callbacks = [
+        keras.callbacks.BackupAndRestore(str(out / "backup")),
+        keras.callbacks.ModelCheckpoint(str(out / "best.keras"), monitor="val_loss",
+                                        save_best_only=True),
+        keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=4,
+                                          min_lr=1e-5),
+        keras.callbacks.CSVLogger(str(out / "history.csv"), append=True),
+        TimeBudget(args.max_minutes, started),
+    ]
+    history = model.fit(
+        train_ds,
+        epochs=args.epochs,
+        steps_per_epoch=args.steps_per_epoch,
+        validation_data=val_ds,
+        callbacks=callbacks,
+        verbose=args.verbose,
+    )
+    summary = {
+        "epochs_run": len(history.history.get("loss", [])),
+        "best_val_loss": float(min(history.history.get("val_loss", [float("nan")]))),
+        "wall_minutes": round((time.time() - started) / 60, 1),
+        "hardware": f"{platform.processor() or platform.machine()}, "
+                    f"{len(tf.config.list_physical_devices('GPU'))} GPU(s)",
+        "train_images": len(train_s),
+        "val_images": len(val_s),
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``pcb-inspect train``."""
+    args = build_parser().parse_args(argv)
+    print(json.dumps(run(args), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
