@@ -169,6 +169,8 @@ class DiceIoULoss(keras.losses.Loss):
     def get_config(self) -> dict[str, Any]:
         return {
             **super().get_config(),
+            # keras.losses.Loss.get_config() leaves out `dtype`; keep it so configs round-trip.
+            "dtype": self.dtype,
             "smooth": self.smooth,
             "dice_weight": self.dice_weight,
             "iou_weight": self.iou_weight,

@@ -211,7 +211,7 @@ class _Base:
         self.retries = retries
         self.backoff = backoff
         self.max_backoff = max_backoff
-        self._rng = rng or random.Random()
+        self._rng = rng if rng is not None else random.Random()
 
     def _headers(self) -> dict[str, str]:
         headers = {"User-Agent": _USER_AGENT}
@@ -297,7 +297,7 @@ class InspectClient(_Base):
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         super().__init__(base_url, api_key, timeout, retries, backoff, max_backoff, rng)
-        self._sleep = sleep or time.sleep
+        self._sleep = sleep if sleep is not None else time.sleep
         self._http = httpx.Client(
             base_url=self.base_url,
             timeout=timeout,
@@ -443,7 +443,7 @@ class AsyncInspectClient(_Base):
         import asyncio
 
         super().__init__(base_url, api_key, timeout, retries, backoff, max_backoff, rng)
-        self._sleep = sleep or asyncio.sleep
+        self._sleep = sleep if sleep is not None else asyncio.sleep
         self._http = httpx.AsyncClient(
             base_url=self.base_url,
             timeout=timeout,

@@ -139,7 +139,12 @@ def parse_annotations(path: Path | str) -> list[Box]:
             continue
         if len(parts) != 5:
             raise ValueError(f"{path}:{lineno}: expected 'x1 y1 x2 y2 type', got {line!r}")
-        x1, y1, x2, y2, label = (int(float(p)) for p in parts)
+        try:
+            x1, y1, x2, y2, label = (int(float(p)) for p in parts)
+        except (ValueError, OverflowError):
+            raise ValueError(
+                f"{path}:{lineno}: expected numbers 'x1 y1 x2 y2 type', got {line!r}"
+            ) from None
         if not 1 <= label <= len(CLASS_NAMES):
             raise ValueError(f"{path}:{lineno}: type must be 1..{len(CLASS_NAMES)}, got {label}")
         boxes.append(Box(max(0, x1), max(0, y1), x2, y2, label))

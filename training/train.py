@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import platform
 import time
@@ -118,10 +119,12 @@ def make_loss(kind: str) -> Any:
 
     from model_defs import DiceIoULoss
 
+    # Overlaps are pooled over the batch: per image, a class absent from a crop turns any
+    # residual probability into a large loss, which drives early training to predict nothing.
     if kind == "dice_iou_ce":
-        return DiceIoULoss(cross_entropy_weight=1.0)
+        return DiceIoULoss(cross_entropy_weight=1.0, reduction_mode="per_batch")
     if kind == "dice_iou":
-        return DiceIoULoss()
+        return DiceIoULoss(reduction_mode="per_batch")
     if kind == "ce":
         return keras.losses.SparseCategoricalCrossentropy()
     raise ValueError(f"`loss` must be one of {LOSSES}. Received: loss={kind!r}")
@@ -139,6 +142,19 @@ class TimeBudget:
                     self.model.stop_training = True
 
         return _Budget()
+
+
+def _best_so_far(out: Path) -> float | None:
+    """Lowest ``val_loss`` logged in the run folder while ``best.keras`` exists, else None.
+
+    A resumed run must not replace ``best.keras`` with a model worse than the one it holds.
+    """
+    history = out / "history.csv"
+    if not (out / "best.keras").is_file() or not history.is_file():
+        return None
+    with history.open(newline="") as f:
+        values = [float(row["val_loss"]) for row in csv.DictReader(f) if row.get("val_loss")]
+    return min(values) if values else None
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -188,9 +204,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         metrics=[keras.metrics.MeanIoU(num_classes=7, sparse_y_pred=False, name="miou")],
     )
     callbacks = [
-        keras.callbacks.BackupAndRestore(str(out / "backup")),
+        # Kept after a finished run too, so a rerun with a larger --epochs continues it.
+        keras.callbacks.BackupAndRestore(str(out / "backup"), delete_checkpoint=False),
         keras.callbacks.ModelCheckpoint(str(out / "best.keras"), monitor="val_loss",
-                                        save_best_only=True),
+                                        save_best_only=True,
+                                        initial_value_threshold=_best_so_far(out)),
         keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=4,
                                           min_lr=1e-5),
         keras.callbacks.CSVLogger(str(out / "history.csv"), append=True),
@@ -203,6 +221,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         validation_data=val_ds,
         callbacks=callbacks,
         verbose=args.verbose,
+        shuffle=False,  # the dataset shuffles itself; Keras warns when asked to
     )
     summary = {
         "epochs_run": len(history.history.get("loss", [])),
@@ -214,13 +233,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "val_images": len(val_s),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    print(json.dumps(summary, indent=2))
     return summary
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``pcb-inspect train``."""
-    args = build_parser().parse_args(argv)
-    print(json.dumps(run(args), indent=2))
+    run(build_parser().parse_args(argv))
     return 0
 
 

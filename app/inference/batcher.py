@@ -43,6 +43,7 @@ class _Item:
     tile: np.ndarray
     future: asyncio.Future[tuple[np.ndarray, np.ndarray]]
     enqueued: float
+    counted: bool = True  # still counted in the batcher's ``pending``
 
 
 class DynamicBatcher:
@@ -94,10 +95,10 @@ class DynamicBatcher:
             self._task = None
         while not self._queue.empty():
             item = self._queue.get_nowait()
+            self._release(item)
             if not item.future.done():
                 item.future.set_exception(BatcherClosedError("the service is shutting down"))
-        self._pending = 0
-        QUEUE_DEPTH.set(0)
+        QUEUE_DEPTH.set(self._pending)
         self._executor.shutdown(wait=True, cancel_futures=True)
 
     async def submit(self, tiles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -136,29 +137,43 @@ class DynamicBatcher:
         except BaseException:
             for item in items:
                 item.future.cancel()
+                # Free the places at once: under load a timed-out request must not keep
+                # others out of the queue until the worker gets round to its tiles.
+                self._release(item)
+            QUEUE_DEPTH.set(self._pending)
             raise
         fg = np.stack([r[0] for r in results])
         cls = np.stack([r[1] for r in results])
         return fg, cls
 
+    def _release(self, item: _Item) -> None:
+        if item.counted:
+            item.counted = False
+            self._pending -= 1
+
     async def _next_batch(self) -> list[_Item]:
-        first = await self._queue.get()
-        batch = [first]
-        deadline = time.perf_counter() + self.max_wait_s
+        batch: list[_Item] = []
+        deadline = 0.0
         while len(batch) < self.max_batch_size:
-            try:
-                batch.append(self._queue.get_nowait())
+            if not batch:
+                item = await self._queue.get()
+            else:
+                try:
+                    item = self._queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    remaining = deadline - time.perf_counter()
+                    if remaining <= 0:
+                        break
+                    try:
+                        item = await asyncio.wait_for(self._queue.get(), remaining)
+                    except TimeoutError:
+                        break
+            self._release(item)
+            if item.future.done():  # cancelled: skip it, so it takes no slot in the batch
                 continue
-            except asyncio.QueueEmpty:
-                pass
-            remaining = deadline - time.perf_counter()
-            if remaining <= 0:
-                break
-            try:
-                batch.append(await asyncio.wait_for(self._queue.get(), remaining))
-            except TimeoutError:
-                break
-        self._pending -= len(batch)
+            if not batch:
+                deadline = time.perf_counter() + self.max_wait_s
+            batch.append(item)
         QUEUE_DEPTH.set(self._pending)
         return batch
 

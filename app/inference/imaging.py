@@ -128,7 +128,9 @@ class DecodedImage:
     mode: str
 
 
-def decode_image(data: bytes, *, max_pixels: int, min_side: int = 8) -> DecodedImage:
+def decode_image(
+    data: bytes | bytearray | memoryview, *, max_pixels: int, min_side: int = 8
+) -> DecodedImage:
     """Decodes an uploaded image file into a 2-D uint8 grayscale array.
 
     The header is read first and the size checked against ``max_pixels`` before any pixel is
@@ -147,11 +149,11 @@ def decode_image(data: bytes, *, max_pixels: int, min_side: int = 8) -> DecodedI
           as full-range 16-bit data and scaled by the type's range, ``round(v / 257)``, which
           maps 0..65535 exactly onto 0..255. No per-image contrast stretch is applied, so the
           same board scanned twice gives the same gray levels. ``I`` values outside 0..65535
-          are clipped.
+          are clipped, and a 16-bit image's transparency, if any, is ignored.
         * ``F`` (float) images are clipped to 0..255 and rounded; NaN becomes 0.
 
     Args:
-        data: The uploaded file's bytes.
+        data: The uploaded file's bytes (any bytes-like object).
         max_pixels: Largest accepted ``width * height``. Must be positive.
         min_side: Smallest accepted width and height, in pixels. Must be positive.
 
@@ -231,6 +233,8 @@ def _decode(data: bytes, *, max_pixels: int, min_side: int) -> DecodedImage:
             # exif_transpose needs the pixels; in_place avoids a second full-size copy.
             ImageOps.exif_transpose(img, in_place=True)
             pixels = _to_gray(img)
+        except ImageError:
+            raise  # already a client error; it is a ValueError, so it must not be re-wrapped
         except _DECODE_ERRORS as exc:
             raise _damaged_error(fmt, data, exc) from exc
 

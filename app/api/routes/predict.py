@@ -123,15 +123,19 @@ async def read_uploads(request: Request, settings: Settings, field: str) -> list
     content_type = request.headers.get("content-type", "").lower()
     if content_type.startswith("multipart/form-data"):
         form = await _read_form(request, settings)
-        parts = form.getlist(field)
-        uploads = [p for p in parts if isinstance(p, UploadFile)]
-        if not uploads:
-            files = sorted({k for k, v in form.multi_items() if isinstance(v, UploadFile)})
-            got = f" Received file fields: {files}." if files else " Received no file."
-            raise ApiError(
-                400, "missing_file", f"No image in the multipart field '{field}'.{got}"
-            )
-        return [Upload(u.filename, await u.read()) for u in uploads]
+        try:
+            parts = form.getlist(field)
+            uploads = [p for p in parts if isinstance(p, UploadFile)]
+            if not uploads:
+                files = sorted({k for k, v in form.multi_items() if isinstance(v, UploadFile)})
+                got = f" Received file fields: {files}." if files else " Received no file."
+                raise ApiError(
+                    400, "missing_file", f"No image in the multipart field '{field}'.{got}"
+                )
+            return [Upload(u.filename, await u.read()) for u in uploads]
+        finally:
+            # Nothing else closes a form read by hand: its spooled temp files would leak.
+            await form.close()
     if field == "file" and (
         content_type.startswith("image/") or content_type == "application/octet-stream"
     ):
@@ -299,7 +303,9 @@ def prediction_json(
         data = base64.b64encode(encode_mask_png(result.class_map)).decode("ascii")
         body["mask"] = {"encoding": "png", "data": data}
     elif mask == "rle":
-        body["mask"] = {"encoding": "rle", "data": encode_rle(result.class_map)}
+        # Keyed by class name, like the defects and by_class (not by bare class ids).
+        rle = encode_rle(result.class_map, inferencer.card.classes)
+        body["mask"] = {"encoding": "rle", "data": rle}
     return body
 
 

@@ -9,6 +9,7 @@ import sys
 import time
 import warnings
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -175,6 +176,40 @@ def test_bad_arguments_are_caller_bugs_not_image_errors() -> None:
         decode_image(data, max_pixels=MAX_PIXELS, min_side=-1)
     with pytest.raises(TypeError, match="got str"):
         decode_image("not bytes", max_pixels=MAX_PIXELS)  # type: ignore[arg-type]
+
+
+def test_unconvertible_mode_is_a_415_not_corrupt(monkeypatch: pytest.MonkeyPatch) -> None:
+    # No accepted format yields such a mode today, so simulate Pillow refusing a conversion;
+    # this pins that the ImageError (a ValueError) is not re-wrapped as "corrupt".
+    original = Image.Image.convert
+
+    def refuse_cmyk(self: Image.Image, mode: str | None = None, *args: object, **kw: object):
+        if self.mode == "CMYK":
+            raise ValueError(f"conversion from {self.mode} to {mode} not supported")
+        return original(self, mode, *args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Image.Image, "convert", refuse_cmyk)
+    data = _encode(Image.new("CMYK", (16, 16)), "JPEG")
+    err = _raises(data, "unsupported_image_mode", 415)
+    assert "CMYK" in err.message
+
+
+def test_concurrent_decodes_keep_the_bomb_guard_and_the_filters() -> None:
+    good = _encode(Image.fromarray(_noise()), "PNG")
+    bomb = _png_header(10_000, 10_000) + _png_chunk(b"IEND", b"")
+    filters_before = list(warnings.filters)
+
+    def decode(data: bytes) -> str:
+        try:
+            decode_image(data, max_pixels=200_000_000)
+        except ImageError as exc:
+            return exc.code
+        return "ok"
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        codes = list(pool.map(decode, [good, bomb] * 8))
+    assert codes == ["ok", "image_too_large"] * 8
+    assert warnings.filters == filters_before
 
 
 def test_image_error_status_is_validated() -> None:

@@ -1,0 +1,383 @@
+// The inspection page: pick or drop a board image, POST it to /predict, draw the result.
+// Plain JS, no framework, no network access beyond this service.
+"use strict";
+
+(() => {
+  const KEY_STORAGE = "pcb-inspect.api-key";
+  const MASK_ALPHA = 0.65; // as render.py: 35 % board + 65 % class colour
+  const FALLBACK_COLOR = "#808080";
+
+  const $ = (id) => document.getElementById(id);
+  const ui = {
+    drop: $("drop"),
+    file: $("file"),
+    apiKey: $("api-key"),
+    threshold: $("threshold"),
+    minArea: $("min-area"),
+    pxPerMm: $("px-per-mm"),
+    status: $("status"),
+    error: $("error"),
+    errorStatus: $("error-status"),
+    errorCode: $("error-code"),
+    errorMessage: $("error-message"),
+    results: $("results"),
+    verdict: $("verdict"),
+    boardName: $("board-name"),
+    defectCount: $("defect-count"),
+    defectArea: $("defect-area"),
+    modelName: $("model-name"),
+    canvas: $("canvas"),
+    legend: $("legend"),
+    tbody: document.querySelector("#defects tbody"),
+    noDefects: $("no-defects"),
+  };
+
+  // Class colours in class-id order, from the server (generated from render.py's palette).
+  let palette = [];
+  const palettePromise = fetch("/static/palette.json")
+    .then((r) => (r.ok ? r.json() : { colors: [] }))
+    .then((p) => { palette = p.colors || []; })
+    .catch(() => { palette = []; });
+
+  // What is on screen, kept to redraw with a highlighted defect.
+  let view = null;
+  let busy = false;
+
+  function colorOf(classes, name) {
+    const k = classes.indexOf(name);
+    return (k >= 0 && palette[k % palette.length]) || FALLBACK_COLOR;
+  }
+
+  function hexToRgb(hex) {
+    const n = parseInt(hex.slice(1), 16);
+    return [(n >> 16) & 255, (n >> 8) & 255, n & 255];
+  }
+
+  // Black or white text, whichever reads better on the class colour.
+  function textOn(hex) {
+    const [r, g, b] = hexToRgb(hex);
+    return 0.299 * r + 0.587 * g + 0.114 * b > 150 ? "#000" : "#fff";
+  }
+
+  function setState(state) {
+    document.body.dataset.state = state;
+    ui.results.setAttribute("aria-busy", String(state === "busy"));
+  }
+
+  function say(text) {
+    ui.status.textContent = text;
+  }
+
+  function showError(status, code, message) {
+    ui.errorStatus.textContent = status ? `HTTP ${status}` : "No response";
+    ui.errorCode.textContent = code;
+    ui.errorMessage.textContent = message;
+    ui.error.hidden = false;
+    say(`Error: ${code}: ${message}`);
+    setState("error");
+  }
+
+  function clearResults() {
+    // A stale verdict next to a new board would be dangerous on a line: wipe it first.
+    view = null;
+    ui.results.hidden = true;
+    ui.error.hidden = true;
+    ui.tbody.replaceChildren();
+    ui.legend.replaceChildren();
+    ui.canvas.removeAttribute("data-rendered");
+  }
+
+  function queryParams() {
+    const params = new URLSearchParams({ mask: "png" });
+    const add = (name, input) => {
+      const v = input.value.trim();
+      if (v !== "") params.set(name, v);
+    };
+    add("threshold", ui.threshold);
+    add("min_area_px", ui.minArea);
+    add("pixels_per_mm", ui.pxPerMm);
+    return params;
+  }
+
+  function authHeaders() {
+    const key = ui.apiKey.value.trim();
+    return key ? { "X-API-Key": key } : {};
+  }
+
+  async function post(file, params) {
+    const form = new FormData();
+    form.append("file", file, file.name);
+    return fetch(`/predict?${params}`, { method: "POST", body: form, headers: authHeaders() });
+  }
+
+  // Reads an API error body; falls back to the status line when a proxy answered instead.
+  async function errorOf(resp) {
+    try {
+      const body = await resp.json();
+      if (body && body.error) return [body.error.code, body.error.message];
+    } catch (_) { /* not JSON */ }
+    return [`http_${resp.status}`, resp.statusText || "The service answered with an error."];
+  }
+
+  async function inspect(file) {
+    if (!file || busy) return;
+    busy = true;
+    clearResults();
+    setState("busy");
+    ui.drop.setAttribute("aria-disabled", "true");
+    say(`Inspecting ${file.name} (${(file.size / 1024).toFixed(0)} KB)…`);
+    try {
+      let resp;
+      try {
+        resp = await post(file, queryParams());
+      } catch (err) {
+        showError(0, "network_error", `Could not reach the inspection service (${err.message}).`);
+        return;
+      }
+      if (!resp.ok) {
+        const [code, message] = await errorOf(resp);
+        showError(resp.status, code, message);
+        if (resp.status === 401) ui.apiKey.closest("details").open = true;
+        return;
+      }
+      const result = await resp.json();
+      await palettePromise;
+      await show(file, result);
+    } finally {
+      busy = false;
+      ui.drop.removeAttribute("aria-disabled");
+    }
+  }
+
+  async function decodeMask(b64) {
+    const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+    // No colour conversion: the PNG's grey levels are class ids and must arrive unchanged.
+    return createImageBitmap(new Blob([bytes], { type: "image/png" }), {
+      colorSpaceConversion: "none",
+      premultiplyAlpha: "none",
+    });
+  }
+
+  // The mask as an RGBA layer: each class id painted in its colour, background transparent.
+  function maskLayer(maskBitmap, classes) {
+    const { width, height } = maskBitmap;
+    const layer = document.createElement("canvas");
+    layer.width = width;
+    layer.height = height;
+    const ctx = layer.getContext("2d", { willReadFrequently: true });
+    ctx.drawImage(maskBitmap, 0, 0);
+    const img = ctx.getImageData(0, 0, width, height);
+    const px = img.data;
+    const rgb = classes.map((name) => hexToRgb(colorOf(classes, name)));
+    const alpha = Math.round(255 * MASK_ALPHA);
+    for (let i = 0; i < px.length; i += 4) {
+      const k = px[i];
+      if (k === 0) {
+        px[i + 3] = 0;
+      } else {
+        const c = rgb[k - 1] || [128, 128, 128];
+        px[i] = c[0];
+        px[i + 1] = c[1];
+        px[i + 2] = c[2];
+        px[i + 3] = alpha;
+      }
+    }
+    ctx.putImageData(img, 0, 0);
+    return layer;
+  }
+
+  async function boardBitmap(file, result) {
+    try {
+      const bmp = await createImageBitmap(file);
+      // The service applies EXIF orientation as the browser does; if the sizes still
+      // disagree, the boxes would land in the wrong place, so use the service's rendering.
+      if (bmp.width === result.image.width && bmp.height === result.image.height) return bmp;
+    } catch (_) { /* e.g. TIFF: browsers do not decode it */ }
+    return null;
+  }
+
+  // The service's own overlay, for images the browser cannot show (one more inference).
+  async function serviceOverlay(file) {
+    const params = queryParams();
+    params.set("render", "overlay");
+    params.delete("mask");
+    const resp = await post(file, params);
+    if (!resp.ok) return null;
+    return createImageBitmap(await resp.blob());
+  }
+
+  async function show(file, result) {
+    const classes = Object.keys(result.summary.by_class); // class-id order, every class
+    const board = await boardBitmap(file, result);
+    let layer = null;
+    let rendered = null;
+    if (board) {
+      if (result.mask && result.mask.encoding === "png") {
+        layer = maskLayer(await decodeMask(result.mask.data), classes);
+      }
+    } else {
+      rendered = await serviceOverlay(file);
+    }
+    view = { file, result, classes, board, layer, rendered, highlight: null };
+
+    const s = result.summary;
+    const fail = s.verdict === "fail";
+    ui.verdict.className = `verdict ${fail ? "fail" : "pass"}`;
+    ui.verdict.textContent = fail ? "✗ FAIL" : "✓ PASS";
+    ui.boardName.textContent = `${file.name} (${result.image.width}×${result.image.height})`;
+    ui.defectCount.textContent = String(s.defect_count);
+    ui.defectArea.textContent = `${s.defect_area_mm2.toFixed(3)} mm²`;
+    ui.modelName.textContent = `${result.model.name} ${result.model.version}`;
+    fillTable(result, classes);
+    fillLegend(classes);
+    ui.results.hidden = false;
+    draw();
+    setState("done");
+    const note = board ? "" : " (this browser cannot show this image type: service rendering)";
+    say(`${file.name}: ${fail ? "FAIL" : "PASS"}, ${s.defect_count} ` +
+        `defect${s.defect_count === 1 ? "" : "s"}${note}.`);
+  }
+
+  function fillTable(result, classes) {
+    const rows = result.defects.map((d) => {
+      const tr = document.createElement("tr");
+      tr.tabIndex = 0;
+      tr.dataset.id = d.id;
+      tr.dataset.class = d.class;
+      tr.dataset.confidence = d.confidence;
+      tr.dataset.areaMm2 = d.area_mm2;
+      tr.dataset.areaPx = d.area_px;
+      const cells = [
+        String(d.id),
+        null,
+        `${(d.confidence * 100).toFixed(1)} %`,
+        d.area_mm2.toFixed(4),
+        `${Math.round(d.centroid[0])}, ${Math.round(d.centroid[1])}`,
+      ];
+      cells.forEach((text, i) => {
+        const td = document.createElement("td");
+        if (i === 1) {
+          const sw = document.createElement("span");
+          sw.className = "swatch";
+          sw.style.background = colorOf(classes, d.class);
+          td.append(sw, document.createTextNode(d.class));
+        } else {
+          td.textContent = text;
+        }
+        if (i === 2 || i === 3) td.className = "num";
+        tr.append(td);
+      });
+      const on = () => { if (view) { view.highlight = d.id; draw(); } };
+      const off = () => { if (view && view.highlight === d.id) { view.highlight = null; draw(); } };
+      tr.addEventListener("mouseenter", on);
+      tr.addEventListener("focus", on);
+      tr.addEventListener("mouseleave", off);
+      tr.addEventListener("blur", off);
+      return tr;
+    });
+    ui.tbody.replaceChildren(...rows);
+    ui.noDefects.hidden = rows.length > 0;
+  }
+
+  function fillLegend(classes) {
+    const items = classes.map((name) => {
+      const span = document.createElement("span");
+      span.className = "legend-item";
+      const sw = document.createElement("span");
+      sw.className = "swatch";
+      sw.style.background = colorOf(classes, name);
+      span.append(sw, document.createTextNode(name));
+      return span;
+    });
+    ui.legend.replaceChildren(...items);
+  }
+
+  function draw() {
+    if (!view) return;
+    const { result, classes, board, layer, rendered, highlight } = view;
+    const canvas = ui.canvas;
+    const ctx = canvas.getContext("2d");
+    if (rendered) {
+      canvas.width = rendered.width;
+      canvas.height = rendered.height;
+      ctx.drawImage(rendered, 0, 0);
+      canvas.dataset.rendered = "service";
+      return;
+    }
+    const { width, height } = result.image;
+    canvas.width = width;
+    canvas.height = height;
+    ctx.drawImage(board, 0, 0);
+    if (layer) ctx.drawImage(layer, 0, 0);
+    // Line widths and fonts in screen pixels, whatever the image's size on screen.
+    const scale = width / Math.max(1, canvas.clientWidth || width);
+    const line = Math.max(1, 2 * scale);
+    const font = Math.max(10, Math.round(14 * scale));
+    ctx.font = `bold ${font}px system-ui, sans-serif`;
+    ctx.textBaseline = "top";
+    for (const d of result.defects) {
+      const color = colorOf(classes, d.class);
+      const [x0, y0, x1, y1] = d.bbox;
+      const hot = highlight === d.id;
+      ctx.lineWidth = hot ? line * 2.5 : line;
+      ctx.strokeStyle = color;
+      ctx.strokeRect(x0 - 2, y0 - 2, x1 - x0 + 3, y1 - y0 + 3);
+      if (hot) {
+        ctx.strokeStyle = "#fff";
+        ctx.lineWidth = line;
+        ctx.strokeRect(x0 - 2 - 2 * line, y0 - 2 - 2 * line, x1 - x0 + 3 + 4 * line,
+          y1 - y0 + 3 + 4 * line);
+      }
+      const label = `${d.id} ${d.class} ${d.confidence.toFixed(2)}`;
+      const tw = ctx.measureText(label).width + 6;
+      const th = font + 4;
+      let lx = Math.min(Math.max(0, x0 - 2), Math.max(0, width - tw));
+      let ly = y0 - 2 - th - line;
+      if (ly < 0) ly = Math.min(y1 + 2 + line, height - th); // no room above: below the box
+      ctx.fillStyle = color;
+      ctx.fillRect(lx, ly, tw, th);
+      ctx.fillStyle = textOn(color);
+      ctx.fillText(label, lx + 3, ly + 2);
+    }
+    canvas.dataset.rendered = "true";
+  }
+
+  // --- wiring -------------------------------------------------------------------------------
+  ui.drop.addEventListener("click", () => { if (!busy) ui.file.click(); });
+  ui.drop.addEventListener("keydown", (e) => {
+    if (e.key === "Enter" || e.key === " ") {
+      e.preventDefault(); // Space would scroll the page
+      if (!busy) ui.file.click();
+    }
+  });
+  ui.file.addEventListener("change", () => {
+    const f = ui.file.files[0];
+    ui.file.value = ""; // so choosing the same file again inspects it again
+    inspect(f);
+  });
+  ["dragenter", "dragover"].forEach((type) => ui.drop.addEventListener(type, (e) => {
+    e.preventDefault();
+    ui.drop.classList.add("over");
+  }));
+  ["dragleave", "dragend"].forEach((type) => ui.drop.addEventListener(type, () => {
+    ui.drop.classList.remove("over");
+  }));
+  ui.drop.addEventListener("drop", (e) => {
+    e.preventDefault();
+    ui.drop.classList.remove("over");
+    const files = e.dataTransfer && e.dataTransfer.files;
+    if (files && files.length) inspect(files[0]);
+  });
+  // A file dropped beside the target would make the browser navigate away from the page.
+  window.addEventListener("dragover", (e) => e.preventDefault());
+  window.addEventListener("drop", (e) => e.preventDefault());
+
+  ui.apiKey.value = sessionStorage.getItem(KEY_STORAGE) || "";
+  ui.apiKey.addEventListener("input", () => {
+    const key = ui.apiKey.value.trim();
+    if (key) sessionStorage.setItem(KEY_STORAGE, key);
+    else sessionStorage.removeItem(KEY_STORAGE);
+  });
+  // Canvas line widths depend on the size on screen.
+  window.addEventListener("resize", () => draw());
+})();

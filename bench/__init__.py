@@ -1,0 +1,1 @@
+"""Benchmarks and load tests of pcb-inspect (run from the repository root)."""

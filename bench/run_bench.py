@@ -1,0 +1,236 @@
+"""The benchmark: raw model throughput, the real server under load, a naive baseline, a big board.
+
+Everything runs in one invocation on one machine, so the ratios compare like with like:
+
+    python -m bench.run_bench --out bench/results/latest.json
+
+It takes about 10-15 minutes on 2 CPU cores (``--quick`` for a smoke run) and writes a JSON
+result plus a Markdown table (``.md`` beside the JSON) for README.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+from bench.common import board_png, machine, median, run_load, server_process
+
+
+def matmul_peak_gflops(dtype: str, n: int = 2048, reps: int = 7) -> float:
+    """Measured matmul throughput (median over ``reps``), the machine's practical peak."""
+    import tensorflow as tf
+
+    a = tf.random.normal((n, n), dtype=tf.float32)
+    a = tf.cast(a, dtype)
+    fn = tf.function(lambda x: tf.matmul(x, x))
+    fn(a).numpy()
+    times = []
+    for _ in range(reps):
+        started = time.perf_counter()
+        fn(a).numpy()
+        times.append(time.perf_counter() - started)
+    return 2 * n**3 / median(times) / 1e9
+
+
+def model_gflops(model: Any, size: int) -> float:
+    """FLOPs of one forward pass at ``size`` x ``size``, from TF's graph profiler."""
+    import tensorflow as tf
+    from tensorflow.python.framework.convert_to_constants import (
+        convert_variables_to_constants_v2,
+    )
+
+    fn = tf.function(lambda x: model(x, training=False))
+    concrete = fn.get_concrete_function(tf.TensorSpec([1, size, size, 1], tf.float32))
+    frozen = convert_variables_to_constants_v2(concrete)
+    opts = tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()
+    opts["output"] = "none"
+    info = tf.compat.v1.profiler.profile(graph=frozen.graph, options=opts)
+    return float(info.total_float_ops) / 1e9
+
+
+def raw_throughput(weights: Path, precision: str, batches: list[int], reps: int,
+                   gflops: float, peak: float) -> list[dict[str, Any]]:
+    """Images per second of the bare model function at 640 x 640, per batch size."""
+    from app.core.config import Settings
+    from app.inference.inferencer import Inferencer
+
+    inf = Inferencer.from_settings(Settings(weights_path=weights, precision=precision))
+    tile = inf.tile
+    rows = []
+    for b in batches:
+        x = np.full((b, tile, tile, 1), 255, dtype=np.uint8)
+        inf.forward(x)
+        times = []
+        for _ in range(reps):
+            started = time.perf_counter()
+            inf.forward(x)
+            times.append(time.perf_counter() - started)
+        t = median(times)
+        rows.append({
+            "precision": precision, "batch": b, "median_s": round(t, 4),
+            "images_per_s": round(b / t, 3),
+            "gflops_per_s": round(gflops * b / t, 1),
+            "fraction_of_matmul_peak": round(gflops * b / t / peak, 3),
+        })
+        print(f"  raw {precision} batch {b}: {b / t:.2f} img/s", flush=True)
+    assert inf.tracing_count == 1, f"the model function retraced: {inf.tracing_count}"
+    return rows
+
+
+def peak_rss_mb(pid: int) -> float:
+    """Peak resident memory of a process (VmHWM), in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def serve_load(url: str, body: bytes, plan: list[tuple[int, int]]) -> list[dict[str, Any]]:
+    """Runs the load plan ``[(clients, requests per client), ...]`` against ``url``."""
+    rows = []
+    for clients, per_client in plan:
+        res = asyncio.run(run_load(url, body, clients, per_client, max_seconds=240))
+        rows.append(res.as_dict())
+        print(f"  {clients:>2} clients: {res.throughput:.2f} req/s, p50 "
+              f"{res.percentile(50):.0f} ms, statuses {res.statuses}", flush=True)
+    return rows
+
+
+def big_board(url: str, size: int) -> dict[str, Any]:
+    """One ``size`` x ``size`` board, end to end through the server."""
+    body = board_png(size=size, seed=7)
+    started = time.perf_counter()
+    r = httpx.post(url + "/predict?mask=none", files={"file": ("big.png", body, "image/png")},
+                   timeout=1800)
+    seconds = time.perf_counter() - started
+    r.raise_for_status()
+    data = r.json()
+    return {"size": size, "seconds": round(seconds, 2), "tiles": data["params"]["tiles"],
+            "defects": data["summary"]["defect_count"], "upload_bytes": len(body)}
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """The README table."""
+    m = report["machine"]
+    lines = [
+        f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB "
+        f"({m['cpu_flags']}); {report['date']}. Command: `{report['command']}`.",
+        "",
+        f"Model: {report['model_gflops_640']:.1f} GFLOP per {report['tile_size']}px tile; measured matmul "
+        f"peak {report['matmul_peak_gflops']['float32']:.0f} GFLOP/s (float32), "
+        f"{report['matmul_peak_gflops']['bfloat16']:.0f} GFLOP/s (bfloat16).",
+        "",
+        "| raw model (in-process) | batch | images/s | GFLOP/s | of matmul peak |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for r in report["raw"]:
+        lines.append(f"| {r['precision']} | {r['batch']} | {r['images_per_s']:.2f} | "
+                     f"{r['gflops_per_s']:.0f} | {r['fraction_of_matmul_peak']:.0%} |")
+    lines += ["", "| server | clients | req/s | p50 ms | p95 ms | p99 ms | statuses |",
+              "|---|---:|---:|---:|---:|---:|---|"]
+    for name in ("server", "naive"):
+        for r in report[name]:
+            lines.append(f"| {name} | {r['clients']} | {r['throughput_rps']:.2f} | "
+                         f"{r['p50_ms']:.0f} | {r['p95_ms']:.0f} | {r['p99_ms']:.0f} | "
+                         f"{r['statuses']} |")
+    t = report["targets"]
+    lines += [
+        "",
+        "| target | measured | goal |",
+        "|---|---:|---:|",
+        f"| server at 16 clients / best raw throughput | {t['server16_over_raw_best']:.2f} | "
+        ">= 0.95 |",
+        f"| idle p50 latency / raw single-image time | {t['idle_p50_over_raw_b1']:.2f} | <= 1.10 |",
+        f"| server / naive throughput at 16 clients | {t['server16_over_naive16']:.2f} | "
+        ">= 1.5 |",
+    ]
+    if report.get("big_board"):
+        b = report["big_board"]
+        lines.append("")
+        lines.append(f"Big board: {b['size']}x{b['size']} in {b['seconds']} s end to end "
+                     f"({b['tiles']} tiles); server peak RSS {report['server_peak_rss_mb']:.0f} MB.")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs the benchmark and writes the JSON report and the Markdown table."""
+    from app.core.config import DEFAULT_WEIGHTS
+
+    p = argparse.ArgumentParser(prog="python -m bench.run_bench", description=__doc__)
+    p.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS)
+    p.add_argument("--out", type=Path, default=Path("bench/results/latest.json"))
+    p.add_argument("--quick", action="store_true", help="fewer requests (smoke run)")
+    p.add_argument("--big", type=int, default=4000, help="side of the big board (0: skip)")
+    args = p.parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import keras
+
+    from app.inference.inferencer import load_keras_model
+
+    reps = 3 if args.quick else 5
+    plan = [(1, 4), (4, 2), (16, 1)] if args.quick else [(1, 12), (4, 6), (16, 4)]
+    report: dict[str, Any] = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "command": "python -m bench.run_bench" + (" --quick" if args.quick else ""),
+        "machine": machine(),
+        "weights": str(args.weights),
+    }
+    print("matmul peak ...", flush=True)
+    report["matmul_peak_gflops"] = {d: round(matmul_peak_gflops(d), 1)
+                                    for d in ("float32", "bfloat16")}
+    from app.inference.card import load_card
+
+    tile = load_card(args.weights.with_name("model_card.json")).input.tile_size
+    model = load_keras_model(args.weights)
+    report["tile_size"] = tile
+    report["model_gflops_640"] = round(model_gflops(model, tile), 2)
+    report["model_parameters"] = int(model.count_params())
+    del model
+    keras.backend.clear_session()
+    report["raw"] = []
+    for precision in ("float32", "bfloat16"):
+        report["raw"] += raw_throughput(
+            args.weights, precision, [1, 2, 4, 8], reps, report["model_gflops_640"],
+            report["matmul_peak_gflops"][precision],
+        )
+    body = board_png(640, seed=1)
+    env = {"PCB_WEIGHTS_PATH": str(args.weights)}
+    print("server ...", flush=True)
+    with server_process([sys.executable, "-m", "app.serve"], env=env) as (url, proc):
+        report["server"] = serve_load(url, body, plan)
+        report["big_board"] = big_board(url, args.big) if args.big else None
+        report["server_peak_rss_mb"] = round(peak_rss_mb(proc.pid), 1)
+    print("naive baseline ...", flush=True)
+    naive_cmd = [sys.executable, "-m", "uvicorn", "bench.naive_server:app", "--host",
+                 "127.0.0.1", "--port", "{port}", "--log-level", "warning"]
+    with server_process(naive_cmd, env=env) as (url, _):
+        report["naive"] = serve_load(url, body, plan)
+    raw_f32 = [r for r in report["raw"] if r["precision"] == "float32"]
+    best_raw = max(r["images_per_s"] for r in raw_f32)
+    b1 = next(r for r in raw_f32 if r["batch"] == 1)
+    server16 = report["server"][-1]["throughput_rps"]
+    report["targets"] = {
+        "server16_over_raw_best": round(server16 / best_raw, 3),
+        "idle_p50_over_raw_b1": round(report["server"][0]["p50_ms"] / 1e3 / b1["median_s"], 3),
+        "server16_over_naive16": round(server16 / max(report["naive"][-1]["throughput_rps"],
+                                                       1e-9), 3),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    table = markdown(report)
+    args.out.with_suffix(".md").write_text(table)
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,104 @@
+"""API keys (``PCB_API_KEYS``): inspections and model metadata need one; probes do not."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from tests.helpers.app import app_client, assert_error
+from tests.helpers.boards import board_png
+
+BOARD = board_png(64, 64, seed=1)
+
+
+@pytest.fixture(scope="module")
+def client(tiny_weights: Path) -> Iterator[TestClient]:
+    # Two keys: during a rotation both the old and the new key are accepted.
+    with app_client(tiny_weights, api_keys=["k1", "k2"]) as c:
+        yield c
+
+
+def predict(client: TestClient, headers: dict[str, str]) -> object:
+    return client.post("/predict", files={"file": ("b.png", BOARD, "image/png")},
+                       headers=headers)
+
+
+PROTECTED = [
+    ("POST", "/predict"),
+    ("POST", "/predict/batch"),
+    ("GET", "/v1/model"),
+]
+BAD_CREDENTIALS = {
+    "none": {},
+    "wrong_bearer": {"authorization": "Bearer k3"},
+    "wrong_x_api_key": {"x-api-key": "nope"},
+    "prefix_of_a_key": {"authorization": "Bearer k"},
+    "key_plus_suffix": {"x-api-key": "k1k2"},
+    "basic_scheme": {"authorization": "Basic azE6"},
+    "empty_bearer": {"authorization": "Bearer "},
+    "empty_x_api_key": {"x-api-key": ""},
+    "case_changed": {"x-api-key": "K1"},
+}
+
+
+@pytest.mark.parametrize(("method", "path"), PROTECTED)
+@pytest.mark.parametrize("headers", list(BAD_CREDENTIALS.values()), ids=list(BAD_CREDENTIALS))
+def test_missing_or_wrong_key_is_401(
+    client: TestClient, method: str, path: str, headers: dict[str, str]
+) -> None:
+    response = client.request(method, path, headers=headers)
+    error = assert_error(response, 401, "unauthorized")
+    assert "Bearer" in error["message"] and "X-API-Key" in error["message"]
+    assert response.headers["www-authenticate"] == "Bearer"
+
+
+def test_bearer_first_key_works(client: TestClient) -> None:
+    response = predict(client, {"authorization": "Bearer k1"})
+    assert response.status_code == 200, response.text[:300]  # type: ignore[attr-defined]
+
+
+def test_x_api_key_second_key_works(client: TestClient) -> None:
+    response = predict(client, {"x-api-key": "k2"})
+    assert response.status_code == 200, response.text[:300]  # type: ignore[attr-defined]
+    assert client.get("/v1/model", headers={"x-api-key": "k2"}).status_code == 200
+
+
+def test_scheme_is_case_insensitive(client: TestClient) -> None:
+    assert client.get("/v1/model", headers={"authorization": "bearer k1"}).status_code == 200
+
+
+def test_auth_is_checked_before_the_body_is_read(client: TestClient) -> None:
+    # A keyless client learns nothing about its upload: 401, not an image error.
+    response = client.post("/predict", content=b"junk", headers={"content-type": "image/png"})
+    assert_error(response, 401, "unauthorized")
+
+
+@pytest.mark.parametrize("path", ["/livez", "/readyz", "/metrics"])
+def test_probes_and_metrics_are_open(client: TestClient, path: str) -> None:
+    response = client.get(path)
+    assert response.status_code == 200, (path, response.text[:200])
+
+
+def test_rejections_are_counted(client: TestClient) -> None:
+    def rejected() -> float:
+        for line in client.get("/metrics").text.splitlines():
+            if line.startswith('pcb_rejected_total{reason="unauthorized"}'):
+                return float(line.split()[-1])
+        return 0.0
+
+    before = rejected()
+    client.get("/v1/model")
+    assert rejected() == before + 1
+
+
+def test_empty_keys_are_refused_in_settings(tiny_weights: Path) -> None:
+    from pydantic import ValidationError
+
+    from tests.helpers.app import tiny_settings
+
+    # An empty key would let in anyone sending "Bearer " with nothing after it.
+    with pytest.raises(ValidationError, match="empty"):
+        tiny_settings(tiny_weights, api_keys=["k1", " "])

@@ -1,0 +1,257 @@
+"""The operator's inspection page.
+
+Fast tests check what the app serves (no model needed). The browser test (``slow``) drives
+Debian's Chromium through Playwright against a real server subprocess: it uploads a synthetic
+board, compares the page with the API's JSON for the same image, checks an API error is shown
+as the API reported it, and saves the screenshot the README shows.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+from helpers.live_server import live_server_running
+from helpers.server import ServerProcess
+
+from app.inference.render import CLASS_COLORS_BGR
+from app.main import create_app
+from pcb_inspect.synth import encode, make_board
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+STATIC = REPO_ROOT / "app" / "static"
+SCREENSHOT = REPO_ROOT / "docs" / "img" / "inspection-page.png"
+SCREENSHOT_MAX_BYTES = 300 * 1024
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+
+
+# --- what the app serves (fast) --------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def client() -> Iterator[TestClient]:
+    # Not entered as a context manager: the lifespan (model load) never runs, and the page
+    # and its assets must not need the model.
+    yield TestClient(create_app())
+
+
+def test_page_and_assets_are_served_without_the_model(client: TestClient) -> None:
+    page = client.get("/")
+    assert page.status_code == 200
+    assert page.headers["content-type"].startswith("text/html")
+    csp = page.headers["content-security-policy"]
+    assert "script-src 'self'" in csp and "connect-src 'self'" in csp
+    assets = [a for a in re.findall(r'(?:src|href)="([^"]+)"', page.text) if a != "data:,"]
+    assert sorted(assets) == ["/static/app.js", "/static/style.css"]
+    for asset, media in (("/static/app.js", "text/javascript"), ("/static/style.css", "text/css")):
+        response = client.get(asset)
+        assert response.status_code == 200, asset
+        assert response.headers["content-type"].startswith(media), asset
+        assert response.text == (STATIC / asset.rsplit("/", 1)[1]).read_text()
+    assert client.get("/static/secret.py").status_code == 404
+    assert client.get("/static/../main.py").status_code == 404
+
+
+def test_nothing_is_loaded_from_another_origin() -> None:
+    for name in ("index.html", "app.js", "style.css"):
+        text = (STATIC / name).read_text()
+        assert not re.search(r"(https?:)?//[a-z0-9.-]+\.[a-z]{2,}", text, re.IGNORECASE), (
+            f"{name} refers to another origin; every asset must be served by the app"
+        )
+
+
+def test_palette_matches_the_overlay_renderer(client: TestClient) -> None:
+    colors = client.get("/static/palette.json").json()["colors"]
+    assert colors == [f"#{r:02x}{g:02x}{b:02x}" for b, g, r in CLASS_COLORS_BGR]
+
+
+# --- the page in a browser (slow) ------------------------------------------------------------
+
+
+def _chromium() -> str | None:
+    for candidate in (os.environ.get("PCB_CHROMIUM"), "/usr/bin/chromium",
+                      shutil.which("chromium"), shutil.which("chromium-browser")):
+        if candidate and Path(candidate).exists():
+            return candidate
+    return None
+
+
+@pytest.fixture(scope="module")
+def server(tiny_weights: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    with live_server_running(tiny_weights, tmp_path_factory.mktemp("ui_server")) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    executable = _chromium()
+    if executable is None:
+        pytest.skip(
+            "Chromium not found at /usr/bin/chromium (nor $PCB_CHROMIUM, nor on PATH); "
+            "install it with: apt-get install -y chromium"
+        )
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+def _api(server: ServerProcess, data: bytes, name: str, **params: Any) -> httpx.Response:
+    return httpx.post(
+        f"{server.url}/predict", params={"mask": "none", **params},
+        files={"file": (name, data, "application/octet-stream")}, timeout=120,
+    )
+
+
+def _pick_params(server: ServerProcess, data: bytes) -> dict[str, Any]:
+    """Settings under which the random tiny model reports a screenful of defects, not 800."""
+    for threshold in (0.87, 0.865, 0.875, 0.86, 0.88, 0.85, 0.89):
+        params = {"threshold": threshold, "min_area_px": 10}
+        count = _api(server, data, "board.png", **params).json()["summary"]["defect_count"]
+        if 2 <= count <= 40:
+            return params
+    return {"threshold": 0.0, "min_area_px": 10}
+
+
+def _save_screenshot(page: Any) -> None:
+    from PIL import Image
+
+    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+    png = page.screenshot(full_page=False)
+    image = Image.open(io.BytesIO(png)).convert("RGB")
+    out = io.BytesIO()
+    image.save(out, format="PNG", optimize=True)
+    if out.tell() > SCREENSHOT_MAX_BYTES:
+        # The noisy board image is what makes it big; 256 colours keep the page crisp.
+        out = io.BytesIO()
+        image.quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(
+            out, format="PNG", optimize=True
+        )
+    SCREENSHOT.write_bytes(out.getvalue())
+
+
+@pytest.mark.slow
+def test_inspection_page_end_to_end(
+    server: ServerProcess, browser: Any, tmp_path: Path
+) -> None:
+    board = tmp_path / "board_0042.png"
+    board.write_bytes(encode(make_board(seed=42, size=512, n_defects=6).image))
+    params = _pick_params(server, board.read_bytes())
+    expected = _api(server, board.read_bytes(), board.name, **params).json()
+
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    problems: list[str] = []
+    page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
+    page.on("console", lambda msg: problems.append(msg.text) if msg.type == "error" else None)
+    sent_keys: list[str | None] = []
+    page.on("request", lambda req: sent_keys.append(req.headers.get("x-api-key"))
+            if "/predict" in req.url else None)
+    page.goto(server.url + "/")
+    assert page.title() == "PCB inspection"
+
+    # Settings: the rules, and an API key kept for the tab (the server has auth off, so any
+    # key passes; what matters is that the page sends it).
+    page.click("details.settings summary")
+    page.fill("#threshold", str(params["threshold"]))
+    page.fill("#min-area", str(params["min_area_px"]))
+    page.fill("#api-key", "line-7")
+
+    # 1. A board, picked through the (hidden) file input.
+    page.set_input_files("#file", str(board))
+    page.wait_for_selector('body[data-state="done"]', timeout=60_000)
+    page.wait_for_selector('#canvas[data-rendered="true"]')
+    _check_matches_api(page, expected)
+    assert sent_keys[-1] == "line-7"
+    chromatic = page.evaluate(
+        """() => {
+            const c = document.getElementById('canvas');
+            const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+            let n = 0;
+            for (let i = 0; i < d.length; i += 4) {
+                if (d[i] !== d[i + 1] || d[i + 1] !== d[i + 2]) n++;
+            }
+            return [c.width, c.height, n];
+        }"""
+    )
+    width, height, tinted = chromatic
+    assert (width, height) == (512, 512)
+    # The board is grey: every coloured pixel is overlay. Each mask pixel is tinted (a label's
+    # black text may sit on a few of them), and boxes and labels add more.
+    assert tinted >= 0.9 * expected["summary"]["defect_area_px"]
+    _save_screenshot(page)
+    assert SCREENSHOT.stat().st_size < SCREENSHOT_MAX_BYTES
+
+    # 2. A text file: the page shows the API's own error, and no stale verdict.
+    text = b"lot 7, line 3: not an image"
+    api_error = _api(server, text, "notes.txt").json()["error"]
+    page.set_input_files(
+        "#file", files=[{"name": "notes.txt", "mimeType": "text/plain", "buffer": text}]
+    )
+    page.wait_for_selector('body[data-state="error"]', timeout=60_000)
+    assert page.is_visible("#error")
+    assert page.inner_text("#error-code") == api_error["code"]
+    assert page.inner_text("#error-message") == api_error["message"]
+    assert api_error["code"] in page.inner_text("#status")
+    assert not page.is_visible("#results")
+
+    # 3. Keyboard only: focus the drop zone, Enter opens the picker. A cut of 1: a clean board.
+    page.fill("#threshold", "1")
+    page.focus("#drop")
+    with page.expect_file_chooser() as chooser:
+        page.keyboard.press("Enter")
+    chooser.value.set_files(str(board))
+    page.wait_for_selector('body[data-state="done"]', timeout=60_000)
+    assert page.inner_text("#verdict").endswith("PASS")
+    assert "pass" in (page.get_attribute("#verdict", "class") or "")
+    assert page.is_visible("#no-defects")
+    assert page.locator("#defects tbody tr").count() == 0
+
+    # The key survives a reload of the tab (sessionStorage), and nothing went wrong in JS.
+    page.reload()
+    assert page.input_value("#api-key") == "line-7"
+    # The only failed load is the upload the API refused (415), by design.
+    assert [p for p in problems if "status of 415" not in p] == [], problems
+    page.close()
+
+
+def _check_matches_api(page: Any, expected: dict[str, Any]) -> None:
+    summary = expected["summary"]
+    verdict = page.inner_text("#verdict")
+    assert verdict.endswith(summary["verdict"].upper()), (verdict, summary["verdict"])
+    assert page.inner_text("#defect-count") == str(summary["defect_count"])
+    rows = page.locator("#defects tbody tr")
+    assert rows.count() == len(expected["defects"]) == summary["defect_count"]
+    shown = rows.evaluate_all(
+        """rows => rows.map(r => ({
+            id: Number(r.dataset.id), cls: r.dataset.class, text: r.cells[1].textContent,
+            area: Number(r.dataset.areaMm2), conf: Number(r.dataset.confidence),
+            areaText: r.cells[3].textContent,
+        }))"""
+    )
+    for row, defect in zip(shown, expected["defects"], strict=True):
+        assert row["id"] == defect["id"]
+        assert row["cls"] == row["text"] == defect["class"]
+        assert row["area"] == pytest.approx(defect["area_mm2"])
+        assert row["conf"] == pytest.approx(defect["confidence"])
+        assert float(row["areaText"]) == pytest.approx(defect["area_mm2"], abs=1e-4)
+    by_class: dict[str, int] = {}
+    for row in shown:
+        by_class[row["cls"]] = by_class.get(row["cls"], 0) + 1
+    assert by_class == {k: v for k, v in summary["by_class"].items() if v}
+    legend = page.inner_text("#legend")
+    assert all(name in legend for name in summary["by_class"]), legend

@@ -1,0 +1,1 @@
+"""Test helpers shared by the service tests: synthetic boards and real server processes."""

@@ -1,0 +1,65 @@
+"""In-process apps around the tiny real model, served through ``TestClient`` with lifespan."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from app.core.config import Settings
+from app.core.state import ServiceState
+from app.main import create_app
+
+
+def tiny_settings(weights: Path, **overrides: Any) -> Settings:
+    """Settings for the tiny model on the CPU; ``overrides`` are Settings fields."""
+    values: dict[str, Any] = {"weights_path": weights, "device": "cpu", **overrides}
+    return Settings(**values)
+
+
+@contextlib.contextmanager
+def app_client(weights: Path, **overrides: Any) -> Iterator[TestClient]:
+    """A ``TestClient`` whose ``with`` block runs the lifespan (model loaded and warmed)."""
+    app = create_app(tiny_settings(weights, **overrides))
+    with TestClient(app) as client:
+        yield client
+
+
+def service_state(app: FastAPI) -> ServiceState:
+    """The app's ``ServiceState``."""
+    state: ServiceState = app.state.service
+    return state
+
+
+def read_png(data: bytes) -> Image.Image:
+    """Opens PNG bytes, checking they are a PNG."""
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", data[:16]
+    img = Image.open(io.BytesIO(data))
+    img.load()
+    return img
+
+
+def png_array(data: bytes) -> np.ndarray:
+    """The pixels of PNG bytes."""
+    return np.asarray(read_png(data))
+
+
+def assert_error(response: Any, status: int, code: str | None = None) -> dict[str, Any]:
+    """Checks the one error shape ``{"error": {"code", "message"}}``; returns the error."""
+    assert response.status_code == status, (response.status_code, response.text[:500])
+    assert response.headers["content-type"].startswith("application/json")
+    body = response.json()
+    assert set(body) == {"error"}, body
+    error = body["error"]
+    assert isinstance(error["code"], str) and error["code"]
+    assert isinstance(error["message"], str) and error["message"]
+    if code is not None:
+        assert error["code"] == code, error
+    return dict(error)
