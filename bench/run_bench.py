@@ -125,8 +125,8 @@ def markdown(report: dict[str, Any]) -> str:
         f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB "
         f"({m['cpu_flags']}); {report['date']}. Command: `{report['command']}`.",
         "",
-        f"Model: {report['model_gflops_640']:.1f} GFLOP per {report['tile_size']}px tile; measured matmul "
-        f"peak {report['matmul_peak_gflops']['float32']:.0f} GFLOP/s (float32), "
+        f"Model: {report['model_gflops_640']:.1f} GFLOP per {report['tile_size']}px tile; "
+        f"measured matmul peak {report['matmul_peak_gflops']['float32']:.0f} GFLOP/s (float32), "
         f"{report['matmul_peak_gflops']['bfloat16']:.0f} GFLOP/s (bfloat16).",
         "",
         "| raw model (in-process) | batch | images/s | GFLOP/s | of matmul peak |",
@@ -147,7 +147,8 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         "| target | measured | goal |",
         "|---|---:|---:|",
-        f"| server at 16 clients / best raw throughput | {t['server16_over_raw_best']:.2f} | "
+        "| server at 16 clients / best raw throughput | "
+        f"{t['server16_over_raw_best']:.2f} | "
         ">= 0.95 |",
         f"| idle p50 latency / raw single-image time | {t['idle_p50_over_raw_b1']:.2f} | <= 1.10 |",
         f"| server / naive throughput at 16 clients | {t['server16_over_naive16']:.2f} | "
@@ -157,7 +158,8 @@ def markdown(report: dict[str, Any]) -> str:
         b = report["big_board"]
         lines.append("")
         lines.append(f"Big board: {b['size']}x{b['size']} in {b['seconds']} s end to end "
-                     f"({b['tiles']} tiles); server peak RSS {report['server_peak_rss_mb']:.0f} MB.")
+                     f"({b['tiles']} tiles); server peak RSS "
+                     f"{report['server_peak_rss_mb']:.0f} MB.")
     return "\n".join(lines) + "\n"
 
 

@@ -72,7 +72,8 @@ def dice_iou_loss(
         axes = (0, 1, 2)
     else:
         raise ValueError(
-            f"`reduction_mode` must be one of {_REDUCTIONS}. Received: reduction_mode={reduction_mode!r}"
+            f"`reduction_mode` must be one of {_REDUCTIONS}. "
+            f"Received: reduction_mode={reduction_mode!r}"
         )
     intersection = ops.sum(t * y_pred, axis=axes)
     total = ops.sum(t, axis=axes) + ops.sum(y_pred, axis=axes)
@@ -138,7 +139,8 @@ class DiceIoULoss(keras.losses.Loss):
             )
         if reduction_mode not in _REDUCTIONS:
             raise ValueError(
-                f"`reduction_mode` must be one of {_REDUCTIONS}. Received: reduction_mode={reduction_mode!r}"
+                f"`reduction_mode` must be one of {_REDUCTIONS}. "
+            f"Received: reduction_mode={reduction_mode!r}"
             )
         if background_class is not None and (
             not isinstance(background_class, int) or background_class < 0

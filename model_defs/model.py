@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import keras
+import numpy as np
 from keras import layers
 
 from model_defs.layers import EdgeEnhancementLayer
@@ -124,6 +125,13 @@ def build_model(
         y = _decoder_block(y, skip, filters, name=f"decoder_s{stride}")
         if edge_enhancement and stride in (2, 1):
             y = EdgeEnhancementLayer(name=f"edge_enhancement_s{stride}")(y)
-    logits = layers.Conv2D(NUM_OUTPUTS, 1, name="classifier")(y)
+    # Prior-probability bias (as in RetinaNet): defects cover ~0.5% of a board, so start with
+    # P(defect) ~ 1% instead of 6/7. Otherwise the first hundreds of steps are spent only on
+    # pushing the foreground probabilities down.
+    prior = np.full((NUM_OUTPUTS,), np.log(0.01 / (NUM_OUTPUTS - 1)), dtype="float32")
+    prior[0] = np.log(0.99)
+    logits = layers.Conv2D(
+        NUM_OUTPUTS, 1, name="classifier", bias_initializer=keras.initializers.Constant(prior)
+    )(y)
     probs = layers.Activation("softmax", dtype="float32", name="probabilities")(logits)
     return keras.Model(image, probs, name=name)

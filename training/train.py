@@ -177,7 +177,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     keras.mixed_precision.set_global_policy(args.precision)
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps({k: str(v) for k, v in vars(args).items()}, indent=2))
+    config = {k: str(v) for k, v in vars(args).items()}
+    (out / "config.json").write_text(json.dumps(config, indent=2))
 
     samples = read_split(args.data)
     train_s, val_s = split_train_val(samples, args.val_fraction, args.seed)

@@ -13,6 +13,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from app.core.metrics import REJECTED
 
@@ -90,6 +91,14 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     return error_response(422, "invalid_request", "; ".join(parts) or "invalid request")
 
 
+async def _client_gone(request: Request, exc: Exception) -> JSONResponse:
+    # The client hung up mid-upload: nothing failed here, so no 500 and no traceback. The
+    # 499 (nginx's "client closed request") is never read; it only labels logs and metrics.
+    REJECTED.labels(reason="client_closed_request").inc()
+    logger.info("the client closed the request before its body arrived")
+    return error_response(499, "client_closed_request", "The client closed the request.")
+
+
 async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
     request_id = getattr(request.state, "request_id", "-")
     logger.exception("unhandled error", extra={"request_id": request_id})
@@ -105,4 +114,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(ClientDisconnect, _client_gone)
     app.add_exception_handler(Exception, _unhandled)

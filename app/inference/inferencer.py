@@ -199,7 +199,7 @@ class Inferencer:
             return fg, cls
 
         # Fixed signature: one trace for any batch size, so no request retraces the graph.
-        self._forward = tf.function(forward_graph, input_signature=signature, reduce_retracing=False)
+        self._forward = tf.function(forward_graph, input_signature=signature)
 
     # ----------------------------------------------------------------------------- loading
     @classmethod
@@ -257,14 +257,19 @@ class Inferencer:
             )
         return plan_tiles(pixels.shape[0], pixels.shape[1], self.tile, self.tile_overlap)
 
-    def tile_chunks(self, pixels: np.ndarray, tiles: list[Tile]) -> Iterator[tuple[list[Tile], np.ndarray]]:
+    def tile_chunks(
+        self, pixels: np.ndarray, tiles: list[Tile]
+    ) -> Iterator[tuple[list[Tile], np.ndarray]]:
         """Yields ``(tiles, pixels of those tiles)`` a batch at a time, so memory stays bounded."""
         for start in range(0, len(tiles), self.max_batch_size):
             chunk = tiles[start : start + self.max_batch_size]
             yield chunk, extract_tiles(pixels, chunk, self.tile)
 
     def forward(self, tiles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Runs ``(n, T, T, 1)`` uint8 tiles; returns ``fg`` float32 and ``cls`` uint8, ``(n, T, T)``."""
+        """Runs ``(n, T, T, 1)`` uint8 tiles; returns ``fg`` (float32) and ``cls`` (uint8).
+
+        Both outputs have shape ``(n, T, T)``.
+        """
         fg, cls = self._forward(tiles)
         return fg.numpy(), cls.numpy()
 

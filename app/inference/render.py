@@ -87,8 +87,8 @@ def render_overlay(
     for k in range(1, len(class_names) + 1):
         where = class_map == k
         if where.any():
-            color = np.array(class_color(k), dtype=np.float32)
-            blended = (1 - MASK_ALPHA) * canvas[where] + MASK_ALPHA * color
+            tint = np.array(class_color(k), dtype=np.float32)
+            blended = (1 - MASK_ALPHA) * canvas[where] + MASK_ALPHA * tint
             canvas[where] = blended.round().astype(np.uint8)
 
     # Sizes grow with the board so that labels stay readable on large scans.

@@ -310,7 +310,9 @@
     ctx.drawImage(board, 0, 0);
     if (layer) ctx.drawImage(layer, 0, 0);
     // Line widths and fonts in screen pixels, whatever the image's size on screen.
-    const scale = width / Math.max(1, canvas.clientWidth || width);
+    // object-fit: contain letterboxes the canvas: the tighter side sets the on-screen scale.
+    const scale = Math.max(width / Math.max(1, canvas.clientWidth || width),
+      height / Math.max(1, canvas.clientHeight || height));
     const line = Math.max(1, 2 * scale);
     const font = Math.max(10, Math.round(14 * scale));
     ctx.font = `bold ${font}px system-ui, sans-serif`;

@@ -121,9 +121,9 @@ BAD_INPUTS: list[tuple[str, Callable[[TestClient], Any], int, str]] = [
     ("no_file_part", lambda c: c.post("/predict", data={"note": "where is the board?"},
                                       files={"other": ("x.png", BOARD, "image/png")}),
      400, "missing_file"),
-    ("form_without_any_file", lambda c: c.post(
-        "/predict", content=b"--b\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\n1\r\n--b--\r\n",
-        headers={"content-type": "multipart/form-data; boundary=b"}), 400, "missing_file"),
+    ("form_without_any_file", send_raw(
+        b'--b\r\nContent-Disposition: form-data; name="a"\r\n\r\n1\r\n--b--\r\n',
+        "multipart/form-data; boundary=b"), 400, "missing_file"),
     ("duplicated_file_fields", lambda c: c.post(
         "/predict", files=[("file", ("a.png", BOARD, "image/png")),
                            ("file", ("b.png", BOARD, "image/png"))]), 400, "too_many_files"),

@@ -154,7 +154,10 @@ def test_inspection_page_end_to_end(
     params = _pick_params(server, board.read_bytes())
     expected = _api(server, board.read_bytes(), board.name, **params).json()
 
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page = browser.new_page(viewport={"width": 1440, "height": 960})
+    # Subscribe to file choosers now: interception is switched on asynchronously when the
+    # first listener appears, and a chooser opened in that window would be missed.
+    page.on("filechooser", lambda chooser: None)
     problems: list[str] = []
     page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
     page.on("console", lambda msg: problems.append(msg.text) if msg.type == "error" else None)
@@ -170,6 +173,8 @@ def test_inspection_page_end_to_end(
     page.fill("#threshold", str(params["threshold"]))
     page.fill("#min-area", str(params["min_area_px"]))
     page.fill("#api-key", "line-7")
+
+    page.click("details.settings summary")  # closed again: the screenshot shows the result
 
     # 1. A board, picked through the (hidden) file input.
     page.set_input_files("#file", str(board))
@@ -210,6 +215,7 @@ def test_inspection_page_end_to_end(
     assert not page.is_visible("#results")
 
     # 3. Keyboard only: focus the drop zone, Enter opens the picker. A cut of 1: a clean board.
+    page.click("details.settings summary")
     page.fill("#threshold", "1")
     page.focus("#drop")
     with page.expect_file_chooser() as chooser:
@@ -220,6 +226,22 @@ def test_inspection_page_end_to_end(
     assert "pass" in (page.get_attribute("#verdict", "class") or "")
     assert page.is_visible("#no-defects")
     assert page.locator("#defects tbody tr").count() == 0
+
+    # 4. A TIFF, which browsers cannot decode: the page shows the service's own overlay.
+    from PIL import Image
+
+    tiff = io.BytesIO()
+    Image.open(board).save(tiff, format="TIFF")
+    page.set_input_files(
+        "#file", files=[{"name": "board.tif", "mimeType": "image/tiff", "buffer": tiff.getvalue()}]
+    )
+    page.wait_for_selector('#canvas[data-rendered="service"]', timeout=60_000)
+    assert page.get_attribute("body", "data-state") == "done"
+    size = page.evaluate(
+        "() => { const c = document.getElementById('canvas'); return [c.width, c.height]; }"
+    )
+    assert size[0] == 512 and size[1] > 512  # the service's overlay, legend below the board
+    assert "service rendering" in page.inner_text("#status")
 
     # The key survives a reload of the tab (sessionStorage), and nothing went wrong in JS.
     page.reload()

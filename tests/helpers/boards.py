@@ -24,10 +24,16 @@ def make_board(height: int = 64, width: int = 64, seed: int = 0) -> np.ndarray:
         else:
             x = int(rng.integers(0, width))
             board[:, x : x + int(rng.integers(2, 5))] = 30
-    yy, xx = np.mgrid[0:height, 0:width]
+    disc = {r: np.add.outer(np.arange(-r, r + 1) ** 2, np.arange(-r, r + 1) ** 2) <= r * r
+            for r in range(2, 6)}
     for _ in range(max(1, (height * width) // 2000)):
-        cy, cx, r = int(rng.integers(0, height)), int(rng.integers(0, width)), int(rng.integers(2, 6))
-        board[(yy - cy) ** 2 + (xx - cx) ** 2 <= r * r] = 20
+        cy, cx = int(rng.integers(0, height)), int(rng.integers(0, width))
+        r = int(rng.integers(2, 6))
+        # Pads: discs drawn in their own window, so big boards stay cheap to make.
+        y0, x0 = max(cy - r, 0), max(cx - r, 0)
+        window = board[y0 : cy + r + 1, x0 : cx + r + 1]
+        shape = disc[r][y0 - (cy - r) :, x0 - (cx - r) :][: window.shape[0], : window.shape[1]]
+        window[shape] = 20
     # A little sensor noise, so that no two boards of different seeds are identical.
     noise = rng.integers(-6, 7, size=board.shape)
     return np.clip(board.astype(np.int16) + noise, 0, 255).astype(np.uint8)

@@ -21,7 +21,7 @@ from app.core.metrics import DEFECTS, IMAGES, IN_FLIGHT, REJECTED, VERDICTS
 from app.core.state import ServiceState
 from app.inference.batcher import BatcherClosedError, ModelCallError, QueueFullError
 from app.inference.imaging import DecodedImage, ImageError, decode_image
-from app.inference.inferencer import InferenceResult, Inferencer
+from app.inference.inferencer import Inferencer, InferenceResult
 from app.inference.postprocess import PostprocessConfig, encode_mask_png, encode_rle
 from app.inference.render import render_overlay
 
