@@ -12,6 +12,7 @@ import io
 import os
 import re
 import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,13 @@ from pcb_inspect.synth import encode, make_board
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 STATIC = REPO_ROOT / "app" / "static"
-SCREENSHOT = REPO_ROOT / "docs" / "img" / "inspection-page.png"
+# The test always takes the screenshot; it writes it over README's picture only when asked
+# (PCB_SCREENSHOT_OUT=docs/img/inspection-page.png, with PCB_UI_WEIGHTS pointing at the shipped
+# weights), so a test run never rewrites a tracked file with the random tiny model's output.
+SCREENSHOT = Path(
+    os.environ.get("PCB_SCREENSHOT_OUT")
+    or Path(tempfile.gettempdir()) / "pcb-inspect-inspection-page.png"
+)
 SCREENSHOT_MAX_BYTES = 300 * 1024
 CHROMIUM_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -89,7 +96,8 @@ def _chromium() -> str | None:
 
 @pytest.fixture(scope="module")
 def server(tiny_weights: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    with live_server_running(tiny_weights, tmp_path_factory.mktemp("ui_server")) as running:
+    weights = Path(os.environ.get("PCB_UI_WEIGHTS") or tiny_weights)
+    with live_server_running(weights, tmp_path_factory.mktemp("ui_server")) as running:
         yield running
 
 

@@ -17,7 +17,9 @@ from app.inference.inferencer import Inferencer, InferenceResult, ModelLoadError
 from app.inference.postprocess import PostprocessConfig
 from tests.helpers.boards import make_board
 
-CONFIG = PostprocessConfig(threshold=0.5, min_area_px=0, pixels_per_mm=48.0)
+# Threshold 0: every pixel is a defect of its most likely class, so the class map carries the
+# model's full per-pixel output and comparisons between paths see every pixel.
+CONFIG = PostprocessConfig(threshold=0.0, min_area_px=0, pixels_per_mm=48.0)
 
 
 def settings_for(weights: Path, **overrides: object) -> Settings:
