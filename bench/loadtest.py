@@ -32,12 +32,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
     body = board_png(args.size, seed=3)
-    tiles_per_board = max(1, -(-args.size // 640)) ** 2
+    batch = 4
     env = {
         "PCB_WEIGHTS_PATH": str(args.weights),
-        "PCB_MAX_BATCH_SIZE": "4",
-        # Room for the capacity clients' tiles, not for the overload phase's.
-        "PCB_MAX_QUEUE_TILES": str(max(4, args.capacity_clients * tiles_per_board)),
+        "PCB_MAX_BATCH_SIZE": str(batch),
+        # A request queues at most one batch of its tiles at a time, so this is room for the
+        # capacity clients, and not for the overload phase's.
+        "PCB_MAX_QUEUE_TILES": str(args.capacity_clients * batch),
         "PCB_REQUEST_TIMEOUT_S": "300",
     }
     report = {}

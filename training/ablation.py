@@ -3,8 +3,9 @@
     python -m training.ablation --data ../shared/datasets/deeppcb --out runs/ablation
 
 Every variant trains with the same seed, data, crops and number of steps (a step budget, not a
-time budget, so a busy machine cannot favour one variant), is exported like the shipped model,
-and is scored by ``evaluate`` on the same validation boards. Writes ``ablation.json`` and
+time budget, so a busy machine cannot favour one variant), is exported like the shipped model
+(last epoch, BatchNorm statistics re-estimated on 40 full training boards), and is scored by
+``evaluate`` on the same validation boards. Writes ``ablation.json`` and
 prints a table.
 """
 
@@ -49,8 +50,10 @@ def main(argv: list[str] | None = None) -> int:
             "--batch-size", str(args.batch_size), "--max-minutes", "600", "--val-images", "8",
             "--precision", "mixed_bfloat16", "--verbose", "2", *extra,
         ]))
-        export.export(export.build_parser().parse_args(
-            ["--run", str(run_dir), "--out", str(run_dir / "export")]))
+        export.export(export.build_parser().parse_args([
+            "--run", str(run_dir), "--out", str(run_dir / "export"),
+            "--checkpoint", "backup/latest.weights.h5", "--recalibrate-bn", "10",
+        ]))
         report = evaluate.evaluate(evaluate.build_parser().parse_args([
             "--data", str(args.data), "--weights", str(run_dir / "export" / export.WEIGHTS_NAME),
             "--split", "val", "--limit", str(args.eval_boards),

@@ -22,13 +22,18 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p = parser or argparse.ArgumentParser(prog="pcb-inspect export", description=__doc__)
     p.add_argument("--run", required=True, type=Path, help="training run folder")
     p.add_argument("--out", type=Path, default=Path("weights"), help="output folder")
-    p.add_argument("--checkpoint", default="best.keras", help="checkpoint in the run folder")
+    p.add_argument("--checkpoint", default="best.keras",
+                   help="checkpoint in the run folder: a .keras model, or a .weights.h5 file "
+                        "(e.g. backup/latest.weights.h5, the last epoch)")
     p.add_argument("--name", default="pcb-defect-unet")
     p.add_argument("--version", default="1.0.0")
     p.add_argument("--threshold", type=float, default=0.5)
     p.add_argument("--min-area-px", type=int, default=12)
     p.add_argument("--tile-size", type=int, default=640)
     p.add_argument("--pixels-per-mm", type=float, default=48.0)
+    p.add_argument("--recalibrate-bn", type=int, default=0, metavar="BATCHES",
+                   help="re-estimate BatchNorm statistics on this many batches of 4 full "
+                        "training boards (0: keep the training-time moving averages)")
     p.add_argument("--extra", type=Path, default=None,
                    help="JSON file merged into the card (metrics, ablation, notes)")
     return p
@@ -53,6 +58,42 @@ def annotation_box_margin(data: Path, seed: int = 42, val_fraction: float = 0.1)
     return int(round(float(np.median(pads)))) if pads else 0
 
 
+def recalibrate_batchnorm(model: Any, images: np.ndarray, batch_size: int = 4) -> int:
+    """Re-estimates every BatchNorm layer's moving mean and variance on ``images``.
+
+    Training updates the moving averages on crops while the weights still move fast, so they
+    lag behind the final weights; the service sees whole boards. This runs the whole boards
+    through the model in training mode (no gradient step) with a momentum that makes each
+    moving statistic the plain mean over the batches.
+
+    Args:
+        model: The model; its BatchNorm layers are updated in place.
+        images: ``(N, H, W)`` uint8 boards.
+        batch_size: Boards per forward pass.
+
+    Returns:
+        The number of batches used.
+    """
+    import keras
+
+    norms = [layer for layer in model.layers if
+             isinstance(layer, keras.layers.BatchNormalization)]
+    momenta = [layer.momentum for layer in norms]
+    batches = 0
+    try:
+        for start in range(0, len(images) - batch_size + 1, batch_size):
+            for layer in norms:
+                # Cumulative mean: the i-th batch gets weight 1 / (i + 1).
+                layer.momentum = batches / (batches + 1)
+            x = images[start : start + batch_size, ..., None].astype("float32")
+            model(x, training=True)
+            batches += 1
+    finally:
+        for layer, momentum in zip(norms, momenta, strict=True):
+            layer.momentum = momentum
+    return batches
+
+
 def export(args: argparse.Namespace) -> dict[str, Any]:
     """Writes ``weights/pcb_defect_unet.keras`` and ``model_card.json``; returns the card."""
     import keras
@@ -63,13 +104,26 @@ def export(args: argparse.Namespace) -> dict[str, Any]:
     config = json.loads((args.run / "config.json").read_text())
     summary_path = args.run / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
-    trained = keras.models.load_model(
-        args.run / args.checkpoint, custom_objects=get_custom_objects(), compile=False
-    )
     keras.mixed_precision.set_global_policy("float32")
     depth = int(config.get("encoder_depth", 4))
-    model = build_model(encoder_depth=depth, edge_enhancement=config.get("no_edge") != "True")
-    model.set_weights([np.asarray(w, dtype=np.float32) for w in trained.get_weights()])
+    edge = config.get("no_edge") != "True"
+    model = build_model(encoder_depth=depth, edge_enhancement=edge)
+    checkpoint = args.run / args.checkpoint
+    if checkpoint.name.endswith(".weights.h5"):
+        # A BackupAndRestore file: the model's weights (and the optimizer's, not needed here).
+        model.load_weights(checkpoint, skip_mismatch=False)
+    else:
+        trained = keras.models.load_model(
+            checkpoint, custom_objects=get_custom_objects(), compile=False
+        )
+        model.set_weights([np.asarray(w, dtype=np.float32) for w in trained.get_weights()])
+    recalibrated = 0
+    if args.recalibrate_bn:
+        from training.data import load_arrays, read_split, split_train_val
+
+        train, _ = split_train_val(read_split(Path(config["data"])))
+        images, _, _ = load_arrays(train[: args.recalibrate_bn * 4])
+        recalibrated = recalibrate_batchnorm(model, images)
     args.out.mkdir(parents=True, exist_ok=True)
     weights = args.out / WEIGHTS_NAME
     model.save(weights)
@@ -85,12 +139,13 @@ def export(args: argparse.Namespace) -> dict[str, Any]:
         "architecture": {
             "encoder": f"ResNet50 (keras.applications), cut after stage {depth}",
             "decoder": "U-Net, skips at strides 8, 4, 2 and 1",
-            "edge_enhancement": config.get("no_edge") != "True",
+            "edge_enhancement": edge,
             "parameters": int(model.count_params()),
             "weights_dtype": "float32",
             "file_bytes": weights.stat().st_size,
         },
-        "training": {"config": config, "summary": summary},
+        "training": {"config": config, "summary": summary,
+                     "batchnorm_recalibrated_on_boards": recalibrated * 4},
     }
     if args.extra:
         card.update(json.loads(args.extra.read_text()))
