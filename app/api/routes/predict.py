@@ -7,7 +7,7 @@ import base64
 import dataclasses
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
@@ -186,6 +186,20 @@ def _config(
     )
 
 
+def get_rules(
+    model: ModelDep,
+    settings: SettingsDep,
+    threshold: ThresholdParam = None,
+    min_area_px: MinAreaParam = None,
+    pixels_per_mm: PxPerMmParam = None,
+) -> PostprocessConfig:
+    """The post-processing rules of a request: its query, else the settings, else the card."""
+    return _config(model[0], settings, threshold, min_area_px, pixels_per_mm)
+
+
+RulesDep = Annotated[PostprocessConfig, Depends(get_rules)]
+
+
 def _first(*values: Any) -> Any:
     return next(v for v in values if v is not None)
 
@@ -329,10 +343,8 @@ async def predict(
     model: ModelDep,
     settings: SettingsDep,
     state: StateDep,
+    config: RulesDep,
     mask: MaskParam = "png",
-    pixels_per_mm: PxPerMmParam = None,
-    min_area_px: MinAreaParam = None,
-    threshold: ThresholdParam = None,
     render: RenderParam = "none",
 ) -> Response:
     """Finds the defects on one board.
@@ -353,7 +365,6 @@ async def predict(
         decoded = await _decode(uploads[0], settings)
     except ImageError as exc:
         raise ApiError(exc.status, exc.code, exc.message) from None
-    config = _config(inferencer, settings, threshold, min_area_px, pixels_per_mm)
     result = await run_inference(
         request, state, inferencer, batcher.submit, decoded.pixels, config
     )
@@ -381,10 +392,8 @@ async def predict_batch(
     model: ModelDep,
     settings: SettingsDep,
     state: StateDep,
+    config: RulesDep,
     mask: MaskParam = "none",
-    pixels_per_mm: PxPerMmParam = None,
-    min_area_px: MinAreaParam = None,
-    threshold: ThresholdParam = None,
 ) -> JSONResponse:
     """Finds the defects on several boards (repeated multipart field ``files``).
 
@@ -393,7 +402,6 @@ async def predict_batch(
     """
     inferencer, batcher = model
     uploads = await read_uploads(request, settings, "files")
-    config = _config(inferencer, settings, threshold, min_area_px, pixels_per_mm)
 
     async def one(index: int, upload: Upload) -> dict[str, Any]:
         item: dict[str, Any] = {"index": index, "filename": upload.filename}
