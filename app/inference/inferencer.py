@@ -7,6 +7,7 @@ summary and mask). It returns typed results, never raw tensors.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import hashlib
 import logging
@@ -308,14 +309,16 @@ class Inferencer:
         config: PostprocessConfig,
         run_tiles: Callable[[np.ndarray], Awaitable[tuple[np.ndarray, np.ndarray]]],
     ) -> InferenceResult:
-        """Inspects one board, sending its tiles through ``run_tiles`` (the batcher)."""
+        """Inspects one board, sending its tiles through ``run_tiles`` (the batcher).
+
+        Tile extraction, stitching and post-processing run in worker threads, not on the
+        event loop: on a large board they take seconds, and health probes must not wait.
+        """
         steps = self._predict_steps(pixels, config)
-        request = next(steps)
-        while True:
-            try:
-                request = steps.send(await run_tiles(request))
-            except StopIteration as stop:
-                return stop.value  # type: ignore[no-any-return]
+        done, value = await asyncio.to_thread(_advance, steps, None)
+        while not done:
+            done, value = await asyncio.to_thread(_advance, steps, await run_tiles(value))
+        return value  # type: ignore[no-any-return]
 
     def _predict_steps(
         self, pixels: np.ndarray, config: PostprocessConfig
@@ -335,3 +338,13 @@ class Inferencer:
                 stitcher.add(tile, fg[i], cls[i])
         return self.post_process(stitcher, config, len(tiles), timings)
 
+
+def _advance(steps: Any, value: Any) -> tuple[bool, Any]:
+    """Resumes a ``_predict_steps`` generator: ``(False, next tiles)`` or ``(True, result)``.
+
+    StopIteration cannot cross a thread-pool future, so the end is returned as a flag.
+    """
+    try:
+        return False, (next(steps) if value is None else steps.send(value))
+    except StopIteration as stop:
+        return True, stop.value

@@ -376,8 +376,11 @@ async def predict(
         )
         return Response(png, media_type="image/png")
     if _wants_png(request):
-        return Response(encode_mask_png(result.class_map), media_type="image/png")
-    return JSONResponse(prediction_json(result, inferencer, config, mask))
+        png = await run_in_threadpool(encode_mask_png, result.class_map)
+        return Response(png, media_type="image/png")
+    # Encoding a large board's mask takes a while: keep it off the event loop.
+    body = await run_in_threadpool(prediction_json, result, inferencer, config, mask)
+    return JSONResponse(body)
 
 
 @router.post(
@@ -418,7 +421,8 @@ async def predict_batch(
                 REJECTED.labels(reason=exc.reject_reason).inc()
             return {**item, "status": exc.status, **error_body(exc.code, exc.message)}
         _record(result)
-        return {**item, "status": 200, "result": prediction_json(result, inferencer, config, mask)}
+        body = await run_in_threadpool(prediction_json, result, inferencer, config, mask)
+        return {**item, "status": 200, "result": body}
 
     results = await asyncio.gather(*(one(i, u) for i, u in enumerate(uploads)))
     ok = sum(1 for r in results if r["status"] == 200)
