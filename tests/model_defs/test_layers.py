@@ -42,16 +42,6 @@ def fused_output(image: np.ndarray, kernel: np.ndarray, bias: np.ndarray, epsilo
     return keras.ops.convert_to_numpy(layer(image))
 
 
-@pytest.fixture
-def bfloat16_policy():
-    """Sets the global mixed_bfloat16 policy for one test and always restores float32."""
-    keras.mixed_precision.set_global_policy("mixed_bfloat16")
-    try:
-        yield
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
-
-
 @pytest.mark.parametrize("shape", [(1, 5, 5, 1), (2, 8, 12, 3), (3, 16, 4, 8)])
 def test_output_shape_equals_input_shape(shape):
     x = np.random.default_rng(0).normal(size=shape).astype("float32")

@@ -55,15 +55,6 @@ def saved_tiny(tmp_path_factory) -> tuple[Path, np.ndarray, np.ndarray]:
     return path, x, keras.ops.convert_to_numpy(model(x, training=False))
 
 
-@pytest.fixture
-def bfloat16_policy():
-    keras.mixed_precision.set_global_policy("mixed_bfloat16")
-    try:
-        yield
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
-
-
 def test_class_constants():
     assert len(CLASS_NAMES) == 6
     assert NUM_OUTPUTS == 7
