@@ -68,6 +68,22 @@ def server_process(
             log.close()  # type: ignore[union-attr]
 
 
+def memory_mb(pid: int, field: str = "VmRSS") -> float:
+    """A memory figure of a process from ``/proc/<pid>/status`` in MB.
+
+    Args:
+        pid: The process.
+        field: ``"VmRSS"`` (resident now) or ``"VmHWM"`` (peak resident).
+
+    Raises:
+        RuntimeError: The field is not there.
+    """
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no {field} for pid {pid}")
+
+
 def board_png(size: int | tuple[int, int] = 640, seed: int = 0) -> bytes:
     """A synthetic DeepPCB-style board, PNG-encoded."""
     from pcb_inspect.synth import encode, make_board

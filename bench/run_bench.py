@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 import numpy as np
 
-from bench.common import board_png, machine, median, run_load, server_process
+from bench.common import board_png, machine, median, memory_mb, run_load, server_process
 
 
 def matmul_peak_gflops(dtype: str, n: int = 2048, reps: int = 7) -> float:
@@ -88,10 +88,7 @@ def raw_throughput(weights: Path, precision: str, batches: list[int], reps: int,
 
 def peak_rss_mb(pid: int) -> float:
     """Peak resident memory of a process (VmHWM), in MB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+    return memory_mb(pid, "VmHWM")
 
 
 def serve_load(url: str, body: bytes, plan: list[tuple[int, int]]) -> list[dict[str, Any]]:

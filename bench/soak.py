@@ -20,15 +20,7 @@ from typing import Any
 
 import httpx
 
-from bench.common import board_png, server_process
-
-
-def rss_mb(pid: int) -> float:
-    """Current resident memory of ``pid`` in MB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmRSS for pid {pid}")
+from bench.common import board_png, memory_mb, server_process
 
 
 async def soak(url: str, pid: int, minutes: float, rate: float, body: bytes,
@@ -55,7 +47,7 @@ async def soak(url: str, pid: int, minutes: float, rate: float, body: bytes,
 
         async def sampler() -> None:
             while time.monotonic() < end:
-                samples.append((time.monotonic() - started, rss_mb(pid)))
+                samples.append((time.monotonic() - started, memory_mb(pid)))
                 await asyncio.sleep(sample_s)
 
         sampler_task = asyncio.create_task(sampler())
