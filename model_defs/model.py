@@ -31,7 +31,21 @@ def _conv_bn_relu(x: Any, filters: int, name: str) -> Any:
     return layers.Activation("relu", name=f"{name}_relu")(x)
 
 
-def _decoder_block(x: Any, skip: Any, filters: int, name: str) -> Any:
+def _reduce(x: Any, filters: int, name: str) -> Any:
+    """1x1 conv + BN + ReLU down to ``filters`` channels."""
+    x = layers.Conv2D(filters, 1, use_bias=False, name=f"{name}_conv")(x)
+    x = layers.BatchNormalization(name=f"{name}_bn")(x)
+    return layers.Activation("relu", name=f"{name}_relu")(x)
+
+
+def _decoder_block(x: Any, skip: Any, filters: int, name: str, reduce: bool = False) -> Any:
+    if reduce:
+        # The encoder's stages are wide (1024 channels at stride 16, 512 at 8): a 3x3 conv
+        # over their concatenation is most of the decoder's FLOPs. A 1x1 reduction of each
+        # side first cuts that about 4x for the same output width.
+        x = _reduce(x, filters, f"{name}_reduce_up")
+        if skip.shape[-1] > filters:
+            skip = _reduce(skip, filters, f"{name}_reduce_skip")
     x = layers.UpSampling2D(2, interpolation="bilinear", name=f"{name}_up")(x)
     x = layers.Concatenate(name=f"{name}_concat")([x, skip])
     x = _conv_bn_relu(x, filters, f"{name}_a")
@@ -45,6 +59,8 @@ def build_model(
     edge_enhancement: bool = True,
     input_shape: tuple[int | None, int | None, int] = (None, None, 1),
     name: str = "pcb_defect_unet",
+    reference: bool = False,
+    decoder_reduction: bool = False,
 ) -> keras.Model:
     """Builds the defect segmentation model.
 
@@ -74,6 +90,11 @@ def build_model(
         edge_enhancement: Whether to insert the ``EdgeEnhancementLayer`` (off for ablations).
         input_shape: ``(H, W, 1)``; ``None`` for any size.
         name: Model name.
+        reference: ``True`` builds the pair (golden-board) model: a second input
+            ``reference``, the defect-free board registered to ``image``; the encoder sees
+            board, reference and their signed difference as its three channels.
+        decoder_reduction: Put a 1x1 reduction before each wide concatenation of the
+            decoder (the lighter decoder; about half the model's FLOPs).
 
     Returns:
         An uncompiled ``keras.Model``.
@@ -104,7 +125,18 @@ def build_model(
         )
 
     image = keras.Input(shape=input_shape, name="image")
-    x = layers.Concatenate(name="gray_to_rgb")([image, image, image])
+    inputs: Any = image
+    if reference:
+        ref = keras.Input(shape=input_shape, name="reference")
+        inputs = [image, ref]
+        # Signed difference, mapped back into 0..255 so that the same preprocessing applies:
+        # 127.5 is "no change", below is copper added (copper is dark), above copper lost.
+        diff = layers.Subtract(name="difference")([image, ref])
+        diff = layers.Rescaling(0.5, offset=127.5, name="difference_to_pixels")(diff)
+        x = layers.Concatenate(name="pair_to_rgb")([image, ref, diff])
+    else:
+        x = layers.Concatenate(name="gray_to_rgb")([image, image, image])
+    pixels = x
     if encoder_weights == "imagenet":
         # ResNet50's ImageNet weights expect caffe-style inputs: pixels minus the mean.
         x = layers.Rescaling(1.0, offset=-_IMAGENET_MEAN, name="preprocess")(x)
@@ -116,13 +148,16 @@ def build_model(
     strides = [2 ** i for i in range(encoder_depth, 0, -1)]  # e.g. 16, 8, 4, 2
     features = {s: encoder.get_layer(_RESNET50_STAGES[s]).output for s in strides}
     # Full-resolution skip: the scaled image, so the last block sees the raw copper edges.
-    full_res = layers.Rescaling(1.0 / 127.5, offset=-1.0, name="full_res_skip")(image)
+    full_res = layers.Rescaling(1.0 / 127.5, offset=-1.0, name="full_res_skip")(
+        pixels if reference else image
+    )
 
     y = features[strides[0]]
     skips = [features[s] for s in strides[1:]] + [full_res]
     for i, (skip, filters) in enumerate(zip(skips, decoder_filters, strict=True)):
         stride = strides[i] // 2
-        y = _decoder_block(y, skip, filters, name=f"decoder_s{stride}")
+        y = _decoder_block(y, skip, filters, name=f"decoder_s{stride}",
+                           reduce=decoder_reduction)
         if edge_enhancement and stride in (2, 1):
             y = EdgeEnhancementLayer(name=f"edge_enhancement_s{stride}")(y)
     # Prior-probability bias (as in RetinaNet): defects cover ~0.5% of a board, so start with
@@ -134,4 +169,4 @@ def build_model(
         NUM_OUTPUTS, 1, name="classifier", bias_initializer=keras.initializers.Constant(prior)
     )(y)
     probs = layers.Activation("softmax", dtype="float32", name="probabilities")(logits)
-    return keras.Model(image, probs, name=name)
+    return keras.Model(inputs, probs, name=name)

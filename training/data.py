@@ -22,10 +22,14 @@ from model_defs import CLASS_NAMES
 #: Threshold on |test - template| for "this pixel changed". The scans are binarised (copper
 #: near 0, substrate near 255), so a real change is a jump of ~255; JPEG ringing stays < 100.
 DIFF_THRESHOLD = 100
-#: Structuring element used to tell real differences from the 1-2 px slivers that JPEG
-#: compression and sub-pixel misalignment leave along every copper edge.
-#: Tried largest first: misalignment slivers along curved pads are up to ~3 px thick.
-_OPEN_KERNELS = tuple(cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)) for k in (5, 3))
+#: Opening that tells a real difference from the slivers that JPEG ringing and sub-pixel
+#: misalignment leave along copper edges. After registration those slivers are at most ~1 px
+#: thick, so a 3x3 cross removes them; the 5x5 ellipse used before registration existed also
+#: removed a quarter of the (thin) mousebites.
+_SLIVER_KERNEL = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
+#: Board groups (board designs) held out for validation: whole designs, since the official
+#: test split is mostly made of designs that the training split lacks.
+VAL_GROUPS: tuple[str, ...] = ("44000", "50600", "77000")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,19 +158,18 @@ def parse_annotations(path: Path | str) -> list[Box]:
 def derive_mask(test: np.ndarray, template: np.ndarray, boxes: Sequence[Box]) -> np.ndarray:
     """Derives a per-pixel class mask from the boxes, the test image and its template.
 
-    Method: inside each box, the defect's pixels are those where the test image differs from
-    the aligned template by more than :data:`DIFF_THRESHOLD`. Along every copper edge the two
-    JPEGs also differ, by slivers up to ~3 pixels wide; a morphological opening with a 5x5
-    ellipse removes those and keeps the body of every real defect (an opening preserves any
-    blob at least 3 px thick; keeping whole components instead would keep slivers that touch
-    the defect). Where nothing survives it, a 3x3 opening is tried; where nothing
-    survives (a defect thinner than 3 px), the raw difference is used; where the images do not
-    differ at all inside the box, the box is filled, so no annotation is lost. Overlapping
-    boxes are painted in file order.
+    The template must already be registered to the test image (:func:`load_sample` does it
+    with :func:`pcb_inspect.registration.register`). Inside each box, the defect's pixels are
+    the connected components of ``|test - template| > DIFF_THRESHOLD`` that survive a 3x3
+    opening somewhere: the opening only decides *which* components are real, and each real
+    one is kept whole, so thin parts of a defect (a mousebite's rim, a spur's tip) stay.
+    Where nothing survives the opening (a defect thinner than 2 px) the raw difference is
+    used; where the images do not differ inside the box at all, the box is filled, so no
+    annotation is lost. Overlapping boxes are painted in file order.
 
     Args:
         test: Grayscale test image, ``(H, W)`` uint8.
-        template: Grayscale template, same shape.
+        template: Grayscale template registered to it, same shape.
         boxes: The annotated defects.
 
     Returns:
@@ -186,20 +189,73 @@ def derive_mask(test: np.ndarray, template: np.ndarray, boxes: Sequence[Box]) ->
         if x2 <= x1 or y2 <= y1:
             continue
         region = diff[y1:y2, x1:x2]
-        defect = None
-        for kernel in _OPEN_KERNELS:
-            opened = cv2.morphologyEx(region, cv2.MORPH_OPEN, kernel)
+        if not region.any():
+            defect = np.ones_like(region, dtype=bool)
+        else:
+            opened = cv2.morphologyEx(region, cv2.MORPH_OPEN, _SLIVER_KERNEL)
             if opened.any():
-                defect = opened > 0
-                break
-        if defect is None:
-            defect = region > 0 if region.any() else np.ones_like(region, dtype=bool)
+                _, labels = cv2.connectedComponents(region, connectivity=8)
+                keep = np.unique(labels[opened > 0])
+                defect = np.isin(labels, keep[keep > 0])
+            else:
+                defect = region > 0
         mask[y1:y2, x1:x2][defect] = box.label
     return mask
 
 
+def group_of(key: str) -> str:
+    """The board group (design) of a DeepPCB key: its first five digits."""
+    return key[:5]
+
+
+def split_by_groups(
+    samples: Sequence[Sample], val_groups: Sequence[str] = VAL_GROUPS
+) -> tuple[list[Sample], list[Sample]]:
+    """Splits the samples into training and validation by whole board groups.
+
+    Args:
+        samples: All samples.
+        val_groups: Groups (first five digits of the key) kept for validation.
+
+    Returns:
+        ``(train, val)``, each in input order.
+
+    Raises:
+        ValueError: When no sample belongs to the validation groups.
+    """
+    groups = set(val_groups)
+    val = [s for s in samples if group_of(s.key) in groups]
+    if not val:
+        raise ValueError(f"no sample belongs to the validation groups {sorted(groups)}")
+    return [s for s in samples if group_of(s.key) not in groups], val
+
+
+def read_pair(sample: Sample) -> tuple[np.ndarray, np.ndarray]:
+    """Reads a pair's test image and its template, registered to it (both ``(H, W)`` uint8).
+
+    Without a template file, the test image stands in for it (only the boxes are known).
+
+    Raises:
+        OSError: When an image cannot be read.
+    """
+    from pcb_inspect.registration import AlignmentError, register
+
+    test = cv2.imread(str(sample.test_path), cv2.IMREAD_GRAYSCALE)
+    if test is None:
+        raise OSError(f"cannot read image {sample.test_path}")
+    template = cv2.imread(str(sample.template_path), cv2.IMREAD_GRAYSCALE)
+    if template is None:
+        return test, test.copy()
+    try:
+        template, _ = register(test, template)
+    except AlignmentError:
+        # Keep the pair as published rather than dropping its annotations.
+        pass
+    return test, template
+
+
 def load_sample(sample: Sample) -> tuple[np.ndarray, np.ndarray, list[Box]]:
-    """Loads one pair and derives its mask.
+    """Loads one pair and derives its mask (after registering the template).
 
     Args:
         sample: The pair to load.
@@ -210,14 +266,8 @@ def load_sample(sample: Sample) -> tuple[np.ndarray, np.ndarray, list[Box]]:
     Raises:
         OSError: When an image cannot be read.
     """
-    test = cv2.imread(str(sample.test_path), cv2.IMREAD_GRAYSCALE)
-    if test is None:
-        raise OSError(f"cannot read image {sample.test_path}")
+    test, template = read_pair(sample)
     boxes = parse_annotations(sample.annotation_path)
-    template = cv2.imread(str(sample.template_path), cv2.IMREAD_GRAYSCALE)
-    if template is None:
-        # Without the template only the boxes are known: fill them.
-        template = test.copy()
     return test, derive_mask(test, template, boxes), boxes
 
 

@@ -1,0 +1,308 @@
+"""Time-boxed training under Keras 3's JAX backend, resumable from committed state.
+
+``KERAS_BACKEND=jax python -m training.jax_train --pack runs/pack/train.npz --out DIR
+--mode pair --minutes 8`` trains the golden-board (``pair``) or single-image (``single``)
+model for a wall-time budget, on whatever JAX sees (an H100, or the CPU in CI), with a data
+pipeline that needs no TensorFlow (:mod:`training.sampler`).
+
+The loop is a plain JAX loop over ``model.stateless_call`` and
+``optimizer.stateless_apply``, so the learning rate is set per step from Python:
+
+* **schedule**: linear warmup, then cosine to ``min_lr_ratio`` of the peak. It is indexed by
+  step; the number of steps is ``--steps``, or, with ``--minutes``, measured after the first
+  steps from the real step rate and then fixed (so the cosine ends when the budget does);
+* **EMA** of the weights (decay ``--ema``, with the usual ``(1 + t) / (10 + t)`` warmup):
+  what is checkpointed and exported is the EMA;
+* **checkpoints** every ``--checkpoint-minutes`` into ``DIR``: the weights split into
+  ``weights-NN.npz`` shards of at most ``--shard-mb`` (kernels in float16, everything else in
+  float32), written atomically, and ``state.json`` (step, schedule, seed, split, config,
+  elapsed time). The device tool returns at most 8 files of 16 MiB, hence the shards.
+
+``python -m training.convert`` turns such a folder into a ``.keras`` file that TensorFlow
+loads with ``custom_objects``. A later stint resumes with ``--init`` (a ``.keras`` file or a
+checkpoint folder) and ``--state`` (its ``state.json``): the step count, the data stream and
+the training-time total continue from there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+#: Kernel arrays are stored in float16 in checkpoints (half the size); vectors (biases,
+#: BatchNorm statistics, whose variances can be tiny) stay float32.
+_HALF_MIN_NDIM = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``python -m training.jax_train``."""
+    p = argparse.ArgumentParser(prog="python -m training.jax_train", description=__doc__)
+    p.add_argument("--pack", required=True, type=Path, help="training pack (training.pack)")
+    p.add_argument("--out", required=True, type=Path, help="checkpoint folder")
+    p.add_argument("--mode", choices=("pair", "single"), default="pair")
+    p.add_argument("--minutes", type=float, default=0.0, help="wall-time budget (0: --steps)")
+    p.add_argument("--steps", type=int, default=0, help="steps of this stint (0: by time)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--crop", type=int, default=256)
+    p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate")
+    p.add_argument("--min-lr-ratio", type=float, default=0.02)
+    p.add_argument("--warmup-steps", type=int, default=300)
+    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--ema", type=float, default=0.999)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--encoder-depth", type=int, default=4, choices=(2, 3, 4, 5))
+    p.add_argument("--decoder-filters", type=str, default="",
+                   help="comma-separated decoder widths (default: the model's)")
+    p.add_argument("--no-reduction", action="store_true", help="the wide (original) decoder")
+    p.add_argument("--precision", choices=("float32", "mixed_bfloat16"), default="float32")
+    p.add_argument("--workers", type=int, default=4, help="data threads")
+    p.add_argument("--checkpoint-minutes", type=float, default=2.0)
+    p.add_argument("--shard-mb", type=float, default=15.0)
+    p.add_argument("--init", type=Path, default=None,
+                   help="start from these weights: a .keras file or a checkpoint folder")
+    p.add_argument("--state", type=Path, default=None,
+                   help="state.json of the run to continue (step, seed, time totals)")
+    p.add_argument("--log-every", type=int, default=50)
+    return p
+
+
+def lr_at(step: int, peak: float, warmup: int, total: int, min_ratio: float) -> float:
+    """Warmup + cosine learning rate at ``step`` (0-based within the stint)."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return peak * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def model_kwargs(config: dict[str, Any]) -> dict[str, Any]:
+    """``build_model`` arguments from a run's config (shared with :mod:`training.convert`)."""
+    filters = config.get("decoder_filters") or None
+    return {
+        "encoder_depth": int(config["encoder_depth"]),
+        "decoder_filters": tuple(filters) if filters else None,
+        "reference": config["mode"] == "pair",
+        "decoder_reduction": bool(config["decoder_reduction"]),
+        "name": "pcb_pair_unet" if config["mode"] == "pair" else "pcb_defect_unet",
+    }
+
+
+def save_shards(model: Any, folder: Path, shard_mb: float) -> list[str]:
+    """Writes ``model``'s weights into ``weights-NN.npz`` shards, atomically per file."""
+    folder.mkdir(parents=True, exist_ok=True)
+    limit = shard_mb * 2**20
+    shards: list[dict[str, np.ndarray]] = [{}]
+    size = 0.0
+    for v in model.weights:
+        a = np.asarray(v.numpy())
+        a = a.astype(np.float16 if a.ndim >= _HALF_MIN_NDIM else np.float32)
+        if size + a.nbytes > limit and shards[-1]:
+            shards.append({})
+            size = 0.0
+        shards[-1][v.path] = a
+        size += a.nbytes
+    names = []
+    for i, arrays in enumerate(shards):
+        name = f"weights-{i:02d}.npz"
+        tmp = folder / (name + ".tmp.npz")
+        np.savez(tmp, **arrays)  # type: ignore[arg-type]
+        os.replace(tmp, folder / name)
+        names.append(name)
+    for stale in folder.glob("weights-*.npz"):
+        if stale.name not in names:
+            stale.unlink()
+    return names
+
+
+def load_shards(model: Any, folder: Path) -> None:
+    """Loads ``weights-NN.npz`` shards into ``model``, matching variables by path."""
+    arrays: dict[str, np.ndarray] = {}
+    for shard in sorted(folder.glob("weights-*.npz")):
+        with np.load(shard) as data:
+            arrays.update({k: data[k] for k in data.files})
+    missing = [v.path for v in model.weights if v.path not in arrays]
+    if missing:
+        raise ValueError(
+            f"checkpoint {folder} lacks {len(missing)} of the model's variables, e.g. "
+            f"{missing[:3]}: was it written for another model configuration?"
+        )
+    for v in model.weights:
+        v.assign(arrays[v.path].astype(v.dtype))
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Trains as ``args`` say; returns the final state (also in ``OUT/state.json``)."""
+    import keras
+
+    if keras.backend.backend() != "jax":
+        raise SystemExit(
+            f"training.jax_train needs KERAS_BACKEND=jax. Received: {keras.backend.backend()}"
+        )
+    import jax
+
+    from model_defs import DiceIoULoss, build_model, get_custom_objects
+    from training.pack import load_pack
+    from training.sampler import CropSampler, prefetch
+
+    started = time.time()
+    previous: dict[str, Any] = json.loads(args.state.read_text()) if args.state else {}
+    step0 = int(previous.get("step", 0))
+    seed = int(previous.get("seed", args.seed))
+    config = {
+        "mode": args.mode,
+        "encoder_depth": args.encoder_depth,
+        "decoder_filters": [int(f) for f in args.decoder_filters.split(",") if f],
+        "decoder_reduction": not args.no_reduction,
+        "crop": args.crop,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "warmup_steps": args.warmup_steps,
+        "min_lr_ratio": args.min_lr_ratio,
+        "weight_decay": args.weight_decay,
+        "ema": args.ema,
+        "precision": args.precision,
+        "loss": "DiceIoULoss(cross_entropy_weight=1.0, reduction_mode='per_batch')",
+    }
+    if previous and previous.get("config", {}).get("mode", args.mode) != args.mode:
+        raise SystemExit(f"--state is a {previous['config']['mode']} run, not {args.mode}")
+
+    keras.utils.set_random_seed(seed + step0)
+    keras.mixed_precision.set_global_policy(args.precision)
+    pack = load_pack(args.pack)
+    model = build_model(**model_kwargs(config))
+    if args.init is not None:
+        if args.init.is_dir():
+            load_shards(model, args.init)
+        else:
+            saved = keras.models.load_model(args.init, custom_objects=get_custom_objects(),
+                                            compile=False)
+            model.set_weights(saved.get_weights())
+    sampler = CropSampler(pack, args.crop, args.batch_size, pair=args.mode == "pair",
+                          seed=seed)
+    loss_fn = DiceIoULoss(cross_entropy_weight=1.0, reduction_mode="per_batch")
+    optimizer = keras.optimizers.AdamW(learning_rate=args.lr, weight_decay=args.weight_decay,
+                                       clipnorm=1.0)
+    optimizer.build(model.trainable_variables)
+    lr_index = [i for i, v in enumerate(optimizer.variables) if v.path.endswith("learning_rate")]
+    if len(lr_index) != 1:
+        raise RuntimeError("cannot find the optimizer's learning-rate variable")
+
+    def loss_and_state(tv: Any, ntv: Any, x: Any, y: Any) -> tuple[Any, Any]:
+        y_pred, ntv = model.stateless_call(tv, ntv, x, training=True)
+        return loss_fn(y, y_pred), ntv
+
+    grad_fn = jax.value_and_grad(loss_and_state, has_aux=True)
+
+    def train_step(state: Any, lr: Any, decay: Any, x: Any, y: Any) -> tuple[Any, Any]:
+        tv, ntv, ov, ema = state
+        (loss, ntv), grads = grad_fn(tv, ntv, x, y)
+        ov = list(ov)
+        ov[lr_index[0]] = lr.astype(ov[lr_index[0]].dtype)
+        tv, ov = optimizer.stateless_apply(ov, grads, tv)
+        ema = [e * decay + p.astype(e.dtype) * (1 - decay) for e, p in zip(ema, tv, strict=True)]
+        return loss, (tv, ntv, ov, ema)
+
+    train_step_jit = jax.jit(train_step, donate_argnums=(0,))
+    state = (
+        [v.value for v in model.trainable_variables],
+        [v.value for v in model.non_trainable_variables],
+        [v.value for v in optimizer.variables],
+        [jax.numpy.array(v.value, dtype="float32", copy=True) for v in model.trainable_variables],
+    )
+
+    def checkpoint(step: int, total_steps: int, losses: list[float], final: bool) -> None:
+        _, ntv, _, ema = state
+        for v, value in zip(model.trainable_variables, ema, strict=True):
+            v.assign(value)
+        for v, value in zip(model.non_trainable_variables, ntv, strict=True):
+            v.assign(value)
+        shards = save_shards(model, args.out, args.shard_mb)
+        elapsed = time.time() - started
+        _write_json(args.out / "state.json", {
+            "step": step0 + step,
+            "stint_steps": step,
+            "stint_total_steps": total_steps,
+            "seed": seed,
+            "config": config,
+            "split": {"pack": str(args.pack), "pairs": len(pack.keys),
+                      "groups": sorted(set(pack.groups))},
+            "train_seconds_total": round(float(previous.get("train_seconds_total", 0))
+                                         + elapsed, 1),
+            "stints": int(previous.get("stints", 0)) + (1 if final else 0),
+            "last_loss": round(float(np.mean(losses[-50:])), 5) if losses else None,
+            "hardware": _hardware(),
+            "shards": shards,
+            "final": final,
+        })
+
+    budget = args.minutes * 60
+    total = args.steps or 10**9
+    losses: list[float] = []
+    log = (args.out / "train_log.jsonl")
+    args.out.mkdir(parents=True, exist_ok=True)
+    last_ckpt = time.time()
+    t_rate = None
+    step = 0
+    for x, y in prefetch(sampler, start=step0, workers=args.workers):
+        if step == 10:
+            jax.block_until_ready(state[0])
+            t_rate = time.time()  # after compilation
+        if step == 60 and t_rate is not None and args.minutes and not args.steps:
+            rate = 50 / (time.time() - t_rate)
+            remaining = budget - (time.time() - started) - 20  # leave time for the last save
+            total = max(args.warmup_steps + 1, 60 + int(rate * remaining))
+            print(f"measured {rate:.2f} steps/s: this stint runs {total} steps", flush=True)
+        lr = lr_at(step, args.lr, args.warmup_steps, total, args.min_lr_ratio)
+        t = step0 + step
+        decay = min(args.ema, (1 + t) / (10 + t))
+        loss, state = train_step_jit(state, np.float32(lr), np.float32(decay), x, y)
+        step += 1
+        if step % args.log_every == 0 or step == 1:
+            value = float(loss)
+            losses.append(value)
+            line = {"step": step0 + step, "loss": round(value, 5), "lr": round(lr, 7),
+                    "elapsed_s": round(time.time() - started, 1)}
+            with log.open("a") as fh:
+                fh.write(json.dumps(line) + "\n")
+            print(json.dumps(line), flush=True)
+        out_of_time = bool(budget) and time.time() - started > budget - 15
+        if step >= total or out_of_time:
+            break
+        if time.time() - last_ckpt > args.checkpoint_minutes * 60:
+            checkpoint(step, total, losses, final=False)
+            last_ckpt = time.time()
+    checkpoint(step, total, losses, final=True)
+    final = json.loads((args.out / "state.json").read_text())
+    print(json.dumps({k: final[k] for k in ("step", "train_seconds_total", "last_loss")}))
+    return final
+
+
+def _hardware() -> str:
+    import jax
+
+    devices = jax.devices()
+    kind = devices[0].device_kind if devices else "unknown"
+    return f"{kind} x{len(devices)} ({platform.machine()}, {os.cpu_count()} CPU threads)"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point."""
+    run(build_parser().parse_args(argv))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
