@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Any
 
 import cv2
 import numpy as np
@@ -33,6 +34,11 @@ import numpy as np
 #: pairs of one design score 0.85-0.99 (binarised scans, JPEG noise and defects included);
 #: different designs, or a board turned by 90 degrees, score below 0.3.
 MIN_SCORE = 0.5
+#: Gray-level standard deviation under which an image counts as bare (no copper to align
+#: on): a 640 px DeepPCB tile that is all substrate but for one small defect has about 5-8.
+FLAT_STD = 12.0
+#: Score above which a start is taken as aligned and no further start is tried.
+GOOD_SCORE = 0.9
 #: Longest side at which the coarse estimate runs; larger boards are downscaled for it.
 MAX_SIDE = 1024
 #: Largest rotation that registration will report as a match, in degrees.
@@ -87,9 +93,9 @@ def _matrix(dx: float, dy: float, angle_rad: float) -> np.ndarray:
 
 
 def _ecc(board: np.ndarray, reference: np.ndarray, warp: np.ndarray, iters: int) -> np.ndarray:
-    criteria = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, iters, 1e-5)
+    criteria = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, iters, 1e-7)
     try:
-        _, warp = cv2.findTransformECC(
+        _, warp = cv2.findTransformECC(  # type: ignore[call-overload]
             board, reference, warp.copy(), cv2.MOTION_EUCLIDEAN, criteria, None, 5
         )
     except cv2.error:
@@ -131,6 +137,13 @@ def estimate_alignment(
         )
     h, w = board.shape
     ref = _fit_to(reference, (h, w))
+    if min(float(board.std()), float(ref.std())) < FLAT_STD:
+        # A (nearly) bare spot of a board has nothing to align on, and any alignment is as
+        # good: keep the identity, and score how much of the pair agrees, so that a bare
+        # reference for a board full of copper (or the reverse) is still refused.
+        differs = float(np.mean(cv2.absdiff(board, ref) > 100))
+        identity = _matrix(0.0, 0.0, 0.0)
+        return Alignment(0.0, 0.0, 0.0, max(0.0, 1.0 - 10.0 * differs), identity)
     scale = min(1.0, max_side / max(h, w))
     b32 = board.astype(np.float32)
     r32 = ref.astype(np.float32)
@@ -147,11 +160,33 @@ def estimate_alignment(
     # Slight blur widens ECC's basin on binarised, sharp-edged scans.
     bs_b = cv2.GaussianBlur(bs, (5, 5), 1.0)
     rs_b = cv2.GaussianBlur(rs, (5, 5), 1.0)
-    # Periodic layouts (rows of identical pads) can give phase correlation a wrong peak; the
-    # identity is the other natural start, and the better-scoring one wins.
+    # Periodic layouts (rows of identical pads) can give phase correlation a wrong peak, and
+    # a rotation weakens its true one: the identity is the second start, and phase
+    # correlations of the reference turned by a few angles come after, only while no start
+    # has aligned the pair well. The best-scoring ECC result wins.
+    def rotated_start(angle: float) -> np.ndarray:
+        hs, ws = bs.shape
+        cx, cy = (ws - 1) / 2, (hs - 1) / 2
+        a = math.radians(angle)
+        c, sn = math.cos(a), math.sin(a)
+        rot = np.array([[c, -sn, cx - c * cx + sn * cy], [sn, c, cy - sn * cx - c * cy]])
+        turned = cv2.warpAffine(rs, rot, (ws, hs), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                                borderMode=cv2.BORDER_REPLICATE)
+        # board(p) ~ turned(p + s) = reference(rot (p + s)).
+        (tx, ty), _ = cv2.phaseCorrelate(bs, turned, window)
+        start = rot.copy()
+        start[:, 2] = rot[:, :2] @ np.array([tx, ty]) + rot[:, 2]
+        return start.astype(np.float32)
+
+    starts: list[Any] = [
+        _matrix(sx, sy, 0.0), _matrix(0.0, 0.0, 0.0),
+        *(lambda a=a: rotated_start(a) for a in (-1.5, 1.5, -3.0, 3.0)),
+    ]
     best: tuple[float, np.ndarray] | None = None
-    for start in (_matrix(sx, sy, 0.0), _matrix(0.0, 0.0, 0.0)):
-        warp = _ecc(bs_b, rs_b, start, 60)
+    for start in starts:
+        if best is not None and best[0] > GOOD_SCORE:
+            break
+        warp = _ecc(bs_b, rs_b, start() if callable(start) else start, 300)
         if scale < 1.0:
             warp[:, 2] /= scale
             warp = _ecc(cv2.GaussianBlur(b32, (5, 5), 1.0), cv2.GaussianBlur(r32, (5, 5), 1.0),
@@ -160,8 +195,6 @@ def estimate_alignment(
         score = _score(board, warped, valid)
         if best is None or score > best[0]:
             best = (score, warp)
-        if score > 0.8:
-            break
     assert best is not None
     score, warp = best
     angle = math.degrees(math.atan2(float(warp[1, 0]), float(warp[0, 0])))

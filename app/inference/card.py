@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -30,6 +30,10 @@ class Thresholds(BaseModel):
 
     confidence: float = Field(0.5, ge=0, le=1)
     min_area_px: int = Field(10, ge=0)
+    min_confidence: float = Field(
+        0.0, ge=0, le=1,
+        description="Operating point: defects less confident than this are not reported.",
+    )
 
 
 class ModelCard(BaseModel):
@@ -43,6 +47,20 @@ class ModelCard(BaseModel):
     input: InputSpec = Field(default_factory=InputSpec)
     pixels_per_mm: float = Field(48.0, gt=0)
     thresholds: Thresholds = Field(default_factory=Thresholds)
+    mode: Literal["single", "pair"] = Field(
+        "single",
+        description="'single': the board alone; 'pair': the board and its golden reference.",
+    )
+
+
+def default_card_path(weights_path: Path) -> Path:
+    """The card of a weights file: ``<stem>.card.json`` beside it, else ``model_card.json``.
+
+    Two models can share a folder that way (``pcb_pair_unet.keras`` with
+    ``pcb_pair_unet.card.json``), while a folder with one model keeps the plain name.
+    """
+    own = weights_path.with_name(weights_path.name.removesuffix(".keras") + ".card.json")
+    return own if own.is_file() else weights_path.with_name("model_card.json")
 
 
 class ModelCardError(ValueError):

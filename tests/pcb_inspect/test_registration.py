@@ -1,0 +1,126 @@
+"""Registration of a golden board to the board under test, on synthetic boards."""
+
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+import pytest
+
+from pcb_inspect.registration import (
+    MIN_SCORE,
+    AlignmentError,
+    estimate_alignment,
+    register,
+    warp_reference,
+)
+from pcb_inspect.synth import make_board
+
+
+def moved(image: np.ndarray, dx: float, dy: float, degrees: float) -> np.ndarray:
+    """``image`` moved so that ``moved(M @ p) = image(p)`` with M = rotation + (dx, dy)."""
+    c, s = math.cos(math.radians(degrees)), math.sin(math.radians(degrees))
+    matrix = np.array([[c, -s, dx], [s, c, dy]], dtype=np.float32)
+    h, w = image.shape
+    return cv2.warpAffine(image, matrix, (w, h), flags=cv2.INTER_LINEAR,
+                          borderMode=cv2.BORDER_REPLICATE)
+
+
+@pytest.fixture(scope="module")
+def board():
+    return make_board(seed=11, size=640, jpeg_quality=90)
+
+
+@pytest.mark.parametrize(
+    ("dx", "dy", "degrees"),
+    [(0.0, 0.0, 0.0), (3.3, -2.7, 0.0), (-12.5, 8.25, 0.6), (10.0, -7.0, -1.0), (0.4, 0.2, 0.1)],
+)
+def test_known_motion_is_recovered(board, dx, dy, degrees):
+    reference = moved(board.template, dx, dy, degrees)
+    alignment = estimate_alignment(board.image, reference)
+    assert alignment.dx == pytest.approx(dx, abs=0.5)
+    assert alignment.dy == pytest.approx(dy, abs=0.5)
+    assert alignment.rotation_deg == pytest.approx(degrees, abs=0.2)
+    assert alignment.score > 0.9
+
+
+def test_larger_motion_is_recovered_within_a_pixel(board):
+    # 20 px and 1.5 degrees about the corner: phase correlation alone is weak under that
+    # rotation; the rotated starts and ECC still land within a pixel.
+    alignment = estimate_alignment(board.image, moved(board.template, 20.0, -15.0, -1.5))
+    assert (alignment.dx, alignment.dy) == pytest.approx((20.0, -15.0), abs=1.0)
+    assert alignment.rotation_deg == pytest.approx(-1.5, abs=0.2)
+
+
+def test_registered_reference_differs_only_at_the_defects(board):
+    reference = moved(board.template, 6.0, -4.0, 0.5)
+    warped, alignment = register(board.image, reference)
+    assert warped.shape == board.image.shape
+    changed = cv2.absdiff(warped, board.image) > 100
+    # Away from the border that the motion uncovered, the only large differences left are
+    # the defects (and at most a sliver of interpolated edge pixels).
+    inner = (slice(24, -24), slice(24, -24))
+    outside = changed[inner] & (board.mask[inner] == 0)
+    assert outside.mean() < 0.002
+    assert alignment.as_dict()["dx"] == pytest.approx(6.0, abs=0.5)
+
+
+def test_slightly_different_sizes_are_aligned(board):
+    reference = moved(board.template, 2.0, 3.0, 0.0)[:620, :630]
+    warped, alignment = register(board.image, reference)
+    assert warped.shape == board.image.shape
+    assert (alignment.dx, alignment.dy) == pytest.approx((2.0, 3.0), abs=0.5)
+
+
+def test_large_board_uses_the_downscaled_estimate():
+    big = make_board(seed=3, size=(1400, 1800))
+    reference = moved(big.template, 5.5, -3.25, 0.3)
+    alignment = estimate_alignment(big.image, reference, max_side=512)
+    assert (alignment.dx, alignment.dy) == pytest.approx((5.5, -3.25), abs=0.5)
+    assert alignment.rotation_deg == pytest.approx(0.3, abs=0.2)
+
+
+@pytest.mark.parametrize("kind", ["other_design", "rotated_90", "blank"])
+def test_a_wrong_reference_is_refused(board, kind):
+    reference = {
+        "other_design": make_board(seed=99, size=640).template,
+        "rotated_90": np.ascontiguousarray(np.rot90(board.template)),
+        "blank": np.full((640, 640), 255, np.uint8),
+    }[kind]
+    with pytest.raises(AlignmentError) as info:
+        register(board.image, reference)
+    if kind == "rotated_90":
+        # ECC may well find the quarter turn; it is refused for its angle, not its score.
+        assert "rotated by" in str(info.value) or info.value.score < MIN_SCORE
+    else:
+        assert info.value.score < MIN_SCORE
+        assert "alignment score" in str(info.value)
+
+
+def test_warp_fills_uncovered_pixels_from_the_border(board):
+    alignment = estimate_alignment(board.image, moved(board.template, 30.0, 0.0, 0.0))
+    warped = warp_reference(moved(board.template, 30.0, 0.0, 0.0), alignment, (640, 640))
+    # Replicated border, never black: black would read as copper added everywhere there.
+    assert warped[:, -5:].min() >= 0
+    assert np.count_nonzero(warped[:, -25:] == 0) <= np.count_nonzero(board.template < 50)
+
+
+def test_non_grayscale_input_is_rejected(board):
+    with pytest.raises(ValueError, match="2-D grayscale"):
+        estimate_alignment(np.stack([board.image] * 3, axis=-1), board.template)
+
+
+def test_a_bare_tile_keeps_the_identity_and_scores_agreement():
+    bare = np.full((640, 640), 250, np.uint8)
+    with_blob = bare.copy()
+    cv2.circle(with_blob, (300, 300), 6, 10, -1)  # a spurious copper blob on bare substrate
+    warped, alignment = register(with_blob, bare)
+    assert (alignment.dx, alignment.dy, alignment.rotation_deg) == (0.0, 0.0, 0.0)
+    assert alignment.score > 0.99
+    assert np.array_equal(warped, bare)
+
+
+def test_a_bare_reference_for_a_full_board_is_refused(board):
+    with pytest.raises(AlignmentError):
+        register(board.image, np.full((640, 640), 250, np.uint8))
