@@ -227,3 +227,38 @@ def test_tiny_model_under_mixed_bfloat16(bfloat16_policy):
 
 def test_policy_restored_after_mixed_test():
     assert keras.mixed_precision.global_policy().name == "float32"
+
+
+# --------------------------------------------------------------------------- the pair model
+def test_pair_model_inputs_and_output():
+    model = build_model(reference=True, encoder_depth=2, decoder_filters=(8, 4))
+    assert [t.name for t in model.inputs] == ["image", "reference"]
+    x = np.random.default_rng(0).integers(0, 256, (2, 32, 48, 1)).astype("float32")
+    probs = np.asarray(model([x, x[::-1]]))
+    assert probs.shape == (2, 32, 48, NUM_OUTPUTS)
+    np.testing.assert_allclose(probs.sum(-1), 1.0, atol=1e-5)
+
+
+def test_pair_difference_channel_hand_values():
+    # The encoder's third channel is (board - reference) / 2 + 127.5: 127.5 means "no change",
+    # copper added (dark on light) goes below, copper lost goes above.
+    model = build_model(reference=True, encoder_depth=2, decoder_filters=(8, 4))
+    probe = keras.Model(model.inputs, model.get_layer("pair_to_rgb").output)
+    board = np.array([0.0, 255.0, 100.0, 30.0]).reshape(1, 2, 2, 1)
+    ref = np.array([255.0, 0.0, 100.0, 50.0]).reshape(1, 2, 2, 1)
+    rgb = np.asarray(probe([board, ref]))
+    np.testing.assert_allclose(rgb[..., 0], board[..., 0])
+    np.testing.assert_allclose(rgb[..., 1], ref[..., 0])
+    np.testing.assert_allclose(rgb[0, ..., 2], [[0.0, 255.0], [127.5, 117.5]])
+
+
+def test_decoder_reduction_is_lighter_and_saves_its_config(tmp_path):
+    wide = build_model(encoder_depth=3, decoder_filters=(32, 16, 8))
+    light = build_model(encoder_depth=3, decoder_filters=(32, 16, 8), decoder_reduction=True)
+    assert light.count_params() < wide.count_params()
+    assert any(layer.name.endswith("_reduce_skip_conv") for layer in light.layers)
+    path = tmp_path / "light.keras"
+    light.save(path)
+    loaded = keras.models.load_model(path, custom_objects=get_custom_objects(), compile=False)
+    x = np.random.default_rng(1).integers(0, 256, (1, 32, 32, 1)).astype("float32")
+    np.testing.assert_allclose(np.asarray(loaded(x)), np.asarray(light(x)), atol=1e-6)
