@@ -49,9 +49,13 @@ LABEL org.opencontainers.image.title="pcb-inspect" \
       io.pcb-inspect.variant="${VARIANT}"
 
 # A fixed numeric UID lets Kubernetes verify runAsNonRoot without resolving a user name.
+# /data holds the golden boards (PCB_DATA_DIR): owned by that user, so a named volume mounted
+# there (compose) starts writable; Kubernetes mounts a PVC there with fsGroup 10001.
 RUN groupadd --system --gid 10001 app \
     && useradd --system --uid 10001 --gid app --home-dir /home/app --create-home \
-        --shell /usr/sbin/nologin app
+        --shell /usr/sbin/nologin app \
+    && mkdir -p /data \
+    && chown 10001:10001 /data
 
 COPY --from=build /opt/venv /opt/venv
 
@@ -59,7 +63,9 @@ WORKDIR /app
 # The weights live outside site-packages (the package's default path resolves relative to
 # its own install location), so the path is set explicitly below. Mount other weights over
 # /app/weights or point PCB_WEIGHTS_PATH elsewhere to serve a different model. Root-owned so
-# the service user cannot alter the model it serves.
+# the service user cannot alter the model it serves. The whole folder, so the golden-board
+# model (pcb_pair_unet.keras with pcb_pair_unet.card.json) comes along once it is shipped: the
+# service looks for it beside PCB_WEIGHTS_PATH and serves single-image inspection without it.
 COPY --chown=root:root weights ./weights
 
 # KERAS_HOME: Keras writes its config dir on import, and /tmp is the one place that stays
@@ -71,7 +77,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     TF_CPP_MIN_LOG_LEVEL=1 \
     PCB_HOST=0.0.0.0 \
     PCB_PORT=8000 \
-    PCB_WEIGHTS_PATH=/app/weights/pcb_defect_unet.keras
+    PCB_WEIGHTS_PATH=/app/weights/pcb_defect_unet.keras \
+    PCB_DATA_DIR=/data
 
 USER 10001:10001
 

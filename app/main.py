@@ -1,4 +1,4 @@
-"""Builds the FastAPI app: the lifespan that owns the model, middleware and routers.
+"""Builds the FastAPI app: the lifespan that owns the models, middleware and routers.
 
 Importing this module is cheap: TensorFlow and the model load in the lifespan, not here.
 """
@@ -13,14 +13,14 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 
-from app.api.routes import health, metrics, model, predict, ui
+from app.api.routes import golden, health, metrics, model, predict, ui
 from app.core.config import Settings, get_settings
 from app.core.errors import install_error_handlers
-from app.core.metrics import MODEL_INFO
+from app.core.metrics import MODEL_INFO, PAIR_MODEL_INFO
 from app.core.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from app.core.state import ServiceState
 from app.inference.batcher import DynamicBatcher
-from app.inference.inferencer import Inferencer, ModelLoadError
+from app.inference.inferencer import Inferencer, ModelLoadError, check_weights_file
 
 logger = logging.getLogger("pcb_inspect")
 
@@ -34,38 +34,100 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def load_pair_model(settings: Settings) -> tuple[Inferencer | None, str]:
+    """Loads the golden-board (pair) model, if one is configured.
+
+    Returns:
+        ``(inferencer, "")``, or ``(None, why there is none)`` when it is switched off
+        (``PCB_PAIR_WEIGHTS_PATH=""``) or the default file is absent (a warning: the service
+        then inspects boards alone).
+
+    Raises:
+        ModelLoadError: A configured file is missing or broken, or its card does not fit.
+    """
+    path = settings.pair_weights
+    if path is None:
+        return None, "it is switched off (PCB_PAIR_WEIGHTS_PATH is empty)"
+    if settings.pair_weights_is_default and not path.exists():
+        logger.warning(
+            "no golden-board model at %s (the default PCB_PAIR_WEIGHTS_PATH): serving "
+            "single-image inspection only; requests with a reference get 503", path,
+        )
+        return None, f"its weights file {path} does not exist"
+    try:
+        # The weights first: a missing file should be named as such, not as a missing card.
+        check_weights_file(path)
+        pair = Inferencer.load(
+            path,
+            settings.pair_model_card_path,
+            device=settings.device,
+            precision=settings.precision,
+            tile_overlap=settings.tile_overlap,
+            max_batch_size=settings.max_batch_size,
+        )
+    except ModelLoadError as exc:
+        raise ModelLoadError(f"golden-board model (PCB_PAIR_WEIGHTS_PATH): {exc}") from None
+    if pair.mode != "pair":
+        raise ModelLoadError(
+            f"golden-board model (PCB_PAIR_WEIGHTS_PATH): weights file {path} is a "
+            f"{pair.mode} model with one input; expected a pair model (inputs image and "
+            "reference)"
+        )
+    return pair, ""
+
+
+def _batcher(inferencer: Inferencer, settings: Settings) -> DynamicBatcher:
+    return DynamicBatcher(
+        inferencer.forward,
+        max_batch_size=settings.max_batch_size,
+        max_wait_s=settings.max_wait_ms / 1e3,
+        max_queue=max(settings.max_queue_tiles, settings.max_batch_size),
+    )
+
+
+def _model_labels(inferencer: Inferencer) -> dict[str, str]:
+    return {
+        "name": inferencer.card.name,
+        "version": inferencer.card.version,
+        "weights_sha256": inferencer.weights_sha256,
+        "device": inferencer.device,
+        "precision": inferencer.precision,
+    }
+
+
 @contextlib.asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """Loads and warms the model, starts the batcher; on shutdown drains and stops them."""
+    """Loads and warms the models, starts their batchers; on shutdown drains and stops them."""
     state: ServiceState = app.state.service
     settings = state.settings
     state.not_ready_reason = "loading model"
     try:
         inferencer = await asyncio.to_thread(Inferencer.from_settings, settings)
+        state.not_ready_reason = "loading the golden-board model"
+        pair, why_no_pair = await asyncio.to_thread(load_pair_model, settings)
     except ModelLoadError as exc:
         state.not_ready_reason = f"model failed to load: {exc}"
         logger.error("startup failed: %s", exc)
         raise
     if settings.warmup:
         state.not_ready_reason = "warming up"
-        seconds = await asyncio.to_thread(inferencer.warm_up)
-        logger.info("model warmed up in %.2f s", seconds)
-    batcher = DynamicBatcher(
-        inferencer.forward,
-        max_batch_size=settings.max_batch_size,
-        max_wait_s=settings.max_wait_ms / 1e3,
-        max_queue=max(settings.max_queue_tiles, settings.max_batch_size),
-    )
+        for model in (inferencer, pair):
+            if model is not None:
+                seconds = await asyncio.to_thread(model.warm_up)
+                logger.info("%s model warmed up in %.2f s", model.mode, seconds)
+    # One batcher (and queue) per model: a pair model's tiles carry two channels and run
+    # through another graph, so they cannot join the single model's batches.
+    batcher = _batcher(inferencer, settings)
     batcher.start()
-    MODEL_INFO.info(
-        {
-            "name": inferencer.card.name,
-            "version": inferencer.card.version,
-            "weights_sha256": inferencer.weights_sha256,
-            "device": inferencer.device,
-            "precision": inferencer.precision,
-        }
-    )
+    pair_batcher = None
+    if pair is not None:
+        pair_batcher = _batcher(pair, settings)
+        pair_batcher.start()
+        PAIR_MODEL_INFO.info(_model_labels(pair))
+    MODEL_INFO.info(_model_labels(inferencer))
+    # Temporary files of golden-board writes killed mid-way (this or another replica).
+    with contextlib.suppress(OSError):
+        await asyncio.to_thread(state.golden.sweep_partials)
     if not settings.auth_enabled and not _is_loopback(settings.host):
         logger.warning(
             "AUTH IS OFF and the service listens on %s: anyone who reaches this address can "
@@ -73,10 +135,14 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             settings.host,
         )
     state.inferencer, state.batcher = inferencer, batcher
+    state.pair_inferencer, state.pair_batcher = pair, pair_batcher
+    state.pair_unavailable_reason = why_no_pair
     state.idle.set()
     logger.info(
-        "ready: model %s %s on %s (%s)",
+        "ready: model %s %s on %s (%s)%s",
         inferencer.card.name, inferencer.card.version, inferencer.device, inferencer.precision,
+        f"; golden-board model {pair.card.name} {pair.card.version}" if pair else
+        f"; no golden-board model ({why_no_pair})",
     )
     try:
         yield
@@ -86,7 +152,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(state.idle.wait(), settings.shutdown_grace_s)
         await batcher.close()
-        state.batcher = None
+        if pair_batcher is not None:
+            await pair_batcher.close()
+        state.batcher = state.pair_batcher = None
         logger.info("stopped")
 
 
@@ -103,7 +171,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestContextMiddleware)
-    for router in (health.router, metrics.router, model.router, predict.router, ui.router):
+    for router in (
+        health.router, metrics.router, model.router, predict.router, golden.router, ui.router
+    ):
         app.include_router(router)
     return app
 

@@ -14,6 +14,7 @@ import logging
 import os
 import sys
 from types import FrameType
+from typing import Any
 
 import uvicorn
 
@@ -69,6 +70,25 @@ class GracefulServer(uvicorn.Server):
         self.should_exit = True
 
 
+def _check_pair_model(settings: Any) -> None:
+    """The cheap checks of the golden-board model's files, when one is configured.
+
+    The default path may be absent (the service then inspects boards alone); a path that
+    was set on purpose must exist.
+    """
+    from app.inference.card import ModelCardError, load_card
+    from app.inference.inferencer import ModelLoadError, check_weights_file
+
+    path = settings.pair_weights
+    if path is None or (settings.pair_weights_is_default and not path.exists()):
+        return
+    try:
+        check_weights_file(path)
+        load_card(settings.pair_model_card_path)
+    except (ModelLoadError, ModelCardError) as exc:
+        raise type(exc)(f"golden-board model (PCB_PAIR_WEIGHTS_PATH): {exc}") from None
+
+
 def run(args: argparse.Namespace) -> int:
     """Serves the app until a signal stops it.
 
@@ -93,6 +113,7 @@ def run(args: argparse.Namespace) -> int:
         check_weights_file(settings.weights_path)
         assert settings.model_card_path is not None
         load_card(settings.model_card_path)
+        _check_pair_model(settings)
     except (ModelLoadError, ModelCardError) as exc:
         logger.error("startup failed: %s", exc)
         print(f"pcb-inspect: startup failed: {exc}", file=sys.stderr)

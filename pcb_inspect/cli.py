@@ -18,6 +18,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "export": ("training.export", "write a run's model as shippable weights and model card"),
     "predict": ("pcb_inspect.client_cli", "inspect image files through a running service"),
     "batch": ("pcb_inspect.client_cli", "upload a folder of boards through the batch endpoint"),
+    "golden": ("pcb_inspect.client_cli", "store, list, get or delete golden (reference) boards"),
 }
 
 

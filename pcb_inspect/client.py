@@ -8,11 +8,16 @@ Example::
         result = client.predict("board_0001.png")
         if result["summary"]["verdict"] == "fail":
             ...
+        # Against a golden board: uploaded with the request, or stored once per product.
+        client.predict("board_0002.png", template="golden_A17.png")
+        client.put_golden_board("A17", "golden_A17.png")
+        client.predict("board_0003.png", product="A17")
 
 The client retries what is worth retrying and nothing else:
 
 * ``503`` (overloaded, not ready, shutting down) and ``429``, honouring ``Retry-After``;
-* connection errors and timeouts (inspection has no side effects, so a repeat is safe).
+* connection errors and timeouts (inspection has no side effects, and storing or deleting a
+  golden board is idempotent, so a repeat is safe).
 
 Waits grow exponentially with *full jitter* (a uniform draw in ``[0, backoff * 2**attempt]``,
 capped at ``max_backoff``), so that many stations knocked off by the same overload do not come
@@ -28,6 +33,7 @@ import mimetypes
 import os
 import random
 import time
+import urllib.parse
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -41,16 +47,20 @@ __all__ = [
     "ImageInput",
     "InspectClient",
     "InspectError",
+    "PERMANENT_CODES",
     "RETRY_STATUSES",
 ]
 
-#: What :meth:`InspectClient.predict` accepts as an image: a path, raw bytes, an open binary
-#: file, or a ``(filename, bytes)`` pair.
+#: What :meth:`InspectClient.predict` accepts as an image (a board, or a golden board): a
+#: path, raw bytes, an open binary file, or a ``(filename, bytes)`` pair.
 ImageInput = str | os.PathLike[str] | bytes | IO[bytes] | tuple[str, bytes]
 MaskMode = Literal["png", "rle", "none"]
 
 #: Statuses worth another try: the service is busy or says so.
 RETRY_STATUSES: frozenset[int] = frozenset({429, 503})
+#: Codes of a retry status that waiting does not cure: the service runs without the
+#: golden-board model until someone deploys one, so retrying would only delay the error.
+PERMANENT_CODES: frozenset[str] = frozenset({"pair_model_unavailable"})
 
 _USER_AGENT = "pcb-inspect-client/0.1.0"
 
@@ -78,18 +88,38 @@ class InspectError(Exception):
     @property
     def retryable(self) -> bool:
         """Whether the same request might succeed later (busy service, network trouble)."""
+        if self.code in PERMANENT_CODES:
+            return False
         return self.status is None or self.status in RETRY_STATUSES or self.status >= 500
+
+
+def _json(response: httpx.Response) -> Any:
+    return response.json()
+
+
+def _content(response: httpx.Response) -> bytes:
+    return response.content
+
+
+def _nothing(response: httpx.Response) -> None:
+    return None
 
 
 @dataclass(frozen=True)
 class _Request:
-    """One request, fully materialised so it can be sent again on a retry."""
+    """One request, fully materialised so it can be sent again on a retry.
+
+    ``parse`` turns the successful response into what the public method returns: the sync
+    and async clients share every request builder and parser, and differ only in how they
+    send (see ``_call``).
+    """
 
     method: str
     path: str
     params: dict[str, Any] | None = None
     files: list[tuple[str, tuple[str, bytes, str]]] | None = None
     headers: dict[str, str] | None = None
+    parse: Callable[[httpx.Response], Any] = _json
 
 
 def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
@@ -121,27 +151,82 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> float |
     return max(0.0, seconds)
 
 
-def _read_image(image: ImageInput, index: int = 0) -> tuple[str, bytes, str]:
-    """Reads ``image`` once into ``(filename, bytes, content type)`` so retries can resend it."""
+def _read_image(
+    image: ImageInput, index: int = 0, role: str = "image"
+) -> tuple[str, bytes, str]:
+    """Reads ``image`` once into ``(filename, bytes, content type)`` so retries can resend it.
+
+    ``role`` names the argument in errors and in the file name of unnamed bytes
+    (``"image"``, ``"template"``).
+    """
     if isinstance(image, tuple):
         name, data = image
     elif isinstance(image, bytes | bytearray | memoryview):
-        name, data = f"image{index or ''}", bytes(image)
+        name, data = f"{role}{index or ''}", bytes(image)
     elif isinstance(image, str | os.PathLike):
         path = Path(image)
         name, data = path.name, path.read_bytes()
     elif hasattr(image, "read"):
         data = image.read()
-        name = Path(str(getattr(image, "name", "") or f"image{index or ''}")).name
+        name = Path(str(getattr(image, "name", "") or f"{role}{index or ''}")).name
     else:
         raise TypeError(
-            "image must be a path, bytes, a binary file or a (filename, bytes) pair; "
+            f"{role} must be a path, bytes, a binary file or a (filename, bytes) pair; "
             f"got {type(image).__name__}"
         )
     if not isinstance(data, bytes):
-        raise TypeError(f"the image file must be opened in binary mode; read {type(data).__name__}")
+        raise TypeError(
+            f"the {role} file must be opened in binary mode; read {type(data).__name__}"
+        )
     content_type = mimetypes.guess_type(name)[0] or "application/octet-stream"
     return name, data, content_type
+
+
+def _product_id(product: object) -> str:
+    """Checks a product id before it goes into a URL; the service checks the rest (422).
+
+    An empty id, ``.``/``..`` or one with a ``/`` would change which endpoint the URL names
+    (the list, a parent path, another route) rather than reach the service as an id.
+    """
+    if not isinstance(product, str):
+        raise TypeError(f"product must be a str; got {type(product).__name__}")
+    if not product.strip() or product in (".", "..") or "/" in product:
+        raise ValueError(
+            f"product must be a non-empty id without '/' (e.g. 'A17-top'); got {product!r}"
+        )
+    return product
+
+
+def _golden_path(product: str) -> str:
+    return "/v1/golden-boards/" + urllib.parse.quote(_product_id(product), safe="")
+
+
+def _golden_list(response: httpx.Response) -> list[dict[str, Any]]:
+    """The boards of ``GET /v1/golden-boards`` (``{"count", "boards": [...]}``).
+
+    A bare list is accepted too, so that a proxy or an older service that flattens the
+    answer still lists.
+    """
+    body = response.json()
+    if isinstance(body, dict) and isinstance(body.get("boards"), list):
+        body = body["boards"]
+    if not isinstance(body, list):
+        shape = sorted(body) if isinstance(body, dict) else type(body).__name__
+        raise InspectError(
+            response.status_code, "unexpected_response",
+            "GET /v1/golden-boards: expected an object with a 'boards' list (or a bare list); "
+            f"got {shape}",
+        )
+    return body
+
+
+def _stored(response: httpx.Response) -> dict[str, Any]:
+    """The stored board's metadata, with ``replaced``: whether the id had a board (200/201)."""
+    body = response.json() if response.content else {}
+    if not isinstance(body, dict):
+        body = {"response": body}
+    body.setdefault("replaced", response.status_code == 200)
+    return body
 
 
 def _params(
@@ -240,30 +325,84 @@ class _Base:
             delay = max(delay, retry_after)
         return min(delay, self.max_backoff)
 
+    def _gives_up(self, error: InspectError, attempt: int) -> bool:
+        """Whether ``error`` ends the request after ``attempt`` retries.
+
+        Only a busy service or a lost connection earns a retry: any other 4xx/5xx would come
+        back the same, and a 500 may be the image itself.
+        """
+        if error.status not in (None, *RETRY_STATUSES) or error.code in PERMANENT_CODES:
+            return True
+        return attempt >= self.retries
+
     def _outcome(self, response: httpx.Response) -> InspectError | None:
         """``None`` for a success, else the error the response stands for."""
         if response.is_success:
             return None
         return _error_from_response(response)
 
+    # --- request builders, shared by both clients ----------------------------------------
+
     @staticmethod
     def _predict_request(
-        image: ImageInput, params: dict[str, Any], accept: str | None = None
+        image: ImageInput,
+        params: dict[str, Any],
+        accept: str | None = None,
+        *,
+        template: ImageInput | None = None,
+        product: str | None = None,
+        parse: Callable[[httpx.Response], Any] = _json,
     ) -> _Request:
+        if template is not None and product is not None:
+            # The service answers 422 too; failing here saves the upload.
+            raise ValueError(
+                "pass a golden board as template= (uploaded) or product= (stored), not both; "
+                f"got template and product={product!r}"
+            )
+        files = [("file", _read_image(image))]
+        if template is not None:
+            files.append(("template", _read_image(template, role="template")))
+        if product is not None:
+            params = {**params, "product": _product_id(product)}
         return _Request(
             "POST",
             "/predict",
             params=params,
-            files=[("file", _read_image(image))],
+            files=files,
             headers={"Accept": accept} if accept else None,
+            parse=parse,
         )
 
     @staticmethod
-    def _batch_request(images: Sequence[ImageInput], params: dict[str, Any]) -> _Request:
+    def _batch_request(
+        images: Sequence[ImageInput], params: dict[str, Any], product: str | None = None
+    ) -> _Request:
         if not images:
             raise ValueError("predict_batch needs at least one image; got an empty sequence")
+        if product is not None:
+            params = {**params, "product": _product_id(product)}
         files = [("files", _read_image(img, i)) for i, img in enumerate(images)]
         return _Request("POST", "/predict/batch", params=params, files=files)
+
+    @staticmethod
+    def _put_golden_request(product: str, image: ImageInput) -> _Request:
+        files = [("file", _read_image(image, role="golden board"))]
+        return _Request("PUT", _golden_path(product), files=files, parse=_stored)
+
+    @staticmethod
+    def _list_golden_request() -> _Request:
+        return _Request("GET", "/v1/golden-boards", parse=_golden_list)
+
+    @staticmethod
+    def _get_golden_request(product: str, png: bool = False) -> _Request:
+        if png:
+            return _Request("GET", _golden_path(product), headers={"Accept": "image/png"},
+                            parse=_content)
+        return _Request("GET", _golden_path(product), headers={"Accept": "application/json"})
+
+    @staticmethod
+    def _delete_golden_request(product: str) -> _Request:
+        return _Request("DELETE", _golden_path(product), parse=_nothing)
 
 
 class InspectClient(_Base):
@@ -337,44 +476,57 @@ class InspectClient(_Base):
                 error = _transport_error(exc, self.base_url + request.path)
             if error is None:
                 return response
-            # Only a busy service or a lost connection earns a retry: any other 4xx/5xx would
-            # come back the same, and a 500 may be the image itself.
-            if error.status not in (None, *RETRY_STATUSES) or attempt >= self.retries:
+            if self._gives_up(error, attempt):
                 raise error
             self._sleep(self.retry_delay(attempt, error.retry_after))
             attempt += 1
+
+    def _call(self, request: _Request) -> Any:
+        return request.parse(self._send(request))
 
     def predict(
         self,
         image: ImageInput,
         *,
+        template: ImageInput | None = None,
+        product: str | None = None,
         mask: MaskMode = "none",
         threshold: float | None = None,
         min_area_px: int | None = None,
         pixels_per_mm: float | None = None,
     ) -> dict[str, Any]:
-        """Inspects one board.
+        """Inspects one board, alone or against its golden (defect-free) board.
 
         Args:
             image: A path, bytes, binary file or ``(filename, bytes)``.
+            template: The golden board, uploaded with this request (same forms as ``image``).
+            product: The id of a golden board stored with :meth:`put_golden_board`. At most
+                one of ``template`` and ``product``.
             mask: How the mask comes back: ``"png"`` (base64), ``"rle"`` or ``"none"``.
             threshold: Confidence cut in ``[0, 1]``; default: the service's.
             min_area_px: Smallest defect reported, in pixels; default: the service's.
             pixels_per_mm: Scan resolution for the mm² areas; default: the service's.
 
         Returns:
-            The API's JSON result (``image``, ``model``, ``defects``, ``summary``, ...).
+            The API's JSON result (``image``, ``model`` with its ``mode``, ``defects``,
+            ``summary``, and ``reference``: where the golden board came from and how it was
+            aligned, or ``None`` without one).
 
         Raises:
-            InspectError: The service rejected the image or could not be reached.
+            InspectError: The service rejected the image or could not be reached; against a
+                golden board also ``unknown_product`` (404), ``alignment_failed`` (422) and
+                ``pair_model_unavailable`` (503).
+            ValueError: Both ``template`` and ``product``, or an unusable product id.
         """
         params = _params(mask, threshold, min_area_px, pixels_per_mm)
-        return self._send(self._predict_request(image, params)).json()  # type: ignore[no-any-return]
+        request = self._predict_request(image, params, template=template, product=product)
+        return self._call(request)  # type: ignore[no-any-return]
 
     def predict_batch(
         self,
         images: Sequence[ImageInput],
         *,
+        product: str | None = None,
         mask: MaskMode = "none",
         threshold: float | None = None,
         min_area_px: int | None = None,
@@ -383,26 +535,85 @@ class InspectClient(_Base):
         """Inspects several boards in one request (``POST /predict/batch``).
 
         A bad image does not fail the others: each item of ``results`` has its own
-        ``status`` and either ``result`` or ``error``.
+        ``status`` and either ``result`` or ``error``. With ``product``, every board is
+        compared with that product's stored golden board.
 
         Returns:
             ``{"count", "succeeded", "failed", "results": [...]}`` in upload order.
 
         Raises:
-            InspectError: The request as a whole failed (e.g. 413: too many files).
+            InspectError: The request as a whole failed (e.g. 413: too many files, 404:
+                unknown product).
         """
         params = _params(mask, threshold, min_area_px, pixels_per_mm)
-        return self._send(self._batch_request(images, params)).json()  # type: ignore[no-any-return]
+        return self._call(self._batch_request(images, params, product))  # type: ignore[no-any-return]
 
-    def overlay(self, image: ImageInput, **params: Any) -> bytes:
+    def overlay(
+        self,
+        image: ImageInput,
+        *,
+        template: ImageInput | None = None,
+        product: str | None = None,
+        **params: Any,
+    ) -> bytes:
         """PNG of the board with the defect masks, boxes, labels and a legend drawn on it."""
-        request = self._predict_request(image, _params(render="overlay", **params))
-        return self._send(request).content
+        request = self._predict_request(
+            image, _params(render="overlay", **params), template=template, product=product,
+            parse=_content,
+        )
+        return self._call(request)  # type: ignore[no-any-return]
 
-    def mask_png(self, image: ImageInput, **params: Any) -> bytes:
+    def mask_png(
+        self,
+        image: ImageInput,
+        *,
+        template: ImageInput | None = None,
+        product: str | None = None,
+        **params: Any,
+    ) -> bytes:
         """The class-mask PNG (8-bit: 0 background, k the k-th class)."""
-        request = self._predict_request(image, _params(**params), accept="image/png")
-        return self._send(request).content
+        request = self._predict_request(
+            image, _params(**params), accept="image/png", template=template, product=product,
+            parse=_content,
+        )
+        return self._call(request)  # type: ignore[no-any-return]
+
+    def put_golden_board(self, product: str, image: ImageInput) -> dict[str, Any]:
+        """Stores ``image`` as the golden board of ``product``, replacing any earlier one.
+
+        Returns:
+            The stored board's metadata as the service reports it (``product``, ``width``,
+            ``height``, ``sha256``, ``created``), and ``replaced``: ``True`` when the product
+            already had one (HTTP 200), ``False`` when it is new (201).
+
+        Raises:
+            InspectError: E.g. ``invalid_product`` (422) or an unreadable image (400/415).
+        """
+        return self._call(self._put_golden_request(product, image))  # type: ignore[no-any-return]
+
+    def list_golden_boards(self) -> list[dict[str, Any]]:
+        """The stored golden boards: ``[{product, width, height, sha256, created}, ...]``."""
+        return self._call(self._list_golden_request())  # type: ignore[no-any-return]
+
+    def get_golden_board(self, product: str) -> dict[str, Any]:
+        """The metadata of ``product``'s golden board.
+
+        Raises:
+            InspectError: ``unknown_product`` (404) when none is stored.
+        """
+        return self._call(self._get_golden_request(product))  # type: ignore[no-any-return]
+
+    def golden_board_png(self, product: str) -> bytes:
+        """``product``'s golden board itself, as PNG bytes."""
+        return self._call(self._get_golden_request(product, png=True))  # type: ignore[no-any-return]
+
+    def delete_golden_board(self, product: str) -> None:
+        """Deletes ``product``'s golden board.
+
+        Raises:
+            InspectError: ``unknown_product`` (404) when none is stored.
+        """
+        self._call(self._delete_golden_request(product))
 
     def health(self) -> bool:
         """Whether the service is ready now (``GET /readyz``); never raises, never retries."""
@@ -417,7 +628,7 @@ class InspectClient(_Base):
         Raises:
             InspectError: E.g. 401 for a missing or wrong API key.
         """
-        return self._send(_Request("GET", "/v1/model")).json()  # type: ignore[no-any-return]
+        return self._call(_Request("GET", "/v1/model"))  # type: ignore[no-any-return]
 
 
 class AsyncInspectClient(_Base):
@@ -478,34 +689,89 @@ class AsyncInspectClient(_Base):
                 error = _transport_error(exc, self.base_url + request.path)
             if error is None:
                 return response
-            if error.status not in (None, *RETRY_STATUSES) or attempt >= self.retries:
+            if self._gives_up(error, attempt):
                 raise error
             await self._sleep(self.retry_delay(attempt, error.retry_after))
             attempt += 1
 
-    async def predict(self, image: ImageInput, **params: Any) -> dict[str, Any]:
+    async def _call(self, request: _Request) -> Any:
+        return request.parse(await self._send(request))
+
+    async def predict(
+        self,
+        image: ImageInput,
+        *,
+        template: ImageInput | None = None,
+        product: str | None = None,
+        **params: Any,
+    ) -> dict[str, Any]:
         """See :meth:`InspectClient.predict` (``mask`` defaults to ``"none"``)."""
         params.setdefault("mask", "none")
-        response = await self._send(self._predict_request(image, _params(**params)))
-        return response.json()  # type: ignore[no-any-return]
+        request = self._predict_request(
+            image, _params(**params), template=template, product=product
+        )
+        return await self._call(request)  # type: ignore[no-any-return]
 
     async def predict_batch(
-        self, images: Sequence[ImageInput], **params: Any
+        self, images: Sequence[ImageInput], *, product: str | None = None, **params: Any
     ) -> dict[str, Any]:
         """See :meth:`InspectClient.predict_batch`."""
         params.setdefault("mask", "none")
-        response = await self._send(self._batch_request(images, _params(**params)))
-        return response.json()  # type: ignore[no-any-return]
+        return await self._call(  # type: ignore[no-any-return]
+            self._batch_request(images, _params(**params), product)
+        )
 
-    async def overlay(self, image: ImageInput, **params: Any) -> bytes:
+    async def overlay(
+        self,
+        image: ImageInput,
+        *,
+        template: ImageInput | None = None,
+        product: str | None = None,
+        **params: Any,
+    ) -> bytes:
         """See :meth:`InspectClient.overlay`."""
-        request = self._predict_request(image, _params(render="overlay", **params))
-        return (await self._send(request)).content
+        request = self._predict_request(
+            image, _params(render="overlay", **params), template=template, product=product,
+            parse=_content,
+        )
+        return await self._call(request)  # type: ignore[no-any-return]
 
-    async def mask_png(self, image: ImageInput, **params: Any) -> bytes:
+    async def mask_png(
+        self,
+        image: ImageInput,
+        *,
+        template: ImageInput | None = None,
+        product: str | None = None,
+        **params: Any,
+    ) -> bytes:
         """See :meth:`InspectClient.mask_png`."""
-        request = self._predict_request(image, _params(**params), accept="image/png")
-        return (await self._send(request)).content
+        request = self._predict_request(
+            image, _params(**params), accept="image/png", template=template, product=product,
+            parse=_content,
+        )
+        return await self._call(request)  # type: ignore[no-any-return]
+
+    async def put_golden_board(self, product: str, image: ImageInput) -> dict[str, Any]:
+        """See :meth:`InspectClient.put_golden_board`."""
+        return await self._call(self._put_golden_request(product, image))  # type: ignore[no-any-return]
+
+    async def list_golden_boards(self) -> list[dict[str, Any]]:
+        """See :meth:`InspectClient.list_golden_boards`."""
+        return await self._call(self._list_golden_request())  # type: ignore[no-any-return]
+
+    async def get_golden_board(self, product: str) -> dict[str, Any]:
+        """See :meth:`InspectClient.get_golden_board`."""
+        return await self._call(self._get_golden_request(product))  # type: ignore[no-any-return]
+
+    async def golden_board_png(self, product: str) -> bytes:
+        """See :meth:`InspectClient.golden_board_png`."""
+        return await self._call(  # type: ignore[no-any-return]
+            self._get_golden_request(product, png=True)
+        )
+
+    async def delete_golden_board(self, product: str) -> None:
+        """See :meth:`InspectClient.delete_golden_board`."""
+        await self._call(self._delete_golden_request(product))
 
     async def health(self) -> bool:
         """See :meth:`InspectClient.health`."""
@@ -516,5 +782,5 @@ class AsyncInspectClient(_Base):
 
     async def model_info(self) -> dict[str, Any]:
         """See :meth:`InspectClient.model_info`."""
-        return (await self._send(_Request("GET", "/v1/model"))).json()  # type: ignore[no-any-return]
+        return await self._call(_Request("GET", "/v1/model"))  # type: ignore[no-any-return]
 

@@ -1,13 +1,16 @@
-"""``pcb-inspect predict`` and ``pcb-inspect batch``: the line client on the command line.
+"""``pcb-inspect predict``, ``batch`` and ``golden``: the line client on the command line.
 
 ``predict`` inspects a few files and prints one table per board. ``batch`` pushes a whole
 folder through ``POST /predict/batch`` with several requests in flight, writing one result per
 file to a JSONL or CSV file as each arrives (flushed and fsynced), so that a crash or a network
-hiccup never loses a finished result and a rerun picks up where the last one stopped.
+hiccup never loses a finished result and a rerun picks up where the last one stopped. Both
+can compare each board with a golden board: ``--template FILE`` (``predict``) uploads one with
+every request, ``--product ID`` uses the one stored on the service. ``golden put|list|get|
+delete`` manages the stored golden boards.
 
-Exit codes (both commands): 0 every board passed, 1 at least one board failed inspection,
-2 errors (a file or request failed, bad arguments). Errors win over failed boards: an
-incomplete run must not look like a clean "some boards failed".
+Exit codes (``predict``, ``batch``): 0 every board passed, 1 at least one board failed
+inspection, 2 errors (a file or request failed, bad arguments). Errors win over failed boards:
+an incomplete run must not look like a clean "some boards failed". ``golden``: 0 done, 2 error.
 
 Only ``httpx`` and ``rich`` are imported: no TensorFlow on the line station.
 """
@@ -32,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -42,7 +46,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from pcb_inspect.client import RETRY_STATUSES, InspectClient, InspectError
+from pcb_inspect.client import PERMANENT_CODES, RETRY_STATUSES, InspectClient, InspectError
 
 EXIT_PASS, EXIT_FAIL, EXIT_ERROR = 0, 1, 2
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -58,6 +62,7 @@ def _console(stderr: bool = False) -> Console:
 
 
 def _add_connection_args(parser: argparse.ArgumentParser) -> None:
+    """``--url``, ``--api-key``, ``--timeout``, ``--retries``: what every command needs."""
     parser.add_argument(
         "--url", default=os.environ.get("PCB_URL", DEFAULT_URL),
         help="the service (default: $PCB_URL or %(default)s)",
@@ -70,6 +75,10 @@ def _add_connection_args(parser: argparse.ArgumentParser) -> None:
                         help="seconds per request attempt (default: %(default)s)")
     parser.add_argument("--retries", type=_non_negative_int, default=5,
                         help="retries on 503/429/connection errors (default: %(default)s)")
+
+
+def _add_rule_args(parser: argparse.ArgumentParser) -> None:
+    """The inspection rules (``--threshold``, ...): only the commands that inspect."""
     parser.add_argument("--threshold", type=float, default=None,
                         help="confidence cut in [0, 1] (default: the service's)")
     parser.add_argument("--min-area-px", type=_non_negative_int, default=None,
@@ -120,9 +129,40 @@ def _rule_params(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def _product_arg(text: str) -> str:
+    # The same rule as the client's, checked while parsing so a typo fails before any upload.
+    if not text.strip() or text in (".", "..") or "/" in text:
+        raise argparse.ArgumentTypeError(
+            f"expected a product id without '/' (e.g. A17-top), got {text!r}"
+        )
+    return text
+
+
+def _describe_reference(result: dict[str, Any]) -> str | None:
+    """One line on the golden board a result was compared with, or ``None`` without one."""
+    reference = result.get("reference")
+    if not reference:
+        return None
+    source = (
+        f"product {reference.get('product')}" if reference.get("source") == "product"
+        else "uploaded template"
+    )
+    line = f"golden board: {source}"
+    if reference.get("sha256"):
+        line += f" (sha256 {str(reference['sha256'])[:12]})"
+    alignment = reference.get("alignment")
+    if alignment:
+        line += (
+            f"; aligned by dx {alignment['dx']:+.1f} px, dy {alignment['dy']:+.1f} px, "
+            f"rotation {alignment['rotation_deg']:+.2f}°, score {alignment['score']:.3f}"
+        )
+    return line
+
+
 def _describe(error: InspectError) -> str:
+    """``[status] code: message``, escaped for rich (which would eat "[no response]")."""
     status = error.status if error.status is not None else "no response"
-    return f"[{status}] {error.code}: {error.message}"
+    return escape(f"[{status}] {error.code}: {error.message}")
 
 
 # --- predict ---------------------------------------------------------------------------------
@@ -134,6 +174,14 @@ def build_predict_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
     parser.epilog = "Exit code: 0 all boards pass, 1 a board failed, 2 errors."
     parser.add_argument("files", nargs="+", type=Path, metavar="FILE", help="board images")
     _add_connection_args(parser)
+    _add_rule_args(parser)
+    reference = parser.add_mutually_exclusive_group()
+    reference.add_argument("--template", type=Path, metavar="FILE",
+                           help="compare each board with this golden (defect-free) board, "
+                                "uploaded with each request")
+    reference.add_argument("--product", type=_product_arg, metavar="ID",
+                           help="compare each board with the golden board stored on the "
+                                "service for this product (see: pcb-inspect golden)")
     parser.add_argument("--mask-out", type=Path, metavar="DIR",
                         help="write each board's class-mask PNG here (<name>.mask.png)")
     parser.add_argument("--overlay-out", type=Path, metavar="DIR",
@@ -149,20 +197,31 @@ def run_predict(args: argparse.Namespace) -> int:
     for folder in (args.mask_out, args.overlay_out):
         if folder is not None:
             folder.mkdir(parents=True, exist_ok=True)
+    reference: dict[str, Any] = {"product": args.product}
+    if args.template is not None:
+        try:
+            # Read once, not once per board: every board is compared with the same bytes.
+            reference["template"] = (args.template.name, args.template.read_bytes())
+        except OSError as exc:
+            err.print("[bold red]ERROR[/] " + escape(
+                f"--template: cannot read {args.template}: {exc.strerror or exc}; expected a "
+                "golden-board image file"))
+            return EXIT_ERROR
     errors = fails = 0
     with _client(args) as client:
         for path in args.files:
             try:
                 # One request gives the mask too (mask=png): no second inference for it.
                 result = client.predict(
-                    path, mask="png" if args.mask_out else "none", **_rule_params(args)
+                    path, mask="png" if args.mask_out else "none", **reference,
+                    **_rule_params(args),
                 )
                 if args.mask_out:
                     target = args.mask_out / f"{path.stem}.mask.png"
                     target.write_bytes(base64.b64decode(result["mask"]["data"]))
                 if args.overlay_out:
                     target = args.overlay_out / f"{path.stem}.overlay.png"
-                    target.write_bytes(client.overlay(path, **_rule_params(args)))
+                    target.write_bytes(client.overlay(path, **reference, **_rule_params(args)))
             except OSError as exc:
                 errors += 1
                 _report_error(args, out, err, path, None, "file_error", str(exc))
@@ -189,8 +248,8 @@ def _report_error(
     if args.json:
         error = {"code": code, "message": message}
         print(json.dumps({"file": str(path), "status": status, "error": error}))
-    err.print(f"[bold red]ERROR[/] {path}: [{status if status is not None else '-'}] "
-              f"{code}: {message}", markup=True)
+    detail = escape(f"{path}: [{status if status is not None else '-'}] {code}: {message}")
+    err.print(f"[bold red]ERROR[/] {detail}", markup=True)
 
 
 def _board_table(name: str, result: dict[str, Any]) -> Table:
@@ -201,7 +260,12 @@ def _board_table(name: str, result: dict[str, Any]) -> Table:
         f"{name}  [{style}] {verdict.upper()} [/]  {summary['defect_count']} defects, "
         f"{summary['defect_area_mm2']:.3f} mm²"
     )
-    table = Table(title=title, title_justify="left")
+    caption = _describe_reference(result)
+    mode = (result.get("model") or {}).get("mode")
+    if mode:
+        caption = f"{caption}; model mode: {mode}" if caption else f"model mode: {mode}"
+    caption = escape(caption) if caption else None
+    table = Table(title=title, title_justify="left", caption=caption, caption_justify="left")
     table.add_column("id", justify="right")
     table.add_column("class")
     table.add_column("conf", justify="right")
@@ -227,6 +291,10 @@ def build_batch_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     parser.epilog = "Exit code: 0 all boards pass, 1 a board failed, 2 errors."
     parser.add_argument("folder", type=Path, metavar="DIR", help="folder of board images")
     _add_connection_args(parser)
+    _add_rule_args(parser)
+    parser.add_argument("--product", type=_product_arg, metavar="ID",
+                        help="compare every board with the golden board stored on the service "
+                             "for this product (see: pcb-inspect golden)")
     parser.add_argument("--out", type=Path, required=True,
                         help="results file: .jsonl (one JSON object per file) or .csv")
     parser.add_argument("--concurrency", type=_positive_int, default=2,
@@ -255,6 +323,8 @@ class _Record:
     defects: list[dict[str, Any]] = field(default_factory=list)
     error: dict[str, str] | None = None
     model: str | None = None
+    #: The golden board and its alignment (JSONL only: CSV keeps its fixed columns).
+    reference: dict[str, Any] | None = None
     time: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
 
     @classmethod
@@ -274,6 +344,7 @@ class _Record:
                 for d in result["defects"]
             ],
             model=f"{model.get('name')} {model.get('version')}" if model else None,
+            reference=result.get("reference"),
         )
 
     @classmethod
@@ -396,7 +467,7 @@ class _ResultsFile:
                     "defect_count": record.defect_count,
                     "defect_area_mm2": record.defect_area_mm2, "by_class": record.by_class,
                     "defects": record.defects, "error": record.error, "model": record.model,
-                    "time": record.time,
+                    "reference": record.reference, "time": record.time,
                 },
                 ensure_ascii=False,
             ) + "\n"
@@ -462,7 +533,7 @@ class _FatalError(Exception):
 
 def _inspect_chunk(
     client: InspectClient, folder: Path, chunk: list[Path], params: dict[str, Any],
-    stop: threading.Event,
+    stop: threading.Event, product: str | None = None,
 ) -> list[_Record]:
     """Sends ``chunk`` through /predict/batch and returns one record per file.
 
@@ -488,16 +559,16 @@ def _inspect_chunk(
             if not pending:
                 break
         try:
-            body = client.predict_batch(images, mask="none", **params)
+            body = client.predict_batch(images, mask="none", product=product, **params)
         except InspectError as exc:
             if exc.status == 413 and len(pending) > 1:
                 half = len(pending) // 2
                 for part in (pending[:half], pending[half:]):
-                    for r in _inspect_chunk(client, folder, part, params, stop):
+                    for r in _inspect_chunk(client, folder, part, params, stop, product):
                         records[next(p for p in part if rel[p] == r.path)] = r
                 pending = []
                 break
-            if exc.status is None or exc.status in _FATAL_STATUSES:
+            if exc.status is None or exc.status in _FATAL_STATUSES or exc.code in PERMANENT_CODES:
                 raise _FatalError(exc) from None
             for p in pending:
                 records[p] = _Record.from_error(rel[p], exc.status, exc.code, exc.message)
@@ -506,7 +577,8 @@ def _inspect_chunk(
         for item, path in zip(body["results"], pending, strict=True):
             if item["status"] == 200:
                 records[path] = _Record.from_result(rel[path], item["result"])
-            elif item["status"] in RETRY_STATUSES and attempt < client.retries:
+            elif (item["status"] in RETRY_STATUSES and attempt < client.retries
+                  and (item.get("error") or {}).get("code") not in PERMANENT_CODES):
                 retry.append(path)
             else:
                 error = item.get("error") or {}
@@ -574,6 +646,9 @@ def _run_batch(args: argparse.Namespace, out: Console, err: Console) -> int:
             # One cheap call before uploading anything: a wrong URL or key fails here, once.
             try:
                 classes = client.model_info()["classes"]
+                if args.product is not None:
+                    # An unknown product would fail every request: say so once, up front.
+                    client.get_golden_board(args.product)
             except InspectError as exc:
                 err.print(f"[bold red]ERROR[/] {args.url}: {_describe(exc)}")
                 return EXIT_ERROR
@@ -592,7 +667,8 @@ def _run_batch(args: argparse.Namespace, out: Console, err: Console) -> int:
         with progress, concurrent.futures.ThreadPoolExecutor(args.concurrency) as pool:
             task = progress.add_task("inspecting", total=len(todo))
             futures = [
-                pool.submit(_inspect_chunk, client, folder, c, _rule_params(args), stop)
+                pool.submit(_inspect_chunk, client, folder, c, _rule_params(args), stop,
+                            args.product)
                 for c in chunks
             ]
             try:
@@ -608,10 +684,10 @@ def _run_batch(args: argparse.Namespace, out: Console, err: Console) -> int:
                         previous[record.path] = record
                         run.add(record)
                         if not record.ok and record.error:
-                            progress.console.print(
-                                f"[red]error[/] {record.path}: [{record.status or '-'}] "
+                            progress.console.print("[red]error[/] " + escape(
+                                f"{record.path}: [{record.status or '-'}] "
                                 f"{record.error['code']}: {record.error['message']}"
-                            )
+                            ))
                         progress.advance(task)
             except KeyboardInterrupt:
                 interrupted = True
@@ -647,8 +723,140 @@ def _summary_table(total: _Totals, run: _Totals, skipped: int, out: Path) -> Tab
     return table
 
 
+# --- golden ----------------------------------------------------------------------------------
+
+
+def build_golden_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Adds ``pcb-inspect golden put|list|get|delete`` to ``parser`` and returns it."""
+    parser.description = (
+        "Manage the golden (defect-free) boards stored on the service, one per product id; "
+        "inspect against one with: pcb-inspect predict --product ID."
+    )
+    parser.epilog = "Exit code: 0 done, 2 error."
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+
+    put = actions.add_parser("put", help="store (or replace) a product's golden board")
+    put.add_argument("product", type=_product_arg, metavar="PRODUCT", help="product id")
+    put.add_argument("file", type=Path, metavar="FILE", help="the golden board image")
+
+    actions.add_parser("list", help="list the stored golden boards")
+
+    get = actions.add_parser("get", help="show a golden board's metadata, or save its image")
+    get.add_argument("product", type=_product_arg, metavar="PRODUCT", help="product id")
+    get.add_argument("-o", "--out", type=Path, metavar="FILE",
+                     help="save the golden board as a PNG here")
+
+    delete = actions.add_parser("delete", help="delete a product's golden board")
+    delete.add_argument("product", type=_product_arg, metavar="PRODUCT", help="product id")
+
+    for sub in (put, actions.choices["list"], get, delete):
+        _add_connection_args(sub)
+        sub.add_argument("--json", action="store_true", help="print JSON instead of text")
+    return parser
+
+
+def run_golden(args: argparse.Namespace) -> int:
+    """Runs ``pcb-inspect golden ACTION``; returns the exit code (0 done, 2 error)."""
+    out, err = _console(), _console(stderr=True)
+    what = escape(
+        f"golden {args.action}" + (f" {args.product}" if getattr(args, "product", None) else "")
+    )
+    try:
+        with _client(args, connections=1) as client:
+            return _GOLDEN_ACTIONS[args.action](client, args, out)
+    except InspectError as exc:
+        err.print(f"[bold red]ERROR[/] {what}: {_describe(exc)}")
+    except OSError as exc:
+        detail = escape(f"{exc.filename or ''}: {exc.strerror or exc}")
+        err.print(f"[bold red]ERROR[/] {what}: {detail}")
+    except ValueError as exc:
+        err.print(f"[bold red]ERROR[/] {what}: {escape(str(exc))}")
+    return EXIT_ERROR
+
+
+def _golden_put(client: InspectClient, args: argparse.Namespace, out: Console) -> int:
+    stored = client.put_golden_board(args.product, args.file)
+    if args.json:
+        print(json.dumps(stored))
+        return EXIT_PASS
+    verb = "Replaced" if stored.get("replaced") else "Stored"
+    out.print(escape(f"{verb} the golden board of {args.product}: {_golden_line(stored)}"))
+    return EXIT_PASS
+
+
+def _golden_list(client: InspectClient, args: argparse.Namespace, out: Console) -> int:
+    boards = client.list_golden_boards()
+    if args.json:
+        print(json.dumps(boards))
+        return EXIT_PASS
+    if not boards:
+        out.print("No golden boards stored. Add one with: pcb-inspect golden put PRODUCT FILE")
+        return EXIT_PASS
+    table = Table(title=f"Golden boards ({len(boards)})", title_justify="left")
+    table.add_column("product")
+    table.add_column("size", justify="right")
+    table.add_column("sha256")
+    table.add_column("created")
+    for board in boards:
+        table.add_row(
+            escape(str(board.get("product"))), _size(board), str(board.get("sha256", ""))[:12],
+            str(board.get("created", "")),
+        )
+    out.print(table)
+    return EXIT_PASS
+
+
+def _golden_get(client: InspectClient, args: argparse.Namespace, out: Console) -> int:
+    if args.out is not None:
+        png = client.golden_board_png(args.product)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_bytes(png)
+        if args.json:
+            print(json.dumps({"product": args.product, "out": str(args.out), "bytes": len(png)}))
+        else:
+            out.print(escape(f"Wrote the golden board of {args.product} to {args.out} "
+                             f"({len(png)} bytes)"))
+        return EXIT_PASS
+    board = client.get_golden_board(args.product)
+    if args.json:
+        print(json.dumps(board))
+        return EXIT_PASS
+    table = Table(title=escape(f"Golden board {args.product}"), title_justify="left",
+                  show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    for key, value in board.items():
+        table.add_row(escape(str(key)), escape(str(value)))
+    out.print(table)
+    return EXIT_PASS
+
+
+def _golden_delete(client: InspectClient, args: argparse.Namespace, out: Console) -> int:
+    client.delete_golden_board(args.product)
+    if args.json:
+        print(json.dumps({"product": args.product, "deleted": True}))
+    else:
+        out.print(escape(f"Deleted the golden board of {args.product}"))
+    return EXIT_PASS
+
+
+_GOLDEN_ACTIONS = {
+    "put": _golden_put, "list": _golden_list, "get": _golden_get, "delete": _golden_delete,
+}
+
+
+def _size(board: dict[str, Any]) -> str:
+    width, height = board.get("width"), board.get("height")
+    return f"{width}×{height}" if width is not None and height is not None else "?"
+
+
+def _golden_line(board: dict[str, Any]) -> str:
+    sha = str(board.get("sha256") or "")[:12]
+    return f"{_size(board)} px" + (f", sha256 {sha}" if sha else "")
+
+
 def main(argv: list[str] | None = None) -> int:  # pragma: no cover - use `pcb-inspect`
-    """Runs ``predict`` or ``batch`` as ``python -m pcb_inspect.client_cli``."""
+    """Runs ``predict``, ``batch`` or ``golden`` as ``python -m pcb_inspect.client_cli``."""
     from pcb_inspect.cli import main as cli_main
 
     return cli_main(argv if argv is not None else sys.argv[1:])

@@ -221,10 +221,13 @@ def encode(image: np.ndarray, fmt: str = "PNG", **kwargs: object) -> bytes:
     return buf.getvalue()
 
 
-def write_deeppcb_folder(root: Path, n_pairs: int = 4, seed: int = 0, size: int = 640) -> Path:
+def write_deeppcb_folder(
+    root: Path, n_pairs: int = 4, seed: int = 0, size: int = 640, group: str = "00001"
+) -> Path:
     """Writes a tiny dataset in DeepPCB's exact layout.
 
-    Files written, for group ``00001`` and pair ``i`` (stem ``00001{i:03d}``)::
+    Files written, for group ``00001`` (the default ``group``) and pair ``i`` (stem
+    ``00001{i:03d}``)::
 
         root/PCBData/group00001/00001/00001000_test.jpg    board under test
         root/PCBData/group00001/00001/00001000_temp.jpg    its defect-free template
@@ -236,22 +239,28 @@ def write_deeppcb_folder(root: Path, n_pairs: int = 4, seed: int = 0, size: int 
     ``make_board(seed + i, size)``, so it carries one defect of each type. Used to test the
     training and evaluation loaders without the real data.
 
+    Calling it again on the same ``root`` with another ``group`` adds that group: the list
+    file keeps the lines of the other groups and lists this group's pairs after them (use
+    another ``seed`` for other boards).
+
     Args:
         root: Folder to write into; created if missing.
         n_pairs: Number of pairs, 1..1000.
         seed: Seed of the first pair.
         size: Side of the square images.
+        group: The board group: five digits, the first five of each pair's key.
 
     Returns:
         ``root``.
 
     Raises:
-        ValueError: If ``n_pairs`` is out of range.
+        ValueError: If ``n_pairs`` is out of range or ``group`` is not five digits.
     """
     if isinstance(n_pairs, bool) or not isinstance(n_pairs, int) or not 1 <= n_pairs <= 1000:
         raise ValueError(f"n_pairs must be an int in 1..1000, got {n_pairs!r}")
+    if not (isinstance(group, str) and len(group) == 5 and group.isascii() and group.isdigit()):
+        raise ValueError(f"group must be five digits, got {group!r}")
     root = Path(root)
-    group = "00001"
     data_dir = root / "PCBData"
     image_dir = data_dir / f"group{group}" / group
     note_dir = data_dir / f"group{group}" / f"{group}_not"
@@ -269,7 +278,16 @@ def write_deeppcb_folder(root: Path, n_pairs: int = 4, seed: int = 0, size: int 
         )
         (note_dir / f"{stem}.txt").write_text(boxes)
         lines.append(f"group{group}/{group}/{stem}.jpg group{group}/{group}_not/{stem}.txt\n")
-    (data_dir / "trainval.txt").write_text("".join(lines))
+    list_file = data_dir / "trainval.txt"
+    if list_file.is_file():
+        # Keep the other groups' pairs; this group's are listed afresh.
+        others = [
+            line + "\n"
+            for line in list_file.read_text().splitlines()
+            if line.strip() and not line.startswith(f"group{group}/")
+        ]
+        lines = others + lines
+    list_file.write_text("".join(lines))
     return root
 
 

@@ -5,4 +5,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh
+# Golden boards (PUT /v1/golden-boards/...) live here, in the clone, ignored by git.
+export PCB_DATA_DIR="${PCB_DATA_DIR:-./data}"
 exec .venv/bin/pcb-inspect serve "$@"

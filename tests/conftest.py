@@ -45,6 +45,43 @@ def save_tiny_model(folder: Path, seed: int = 0, tile_size: int = TINY_TILE) -> 
     return weights
 
 
+def save_tiny_pair_model(folder: Path, seed: int = 0, tile_size: int = TINY_TILE) -> Path:
+    """Builds and saves a tiny golden-board (pair) model as ``pair.keras`` in ``folder``, with
+    its card as ``pair.card.json`` (the ``<stem>.card.json`` naming); returns the weights."""
+    import keras
+
+    from app.inference.card import write_card
+    from model_defs import build_model
+
+    keras.utils.set_random_seed(seed)
+    model = build_model(
+        reference=True, encoder_depth=2, decoder_filters=(8, 4), input_shape=(None, None, 1),
+        name="tiny_pair_unet",
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    weights = folder / "pair.keras"
+    model.save(weights)
+    write_card(
+        folder / "pair.card.json",
+        {
+            "name": "tiny-test-pair-unet",
+            "version": "0.0.1-test",
+            "mode": "pair",
+            "classes": list(CLASS_NAMES),
+            "input": {"tile_size": tile_size, "multiple_of": 4, "channels": 1, "dtype": "uint8"},
+            "pixels_per_mm": 48.0,
+            "thresholds": {"confidence": 0.5, "min_area_px": 0},
+        },
+    )
+    return weights
+
+
+@pytest.fixture(scope="session")
+def tiny_pair_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Path of a tiny pair model's ``.keras`` file, with ``pair.card.json`` beside it."""
+    return save_tiny_pair_model(tmp_path_factory.mktemp("tiny_pair_model"))
+
+
 @pytest.fixture(scope="session")
 def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Path of a tiny model's ``.keras`` file, with ``model_card.json`` beside it."""

@@ -153,6 +153,16 @@ def check_dockerfile(text: str) -> None:
     copied = " ".join(args_of("COPY", instructions))
     assert "tests" not in copied.split(), "tests/ must stay out of the image"
 
+    # Golden boards: the data dir must exist and belong to the runtime user, or the service
+    # cannot store a board (a fresh named volume copies the folder's ownership).
+    data_dir = re.search(r"\bPCB_DATA_DIR=(\S+)", envs)
+    assert data_dir, "the image must set PCB_DATA_DIR"
+    final_runs = " ".join(args_of("RUN"))
+    path = re.escape(data_dir.group(1))
+    assert re.search(rf"mkdir -p {path}\b", final_runs) and re.search(
+        rf"chown {re.escape(users[-1])} {path}\b", final_runs
+    ), f"PCB_DATA_DIR {data_dir.group(1)} is not created and chowned to USER {users[-1]}"
+
 
 def test_hadolint_version_is_reported() -> None:
     result = subprocess.run(
@@ -184,6 +194,8 @@ def test_dockerfile_contract() -> None:
         ("/livez", "/readyz", "/livez"),
         ("PCB_HOST=0.0.0.0", "PCB_HOST=127.0.0.1", "PCB_HOST"),
         ("--no-cache-dir", "", "no-cache-dir"),
+        ("chown 10001:10001 /data", "chown root /data", "PCB_DATA_DIR"),
+        ("PCB_DATA_DIR=/data", "PCB_DATA_DI=/data", "PCB_DATA_DIR"),
     ],
 )
 def test_dockerfile_check_rejects_broken_variants(old: str, new: str, why: str) -> None:
@@ -308,6 +320,14 @@ def check_compose(data: Doc) -> None:
         assert any(len(m) >= 2 and weights.startswith(m[1].rstrip("/") + "/") for m in mounts), (
             f"{name}: PCB_WEIGHTS_PATH={weights!r} is not inside a mounted volume"
         )
+        # Golden boards must outlive the container (read-only root): a named volume, writable.
+        data_dir = env.get("PCB_DATA_DIR", "")
+        named = data.get("volumes") or {}
+        assert any(
+            len(m) >= 2 and m[1].rstrip("/") == data_dir.rstrip("/") and m[0] in named
+            and "ro" not in m[2:]
+            for m in mounts
+        ), f"{name}: PCB_DATA_DIR={data_dir!r} is not a writable named volume"
 
         if variant == "gpu":
             devices = service.get("deploy", {}).get("resources", {}).get("reservations", {})
@@ -339,6 +359,10 @@ def _break_weights(data: Doc) -> None:
     data["services"]["pcb-inspect"]["environment"]["PCB_WEIGHTS_PATH"] = "/elsewhere/m.keras"
 
 
+def _break_data_volume(data: Doc) -> None:
+    data.pop("volumes")
+
+
 def _break_gpu(data: Doc) -> None:
     for service in data["services"].values():
         service.pop("deploy", None)
@@ -350,6 +374,7 @@ def _break_gpu(data: Doc) -> None:
         (_break_healthcheck, "/readyz"),
         (_break_grace, "stop_grace_period"),
         (_break_weights, "PCB_WEIGHTS_PATH"),
+        (_break_data_volume, "PCB_DATA_DIR"),
         (_break_gpu, "nvidia"),
     ],
 )
@@ -592,6 +617,7 @@ def test_rendered_overlay_validates(renderer: str, overlay: str, version: str) -
         "HorizontalPodAutoscaler",
         "PodDisruptionBudget",
         "ConfigMap",
+        "PersistentVolumeClaim",
     }
     assert kinds == expected, f"{overlay} renders {sorted(kinds)}"
 
@@ -684,6 +710,25 @@ def check_deployment(docs: list[Doc]) -> None:
             "readOnlyRootFilesystem needs an emptyDir on /tmp"
         )
 
+    # Golden boards: PCB_DATA_DIR is a mounted ReadWriteMany claim, so every replica sees
+    # every board, and the pod's fsGroup lets the non-root user write there.
+    data_dir = settings.get("PCB_DATA_DIR", env.get("PCB_DATA_DIR"))
+    assert data_dir, "PCB_DATA_DIR is not set"
+    mounts = {m["mountPath"].rstrip("/"): m for m in container.get("volumeMounts", [])}
+    volumes = {v["name"]: v for v in pod_spec.get("volumes", [])}
+    data_mount = mounts.get(data_dir.rstrip("/"))
+    assert data_mount and not data_mount.get("readOnly"), (
+        f"PCB_DATA_DIR {data_dir} is not a writable volume mount"
+    )
+    claim = volumes.get(data_mount["name"], {}).get("persistentVolumeClaim", {}).get("claimName")
+    assert claim, f"the volume at PCB_DATA_DIR {data_dir} is not a PersistentVolumeClaim"
+    pvcs = {d["metadata"]["name"]: d for d in docs if d["kind"] == "PersistentVolumeClaim"}
+    assert claim in pvcs, f"PersistentVolumeClaim {claim} is not part of the deployment"
+    assert "ReadWriteMany" in pvcs[claim]["spec"]["accessModes"], (
+        f"PersistentVolumeClaim {claim} must be ReadWriteMany: replicas share golden boards"
+    )
+    assert pod_security.get("fsGroup") is not None, "no fsGroup: the data volume is not writable"
+
     port_names = {p.get("name") for p in container.get("ports", [])}
     port_numbers = {p["containerPort"] for p in container.get("ports", [])}
     assert 8000 in port_numbers, "container port 8000 is not declared"
@@ -749,6 +794,15 @@ def _break_root(docs: list[Doc]) -> None:
     pod_spec["securityContext"]["runAsNonRoot"] = False
 
 
+def _break_pvc_access(docs: list[Doc]) -> None:
+    _one(docs, "PersistentVolumeClaim")["spec"]["accessModes"] = ["ReadWriteOnce"]
+
+
+def _break_data_mount(docs: list[Doc]) -> None:
+    container = _pod_containers(_one(docs, "Deployment"))[0]
+    container["volumeMounts"] = [m for m in container["volumeMounts"] if m["name"] != "data"]
+
+
 def _break_gpu_image(docs: list[Doc]) -> None:
     container = _pod_containers(_one(docs, "Deployment"))[0]
     container["image"] = container["image"].removesuffix("-gpu")
@@ -761,6 +815,8 @@ def _break_gpu_image(docs: list[Doc]) -> None:
         ("base", _break_termination, "Grace"),
         ("base", _break_startup, "startupProbe"),
         ("base", _break_root, "runAsNonRoot"),
+        ("base", _break_pvc_access, "ReadWriteMany"),
+        ("overlays/gpu", _break_data_mount, "PCB_DATA_DIR"),
         ("overlays/gpu", _break_gpu_image, "GPU limit"),
     ],
 )

@@ -23,7 +23,8 @@ about 10 px around the defect; the API's boxes are tight):
 
 The **operating point** is ``(min_area_px, min_confidence)``: a defect is reported when it is
 at least that large and that confident. ``--choose-operating-point`` picks it on the
-validation groups (best README-protocol F, ties to the larger margin) and the report says so;
+validation groups (best README-protocol F; of tied points, the smallest area and lowest
+confidence, searched in that order) and the report says so;
 the model card's thresholds take it from there.
 
 A per-detection dump (``--dump FILE``, JSON lines) gives each detection's outcome under the
@@ -374,7 +375,8 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
             result = inferencer.predict(image, config, reference=reference)
         except AlignmentError as exc:
             # What the service answers with a 422: no defects reported for this board, so
-            # every one of its truths counts as missed.
+            # every one of its truths counts as missed. Its time counts: it is in `boards`.
+            seconds += time.perf_counter() - started
             alignment_failures.append({"key": sample.key, "score": round(exc.score, 4)})
             true_sum[1:] += np.bincount(mask.ravel(), minlength=k)[1:k]
             continue

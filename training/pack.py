@@ -71,6 +71,8 @@ def build_pack(data: Path, part: str, workers: int = 2) -> dict[str, np.ndarray]
     if part != "all":
         train, val = split_by_groups(samples)
         samples = train if part == "train" else val
+    if not samples:
+        raise ValueError(f"no pairs in part {part!r} of {data}")
     with ProcessPoolExecutor(workers) as pool:
         loaded = list(pool.map(_load_one, samples, chunksize=8))
     max_boxes = max(1, max(len(x[3]) for x in loaded))

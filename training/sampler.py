@@ -88,10 +88,20 @@ class CropSampler(keras.utils.PyDataset):
             )
         if batch_size < 1:
             raise ValueError(f"`batch_size` must be >= 1. Received: batch_size={batch_size}")
+        probabilities = {"defect_prob": defect_prob, "hard_negative_prob": hard_negative_prob,
+                         "jpeg_prob": jpeg_prob, "blur_prob": blur_prob}
+        for name, value in probabilities.items():
+            if not 0 <= value <= 1:
+                raise ValueError(f"`{name}` must be in [0, 1]. Received: {name}={value}")
         if not 0 <= defect_prob + hard_negative_prob <= 1:
             raise ValueError(
                 "`defect_prob + hard_negative_prob` must be in [0, 1]. Received: "
                 f"{defect_prob} + {hard_negative_prob}"
+            )
+        if not reference_shift_px >= 0:
+            raise ValueError(
+                "`reference_shift_px` must be >= 0. Received: "
+                f"reference_shift_px={reference_shift_px}"
             )
         self.pack = pack
         self.crop = crop

@@ -12,6 +12,7 @@ from app.core.errors import ApiError
 from app.core.state import ServiceState
 from app.inference.batcher import DynamicBatcher
 from app.inference.inferencer import Inferencer
+from app.services.golden_store import GoldenStore
 
 
 def get_state(request: Request) -> ServiceState:
@@ -47,6 +48,31 @@ def get_ready_model(state: StateDep) -> tuple[Inferencer, DynamicBatcher]:
 
 
 ModelDep = Annotated[tuple[Inferencer, DynamicBatcher], Depends(get_ready_model)]
+
+
+def pair_model(state: ServiceState) -> tuple[Inferencer, DynamicBatcher]:
+    """The golden-board (pair) model and its batcher, or 503 ``pair_model_unavailable``.
+
+    Called only once a request has asked for a reference, so the many requests without
+    one never depend on the pair model.
+    """
+    if state.pair_inferencer is None or state.pair_batcher is None:
+        raise ApiError(
+            503, "pair_model_unavailable",
+            "This request has a reference board (the 'template' field or ?product=), but the "
+            f"service has no golden-board model: {state.pair_unavailable_reason}. Send the "
+            "board alone for a single-image inspection, or install the pair model "
+            "(PCB_PAIR_WEIGHTS_PATH).",
+        )
+    return state.pair_inferencer, state.pair_batcher
+
+
+def get_golden_store(state: StateDep) -> GoldenStore:
+    """The golden-board store."""
+    return state.golden
+
+
+StoreDep = Annotated[GoldenStore, Depends(get_golden_store)]
 
 
 def _presented_key(request: Request) -> str | None:

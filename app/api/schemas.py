@@ -24,6 +24,26 @@ class ImageInfo(BaseModel):
 class ModelRef(BaseModel):
     name: str
     version: str
+    mode: Literal["single", "pair"] = Field(
+        description="'single': the board alone; 'pair': the board against its golden board."
+    )
+
+
+class AlignmentOut(BaseModel):
+    dx: float = Field(description="Shift of the reference relative to the board, x (px).")
+    dy: float = Field(description="Shift of the reference relative to the board, y (px).")
+    rotation_deg: float = Field(description="Rotation of the reference (counter-clockwise).")
+    score: float = Field(description="Normalised cross-correlation after alignment (0..1).")
+
+
+class ReferenceOut(BaseModel):
+    source: Literal["upload", "product"] = Field(
+        description="'upload': the request's 'template' field; 'product': the stored golden "
+        "board of ?product=."
+    )
+    product: str | None
+    sha256: str = Field(description="sha256 of the reference image's bytes.")
+    alignment: AlignmentOut
 
 
 class DefectOut(BaseModel):
@@ -63,6 +83,9 @@ class PredictionOut(BaseModel):
     mask: MaskOut | None = None
     params: dict[str, Any] = Field(description="The rules applied (threshold, min_area_px, ...).")
     timings_ms: dict[str, float]
+    reference: ReferenceOut | None = Field(
+        None, description="The golden board the board was compared with; null without one."
+    )
 
 
 class BatchItemOut(BaseModel):
@@ -80,7 +103,26 @@ class BatchOut(BaseModel):
     results: list[BatchItemOut]
 
 
+class ModelEntryOut(BaseModel):
+    model_config = ConfigDict(protected_namespaces=())
+
+    name: str
+    version: str
+    mode: Literal["single", "pair"]
+    serves: str = Field(description="Which requests this model inspects.")
+    classes: list[str]
+    input: dict[str, Any]
+    pixels_per_mm: float
+    thresholds: dict[str, Any]
+    weights_file: str
+    weights_sha256: str
+    device: str
+    precision: str
+
+
 class ModelInfoOut(BaseModel):
+    """The single-image model's fields at the top level (as before), and every model."""
+
     model_config = ConfigDict(protected_namespaces=())
 
     name: str
@@ -96,3 +138,20 @@ class ModelInfoOut(BaseModel):
     tensorflow_version: str
     keras_version: str
     batching: dict[str, Any]
+    models: list[ModelEntryOut] = Field(
+        description="Every model served: the single-image one first, then the golden-board "
+        "(pair) one if loaded."
+    )
+
+
+class GoldenBoardOut(BaseModel):
+    product: str
+    width: int
+    height: int
+    sha256: str = Field(description="sha256 of the stored PNG (what Accept: image/png returns).")
+    created: str = Field(description="When this version was stored (ISO 8601, UTC).")
+
+
+class GoldenBoardListOut(BaseModel):
+    count: int
+    boards: list[GoldenBoardOut]

@@ -7,11 +7,17 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, PrivateAttr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from app.inference.card import default_card_path
 
 #: The weights shipped in the repository, used when ``PCB_WEIGHTS_PATH`` is not set.
 DEFAULT_WEIGHTS = Path(__file__).resolve().parents[2] / "weights" / "pcb_defect_unet.keras"
+#: File name of the golden-board (pair) model, looked for beside the single model's weights
+#: when ``PCB_PAIR_WEIGHTS_PATH`` is not set: in the repository that is
+#: ``weights/pcb_pair_unet.keras``, in the image ``/app/weights/...``, in compose ``/models/...``.
+DEFAULT_PAIR_WEIGHTS_NAME = "pcb_pair_unet.keras"
 
 
 class Settings(BaseSettings):
@@ -31,6 +37,16 @@ class Settings(BaseSettings):
     precision: Literal["float32", "bfloat16", "float16"] = Field(
         "float32",
         description="Inference precision: bfloat16 suits CPUs with AVX512_BF16/AMX, float16 GPUs.",
+    )
+    pair_weights_path: Path | Literal[""] | None = Field(
+        None,
+        description="The golden-board (pair) model's .keras file; unset: pcb_pair_unet.keras "
+        "beside the weights (served if present); empty: no pair model.",
+    )
+    pair_model_card_path: Path | None = Field(
+        None,
+        description="The pair model's card; default: <stem>.card.json beside its weights, else "
+        "model_card.json.",
     )
     intra_op_threads: int = Field(0, ge=0, description="TF intra-op threads; 0 = one per core.")
     inter_op_threads: int = Field(0, ge=0, description="TF inter-op threads; 0 = TF default.")
@@ -91,6 +107,19 @@ class Settings(BaseSettings):
     max_form_fields: int = Field(16, ge=0, description="Non-file multipart fields per request.")
     max_filename_chars: int = Field(255, ge=1, description="Longest accepted filename.")
 
+    # --- golden boards ---------------------------------------------------------------------
+    data_dir: Path = Field(
+        Path("data"),
+        description="Where golden boards are stored (golden/ below it); share it between "
+        "replicas.",
+    )
+    golden_cache_mb: float = Field(
+        256.0, ge=0, description="Memory bound of the cache of decoded golden boards (MiB)."
+    )
+
+    # Whether the pair weights path is the default one (then a missing file is only a warning).
+    _pair_weights_default: bool = PrivateAttr(False)
+
     @field_validator("api_keys")
     @classmethod
     def _no_empty_keys(cls, keys: list[str]) -> list[str]:
@@ -102,7 +131,27 @@ class Settings(BaseSettings):
     def _card_beside_weights(self) -> Settings:
         if self.model_card_path is None:
             self.model_card_path = self.weights_path.with_name("model_card.json")
+        if self.pair_weights_path is None:
+            self.pair_weights_path = self.weights_path.with_name(DEFAULT_PAIR_WEIGHTS_NAME)
+            self._pair_weights_default = True
+        if self.pair_weights_path and self.pair_model_card_path is None:
+            self.pair_model_card_path = default_card_path(self.pair_weights_path)
         return self
+
+    @property
+    def pair_weights(self) -> Path | None:
+        """The pair model's weights file, or ``None`` when the pair model is switched off."""
+        return self.pair_weights_path or None
+
+    @property
+    def pair_weights_is_default(self) -> bool:
+        """Whether the pair weights path was not configured (a missing file is then fine)."""
+        return self._pair_weights_default
+
+    @property
+    def golden_dir(self) -> Path:
+        """The folder of the golden-board store."""
+        return self.data_dir / "golden"
 
     @property
     def auth_enabled(self) -> bool:

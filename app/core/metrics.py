@@ -29,6 +29,13 @@ BATCH_SIZE = Histogram(
     "pcb_batch_size", "Tiles per model call.", buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64)
 )
 IMAGES = Counter("pcb_images_total", "Images inspected.")
+# A separate counter rather than a label on pcb_images_total, whose unlabelled series
+# dashboards and tests already read.
+INSPECTIONS = Counter(
+    "pcb_inspections_total",
+    "Images inspected, by model mode: 'single' (board alone) or 'pair' (with a golden board).",
+    ["mode"],
+)
 TILES = Counter("pcb_tiles_total", "Tiles run through the model.")
 DEFECTS = Counter("pcb_defects_total", "Defects found, by class.", ["class_name"])
 VERDICTS = Counter("pcb_verdicts_total", "Board verdicts.", ["verdict"])
@@ -36,3 +43,4 @@ REJECTED = Counter("pcb_rejected_total", "Rejected requests, by reason.", ["reas
 QUEUE_DEPTH = Gauge("pcb_queue_tiles", "Tiles waiting for the model now.")
 IN_FLIGHT = Gauge("pcb_inflight_requests", "Inspection requests being processed now.")
 MODEL_INFO = Info("pcb_model", "The model being served.")
+PAIR_MODEL_INFO = Info("pcb_pair_model", "The golden-board (pair) model, when one is served.")

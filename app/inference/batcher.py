@@ -22,8 +22,10 @@ from app.core.metrics import BATCH_SIZE, MODEL_COMPUTE, QUEUE_DEPTH, QUEUE_WAIT,
 
 logger = logging.getLogger("pcb_inspect.batcher")
 
-#: The model function: ``(n, T, T, 1) uint8 -> (fg (n, T, T) float32, cls (n, T, T) uint8)``.
-ForwardFn = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+#: The model function: ``(n, T, T, C)`` uint8 tiles -> a tuple of arrays whose first axis is the
+#: tile (the inferencer's ``(fg, cls, cls_p)``). The batcher splits and re-stacks the outputs
+#: along that axis whatever their number, dtypes and other dimensions.
+ForwardFn = Callable[[np.ndarray], tuple[np.ndarray, ...]]
 
 
 class QueueFullError(RuntimeError):
@@ -41,7 +43,7 @@ class ModelCallError(RuntimeError):
 @dataclasses.dataclass
 class _Item:
     tile: np.ndarray
-    future: asyncio.Future[tuple[np.ndarray, np.ndarray]]
+    future: asyncio.Future[tuple[np.ndarray, ...]]
     enqueued: float
     counted: bool = True  # still counted in the batcher's ``pending``
 
@@ -101,17 +103,18 @@ class DynamicBatcher:
         QUEUE_DEPTH.set(self._pending)
         self._executor.shutdown(wait=True, cancel_futures=True)
 
-    async def submit(self, tiles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    async def submit(self, tiles: np.ndarray) -> tuple[np.ndarray, ...]:
         """Runs ``tiles`` through the model, batched with whatever else is waiting.
 
         Admission is all-or-nothing, so a request is never half-queued. Cancelling the caller
         (a client that went away, a timeout) cancels its tiles, and the worker skips them.
 
         Args:
-            tiles: ``(n, T, T, 1)`` uint8.
+            tiles: ``(n, T, T, C)`` uint8.
 
         Returns:
-            ``(fg, cls)`` of shapes ``(n, T, T)``.
+            The model function's outputs for these ``n`` tiles, in its order (for the
+            inferencer: ``(fg, cls, cls_p)``, each ``(n, T, T)``).
 
         Raises:
             QueueFullError: The queue has no room for ``n`` more tiles.
@@ -142,9 +145,7 @@ class DynamicBatcher:
                 self._release(item)
             QUEUE_DEPTH.set(self._pending)
             raise
-        fg = np.stack([r[0] for r in results])
-        cls = np.stack([r[1] for r in results])
-        return fg, cls
+        return tuple(np.stack(maps) for maps in zip(*results, strict=True))
 
     def _release(self, item: _Item) -> None:
         if item.counted:
@@ -189,7 +190,7 @@ class DynamicBatcher:
                 QUEUE_WAIT.observe(started - item.enqueued)
             x = np.stack([item.tile for item in live])
             try:
-                fg, cls = await loop.run_in_executor(self._executor, self._forward, x)
+                outputs = await loop.run_in_executor(self._executor, self._forward, x)
             except asyncio.CancelledError:
                 for item in live:
                     if not item.future.done():
@@ -206,4 +207,4 @@ class DynamicBatcher:
             TILES.inc(len(live))
             for i, item in enumerate(live):
                 if not item.future.done():
-                    item.future.set_result((fg[i], cls[i]))
+                    item.future.set_result(tuple(out[i] for out in outputs))

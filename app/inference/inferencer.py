@@ -20,9 +20,11 @@ from typing import Any
 import numpy as np
 
 from app.core.config import Settings
-from app.inference.card import ModelCard, ModelCardError, load_card
+from app.inference.card import ModelCard, ModelCardError, default_card_path, load_card
 from app.inference.postprocess import Defect, PostprocessConfig, Summary, postprocess
 from app.inference.tiling import Stitcher, Tile, extract_tiles, plan_tiles
+from pcb_inspect.registration import Alignment
+from pcb_inspect.registration import register as register_pair
 
 logger = logging.getLogger("pcb_inspect.inferencer")
 
@@ -44,6 +46,8 @@ class InferenceResult:
     class_map: np.ndarray  # (H, W) uint8: 0 background, k the k-th class
     tiles: int
     timings_ms: dict[str, float]
+    #: Where the reference sat relative to the board (pair model only).
+    alignment: Alignment | None = None
 
 
 def sha256_of(path: Path) -> str:
@@ -190,51 +194,113 @@ class Inferencer:
             )
         self.tile_overlap = tile_overlap
         self.max_batch_size = max_batch_size
-        signature = [tf.TensorSpec([None, self.tile, self.tile, 1], tf.uint8, name="tiles")]
+        # The golden-board (pair) model has two inputs, the board and its registered
+        # reference; its tiles carry them as two channels of one array.
+        self.pair = len(self.model.inputs) == 2
+        self.channels = 2 if self.pair else 1
+        signature = [
+            tf.TensorSpec([None, self.tile, self.tile, self.channels], tf.uint8, name="tiles")
+        ]
 
-        def forward_graph(tiles: Any) -> tuple[Any, Any]:
-            probs = self.model(tf.cast(tiles, tf.float32), training=False)
+        def forward_graph(tiles: Any) -> tuple[Any, Any, Any]:
+            probs = self._call_model(tf.cast(tiles, tf.float32))
             probs = tf.cast(probs, tf.float32)
             fg = 1.0 - probs[..., 0]
-            cls = tf.cast(tf.argmax(probs[..., 1:], axis=-1) + 1, tf.uint8)
-            return fg, cls
+            defect_probs = probs[..., 1:]
+            cls = tf.cast(tf.argmax(defect_probs, axis=-1) + 1, tf.uint8)
+            # P(cls | defect): how sure the model is of the class among the defect classes,
+            # for post-processing's class vote. Where all defect classes have probability 0
+            # no class is preferred: 1/K. float16 keeps the stitched board map at 2 B/pixel.
+            total = tf.reduce_sum(defect_probs, axis=-1)
+            top = tf.reduce_max(defect_probs, axis=-1)
+            uniform = 1.0 / float(defect_probs.shape[-1])
+            cls_p = tf.where(total > 0, tf.math.divide_no_nan(top, total), uniform)
+            return fg, cls, tf.cast(cls_p, tf.float16)
 
         # Fixed signature: one trace for any batch size, so no request retraces the graph.
         self._forward = tf.function(forward_graph, input_signature=signature)
 
+    def _call_model(self, x: Any) -> Any:
+        if self.pair:
+            return self.model([x[..., :1], x[..., 1:]], training=False)
+        return self.model(x, training=False)
+
+    @property
+    def mode(self) -> str:
+        """``"pair"`` (board + golden reference) or ``"single"`` (the board alone)."""
+        return "pair" if self.pair else "single"
+
     # ----------------------------------------------------------------------------- loading
     @classmethod
-    def from_settings(cls, settings: Settings) -> Inferencer:
+    def load(
+        cls,
+        weights_path: Path,
+        card_path: Path | None = None,
+        *,
+        device: str = "cpu",
+        precision: str = "float32",
+        tile_overlap: int | None = None,
+        max_batch_size: int = 8,
+        intra_op_threads: int = 0,
+        inter_op_threads: int = 0,
+    ) -> Inferencer:
         """Configures TensorFlow, loads card and weights, and builds the inferencer.
+
+        Everything is passed in: evaluation and benchmarks call this, so no ``PCB_``
+        environment variable can change what they measure.
+
+        Args:
+            weights_path: The ``.keras`` file.
+            card_path: Its model card; ``None``: :func:`default_card_path`.
+            device, precision, tile_overlap, max_batch_size: As for the constructor.
+            intra_op_threads, inter_op_threads: TensorFlow thread pools (0: default).
 
         Raises:
             ModelLoadError: One line naming the file and what is wrong with it.
         """
-        device = configure_tensorflow(
-            settings.device, settings.effective_intra_op_threads(), settings.inter_op_threads
-        )
-        card_path = settings.model_card_path
-        assert card_path is not None
+        device = configure_tensorflow(device, intra_op_threads, inter_op_threads)
+        weights_path = Path(weights_path)
+        card_path = Path(card_path) if card_path is not None else default_card_path(weights_path)
         try:
             card = load_card(card_path)
         except ModelCardError as exc:
             raise ModelLoadError(str(exc)) from None
-        model = load_keras_model(settings.weights_path)
+        model = load_keras_model(weights_path)
         outputs = model.output_shape[-1]
         if outputs != len(card.classes) + 1:
             raise ModelLoadError(
-                f"weights file {settings.weights_path} outputs {outputs} channels, but its card "
+                f"weights file {weights_path} outputs {outputs} channels, but its card "
                 f"{card_path} lists {len(card.classes)} classes (expected classes + background)"
+            )
+        mode = "pair" if len(model.inputs) == 2 else "single"
+        if mode != card.mode:
+            raise ModelLoadError(
+                f"weights file {weights_path} is a {mode} model, but its card {card_path} says "
+                f"mode={card.mode!r}"
             )
         return cls(
             model,
             card,
-            settings.weights_path,
-            sha256_of(settings.weights_path),
+            weights_path,
+            sha256_of(weights_path),
             device=device,
+            precision=precision,
+            tile_overlap=tile_overlap,
+            max_batch_size=max_batch_size,
+        )
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Inferencer:
+        """:meth:`load` with the service's settings (the single-image model)."""
+        return cls.load(
+            settings.weights_path,
+            settings.model_card_path,
+            device=settings.device,
             precision=settings.precision,
             tile_overlap=settings.tile_overlap,
             max_batch_size=settings.max_batch_size,
+            intra_op_threads=settings.effective_intra_op_threads(),
+            inter_op_threads=settings.inter_op_threads,
         )
 
     @property
@@ -245,7 +311,7 @@ class Inferencer:
     def warm_up(self) -> float:
         """Runs one tile through the model (traces the graph); returns the seconds it took."""
         started = time.perf_counter()
-        self.forward(np.full((1, self.tile, self.tile, 1), 255, dtype=np.uint8))
+        self.forward(np.full((1, self.tile, self.tile, self.channels), 255, dtype=np.uint8))
         return time.perf_counter() - started
 
     # --------------------------------------------------------------------------- the stages
@@ -259,27 +325,62 @@ class Inferencer:
         return plan_tiles(pixels.shape[0], pixels.shape[1], self.tile, self.tile_overlap)
 
     def tile_chunks(
-        self, pixels: np.ndarray, tiles: list[Tile]
+        self, pixels: np.ndarray, tiles: list[Tile], reference: np.ndarray | None = None
     ) -> Iterator[tuple[list[Tile], np.ndarray]]:
-        """Yields ``(tiles, pixels of those tiles)`` a batch at a time, so memory stays bounded."""
+        """Yields ``(tiles, pixels of those tiles)`` a batch at a time, so memory stays bounded.
+
+        With a (registered) ``reference`` its tiles are the second channel.
+        """
         for start in range(0, len(tiles), self.max_batch_size):
             chunk = tiles[start : start + self.max_batch_size]
-            yield chunk, extract_tiles(pixels, chunk, self.tile)
+            arrays = extract_tiles(pixels, chunk, self.tile)
+            if reference is not None:
+                arrays = np.concatenate(
+                    [arrays, extract_tiles(reference, chunk, self.tile)], axis=-1
+                )
+            yield chunk, arrays
 
-    def forward(self, tiles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Runs ``(n, T, T, 1)`` uint8 tiles; returns ``fg`` (float32) and ``cls`` (uint8).
+    def register(
+        self, pixels: np.ndarray, reference: np.ndarray | None
+    ) -> tuple[np.ndarray | None, Alignment | None]:
+        """Aligns ``reference`` to the board (pair model); ``(None, None)`` for the single model.
 
-        Both outputs have shape ``(n, T, T)``.
+        Raises:
+            ValueError: The pair model got no reference, or the single model got one.
+            AlignmentError: The reference is not the same design (or side, or orientation).
         """
-        fg, cls = self._forward(tiles)
-        return fg.numpy(), cls.numpy()
+        if not self.pair:
+            if reference is not None:
+                raise ValueError("this model inspects a board alone; it takes no reference")
+            return None, None
+        if reference is None:
+            raise ValueError("the golden-board model needs a reference image")
+        if reference.ndim != 2 or reference.dtype != np.uint8:
+            raise ValueError(
+                f"expected a (H, W) uint8 reference. Received: shape={reference.shape}, "
+                f"dtype={reference.dtype}"
+            )
+        warped, alignment = register_pair(pixels, reference)
+        return warped, alignment
+
+    def forward(self, tiles: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Runs ``(n, T, T, C)`` uint8 tiles; returns ``(fg, cls, cls_p)``, each ``(n, T, T)``.
+
+        ``fg`` (float32): P(defect) = ``1 - p_background``. ``cls`` (uint8, ``1..K``): the most
+        likely defect class. ``cls_p`` (float16, ``[1/K, 1]``): P(``cls`` | defect), the
+        class's probability over the sum of the K defect classes' probabilities.
+        """
+        fg, cls, cls_p = self._forward(tiles)
+        return fg.numpy(), cls.numpy(), cls_p.numpy()
 
     def post_process(
         self, stitcher: Stitcher, config: PostprocessConfig, n_tiles: int, timings: dict[str, float]
     ) -> InferenceResult:
         """Turns the stitched maps into typed defects, summary and class map."""
         started = time.perf_counter()
-        result = postprocess(stitcher.fg, stitcher.cls, self.card.classes, config)
+        result = postprocess(
+            stitcher.fg, stitcher.cls, self.card.classes, config, cls_p=stitcher.cls_p
+        )
         timings["post_process"] = (time.perf_counter() - started) * 1e3
         h, w = result.class_map.shape
         return InferenceResult(
@@ -293,9 +394,14 @@ class Inferencer:
         )
 
     # -------------------------------------------------------------------------- full paths
-    def predict(self, pixels: np.ndarray, config: PostprocessConfig) -> InferenceResult:
-        """Inspects one board synchronously (evaluation, benchmarks, scripts)."""
-        steps = self._predict_steps(pixels, config)
+    def predict(
+        self, pixels: np.ndarray, config: PostprocessConfig, reference: np.ndarray | None = None
+    ) -> InferenceResult:
+        """Inspects one board synchronously (evaluation, benchmarks, scripts).
+
+        ``reference``: the golden board, for the pair model (registered here).
+        """
+        steps = self._predict_steps(pixels, config, reference)
         request = next(steps)
         while True:
             try:
@@ -307,36 +413,44 @@ class Inferencer:
         self,
         pixels: np.ndarray,
         config: PostprocessConfig,
-        run_tiles: Callable[[np.ndarray], Awaitable[tuple[np.ndarray, np.ndarray]]],
+        run_tiles: Callable[[np.ndarray], Awaitable[tuple[np.ndarray, ...]]],
+        reference: np.ndarray | None = None,
     ) -> InferenceResult:
         """Inspects one board, sending its tiles through ``run_tiles`` (the batcher).
 
         Tile extraction, stitching and post-processing run in worker threads, not on the
         event loop: on a large board they take seconds, and health probes must not wait.
         """
-        steps = self._predict_steps(pixels, config)
+        steps = self._predict_steps(pixels, config, reference)
         done, value = await asyncio.to_thread(_advance, steps, None)
         while not done:
             done, value = await asyncio.to_thread(_advance, steps, await run_tiles(value))
         return value  # type: ignore[no-any-return]
 
     def _predict_steps(
-        self, pixels: np.ndarray, config: PostprocessConfig
+        self, pixels: np.ndarray, config: PostprocessConfig, reference: np.ndarray | None = None
     ) -> Any:
         # One generator serves the sync and the async path: it yields tile batches and is
         # sent their model outputs, so both paths share every other line.
         timings = {"pre_process": 0.0, "forward": 0.0}
         started = time.perf_counter()
         tiles = self.pre_process(pixels)
+        timings["pre_process"] += (time.perf_counter() - started) * 1e3
+        started = time.perf_counter()
+        warped, alignment = self.register(pixels, reference)
+        if alignment is not None:
+            timings["register"] = (time.perf_counter() - started) * 1e3
+        started = time.perf_counter()
         stitcher = Stitcher(pixels.shape[0], pixels.shape[1])
         timings["pre_process"] += (time.perf_counter() - started) * 1e3
-        for chunk, arrays in self.tile_chunks(pixels, tiles):
+        for chunk, arrays in self.tile_chunks(pixels, tiles, warped):
             sent = time.perf_counter()
-            fg, cls = yield arrays
+            fg, cls, cls_p = yield arrays
             timings["forward"] += (time.perf_counter() - sent) * 1e3
             for i, tile in enumerate(chunk):
-                stitcher.add(tile, fg[i], cls[i])
-        return self.post_process(stitcher, config, len(tiles), timings)
+                stitcher.add(tile, fg[i], cls[i], cls_p[i])
+        result = self.post_process(stitcher, config, len(tiles), timings)
+        return dataclasses.replace(result, alignment=alignment)
 
 
 def _advance(steps: Any, value: Any) -> tuple[bool, Any]:

@@ -1,15 +1,20 @@
 """Post-processing: from per-pixel model output to defects, a summary and a verdict.
 
 The model's softmax over ``1 + len(class_names)`` classes (0 = background) is reduced inside the
-TensorFlow graph to two maps per image, and everything here works only on those two maps:
+TensorFlow graph to three maps per image, and everything here works only on those maps:
 
-* ``fg``: ``1 - p_background`` (float32, H x W), the confidence that a pixel is any defect;
+* ``fg``: ``1 - p_background`` (float32, H x W), P(defect): the confidence that a pixel is any
+  defect;
 * ``cls``: ``1 + argmax`` over the foreground classes (uint8, H x W, values ``1..K``), the most
-  likely defect class should the pixel be a defect.
+  likely defect class should the pixel be a defect;
+* ``cls_p``: P(``cls`` | defect) = ``p[cls] / sum(p[1:])`` (float16, H x W, in ``[1/K, 1]``),
+  how sure the model is of that class among the defect classes.
 
-A defect is one 8-connected component of defect pixels of one class. This module is pure numpy
-and OpenCV: it must not import TensorFlow or ``model_defs`` (which imports TensorFlow), so the
-class names are passed in by the caller.
+A defect is a defect, not a class: one 8-connected component of pixels with ``fg >= threshold``,
+whatever their classes, where fragments at most ``merge_distance_px`` apart count as one. It gets
+one class, by a probability-weighted vote of its pixels. This module is pure numpy and OpenCV: it
+must not import TensorFlow or ``model_defs`` (which imports TensorFlow), so the class names are
+passed in by the caller.
 """
 
 from __future__ import annotations
@@ -40,21 +45,26 @@ _MAX_CLASSES = 255
 
 @dataclass(frozen=True)
 class PostprocessConfig:
-    """Rules that turn the two output maps into defects and a verdict.
+    """Rules that turn the output maps into defects and a verdict.
 
     Attributes:
         threshold: Confidence cut on ``fg`` in ``[0, 1]``. A pixel is a defect pixel where
             ``fg >= threshold`` (compared in float32, so a value equal to the threshold counts)
             and ``fg > 0``: a pixel with no foreground probability at all is never a defect,
             so ``threshold=0`` does not turn the whole board into one defect.
-        min_area_px: Components with fewer pixels than this are dropped (a process rule: the
-            smallest defect worth reporting). ``0`` and ``1`` keep everything.
+        min_area_px: Defects with fewer pixels than this are dropped (a process rule: the
+            smallest defect worth reporting), counted after fragments are merged. ``0`` and
+            ``1`` keep everything.
         pixels_per_mm: Image resolution, used to report areas in mm²; must be > 0.
         fail_rule: ``"count"`` fails a board on the number of defects, ``"area"`` on their
             total area in mm².
         fail_min_count: Count rule: the board fails when ``defect_count >= fail_min_count``.
         fail_min_area_mm2: Area rule: the board fails when ``defect_area_mm2 >
             fail_min_area_mm2`` (strictly greater, so ``0.0`` fails on any defect).
+        merge_distance_px: Fragments of defect pixels separated by at most this many
+            background pixels (horizontally, vertically or diagonally: the Chebyshev distance
+            between their nearest pixels is at most ``merge_distance_px + 1``) are one defect.
+            The gap's pixels are not added to it. ``0``: plain 8-connected components.
     """
 
     threshold: float
@@ -63,6 +73,7 @@ class PostprocessConfig:
     fail_rule: Literal["count", "area"] = "count"
     fail_min_count: int = 1
     fail_min_area_mm2: float = 0.0
+    merge_distance_px: int = 3
 
     def __post_init__(self) -> None:
         # `not (a <= x <= b)` rather than `x < a or x > b` so that NaN is rejected too.
@@ -92,19 +103,30 @@ class PostprocessConfig:
                 "fail_min_area_mm2 must be a finite number >= 0. "
                 f"Received: fail_min_area_mm2={self.fail_min_area_mm2!r}"
             )
+        if not _is_int(self.merge_distance_px) or self.merge_distance_px < 0:
+            raise ValueError(
+                "merge_distance_px must be an integer >= 0. "
+                f"Received: merge_distance_px={self.merge_distance_px!r}"
+            )
 
 
 @dataclass(frozen=True)
 class Defect:
-    """One defect: one 8-connected component of one class.
+    """One defect: the pixels of one 8-connected component of defect pixels, any class, after
+    merging fragments at most ``merge_distance_px`` apart.
 
     Attributes:
-        id: 1-based, in order of the bbox's ``(y_min, x_min)`` (then class id).
-        class_name: The defect class.
-        confidence: Mean ``fg`` over the component's pixels, rounded to 4 decimals.
+        id: 1-based, in order of the bbox's ``(y_min, x_min)``.
+        class_name: The defect's one class: the winner of the vote of its pixels, where each
+            pixel gives ``fg * cls_p`` to its ``cls`` (ties go to the lower class id).
+        confidence: ``mean(fg) * purity``, rounded to 4 decimals: the mean P(defect) over the
+            defect's pixels times its class purity, the winning class's share of the vote
+            (winning vote / total vote). Low for a faint defect and for one whose pixels
+            disagree on the class; 1 only if every pixel is a sure defect of the same class.
         bbox: ``(x_min, y_min, x_max, y_max)`` in input-image pixels; the max is EXCLUSIVE, so
-            the width is ``x_max - x_min``.
-        area_px: Number of pixels in the component.
+            the width is ``x_max - x_min``. The box of the defect's own pixels: merging does
+            not grow it.
+        area_px: Number of defect pixels (``fg >= threshold``) in the defect.
         area_mm2: ``area_px / pixels_per_mm**2``, rounded to 6 decimals.
         centroid: ``(x, y)`` mean of the pixel coordinates, rounded to 2 decimals.
     """
@@ -146,8 +168,9 @@ class PostprocessResult:
     """Everything post-processing produces for one image.
 
     Attributes:
-        class_map: ``(H, W)`` uint8; 0 = background, ``k`` = ``class_names[k - 1]``. Pixels of
-            dropped components (below ``min_area_px``) are 0.
+        class_map: ``(H, W)`` uint8; 0 = background, ``k`` = ``class_names[k - 1]``. Every
+            pixel of a defect holds that defect's one class, so the map agrees with the defect
+            list; pixels of dropped defects (below ``min_area_px``) and merged-over gaps are 0.
         defects: The defects kept, ordered by id.
         summary: Totals and verdict.
     """
@@ -157,17 +180,19 @@ class PostprocessResult:
     summary: Summary
 
 
-def split_probs(probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Reduces a softmax to the two maps post-processing uses, exactly as the graph does.
+def split_probs(probs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Reduces a softmax to the three maps post-processing uses, as the graph does.
 
     Args:
         probs: ``(H, W, K)`` or ``(N, H, W, K)`` class probabilities, channel 0 = background,
             ``K >= 2``.
 
     Returns:
-        ``(fg, cls)``: ``fg = 1 - probs[..., 0]`` as float32 and ``cls = 1 + argmax(probs[...,
-        1:])`` as uint8, both of shape ``probs.shape[:-1]``. Ties go to the lower class id, as
-        with ``tf.argmax``.
+        ``(fg, cls, cls_p)``, all of shape ``probs.shape[:-1]``: ``fg = 1 - probs[..., 0]`` as
+        float32; ``cls = 1 + argmax(probs[..., 1:])`` as uint8 (ties go to the lower class id,
+        as with ``tf.argmax``); ``cls_p = max(probs[..., 1:]) / sum(probs[..., 1:])`` as
+        float16, P(``cls`` | defect), or ``1 / (K - 1)`` (no class preferred) where the defect
+        classes' probabilities are all 0.
 
     Raises:
         ValueError: If ``probs`` has the wrong rank or number of classes.
@@ -186,8 +211,13 @@ def split_probs(probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     # The graph works in float32; doing the subtraction in float32 too gives bit-equal maps.
     p = probs.astype(np.float32, copy=False)
     fg = np.float32(1.0) - p[..., 0]
-    cls = (np.argmax(p[..., 1:], axis=-1) + 1).astype(np.uint8)
-    return fg, cls
+    defect_p = p[..., 1:]
+    cls = (np.argmax(defect_p, axis=-1) + 1).astype(np.uint8)
+    total = defect_p.sum(axis=-1)
+    top = defect_p.max(axis=-1)
+    cls_p = np.full(total.shape, np.float32(1.0) / np.float32(k - 1), dtype=np.float32)
+    np.divide(top, total, out=cls_p, where=total > 0)
+    return fg, cls, cls_p.astype(np.float16)
 
 
 def postprocess(
@@ -195,74 +225,155 @@ def postprocess(
     cls: np.ndarray,
     class_names: Sequence[str],
     config: PostprocessConfig,
+    cls_p: np.ndarray | None = None,
 ) -> PostprocessResult:
-    """Turns the two output maps of one image into defects, a summary and a verdict.
+    """Turns the output maps of one image into defects, a summary and a verdict.
 
-    Steps: threshold ``fg`` -> label each class's defect pixels into 8-connected components
-    (``cv2.connectedComponentsWithStats``) -> drop components smaller than ``min_area_px`` ->
-    describe each kept component -> totals and verdict.
+    Steps, all vectorised (an 8000 x 8000 board is one pass of each):
+
+    1. Defect pixels: ``fg >= threshold`` (and ``fg > 0``, ``cls > 0``), whatever their class.
+    2. Fragments: the 8-connected components of the defect pixels, with their exact area,
+       bbox and centroid (``cv2.connectedComponentsWithStats``).
+    3. Merge: the defect mask is dilated by ``merge_distance_px`` (``cv2.dilate``) and its
+       8-connected components labelled (``cv2.connectedComponents``). A defect is the set of
+       ORIGINAL defect pixels of one such component, i.e. a group of fragments: the dilation
+       only decides which fragments belong together, it adds no pixel to any defect.
+    4. Describe each defect: area, bbox and centroid from its fragments', mean ``fg`` and the
+       class vote from its pixels (``np.bincount`` over the labels), where each pixel gives
+       ``fg * cls_p`` to its ``cls``. The class is the vote's winner; ``confidence =
+       mean(fg) * purity``, purity being the winning vote over the total vote.
+    5. Drop defects with fewer than ``min_area_px`` pixels (after merging), paint the kept
+       ones into the class map with their one class, total and judge.
 
     Args:
-        fg: ``(H, W)`` float foreground confidence, ``1 - p_background``.
+        fg: ``(H, W)`` float foreground confidence, ``1 - p_background`` = P(defect).
         cls: ``(H, W)`` integer class ids in ``0..len(class_names)``; 1-based, so
             ``cls == k`` means ``class_names[k - 1]``. Pixels with 0 are never defects.
         class_names: Names of the foreground classes, in model output order.
         config: The post-processing rules.
+        cls_p: ``(H, W)`` float P(``cls`` | defect), in ``(0, 1]`` on defect pixels (float16
+            from the graph). ``None``: 1 everywhere, i.e. each pixel votes its ``fg`` for its
+            ``cls``.
 
     Returns:
         The class map, the defects (ordered by the top-left of their bbox) and the summary.
 
     Raises:
         ValueError: If the maps' shapes or dtypes are wrong, ``cls`` holds an id with no class
-            name, or ``class_names`` is empty or too long.
+            name, ``cls_p`` is outside ``(0, 1]`` on a defect pixel, or ``class_names`` is
+            empty or too long.
     """
-    fg, cls, names = _check_inputs(fg, cls, class_names)
+    fg, cls, cls_p, names = _check_inputs(fg, cls, cls_p, class_names)
     height, width = fg.shape
     threshold = np.float32(config.threshold)
     # Compare in float32: a float64 threshold such as 0.7 is slightly above float32(0.7), which
     # would make a pixel whose confidence "equals" the threshold miss it.
-    defect_px = (fg >= threshold) & (fg > 0)
-
+    defect_px = (fg >= threshold) & (fg > 0) & (cls > 0)
     class_map = np.zeros((height, width), dtype=np.uint8)
-    # (y_min, x_min, class_id, label) sort key, then the Defect fields without the id.
-    found: list[tuple[tuple[int, int, int, int], dict[str, Any]]] = []
-    pixels_per_mm2 = config.pixels_per_mm**2
 
-    # Only label the classes that have defect pixels: each labelling is a full-image pass.
-    class_px = np.bincount(cls[defect_px], minlength=len(names) + 1)
-    for class_id in (int(k) + 1 for k in np.flatnonzero(class_px[1:])):
-        mask = defect_px & (cls == class_id)
-        n_labels, labels, stats, centroids = cv2.connectedComponentsWithStats(
-            mask.view(np.uint8), connectivity=8, ltype=cv2.CV_32S
-        )
-        # Per-label sum of fg in one pass over the class's pixels, for the mean confidence.
-        labels_in_mask = labels[mask]
-        fg_sums = np.bincount(
-            labels_in_mask, weights=fg[mask].astype(np.float64), minlength=n_labels
-        )
-        keep = np.zeros(n_labels, dtype=bool)
-        for label in range(1, n_labels):  # label 0 is the background of this class's mask
-            x, y, w, h, area = (int(v) for v in stats[label])
-            if area < config.min_area_px:
-                continue
-            keep[label] = True
-            cx, cy = centroids[label]
-            found.append(
-                (
-                    (y, x, class_id, label),
-                    {
-                        "class_name": names[class_id - 1],
-                        "confidence": round(float(fg_sums[label] / area), 4),
-                        "bbox": (x, y, x + w, y + h),
-                        "area_px": area,
-                        "area_mm2": round(area / pixels_per_mm2, 6),
-                        "centroid": (round(float(cx), 2), round(float(cy), 2)),
-                    },
-                )
+    # Fragments: the 8-connected components of the defect pixels themselves, with their exact
+    # area, bbox and centroid (row 0 is the background).
+    mask: np.ndarray = defect_px.view(np.uint8)
+    n_frags, frag_labels, frag_stats, frag_centroids = cv2.connectedComponentsWithStats(
+        mask, connectivity=8, ltype=cv2.CV_32S
+    )
+    if n_frags == 1:
+        summary = _summarize([], names, height * width, config)
+        return PostprocessResult(class_map=class_map, defects=[], summary=summary)
+
+    # Defects: fragments grouped by the components of the dilated mask. Everything per pixel
+    # below is a boolean gather over the defect pixels, in row-major order.
+    if config.merge_distance_px:
+        # An (m+1) x (m+1) square anchored at its top-left corner grows every pixel by m up and
+        # left: two pixels' squares touch (8-connected) exactly when their Chebyshev distance
+        # is <= m + 1, i.e. when at most m background pixels lie between them.
+        side = config.merge_distance_px + 1
+        grown = cv2.dilate(mask, np.ones((side, side), dtype=np.uint8), anchor=(0, 0))
+        n_labels, labels = cv2.connectedComponents(grown, connectivity=8, ltype=cv2.CV_32S)
+        del grown
+        lab = labels[defect_px]
+        del labels
+        # Each fragment lies in exactly one defect; fragment 0 (background) maps to 0.
+        frag_to_label = np.zeros(n_frags, dtype=np.int64)
+        frag_to_label[frag_labels[defect_px]] = lab
+    else:
+        n_labels, lab = n_frags, frag_labels[defect_px]
+        frag_to_label = np.arange(n_frags, dtype=np.int64)
+    del frag_labels
+
+    # Area, bbox and centroid of each defect from its fragments' (small arrays).
+    frags, owner = slice(1, None), frag_to_label[1:]
+    frag_area = frag_stats[frags, cv2.CC_STAT_AREA].astype(np.int64)
+    x0s = frag_stats[frags, cv2.CC_STAT_LEFT].astype(np.int64)
+    y0s = frag_stats[frags, cv2.CC_STAT_TOP].astype(np.int64)
+    area = np.bincount(owner, weights=frag_area, minlength=n_labels).astype(np.int64)
+    x_min = np.full(n_labels, width, dtype=np.int64)
+    y_min = np.full(n_labels, height, dtype=np.int64)
+    x_max = np.zeros(n_labels, dtype=np.int64)
+    y_max = np.zeros(n_labels, dtype=np.int64)
+    np.minimum.at(x_min, owner, x0s)
+    np.minimum.at(y_min, owner, y0s)
+    np.maximum.at(x_max, owner, x0s + frag_stats[frags, cv2.CC_STAT_WIDTH])
+    np.maximum.at(y_max, owner, y0s + frag_stats[frags, cv2.CC_STAT_HEIGHT])
+    x_sum = np.bincount(owner, weights=frag_centroids[frags, 0] * frag_area, minlength=n_labels)
+    y_sum = np.bincount(owner, weights=frag_centroids[frags, 1] * frag_area, minlength=n_labels)
+
+    # Mean fg and the class vote of each defect, from its pixels.
+    pix_fg = fg[defect_px]
+    if cls_p is None:
+        pix_vote = pix_fg
+    else:
+        pix_p = cls_p[defect_px]
+        lo, hi = float(pix_p.min()), float(pix_p.max())
+        if not (lo > 0 and hi <= 1):  # written so that NaN fails too
+            raise ValueError(
+                "cls_p must be in (0, 1] on defect pixels (it is P(cls | defect) >= 1/K). "
+                f"Received: cls_p values in [{lo}, {hi}] on defect pixels"
             )
-        # Classes' masks are disjoint, so writing each class's kept pixels cannot clash.
-        lut = np.where(keep, np.uint8(class_id), np.uint8(0)).astype(np.uint8)
-        class_map[mask] = lut[labels_in_mask]
+        pix_vote = pix_fg.astype(np.float64) * pix_p
+        del pix_p
+    fg_sum = np.bincount(lab, weights=pix_fg, minlength=n_labels)
+    del pix_fg
+    # One bincount over (defect, class) pairs.
+    n_ids = len(names) + 1
+    pair = lab.astype(np.int64)
+    pair *= n_ids
+    pair += cls[defect_px]
+    votes = np.bincount(pair, weights=pix_vote, minlength=n_labels * n_ids)
+    del pair, pix_vote
+    votes = votes.reshape(n_labels, n_ids)
+    winner = np.argmax(votes[:, 1:], axis=1) + 1  # ties: the lower class id
+    total_vote = votes.sum(axis=1)
+    purity = np.zeros(n_labels, dtype=np.float64)
+    np.divide(votes[np.arange(n_labels), winner], total_vote, out=purity, where=total_vote > 0)
+
+    keep = area >= config.min_area_px  # every label >= 1 has at least one pixel
+    keep[0] = False
+    lut = np.where(keep, winner, 0).astype(np.uint8)
+    class_map[defect_px] = lut[lab]
+
+    pixels_per_mm2 = config.pixels_per_mm**2
+    # (y_min, x_min, label) sort key, then the Defect fields without the id.
+    found: list[tuple[tuple[int, int, int], dict[str, Any]]] = []
+    for label in (int(v) for v in np.flatnonzero(keep)):
+        n = int(area[label])
+        x0, y0 = int(x_min[label]), int(y_min[label])
+        found.append(
+            (
+                (y0, x0, label),
+                {
+                    "class_name": names[int(winner[label]) - 1],
+                    "confidence": round(float(fg_sum[label] / n * purity[label]), 4),
+                    "bbox": (x0, y0, int(x_max[label]), int(y_max[label])),
+                    "area_px": n,
+                    "area_mm2": round(n / pixels_per_mm2, 6),
+                    "centroid": (
+                        round(float(x_sum[label] / n), 2),
+                        round(float(y_sum[label] / n), 2),
+                    ),
+                },
+            )
+        )
 
     found.sort(key=lambda item: item[0])
     defects = [Defect(id=i, **fields) for i, (_, fields) in enumerate(found, start=1)]
@@ -410,9 +521,12 @@ def _rle_counts(mask: np.ndarray) -> list[int]:
 
 
 def _check_inputs(
-    fg: np.ndarray, cls: np.ndarray, class_names: Sequence[str]
-) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
-    """Validates postprocess' inputs; returns them as arrays and a tuple of names."""
+    fg: np.ndarray, cls: np.ndarray, cls_p: np.ndarray | None, class_names: Sequence[str]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, tuple[str, ...]]:
+    """Validates postprocess' inputs; returns them as arrays and a tuple of names.
+
+    ``cls_p``'s values are checked later, on the defect pixels only (elsewhere they are unused).
+    """
     names = tuple(class_names)
     if not 1 <= len(names) <= _MAX_CLASSES or not all(isinstance(n, str) for n in names):
         raise ValueError(
@@ -432,6 +546,15 @@ def _check_inputs(
         raise ValueError(f"fg must be a float array. Received: dtype {fg.dtype}")
     if not np.issubdtype(cls.dtype, np.integer):
         raise ValueError(f"cls must be an integer array. Received: dtype {cls.dtype}")
+    if cls_p is not None:
+        cls_p = np.asarray(cls_p)
+        if cls_p.shape != fg.shape:
+            raise ValueError(
+                f"cls_p must have the shape of fg {fg.shape}. "
+                f"Received: cls_p with shape {cls_p.shape}"
+            )
+        if not np.issubdtype(cls_p.dtype, np.floating):
+            raise ValueError(f"cls_p must be a float array. Received: dtype {cls_p.dtype}")
     lo, hi = int(cls.min()), int(cls.max())
     if lo < 0 or hi > len(names):
         raise ValueError(
@@ -439,7 +562,7 @@ def _check_inputs(
             f"Received: cls values in [{lo}, {hi}]"
         )
     # uint8 for cv2's mask and cheap bincounts; fg is kept as given (float32 from the graph).
-    return fg, cls.astype(np.uint8, copy=False), names
+    return fg, cls.astype(np.uint8, copy=False), cls_p, names
 
 
 def _check_class_map(class_map: np.ndarray) -> np.ndarray:

@@ -8,7 +8,7 @@ stitching is a plain copy: there is no blending, hence no seam, and a defect tha
 edge is labelled once, on the full-size maps.
 
 Memory stays bounded: ``extract_tiles`` takes any subset of the plan (callers pass one batch at a
-time), and ``Stitcher`` holds only the two full-size output maps (5 bytes per pixel).
+time), and ``Stitcher`` holds only the three full-size output maps (7 bytes per pixel).
 """
 
 from __future__ import annotations
@@ -137,11 +137,11 @@ def extract_tiles(image: np.ndarray, tiles: Sequence[Tile], tile: int) -> np.nda
 
 
 class Stitcher:
-    """Assembles per-tile outputs into full-size ``fg`` and ``cls`` maps.
+    """Assembles per-tile outputs into full-size ``fg``, ``cls`` and ``cls_p`` maps.
 
-    The two maps are allocated once, (H, W) float32 and (H, W) uint8, i.e. 5 bytes per pixel,
-    and each tile writes only the region it owns, so the stitched maps do not depend on the
-    order in which tiles arrive.
+    The three maps are allocated once, (H, W) float32, uint8 and float16, i.e. 7 bytes per
+    pixel, and each tile writes only the region it owns, so the stitched maps do not depend on
+    the order in which tiles arrive.
 
     Args:
         height: Image height in pixels, >= 1.
@@ -154,16 +154,20 @@ class Stitcher:
                 raise ValueError(f"{name} must be an integer >= 1. Received: {name}={value!r}")
         self._fg = np.zeros((height, width), dtype=np.float32)
         self._cls = np.zeros((height, width), dtype=np.uint8)
+        self._cls_p = np.zeros((height, width), dtype=np.float16)
         self._added: set[Tile] = set()
         self._owned_px = 0
 
-    def add(self, tile: Tile, fg_tile: np.ndarray, cls_tile: np.ndarray) -> None:
+    def add(
+        self, tile: Tile, fg_tile: np.ndarray, cls_tile: np.ndarray, cls_p_tile: np.ndarray
+    ) -> None:
         """Writes the region a tile owns from its outputs into the full-size maps.
 
         Args:
             tile: The tile, from the plan of this image.
             fg_tile: ``(tile, tile)`` foreground confidence for the tile.
             cls_tile: ``(tile, tile)`` class ids for the tile (values 0..255).
+            cls_p_tile: ``(tile, tile)`` P(class | defect) for the tile (stored as float16).
 
         Raises:
             ValueError: If the outputs' shapes disagree or cannot hold the tile's owned region,
@@ -171,10 +175,12 @@ class Stitcher:
         """
         fg_tile = np.asarray(fg_tile)
         cls_tile = np.asarray(cls_tile)
-        if fg_tile.ndim != 2 or cls_tile.shape != fg_tile.shape:
+        cls_p_tile = np.asarray(cls_p_tile)
+        if fg_tile.ndim != 2 or not cls_tile.shape == cls_p_tile.shape == fg_tile.shape:
             raise ValueError(
-                "fg_tile and cls_tile must be 2-D and of the same shape. "
-                f"Received: fg_tile {fg_tile.shape}, cls_tile {cls_tile.shape}"
+                "fg_tile, cls_tile and cls_p_tile must be 2-D and of the same shape. "
+                f"Received: fg_tile {fg_tile.shape}, cls_tile {cls_tile.shape}, "
+                f"cls_p_tile {cls_p_tile.shape}"
             )
         y_start, y_stop, x_start, x_stop = tile.core
         ty_start, ty_stop, tx_start, tx_stop = tile.core_in_tile
@@ -195,6 +201,7 @@ class Stitcher:
             raise ValueError(f"tile at (y0={tile.y0}, x0={tile.x0}) was already added")
         self._fg[y_start:y_stop, x_start:x_stop] = fg_tile[ty_start:ty_stop, tx_start:tx_stop]
         self._cls[y_start:y_stop, x_start:x_stop] = cls_tile[ty_start:ty_stop, tx_start:tx_stop]
+        self._cls_p[y_start:y_stop, x_start:x_stop] = cls_p_tile[ty_start:ty_stop, tx_start:tx_stop]
         self._added.add(tile)
         self._owned_px += (y_stop - y_start) * (x_stop - x_start)
 
@@ -207,6 +214,11 @@ class Stitcher:
     def cls(self) -> np.ndarray:
         """The stitched ``(H, W)`` uint8 class ids (0 where no tile wrote)."""
         return self._cls
+
+    @property
+    def cls_p(self) -> np.ndarray:
+        """The stitched ``(H, W)`` float16 P(class | defect) (0 where no tile wrote)."""
+        return self._cls_p
 
     @property
     def complete(self) -> bool:

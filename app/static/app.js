@@ -1,4 +1,6 @@
 // The inspection page: pick or drop a board image, POST it to /predict, draw the result.
+// Optionally against a golden board: one uploaded with each request ("template") or one
+// stored on the service ("product"), never both.
 // Plain JS, no framework, no network access beyond this service.
 "use strict";
 
@@ -11,6 +13,12 @@
   const ui = {
     drop: $("drop"),
     file: $("file"),
+    refDrop: $("ref-drop"),
+    refFile: $("ref-file"),
+    refState: $("ref-state"),
+    refClear: $("ref-clear"),
+    product: $("product"),
+    productHelp: $("product-help"),
     apiKey: $("api-key"),
     threshold: $("threshold"),
     minArea: $("min-area"),
@@ -26,6 +34,12 @@
     defectCount: $("defect-count"),
     defectArea: $("defect-area"),
     modelName: $("model-name"),
+    modelModeFact: $("model-mode-fact"),
+    modelMode: $("model-mode"),
+    referenceFact: $("reference-fact"),
+    reference: $("reference"),
+    alignmentFact: $("alignment-fact"),
+    alignment: $("alignment"),
     canvas: $("canvas"),
     legend: $("legend"),
     tbody: document.querySelector("#defects tbody"),
@@ -42,6 +56,9 @@
   // What is on screen, kept to redraw with a highlighted defect.
   let view = null;
   let busy = false;
+  // The uploaded golden board (a File), or null. A stored one is ui.product's value instead.
+  let referenceFile = null;
+  const REF_NONE = ui.refState.textContent.replace(/\s+/g, " ").trim();
 
   function colorOf(classes, name) {
     const k = classes.indexOf(name);
@@ -85,6 +102,61 @@
     ui.tbody.replaceChildren();
     ui.legend.replaceChildren();
     ui.canvas.removeAttribute("data-rendered");
+    ui.modelModeFact.hidden = true;
+    ui.referenceFact.hidden = true;
+    ui.alignmentFact.hidden = true;
+  }
+
+  // --- the golden board ---------------------------------------------------------------------
+  function setReference(file) {
+    if (!file) return;
+    referenceFile = file;
+    ui.product.value = ""; // one golden board at a time: the upload replaces a stored one
+    ui.refState.textContent = `${file.name} (${(file.size / 1024).toFixed(0)} KB)`;
+    ui.refDrop.classList.add("chosen");
+    ui.refClear.hidden = false;
+    say(`Golden board ${file.name} chosen: each board is compared with it.`);
+  }
+
+  function clearReference(announce) {
+    const had = referenceFile !== null;
+    referenceFile = null;
+    ui.refState.textContent = REF_NONE;
+    ui.refDrop.classList.remove("chosen");
+    ui.refClear.hidden = true;
+    if (had && announce) say("Golden board cleared: boards are inspected alone.");
+  }
+
+  // Fills the product picker from GET /v1/golden-boards, keeping the current choice if it
+  // is still stored. A failure leaves "none" usable and says why under the picker.
+  async function loadProducts() {
+    const chosen = ui.product.value;
+    let boards;
+    try {
+      const resp = await fetch("/v1/golden-boards", { headers: authHeaders() });
+      if (!resp.ok) {
+        const [code, message] = await errorOf(resp);
+        ui.productHelp.textContent =
+          `Stored golden boards could not be listed (HTTP ${resp.status} ${code}: ${message})`;
+        return;
+      }
+      const body = await resp.json();
+      // {count, boards: [...]}; a bare list too, should a proxy flatten it.
+      boards = Array.isArray(body) ? body : (body && body.boards) || [];
+    } catch (err) {
+      ui.productHelp.textContent = `Stored golden boards could not be listed (${err.message}).`;
+      return;
+    }
+    const options = [new Option("none", "")];
+    for (const b of boards) {
+      const size = b.width && b.height ? ` (${b.width}×${b.height})` : "";
+      options.push(new Option(`${b.product}${size}`, b.product));
+    }
+    ui.product.replaceChildren(...options);
+    ui.product.value = boards.some((b) => b.product === chosen) ? chosen : "";
+    ui.productHelp.textContent = boards.length
+      ? `${boards.length} stored golden board${boards.length === 1 ? "" : "s"}.`
+      : "No golden boards stored on the service.";
   }
 
   function queryParams() {
@@ -96,6 +168,7 @@
     add("threshold", ui.threshold);
     add("min_area_px", ui.minArea);
     add("pixels_per_mm", ui.pxPerMm);
+    if (ui.product.value && !referenceFile) params.set("product", ui.product.value);
     return params;
   }
 
@@ -107,6 +180,7 @@
   async function post(file, params) {
     const form = new FormData();
     form.append("file", file, file.name);
+    if (referenceFile) form.append("template", referenceFile, referenceFile.name);
     return fetch(`/predict?${params}`, { method: "POST", body: form, headers: authHeaders() });
   }
 
@@ -125,7 +199,11 @@
     clearResults();
     setState("busy");
     ui.drop.setAttribute("aria-disabled", "true");
-    say(`Inspecting ${file.name} (${(file.size / 1024).toFixed(0)} KB)…`);
+    // What this inspection is compared with, fixed now: the picker may change while it runs.
+    const sent = { reference: referenceFile ? referenceFile.name : null };
+    const against = referenceFile ? ` against ${referenceFile.name}`
+      : ui.product.value ? ` against product ${ui.product.value}` : "";
+    say(`Inspecting ${file.name} (${(file.size / 1024).toFixed(0)} KB)${against}…`);
     try {
       let resp;
       try {
@@ -138,11 +216,12 @@
         const [code, message] = await errorOf(resp);
         showError(resp.status, code, message);
         if (resp.status === 401) ui.apiKey.closest("details").open = true;
+        if (code === "unknown_product") loadProducts(); // deleted meanwhile: refresh the list
         return;
       }
       const result = await resp.json();
       await palettePromise;
-      await show(file, result);
+      await show(file, result, sent);
     } finally {
       busy = false;
       ui.drop.removeAttribute("aria-disabled");
@@ -206,7 +285,7 @@
     return createImageBitmap(await resp.blob());
   }
 
-  async function show(file, result) {
+  async function show(file, result, sent) {
     const classes = Object.keys(result.summary.by_class); // class-id order, every class
     const board = await boardBitmap(file, result);
     let layer = null;
@@ -218,7 +297,10 @@
     } else {
       rendered = await serviceOverlay(file);
     }
-    view = { file, result, classes, board, layer, rendered, highlight: null };
+    view = {
+      file, result, classes, board, layer, rendered, highlight: null,
+      reference: sent.reference,
+    };
 
     const s = result.summary;
     const fail = s.verdict === "fail";
@@ -228,14 +310,44 @@
     ui.defectCount.textContent = String(s.defect_count);
     ui.defectArea.textContent = `${s.defect_area_mm2.toFixed(3)} mm²`;
     ui.modelName.textContent = `${result.model.name} ${result.model.version}`;
+    showReference(result);
     fillTable(result, classes);
     fillLegend(classes);
     ui.results.hidden = false;
     draw();
     setState("done");
     const note = board ? "" : " (this browser cannot show this image type: service rendering)";
-    say(`${file.name}: ${fail ? "FAIL" : "PASS"}, ${s.defect_count} ` +
+    const ref = result.reference;
+    const against = !ref ? "" : ref.source === "product" ? ` against product ${ref.product}`
+      : ` against ${sent.reference || "the uploaded golden board"}`;
+    say(`${file.name}${against}: ${fail ? "FAIL" : "PASS"}, ${s.defect_count} ` +
         `defect${s.defect_count === 1 ? "" : "s"}${note}.`);
+  }
+
+  const signed = (v, digits) => `${v >= 0 ? "+" : "−"}${Math.abs(v).toFixed(digits)}`;
+
+  // The model's mode, where the golden board came from, and how it was aligned to the board.
+  function showReference(result) {
+    const mode = result.model && result.model.mode;
+    ui.modelModeFact.hidden = !mode;
+    ui.modelMode.textContent = mode === "pair" ? "pair (board + golden board)"
+      : mode === "single" ? "single (board alone)" : String(mode || "");
+    const ref = result.reference;
+    ui.referenceFact.hidden = !ref;
+    ui.alignmentFact.hidden = !(ref && ref.alignment);
+    if (!ref) return;
+    const sha = ref.sha256 ? `, sha256 ${ref.sha256.slice(0, 12)}` : "";
+    ui.reference.textContent = ref.source === "product"
+      ? `product ${ref.product}${sha}`
+      : `uploaded${view && view.reference ? ` ${view.reference}` : ""}${sha}`;
+    ui.reference.dataset.source = ref.source || "";
+    const a = ref.alignment;
+    if (!a) return;
+    Object.assign(ui.alignment.dataset, {
+      dx: a.dx, dy: a.dy, rotationDeg: a.rotation_deg, score: a.score,
+    });
+    ui.alignment.textContent = `dx ${signed(a.dx, 1)} px, dy ${signed(a.dy, 1)} px, ` +
+      `rotation ${signed(a.rotation_deg, 2)}°, score ${a.score.toFixed(3)}`;
   }
 
   function fillTable(result, classes) {
@@ -370,16 +482,60 @@
     const files = e.dataTransfer && e.dataTransfer.files;
     if (files && files.length) inspect(files[0]);
   });
+  ui.refDrop.addEventListener("click", () => ui.refFile.click());
+  ui.refDrop.addEventListener("keydown", (e) => {
+    if (e.key === "Enter" || e.key === " ") {
+      e.preventDefault();
+      ui.refFile.click();
+    } else if (e.key === "Delete" || e.key === "Backspace") {
+      e.preventDefault();
+      clearReference(true);
+    }
+  });
+  ui.refFile.addEventListener("change", () => {
+    const f = ui.refFile.files[0];
+    ui.refFile.value = "";
+    setReference(f);
+  });
+  ["dragenter", "dragover"].forEach((type) => ui.refDrop.addEventListener(type, (e) => {
+    e.preventDefault();
+    ui.refDrop.classList.add("over");
+  }));
+  ["dragleave", "dragend"].forEach((type) => ui.refDrop.addEventListener(type, () => {
+    ui.refDrop.classList.remove("over");
+  }));
+  ui.refDrop.addEventListener("drop", (e) => {
+    e.preventDefault();
+    ui.refDrop.classList.remove("over");
+    const files = e.dataTransfer && e.dataTransfer.files;
+    if (files && files.length) setReference(files[0]);
+  });
+  ui.refClear.addEventListener("click", () => {
+    clearReference(true);
+    ui.refDrop.focus(); // the button disappears: keep the keyboard user's place
+  });
+  ui.product.addEventListener("change", () => {
+    if (ui.product.value) {
+      clearReference(false);
+      say(`Golden board of product ${ui.product.value} chosen: each board is compared with it.`);
+    }
+  });
+
   // A file dropped beside the target would make the browser navigate away from the page.
   window.addEventListener("dragover", (e) => e.preventDefault());
   window.addEventListener("drop", (e) => e.preventDefault());
 
   ui.apiKey.value = sessionStorage.getItem(KEY_STORAGE) || "";
+  let listTimer = null;
   ui.apiKey.addEventListener("input", () => {
     const key = ui.apiKey.value.trim();
     if (key) sessionStorage.setItem(KEY_STORAGE, key);
     else sessionStorage.removeItem(KEY_STORAGE);
+    // A new key may see the list the old one could not: list again once typing pauses.
+    clearTimeout(listTimer);
+    listTimer = setTimeout(loadProducts, 400);
   });
+  loadProducts();
   // Canvas line widths depend on the size on screen.
   window.addEventListener("resize", () => draw());
 })();

@@ -1,4 +1,5 @@
-"""API keys (``PCB_API_KEYS``): inspections and model metadata need one; probes do not."""
+"""API keys (``PCB_API_KEYS``): inspections, model metadata and golden boards need one;
+probes do not."""
 
 from __future__ import annotations
 
@@ -30,6 +31,11 @@ PROTECTED = [
     ("POST", "/predict"),
     ("POST", "/predict/batch"),
     ("GET", "/v1/model"),
+    # Golden boards decide what every later inspection of a product is compared with.
+    ("PUT", "/v1/golden-boards/p1"),
+    ("GET", "/v1/golden-boards"),
+    ("GET", "/v1/golden-boards/p1"),
+    ("DELETE", "/v1/golden-boards/p1"),
 ]
 BAD_CREDENTIALS = {
     "none": {},
@@ -64,6 +70,15 @@ def test_x_api_key_second_key_works(client: TestClient) -> None:
     response = predict(client, {"x-api-key": "k2"})
     assert response.status_code == 200, response.text[:300]  # type: ignore[attr-defined]
     assert client.get("/v1/model", headers={"x-api-key": "k2"}).status_code == 200
+
+
+def test_golden_boards_work_with_a_key(client: TestClient) -> None:
+    key = {"authorization": "Bearer k1"}
+    put = client.put("/v1/golden-boards/p1", files={"file": ("g.png", BOARD, "image/png")},
+                     headers=key)
+    assert put.status_code == 201, put.text[:300]
+    assert client.get("/v1/golden-boards/p1", headers=key).status_code == 200
+    assert client.delete("/v1/golden-boards/p1", headers={"x-api-key": "k2"}).status_code == 204
 
 
 def test_scheme_is_case_insensitive(client: TestClient) -> None:

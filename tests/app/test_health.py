@@ -89,22 +89,31 @@ def test_model_info(client: TestClient, tiny_weights: Path) -> None:
     response = client.get("/v1/model")
     assert response.status_code == 200
     info = response.json()
-    assert info == {
+    single = {
         "name": "tiny-test-unet",
         "version": "0.0.1-test",
         "classes": list(CLASS_NAMES),
         "input": {"tile_size": 64, "multiple_of": 4, "channels": 1, "dtype": "uint8",
                   "tile_overlap": 6},
         "pixels_per_mm": 48.0,
-        "thresholds": {"confidence": 0.5, "min_area_px": 0},
+        "thresholds": {"confidence": 0.5, "min_area_px": 0, "min_confidence": 0.0},
         "weights_file": "model.keras",
         "weights_sha256": hashlib.sha256(tiny_weights.read_bytes()).hexdigest(),
         "device": "cpu",
         "precision": "float32",
+    }
+    models = info.pop("models")
+    # The single-image model's fields stay at the top level, as before the pair model.
+    assert info == {
+        **single,
         "tensorflow_version": tf.__version__,
         "keras_version": keras.__version__,
         "batching": {"max_batch_size": 8, "max_wait_ms": 3.0, "max_queue_tiles": 256},
     }
+    # No golden-board model in this app: the list holds the single model alone.
+    assert len(models) == 1
+    assert models[0].pop("serves").startswith("boards sent alone")
+    assert models[0] == {**single, "mode": "single"}
 
 
 # --- /metrics -------------------------------------------------------------------------------

@@ -27,9 +27,14 @@ READY_TIMEOUT_S = 180
 
 @pytest.fixture(scope="module")
 def server(
-    tiny_weights: Path, tmp_path_factory: pytest.TempPathFactory
+    tiny_weights: Path, tiny_pair_weights: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServerProcess]:
-    with running_server(tiny_weights, tmp_path_factory.mktemp("logs"), READY_TIMEOUT_S) as srv:
+    # With the golden-board model too, so generated ``template`` and ``?product=`` requests
+    # reach registration and the pair model (without it they would all be a deliberate 503).
+    with running_server(
+        tiny_weights, tmp_path_factory.mktemp("logs"), READY_TIMEOUT_S,
+        pair_weights_path=tiny_pair_weights, data_dir=tmp_path_factory.mktemp("data"),
+    ) as srv:
         yield srv
 
 

@@ -1,9 +1,10 @@
 """The operator's inspection page.
 
-Fast tests check what the app serves (no model needed). The browser test (``slow``) drives
-Debian's Chromium through Playwright against a real server subprocess: it uploads a synthetic
+Fast tests check what the app serves (no model needed). The browser tests (``slow``) drive
+Debian's Chromium through Playwright against a real server subprocess: one uploads a synthetic
 board, compares the page with the API's JSON for the same image, checks an API error is shown
-as the API reported it, and saves the screenshot the README shows.
+as the API reported it, and saves the screenshot the README shows; the other inspects against
+a golden board (uploaded, or stored per product) on a server with a tiny pair model.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import re
 import shutil
 import tempfile
 from collections.abc import Iterator
+from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +83,70 @@ def test_nothing_is_loaded_from_another_origin() -> None:
 def test_palette_matches_the_overlay_renderer(client: TestClient) -> None:
     colors = client.get("/static/palette.json").json()["colors"]
     assert colors == [f"#{r:02x}{g:02x}{b:02x}" for b, g, r in CLASS_COLORS_BGR]
+
+
+class _Elements(HTMLParser):
+    """Each element with an id: its tag, attributes and text; and the options of selects."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.by_id: dict[str, dict[str, Any]] = {}
+        self.options: dict[str, list[tuple[str | None, str]]] = {}
+        self._open: list[dict[str, Any]] = []
+        self._select: str | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        element = {"tag": tag, "attrs": dict(attrs), "text": ""}
+        if tag == "select":
+            self._select = element["attrs"].get("id")
+            self.options[self._select or ""] = []
+        if tag == "option" and self._select is not None:
+            self.options[self._select].append((element["attrs"].get("value"), ""))
+        if "id" in element["attrs"]:
+            self.by_id[str(element["attrs"]["id"])] = element
+        if tag not in ("input", "link", "meta", "br"):
+            self._open.append(element)
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "select":
+            self._select = None
+        if self._open:
+            self._open.pop()
+
+    def handle_data(self, data: str) -> None:
+        for element in self._open:
+            element["text"] += data
+        if self._select is not None and self._open and self._open[-1]["tag"] == "option":
+            value, text = self.options[self._select][-1]
+            self.options[self._select][-1] = (value, text + data.strip())
+
+
+def test_page_has_an_optional_golden_board_zone_and_a_product_picker() -> None:
+    page = _Elements()
+    page.feed((STATIC / "index.html").read_text())
+    ref = page.by_id["ref-drop"]
+    # A drop zone like the board's: a focusable button, labelled, its keys described.
+    assert ref["attrs"]["role"] == "button" and ref["attrs"]["tabindex"] == "0"
+    assert "Golden board (optional)" in " ".join(ref["text"].split())
+    assert set(ref["attrs"]["aria-describedby"].split()) == {"ref-state", "ref-help"}
+    assert "Enter" in page.by_id["ref-help"]["text"]
+    ref_input = page.by_id["ref-file"]
+    assert (ref_input["tag"], ref_input["attrs"]["type"], ref_input["attrs"]["tabindex"]) == (
+        "input", "file", "-1")
+    assert page.by_id["ref-clear"]["tag"] == "button" and "hidden" in page.by_id["ref-clear"][
+        "attrs"]
+    # The stored boards' picker starts with "none" (filled from GET /v1/golden-boards).
+    assert page.by_id["product"]["tag"] == "select"
+    assert page.options["product"] == [("", "none")]
+    html = (STATIC / "index.html").read_text()
+    labels = re.findall(r'<label for="product">([^<]+)</label>', html)
+    assert labels and "golden board" in labels[0]
+    # Result facts for the model's mode, the golden board and its alignment, hidden until used.
+    for fact in ("model-mode-fact", "reference-fact", "alignment-fact"):
+        assert "hidden" in page.by_id[fact]["attrs"], fact
+    script = (STATIC / "app.js").read_text()
+    assert 'fetch("/v1/golden-boards"' in script
+    assert 'form.append("template"' in script and 'params.set("product"' in script
 
 
 # --- the page in a browser (slow) ------------------------------------------------------------
@@ -256,6 +322,105 @@ def test_inspection_page_end_to_end(
     assert page.input_value("#api-key") == "line-7"
     # The only failed load is the upload the API refused (415), by design.
     assert [p for p in problems if "status of 415" not in p] == [], problems
+    page.close()
+
+
+@pytest.fixture(scope="module")
+def pair_server(
+    tiny_weights: Path, tiny_pair_weights: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
+    """A server with the tiny single model and a tiny golden-board (pair) model."""
+    with live_server_running(
+        tiny_weights, tmp_path_factory.mktemp("ui_pair_server"),
+        pair_weights_path=str(tiny_pair_weights),
+        data_dir=str(tmp_path_factory.mktemp("ui_golden")),
+    ) as running:
+        yield running
+
+
+@pytest.mark.slow
+def test_inspection_against_a_golden_board(
+    pair_server: ServerProcess, browser: Any, tmp_path: Path
+) -> None:
+    drawn = make_board(seed=42, size=256, n_defects=4)
+    board, golden, other = tmp_path / "board_42.png", tmp_path / "golden_42.png", tmp_path / "x.png"
+    board.write_bytes(encode(drawn.image))
+    golden.write_bytes(encode(drawn.template))
+    other.write_bytes(encode(make_board(seed=7, size=256, n_defects=0).template))
+    stored = httpx.put(
+        f"{pair_server.url}/v1/golden-boards/A17-top",
+        files={"file": ("golden.png", golden.read_bytes(), "image/png")}, timeout=60,
+    )
+    assert stored.status_code == 201, stored.text
+    expected = httpx.post(
+        f"{pair_server.url}/predict", params={"mask": "none"}, timeout=120,
+        files={"file": (board.name, board.read_bytes(), "image/png"),
+               "template": (golden.name, golden.read_bytes(), "image/png")},
+    ).json()
+
+    page = browser.new_page(viewport={"width": 1440, "height": 960})
+    page.on("filechooser", lambda chooser: None)  # see test_inspection_page_end_to_end
+    problems: list[str] = []
+    page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
+    page.on("console", lambda msg: problems.append(msg.text) if msg.type == "error" else None)
+    page.goto(pair_server.url + "/")
+    # The picker lists the stored board; the golden zone follows the board's in Tab order.
+    page.wait_for_selector('#product option[value="A17-top"]', state="attached")
+    assert "1 stored golden board" in page.inner_text("#product-help")
+    page.focus("#drop")
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.id") == "ref-drop"
+
+    def inspect(path: Path) -> None:
+        with page.expect_response(lambda r: "/predict" in r.url):
+            page.set_input_files("#file", str(path))
+        page.wait_for_selector('body[data-state="done"], body[data-state="error"]')
+
+    # 1. Keyboard only: Enter on the golden zone opens its picker; the board is then compared.
+    with page.expect_file_chooser() as chooser:
+        page.keyboard.press("Enter")
+    chooser.value.set_files(str(golden))
+    assert "golden_42.png" in page.inner_text("#ref-state")
+    assert page.is_visible("#ref-clear")
+    inspect(board)
+    assert page.get_attribute("body", "data-state") == "done"
+    assert page.inner_text("#model-mode").startswith("pair")
+    assert page.get_attribute("#reference", "data-source") == "upload"
+    assert "golden_42.png" in page.inner_text("#reference")
+    alignment = expected["reference"]["alignment"]
+    shown = page.evaluate("({...document.getElementById('alignment').dataset})")
+    assert float(shown["dx"]) == pytest.approx(alignment["dx"])
+    assert float(shown["rotationDeg"]) == pytest.approx(alignment["rotation_deg"])
+    assert float(shown["score"]) == pytest.approx(alignment["score"])
+    assert f"score {alignment['score']:.3f}" in page.inner_text("#alignment")
+    assert page.inner_text("#defect-count") == str(expected["summary"]["defect_count"])
+
+    # 2. Choosing the stored board clears the uploaded one, and the other way round.
+    page.select_option("#product", "A17-top")
+    assert not page.is_visible("#ref-clear")
+    assert "None chosen" in page.inner_text("#ref-state")
+    inspect(board)
+    assert page.get_attribute("#reference", "data-source") == "product"
+    assert "product A17-top" in page.inner_text("#reference")
+    page.set_input_files("#ref-file", str(other))
+    assert page.input_value("#product") == ""
+
+    # 3. Another design: the page shows the API's refusal, not a board full of defects.
+    inspect(board)
+    assert page.get_attribute("body", "data-state") == "error"
+    assert page.inner_text("#error-code") == "alignment_failed"
+    assert "score" in page.inner_text("#error-message")
+
+    # 4. Delete on the golden zone clears it: the board is inspected alone again.
+    page.focus("#ref-drop")
+    page.keyboard.press("Delete")
+    assert "None chosen" in page.inner_text("#ref-state")
+    inspect(board)
+    assert page.get_attribute("body", "data-state") == "done"
+    assert page.inner_text("#model-mode").startswith("single")
+    assert not page.is_visible("#reference-fact") and not page.is_visible("#alignment-fact")
+    # The only failed load is the comparison the API refused (422), by design.
+    assert [p for p in problems if "status of 422" not in p] == [], problems
     page.close()
 
 

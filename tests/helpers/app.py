@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import io
+import tempfile
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,8 +21,19 @@ from app.main import create_app
 
 
 def tiny_settings(weights: Path, **overrides: Any) -> Settings:
-    """Settings for the tiny model on the CPU; ``overrides`` are Settings fields."""
-    values: dict[str, Any] = {"weights_path": weights, "device": "cpu", **overrides}
+    """Settings for the tiny model on the CPU; ``overrides`` are Settings fields.
+
+    No golden-board model (the shipped one would be loaded otherwise) unless
+    ``pair_weights_path`` is given, and golden boards go to a fresh folder under the system
+    temp dir (created only if a test stores one) rather than ./data.
+    """
+    values: dict[str, Any] = {
+        "weights_path": weights,
+        "device": "cpu",
+        "pair_weights_path": "",
+        "data_dir": Path(tempfile.gettempdir()) / f"pcb-test-data-{uuid.uuid4().hex}",
+        **overrides,
+    }
     return Settings(**values)
 
 

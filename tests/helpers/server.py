@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -86,6 +87,10 @@ def server_env(weights: Path, port: int, **settings: object) -> dict[str, str]:
             "TF_CPP_MIN_LOG_LEVEL": "2",
             "CUDA_VISIBLE_DEVICES": "",
             "PYTHONUNBUFFERED": "1",
+            # No golden-board model unless a test asks for one (the shipped one is large),
+            # and golden boards beside the logs, not in the repository's ./data.
+            "PCB_PAIR_WEIGHTS_PATH": "",
+            "PCB_DATA_DIR": str(Path(tempfile.gettempdir()) / f"pcb-test-data-{port}"),
         }
     )
     env.update({f"PCB_{k.upper()}": str(v) for k, v in settings.items()})

@@ -1,7 +1,8 @@
-"""The line client: ``pcb_inspect.client`` and the ``predict`` / ``batch`` commands.
+"""The line client: ``pcb_inspect.client`` and the ``predict`` / ``batch`` / ``golden`` commands.
 
-Retry and backoff are tested against a scripted local HTTP server (fast, no model); the rest
-against a real server subprocess on the tiny model (marked ``slow``).
+Retry, backoff and the requests the client builds are tested against a scripted local HTTP
+server (fast, no model); the rest against a real server subprocess on the tiny model (marked
+``slow``), golden boards against a tiny pair model.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import csv
 import http.server
 import json
 import random
+import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -60,6 +62,10 @@ class Seen:
     def n_files(self) -> int:
         return self.body.count(b'filename="')
 
+    def fields(self) -> list[str]:
+        """The multipart field names, in order."""
+        return [m.decode() for m in re.findall(rb'(?<!file)name="([^"]+)"', self.body)]
+
 
 class ScriptedServer:
     """Answers each path with its scripted replies in order (the last one repeats)."""
@@ -87,11 +93,13 @@ class ScriptedServer:
                     self.send_header("Content-Type", "application/json")
                 for name, value in reply.headers.items():
                     self.send_header(name, value)
-                self.send_header("Content-Length", str(len(payload)))
+                if reply.status != 204:
+                    self.send_header("Content-Length", str(len(payload)))
                 self.end_headers()
-                self.wfile.write(payload)
+                if reply.status != 204:
+                    self.wfile.write(payload)
 
-            do_GET = do_POST = _answer
+            do_GET = do_POST = do_PUT = do_DELETE = _answer
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass  # keep the test output clean
@@ -286,6 +294,181 @@ def test_client_arguments_are_validated() -> None:
         InspectClient("http://x", retries=-1)
     with InspectClient("http://x") as client, pytest.raises(ValueError, match="empty"):
         client.predict_batch([])
+
+
+# --- golden boards: the requests the client builds (scripted server) --------------------------
+
+
+def _golden_meta(product: str = "A17-top") -> dict[str, Any]:
+    return {"product": product, "width": 64, "height": 48, "sha256": "ab" * 32,
+            "created": "2026-11-27T10:00:00Z"}
+
+
+def test_predict_sends_the_template_as_a_second_file_or_the_product_as_a_query() -> None:
+    with ScriptedServer({"/predict": [Reply(200, _fake_result())]}) as server, \
+            InspectClient(server.url) as client:
+        client.predict(("board.png", b"BOARD"), template=b"GOLDEN")
+        client.predict(("board.png", b"BOARD"), product="A17-top", threshold=0.3)
+        client.overlay(("board.png", b"BOARD"), template=("g.png", b"GOLDEN"))
+        client.mask_png(("board.png", b"BOARD"), product="A17-top")
+    upload, stored, overlay, mask = server.seen
+    assert upload.fields() == ["file", "template"]
+    assert b'name="template"; filename="template"' in upload.body
+    assert b"\r\n\r\nGOLDEN\r\n" in upload.body
+    assert "product" not in upload.query
+    assert stored.fields() == ["file"]
+    assert sorted(stored.query.split("&")) == ["mask=none", "product=A17-top", "threshold=0.3"]
+    assert overlay.fields() == ["file", "template"] and "render=overlay" in overlay.query
+    assert "product=A17-top" in mask.query and mask.headers["Accept"] == "image/png"
+
+
+def test_template_and_product_together_are_refused_before_any_upload() -> None:
+    with ScriptedServer({}) as server, InspectClient(server.url) as client:
+        with pytest.raises(ValueError, match="not both; got template and product='A17'"):
+            client.predict(b"board", template=b"golden", product="A17")
+        with pytest.raises(ValueError, match=r"product must be a non-empty id without '/'.*"
+                                             r"got 'a/b'"):
+            client.predict(b"board", product="a/b")
+        with pytest.raises(ValueError, match="got ''"):
+            client.get_golden_board("")
+        with pytest.raises(TypeError, match="template must be a path, bytes.*got int"):
+            client.predict(b"board", template=7)  # type: ignore[arg-type]
+    assert server.seen == []
+
+
+def test_golden_board_methods_use_the_documented_routes() -> None:
+    script = {
+        "/v1/golden-boards/A17-top": [Reply(201, _golden_meta()), Reply(200, _golden_meta())],
+        "/v1/golden-boards": [Reply(200, {"count": 2, "boards": [_golden_meta(),
+                                                                  _golden_meta("B2")]})],
+    }
+    with ScriptedServer(script) as server, InspectClient(server.url, api_key="k") as client:
+        first = client.put_golden_board("A17-top", ("golden.png", b"GOLDEN"))
+        assert first["replaced"] is False and first["product"] == "A17-top"
+        assert client.put_golden_board("A17-top", b"GOLDEN")["replaced"] is True
+        assert [b["product"] for b in client.list_golden_boards()] == ["A17-top", "B2"]
+        assert client.get_golden_board("A17-top")["width"] == 64
+    put, _, listed, got = server.seen
+    assert (put.method, put.path, put.fields()) == ("PUT", "/v1/golden-boards/A17-top", ["file"])
+    assert put.headers["X-API-Key"] == "k"
+    assert (listed.method, listed.path) == ("GET", "/v1/golden-boards")
+    assert (got.method, got.headers["Accept"]) == ("GET", "application/json")
+
+
+def test_golden_board_png_and_delete() -> None:
+    png = b"\x89PNG\r\n\x1a\n fake"
+    script = {"/v1/golden-boards/A17": [
+        Reply(200, png, {"Content-Type": "image/png"}), Reply(204, b""),
+        _error(404, "unknown_product", "no golden board is stored for product 'A17'"),
+    ]}
+    with ScriptedServer(script) as server, InspectClient(server.url) as client:
+        assert client.golden_board_png("A17") == png
+        assert client.delete_golden_board("A17") is None
+        with pytest.raises(InspectError) as info:
+            client.delete_golden_board("A17")
+    assert (info.value.status, info.value.code) == (404, "unknown_product")
+    assert [(s.method, s.headers.get("Accept")) for s in server.seen[:2]] == [
+        ("GET", "image/png"), ("DELETE", "*/*")]
+
+
+@pytest.mark.parametrize("body", [
+    [{"product": "A"}],
+    {"count": 1, "boards": [{"product": "A"}]},
+])
+def test_golden_board_list_is_read_bare_or_wrapped(body: Any) -> None:
+    with ScriptedServer({"/v1/golden-boards": [Reply(200, body)]}) as server, \
+            InspectClient(server.url) as client:
+        assert client.list_golden_boards() == [{"product": "A"}]
+
+
+def test_an_unexpected_golden_board_list_names_what_came() -> None:
+    with ScriptedServer({"/v1/golden-boards": [Reply(200, {"items": []})]}) as server, \
+            InspectClient(server.url) as client, pytest.raises(InspectError) as info:
+        client.list_golden_boards()
+    assert info.value.code == "unexpected_response"
+    assert "expected an object with a 'boards' list" in info.value.message
+    assert "got ['items']" in info.value.message
+
+
+def test_pair_model_unavailable_is_not_retried() -> None:
+    # A 503 that waiting does not cure: the service has no golden-board model loaded.
+    missing = _error(503, "pair_model_unavailable", "no pair model", **{"Retry-After": "1"})
+    sleeps = Sleeps()
+    with ScriptedServer({"/predict": [missing]}) as server, \
+            InspectClient(server.url, sleep=sleeps) as client, \
+            pytest.raises(InspectError) as info:
+        client.predict(b"board", template=b"golden")
+    assert len(server.seen) == 1 and sleeps == []
+    assert info.value.code == "pair_model_unavailable" and not info.value.retryable
+
+
+def test_async_client_golden_boards_and_reference() -> None:
+    async def go(url: str) -> tuple[Any, ...]:
+        async with AsyncInspectClient(url) as client:
+            return (
+                await client.put_golden_board("A17", b"GOLDEN"),
+                await client.list_golden_boards(),
+                await client.get_golden_board("A17"),
+                await client.golden_board_png("A17"),
+                await client.predict(b"board", product="A17"),
+                await client.predict_batch([b"a", b"b"], product="A17"),
+                await client.delete_golden_board("A17"),
+            )
+
+    script = {
+        "/v1/golden-boards/A17": [
+            Reply(201, _golden_meta("A17")), Reply(200, _golden_meta("A17")),
+            Reply(200, b"PNG"), Reply(204, b""),
+        ],
+        "/v1/golden-boards": [Reply(200, {"count": 1, "boards": [_golden_meta("A17")]})],
+        "/predict": [Reply(200, _fake_result())],
+        "/predict/batch": [Reply(200, {"count": 2, "results": []})],
+    }
+    with ScriptedServer(script) as server:
+        put, listed, meta, png, result, batch, deleted = asyncio.run(go(server.url))
+    assert put["replaced"] is False and listed[0]["product"] == meta["product"] == "A17"
+    assert png == b"PNG" and deleted is None
+    assert result["summary"]["verdict"] == "pass" and batch["count"] == 2
+    predict = next(s for s in server.seen if s.path == "/predict")
+    batch_seen = next(s for s in server.seen if s.path == "/predict/batch")
+    assert "product=A17" in predict.query and "product=A17" in batch_seen.query
+
+
+def test_golden_commands_against_the_scripted_server(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    golden = tmp_path / "golden.png"
+    golden.write_bytes(b"\x89PNG fake golden")
+    script = {
+        "/v1/golden-boards/A17": [
+            Reply(201, _golden_meta("A17")), Reply(200, b"\x89PNG out",
+                                                    {"Content-Type": "image/png"}),
+            Reply(204, b""),
+        ],
+        "/v1/golden-boards": [Reply(200, {"count": 1, "boards": [_golden_meta("A17")]})],
+    }
+    with ScriptedServer(script) as server:
+        url = ["--url", server.url]
+        assert cli_main(["golden", "put", "A17", str(golden), *url]) == 0
+        assert "Stored the golden board of A17: 64×48 px" in capsys.readouterr().out
+        assert cli_main(["golden", "list", *url]) == 0
+        listed = capsys.readouterr().out
+        assert "A17" in listed and "64×48" in listed and "abababababab" in listed
+        out = tmp_path / "sub" / "a17.png"
+        assert cli_main(["golden", "get", "A17", "-o", str(out), *url]) == 0
+        assert out.read_bytes() == b"\x89PNG out"
+        assert cli_main(["golden", "delete", "A17", *url]) == 0
+        assert "Deleted the golden board of A17" in capsys.readouterr().out
+        # A file that is not there fails before any request, naming the file.
+        seen = len(server.seen)
+        assert cli_main(["golden", "put", "A17", str(tmp_path / "nope.png"), *url]) == 2
+        assert "nope.png" in capsys.readouterr().err
+        assert len(server.seen) == seen
+    # The two ways to give a golden board exclude each other on the command line too.
+    with pytest.raises(SystemExit) as info:
+        cli_main(["predict", str(golden), "--template", str(golden), "--product", "A17"])
+    assert info.value.code == 2
+    assert "not allowed with argument" in capsys.readouterr().err
 
 
 # --- batch command against the scripted server -----------------------------------------------
@@ -550,3 +733,170 @@ def test_a_wrong_api_key_is_not_retried(
     with InspectClient(server.url, api_key="line-7-key") as client:
         assert client.predict(boards / "board_0.png")["image"]["width"] == BOARD_SIZE
 
+
+
+# --- golden boards against a real server with a tiny pair model (slow) ------------------------
+
+
+@pytest.fixture(scope="module")
+def pair_server(
+    live_server_factory: Callable[..., ServerProcess], tiny_pair_weights: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> ServerProcess:
+    """A server with the tiny single model, a tiny pair model and an empty golden store."""
+    return live_server_factory(
+        pair_weights_path=str(tiny_pair_weights),
+        data_dir=str(tmp_path_factory.mktemp("golden_data")),
+    )
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    """A board, its golden board (the same design without defects), and another design."""
+    folder = tmp_path_factory.mktemp("pair")
+    board = make_board(seed=7, size=BOARD_SIZE, n_defects=3)
+    paths = folder / "board_7.png", folder / "golden_7.png", folder / "other.png"
+    paths[0].write_bytes(encode(board.image))
+    paths[1].write_bytes(encode(board.template))
+    paths[2].write_bytes(encode(make_board(seed=99, size=BOARD_SIZE, n_defects=0).template))
+    return paths
+
+
+def _check_reference(result: dict[str, Any], source: str, product: str | None) -> None:
+    assert result["model"]["mode"] == "pair"
+    reference = result["reference"]
+    assert (reference["source"], reference["product"]) == (source, product)
+    assert re.fullmatch(r"[0-9a-f]{64}", reference["sha256"])
+    alignment = reference["alignment"]
+    assert set(alignment) >= {"dx", "dy", "rotation_deg", "score"}
+    # The golden board is the same drawing without the defects: it sits where the board does.
+    assert abs(alignment["dx"]) < 1 and abs(alignment["dy"]) < 1
+    assert alignment["score"] > 0.5
+
+
+@pytest.mark.slow
+def test_golden_boards_round_trip_through_the_client(
+    pair_server: ServerProcess, pair: tuple[Path, Path, Path]
+) -> None:
+    board, golden, other = pair
+    with InspectClient(pair_server.url) as client:
+        assert client.list_golden_boards() == []
+        stored = client.put_golden_board("A17-top", golden)
+        assert stored["replaced"] is False
+        assert (stored["product"], stored["width"], stored["height"]) == (
+            "A17-top", BOARD_SIZE, BOARD_SIZE)
+        assert client.put_golden_board("A17-top", golden.read_bytes())["replaced"] is True
+        listed = client.list_golden_boards()
+        assert [b["product"] for b in listed] == ["A17-top"]
+        assert set(listed[0]) >= {"product", "width", "height", "sha256", "created"}
+        meta = client.get_golden_board("A17-top")
+        assert meta["sha256"] == listed[0]["sha256"]
+        assert _png_shape(client.golden_board_png("A17-top")) == (BOARD_SIZE, BOARD_SIZE)
+
+        by_product = client.predict(board, product="A17-top", mask="png")
+        _check_reference(by_product, "product", "A17-top")
+        assert by_product["reference"]["sha256"] == meta["sha256"]
+        uploaded = client.predict(board, template=golden)
+        _check_reference(uploaded, "upload", None)
+        batch = client.predict_batch([board, board.read_bytes()], product="A17-top")
+        assert [item["status"] for item in batch["results"]] == [200, 200]
+        _check_reference(batch["results"][1]["result"], "product", "A17-top")
+        # Alone, the board still goes to the single model.
+        alone = client.predict(board)
+        assert alone["model"]["mode"] == "single" and alone["reference"] is None
+
+        client.delete_golden_board("A17-top")
+        assert client.list_golden_boards() == []
+        for call in (lambda: client.get_golden_board("A17-top"),
+                     lambda: client.predict(board, product="A17-top"),
+                     lambda: client.delete_golden_board("A17-top")):
+            with pytest.raises(InspectError) as info:
+                call()
+            assert (info.value.status, info.value.code) == (404, "unknown_product")
+            assert "A17-top" in info.value.message
+
+
+@pytest.mark.slow
+def test_golden_board_errors_carry_the_api_code(
+    pair_server: ServerProcess, live_server: ServerProcess, pair: tuple[Path, Path, Path]
+) -> None:
+    board, golden, other = pair
+    with InspectClient(pair_server.url) as client:
+        # Another design: the service refuses to compare rather than report it all as defects.
+        with pytest.raises(InspectError) as info:
+            client.predict(board, template=other)
+        assert (info.value.status, info.value.code) == (422, "alignment_failed")
+        assert re.search(r"score", info.value.message)
+        with pytest.raises(InspectError) as info:
+            client.predict(board, template=("notes.txt", b"not an image"))
+        assert info.value.message.startswith("template: ")
+        with pytest.raises(InspectError) as info:
+            client.put_golden_board("line 7!", golden)
+        assert (info.value.status, info.value.code) == (422, "invalid_product")
+    sleeps = Sleeps()
+    # The default server has no pair model: a clear 503 at once, not five retries.
+    with InspectClient(live_server.url, sleep=sleeps) as client, \
+            pytest.raises(InspectError) as info:
+        client.predict(board, template=golden)
+    assert (info.value.status, info.value.code) == (503, "pair_model_unavailable")
+    assert sleeps == []
+
+
+@pytest.mark.slow
+def test_golden_and_reference_commands(
+    pair_server: ServerProcess, pair: tuple[Path, Path, Path], tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    board, golden, _ = pair
+    url = ["--url", pair_server.url]
+    assert cli_main(["golden", "put", "B-2", str(golden), *url]) == 0
+    assert f"Stored the golden board of B-2: {BOARD_SIZE}×{BOARD_SIZE} px" in (
+        capsys.readouterr().out)
+    assert cli_main(["golden", "put", "B-2", str(golden), *url]) == 0
+    assert "Replaced the golden board of B-2" in capsys.readouterr().out
+    assert cli_main(["golden", "list", *url, "--json"]) == 0
+    assert [b["product"] for b in json.loads(capsys.readouterr().out)] == ["B-2"]
+    assert cli_main(["golden", "list", *url]) == 0
+    assert "B-2" in capsys.readouterr().out
+    assert cli_main(["golden", "get", "B-2", *url]) == 0
+    assert "sha256" in capsys.readouterr().out
+    out = tmp_path / "b2.png"
+    assert cli_main(["golden", "get", "B-2", "-o", str(out), *url]) == 0
+    assert _png_shape(out.read_bytes()) == (BOARD_SIZE, BOARD_SIZE)
+    capsys.readouterr()
+
+    # Inspection against the stored board, and against an uploaded one (tables and JSON).
+    assert cli_main(["predict", str(board), *url, "--product", "B-2", "--threshold", "1"]) == 0
+    table = capsys.readouterr().out
+    assert "golden board: product B-2" in table and "model mode: pair" in table
+    assert "score" in table
+    code = cli_main(["predict", str(board), *url, "--template", str(golden), "--json",
+                     "--threshold", "1", "--overlay-out", str(tmp_path / "overlays")])
+    assert code == 0
+    line = json.loads(capsys.readouterr().out)
+    _check_reference(line["result"], "upload", None)
+    assert (tmp_path / "overlays" / "board_7.overlay.png").stat().st_size > 0
+    # A batch against the stored board keeps the alignment in its results.
+    folder = tmp_path / "lot"
+    folder.mkdir()
+    (folder / "b.png").write_bytes(board.read_bytes())
+    results = tmp_path / "r.jsonl"
+    assert cli_main(["batch", str(folder), *url, "--product", "B-2", "--out", str(results),
+                     "--threshold", "1"]) == 0
+    (record,) = _jsonl(results)
+    assert record["status"] == 200 and record["reference"]["product"] == "B-2"
+    capsys.readouterr()
+
+    # Errors: an unknown product stops a batch before any upload; exit 2 with the API code.
+    assert cli_main(["batch", str(folder), *url, "--product", "nope", "--out",
+                     str(tmp_path / "r2.jsonl")]) == 2
+    assert "unknown_product" in capsys.readouterr().err
+    assert cli_main(["predict", str(board), *url, "--template", str(tmp_path / "none.png")]) == 2
+    assert "--template: cannot read" in capsys.readouterr().err
+
+    assert cli_main(["golden", "delete", "B-2", *url]) == 0
+    assert "Deleted the golden board of B-2" in capsys.readouterr().out
+    assert cli_main(["golden", "delete", "B-2", *url]) == 2
+    assert "[404] unknown_product" in capsys.readouterr().err
+    assert cli_main(["golden", "list", *url]) == 0
+    assert "No golden boards stored" in capsys.readouterr().out

@@ -5,21 +5,29 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
-from pcb_inspect.synth import make_board, write_deeppcb_folder
+from pcb_inspect.synth import encode, make_board, write_deeppcb_folder
 from training.data import (
+    VAL_GROUPS,
     Box,
     Sample,
     derive_mask,
     find_list_file,
+    group_of,
     load_arrays,
     load_sample,
     parse_annotations,
+    read_pair,
     read_split,
+    split_by_groups,
     split_train_val,
 )
+
+#: The real DeepPCB training split, where a machine has it (never part of the project).
+REAL_DATA = Path(__file__).resolve().parents[3] / "shared" / "datasets" / "deeppcb"
 
 N_PAIRS = 3
 SIZE = 160  # make_board cannot fit all six defects on every 128 px board
@@ -38,6 +46,32 @@ def deeppcb(tmp_path_factory) -> Path:
 
 def blank(h: int = 20, w: int = 20) -> np.ndarray:
     return np.full((h, w), SUBSTRATE, dtype=np.uint8)
+
+
+def iou_with_truth(mask: np.ndarray, truth: np.ndarray) -> float:
+    """Pixels with the right class over pixels that either calls a defect."""
+    both = np.count_nonzero((mask == truth) & (truth > 0))
+    either = np.count_nonzero((mask > 0) | (truth > 0))
+    return both / either
+
+
+def write_pair(folder: Path, key: str, test: np.ndarray, template: np.ndarray,
+               boxes: list[Box]) -> Sample:
+    """Writes one pair as DeepPCB stores it (JPEG, quality 95) and returns its Sample."""
+    folder.mkdir(parents=True, exist_ok=True)
+    sample = Sample(folder / f"{key}_test.jpg", folder / f"{key}_temp.jpg", folder / f"{key}.txt")
+    sample.test_path.write_bytes(encode(test, "JPEG", quality=95))
+    sample.template_path.write_bytes(encode(template, "JPEG", quality=95))
+    sample.annotation_path.write_text(
+        "".join(f"{b.x1} {b.y1} {b.x2} {b.y2} {b.label}\n" for b in boxes)
+    )
+    return sample
+
+
+def shifted(image: np.ndarray, dx: float, dy: float) -> np.ndarray:
+    """``image`` moved by ``(dx, dy)`` pixels, borders replicated."""
+    matrix = np.float32([[1, 0, dx], [0, 1, dy]])
+    return cv2.warpAffine(image, matrix, image.shape[::-1], borderMode=cv2.BORDER_REPLICATE)
 
 
 def samples_named(*keys: str) -> list[Sample]:
@@ -132,20 +166,42 @@ def test_parse_annotations_malformed_line_names_file_and_line(tmp_path, bad_line
 # --- masks from hand-made arrays --------------------------------------------------------------
 
 
-def test_blob_difference_inside_a_box_gets_the_box_class():
+def test_a_real_difference_is_kept_whole_corners_included():
     template = blank()
     test = template.copy()
     test[7:13, 8:14] = COPPER  # a 6x6 blob of spurious copper
     mask = derive_mask(test, template, [Box(4, 4, 17, 16, 5)])
-    blob = np.zeros_like(mask, dtype=bool)
-    blob[7:13, 8:14] = True
-    assert set(np.unique(mask)) == {0, 5}
-    assert not mask[~blob].any()  # nothing outside the blob
-    # The opening may round the blob's four corners, never more: rows 1-4 of it stay whole,
-    # and so do its middle two columns.
-    assert np.all(mask[8:12, 8:14] == 5)
-    assert np.all(mask[7:13, 10:12] == 5)
-    assert np.count_nonzero(mask) >= 36 - 8
+    expected = np.zeros((20, 20), dtype=np.uint8)
+    expected[7:13, 8:14] = 5  # the opening only picks the component: its corners stay
+    np.testing.assert_array_equal(mask, expected)
+
+
+def test_thin_parts_attached_to_a_real_defect_are_kept():
+    template = blank(30, 30)
+    test = template.copy()
+    test[10:16, 5:11] = COPPER  # the thick part of a spur: 6x6
+    test[12, 11:20] = COPPER  # a 1 px wide stretch from it
+    test[13:15, 20:25] = COPPER  # then 2 px wide, touching the 1 px stretch diagonally
+    defect = test != template
+    mask = derive_mask(test, template, [Box(2, 6, 28, 20, 4)])
+    np.testing.assert_array_equal(mask, np.where(defect, 4, 0).astype(np.uint8))
+    # Opened with a 3x3 cross, only the thick part would be left: the thin parts are really
+    # thinner than the opening.
+    opened = cv2.morphologyEx(defect.astype(np.uint8), cv2.MORPH_OPEN,
+                              cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3)))
+    assert not opened[:, 13:].any()
+
+
+def test_a_one_pixel_sliver_beside_a_real_defect_is_dropped():
+    template = blank(30, 30)
+    template[4:26, 4:12] = COPPER  # a pad
+    test = template.copy()
+    test[4:26, 12] = COPPER  # its right edge one pixel further out: a sliver, not a defect
+    test[8:14, 18:24] = COPPER  # a real 6x6 defect in the same box, apart from the sliver
+    mask = derive_mask(test, template, [Box(2, 2, 28, 28, 5)])
+    expected = np.zeros((30, 30), dtype=np.uint8)
+    expected[8:14, 18:24] = 5
+    np.testing.assert_array_equal(mask, expected)
 
 
 def test_misalignment_slivers_are_removed_and_the_defect_kept():
@@ -154,13 +210,23 @@ def test_misalignment_slivers_are_removed_and_the_defect_kept():
     test = blank(30, 30)
     test[6:26, 6:16] = COPPER  # the same pad, scanned 1 px down and right
     test[10:16, 20:26] = COPPER  # and a real 6x6 defect beside it
-    slivers = (test != template) & (np.abs(test.astype(int) - template.astype(int)) > 100)
+    slivers = np.abs(test.astype(int) - template.astype(int)) > 100
     slivers[10:16, 20:26] = False
     assert slivers.sum() > 30  # the slivers really are there
     mask = derive_mask(test, template, [Box(0, 0, 30, 30, 4)])
-    assert not mask[slivers].any()
-    assert np.all(mask[11:15, 20:26] == 4)
-    assert not mask[:, :19].any()
+    expected = np.zeros((30, 30), dtype=np.uint8)
+    expected[10:16, 20:26] = 4
+    np.testing.assert_array_equal(mask, expected)
+
+
+def test_a_real_component_is_cut_at_its_box():
+    template = blank(20, 20)
+    test = template.copy()
+    test[4:12, 4:12] = COPPER
+    mask = derive_mask(test, template, [Box(0, 0, 8, 20, 2)])
+    expected = np.zeros((20, 20), dtype=np.uint8)
+    expected[4:12, 4:8] = 2
+    np.testing.assert_array_equal(mask, expected)
 
 
 def test_box_without_difference_is_filled():
@@ -213,9 +279,47 @@ def test_synthetic_masks_label_the_defects(deeppcb):
             assert np.any(mask[b.y1 : b.y2, b.x1 : b.x2] == b.label)
         assert not mask[~inside].any()
         # The drawn defects are recovered from the JPEG pair, not just their boxes.
-        both = np.count_nonzero((mask == truth) & (truth > 0))
-        either = np.count_nonzero((mask > 0) | (truth > 0))
-        assert both / either > 0.85
+        assert iou_with_truth(mask, truth) > 0.85
+
+
+def test_load_sample_registers_a_shifted_template(tmp_path):
+    board = make_board(seed=SEED, size=SIZE)
+    boxes = [Box(*d.bbox, d.label) for d in board.defects]
+    sample = write_pair(tmp_path, "00001000", board.image, shifted(board.template, 2, 2), boxes)
+    image, mask, loaded_boxes = load_sample(sample)
+    assert loaded_boxes == boxes
+    np.testing.assert_array_equal(image, cv2.imread(str(sample.test_path), cv2.IMREAD_GRAYSCALE))
+    assert iou_with_truth(mask, board.mask) > 0.8
+    # Without registration the 2 px shift costs: the comparison is not trivially easy.
+    unregistered = derive_mask(
+        image, cv2.imread(str(sample.template_path), cv2.IMREAD_GRAYSCALE), boxes
+    )
+    assert iou_with_truth(mask, board.mask) > iou_with_truth(unregistered, board.mask)
+
+
+def test_read_pair_registers_the_template(tmp_path):
+    board = make_board(seed=SEED + 1, size=SIZE)
+    sample = write_pair(tmp_path, "00001001", board.image, shifted(board.template, -2, 1), [])
+    test, template = read_pair(sample)
+    assert test.shape == template.shape == (SIZE, SIZE)
+    assert test.dtype == template.dtype == np.uint8
+    raw = cv2.imread(str(sample.template_path), cv2.IMREAD_GRAYSCALE)
+    # Away from the borders, the registered template sits on the clean template's pixels.
+    inner = (slice(8, -8), slice(8, -8))
+    after = np.abs(template[inner].astype(int) - board.template[inner]) > 100
+    before = np.abs(raw[inner].astype(int) - board.template[inner]) > 100
+    assert after.sum() < before.sum() / 10
+
+
+def test_read_pair_keeps_a_template_that_does_not_align(tmp_path):
+    board = make_board(seed=SEED, size=SIZE)
+    other = make_board(seed=99, size=SIZE)  # another design: registration refuses it
+    sample = write_pair(tmp_path, "00001002", board.image, other.template, [])
+    test, template = read_pair(sample)
+    np.testing.assert_array_equal(test, cv2.imread(str(sample.test_path), cv2.IMREAD_GRAYSCALE))
+    np.testing.assert_array_equal(
+        template, cv2.imread(str(sample.template_path), cv2.IMREAD_GRAYSCALE)
+    )
 
 
 def test_missing_template_fills_the_boxes(deeppcb, tmp_path):
@@ -260,6 +364,50 @@ def test_split_rejects_bad_fraction(fraction):
         split_train_val(samples_named("a", "b"), fraction)
 
 
+def test_group_of_is_the_first_five_digits():
+    assert group_of("20085000") == "20085"
+    assert group_of("00041123") == "00041"
+
+
+def test_split_by_groups_keeps_whole_groups_apart():
+    keys = ["20085000", "44000001", "20085001", "13000000", "44000000", "77000005", "13000001"]
+    samples = samples_named(*keys)
+    train, val = split_by_groups(samples, ["44000", "13000"])
+    # Every pair of a validation group is in val, none in train; both keep input order.
+    assert [s.key for s in val] == ["44000001", "13000000", "44000000", "13000001"]
+    assert [s.key for s in train] == ["20085000", "20085001", "77000005"]
+    assert {group_of(s.key) for s in train}.isdisjoint({group_of(s.key) for s in val})
+    # The default holds out VAL_GROUPS.
+    train, val = split_by_groups(samples)
+    assert {group_of(s.key) for s in val} == {"44000", "77000"} <= set(VAL_GROUPS)
+    assert not {group_of(s.key) for s in train} & set(VAL_GROUPS)
+
+
+def test_split_by_groups_raises_without_a_validation_sample():
+    samples = samples_named("20085000", "20085001")
+    with pytest.raises(ValueError, match=r"no sample belongs to the validation groups \['99999'\]"):
+        split_by_groups(samples, ["99999"])
+    with pytest.raises(ValueError, match="no sample belongs"):
+        split_by_groups(samples)  # none of VAL_GROUPS
+    with pytest.raises(ValueError, match="no sample belongs"):
+        split_by_groups([], ["20085"])
+
+
+def test_split_by_groups_on_a_two_group_folder(tmp_path):
+    data = write_deeppcb_folder(tmp_path / "data", n_pairs=2, seed=SEED, size=SIZE)
+    write_deeppcb_folder(data, n_pairs=1, seed=SEED + 10, size=SIZE, group="00002")
+    samples = read_split(data)
+    assert [s.key for s in samples] == ["00001000", "00001001", "00002000"]
+    train, val = split_by_groups(samples, ["00002"])
+    assert [s.key for s in train] == ["00001000", "00001001"]
+    assert [s.key for s in val] == ["00002000"]
+    assert val[0].annotation_path.parent.name == "00002_not"
+    board = make_board(seed=SEED + 10, size=SIZE)
+    assert [(b.x1, b.y1, b.x2, b.y2) for b in parse_annotations(val[0].annotation_path)] == [
+        d.bbox for d in board.defects
+    ]
+
+
 def test_load_arrays_reuses_the_cache(tmp_path):
     data = write_deeppcb_folder(tmp_path / "data", n_pairs=2, seed=SEED, size=SIZE)
     samples = read_split(data)
@@ -285,3 +433,26 @@ def test_load_arrays_reuses_the_cache(tmp_path):
     # A cache made for other samples is not used.
     with pytest.raises(OSError, match="cannot read image"):
         load_arrays(samples[:1], cache=cache)
+
+
+# --- the real data, where present -------------------------------------------------------------
+
+
+@pytest.mark.data
+@pytest.mark.skipif(not REAL_DATA.is_dir(), reason=f"DeepPCB data not present at {REAL_DATA}")
+def test_real_split_holds_the_validation_groups_and_their_masks_stay_in_the_boxes():
+    samples = read_split(REAL_DATA)
+    train, val = split_by_groups(samples)
+    assert {group_of(s.key) for s in val} == set(VAL_GROUPS)
+    assert {group_of(s.key) for s in train}.isdisjoint(VAL_GROUPS)
+    assert len(train) + len(val) == len(samples)
+    for sample in val[:: max(1, len(val) // 3)][:3]:
+        image, mask, boxes = load_sample(sample)
+        assert image.shape == mask.shape
+        inside = np.zeros_like(mask, dtype=bool)
+        for b in boxes:
+            inside[b.y1 : b.y2, b.x1 : b.x2] = True
+            assert np.any(mask[b.y1 : b.y2, b.x1 : b.x2] == b.label), (sample.key, b)
+        assert not mask[~inside].any(), sample.key
+        # Registered: defects are small parts of their boxes, not the filled boxes.
+        assert np.count_nonzero(mask) < 0.5 * np.count_nonzero(inside), sample.key

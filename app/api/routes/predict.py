@@ -1,29 +1,50 @@
-"""Inspection endpoints: one board (``POST /predict``) or several (``POST /predict/batch``)."""
+"""Inspection endpoints: one board (``POST /predict``) or several (``POST /predict/batch``).
+
+A board sent alone goes to the single-image model. A board sent with a golden board (the
+multipart field ``template``, or ``?product=`` for a stored one) goes to the pair model,
+which compares the two after registering the golden board onto the board.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import base64
 import dataclasses
+import hashlib
 from typing import Annotated, Any, Literal
 
+import numpy as np
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import UploadFile
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.api.deps import AuthDep, ModelDep, SettingsDep, StateDep
+from app.api.deps import AuthDep, ModelDep, SettingsDep, StateDep, pair_model
 from app.api.schemas import BatchOut, ErrorResponse, PredictionOut
+from app.api.uploads import (
+    Upload,
+    decode_or_error,
+    decode_upload,
+    read_upload_fields,
+    read_uploads,
+)
 from app.core.config import Settings
 from app.core.errors import ApiError, error_body
-from app.core.metrics import DEFECTS, IMAGES, IN_FLIGHT, REJECTED, VERDICTS
+from app.core.metrics import DEFECTS, IMAGES, IN_FLIGHT, INSPECTIONS, REJECTED, VERDICTS
 from app.core.state import ServiceState
 from app.inference.batcher import BatcherClosedError, ModelCallError, QueueFullError
-from app.inference.imaging import DecodedImage, ImageError, decode_image
+from app.inference.imaging import ImageError
 from app.inference.inferencer import Inferencer, InferenceResult
 from app.inference.postprocess import PostprocessConfig, encode_mask_png, encode_rle
 from app.inference.render import render_overlay
+from app.services.golden_store import (
+    GoldenStoreError,
+    InvalidProductError,
+    UnknownProductError,
+    check_product,
+)
+from pcb_inspect.registration import MIN_SCORE, AlignmentError
+
+__all__ = ["Upload", "read_uploads", "router"]
 
 router = APIRouter(prefix="/predict", tags=["inspection"], dependencies=[AuthDep])
 
@@ -44,6 +65,14 @@ RenderParam = Annotated[
     Literal["none", "overlay"],
     Query(description="'overlay' returns a PNG of the board with masks, boxes and a legend."),
 ]
+ProductParam = Annotated[
+    str | None,
+    Query(
+        description="Compare with the stored golden board of this product "
+        "(PUT /v1/golden-boards/{product}); uses the golden-board (pair) model.",
+        max_length=200,
+    ),
+]
 
 _UPLOAD_DOC = {
     "requestBody": {
@@ -53,7 +82,15 @@ _UPLOAD_DOC = {
                 "schema": {
                     "type": "object",
                     "required": ["file"],
-                    "properties": {"file": {"type": "string", "format": "binary"}},
+                    "properties": {
+                        "file": {"type": "string", "format": "binary"},
+                        "template": {
+                            "type": "string",
+                            "format": "binary",
+                            "description": "Optional golden board of the same design; the "
+                            "board is then compared with it by the pair model.",
+                        },
+                    },
                 }
             },
             "image/png": {"schema": {"type": "string", "format": "binary"}},
@@ -80,92 +117,68 @@ _BATCH_DOC = {
     }
 }
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse} for code in (400, 401, 413, 415, 422, 500, 503, 504)
+    code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 415, 422, 500, 503, 504)
 }
 
 
 @dataclasses.dataclass(frozen=True)
-class Upload:
-    """One uploaded file."""
+class Reference:
+    """The golden board a request is compared with."""
 
-    filename: str | None
-    data: bytes
+    source: Literal["upload", "product"]
+    product: str | None
+    sha256: str
+    pixels: np.ndarray
 
 
-async def _read_form(request: Request, settings: Settings) -> Any:
+def _json_reference(reference: Reference, result: InferenceResult) -> dict[str, Any] | None:
+    if result.alignment is None:  # pragma: no cover - the pair model always aligns
+        return None
+    return {
+        "source": reference.source,
+        "product": reference.product,
+        "sha256": reference.sha256,
+        "alignment": result.alignment.as_dict(),
+    }
+
+
+def _check_product_param(product: str | None) -> None:
+    if product is None:
+        return
     try:
-        return await request.form(
-            max_files=settings.max_batch_files, max_fields=settings.max_form_fields
-        )
-    except StarletteHTTPException as exc:
-        detail = str(exc.detail)
-        if detail.startswith("Too many files"):
-            raise ApiError(
-                413, "too_many_files",
-                f"Too many files: at most {settings.max_batch_files} per request "
-                "(PCB_MAX_BATCH_FILES).",
-            ) from None
-        if detail.startswith("Too many fields"):
-            raise ApiError(
-                413, "too_many_fields",
-                f"Too many form fields: at most {settings.max_form_fields} per request "
-                "(PCB_MAX_FORM_FIELDS).",
-            ) from None
-        raise ApiError(400, "malformed_multipart", f"Malformed multipart body: {detail}") from None
+        check_product(product)
+    except InvalidProductError as exc:
+        raise ApiError(422, "invalid_product", f"?product=: {exc}") from None
 
 
-async def read_uploads(request: Request, settings: Settings, field: str) -> list[Upload]:
-    """Reads the images of a request: multipart parts named ``field``, or a raw image body.
+async def stored_reference(state: ServiceState, product: str) -> Reference:
+    """The stored golden board of ``product`` (decoded, from the cache when current).
 
     Raises:
-        ApiError: 400 for a missing part, 413 past a limit, 415 for another content type.
+        ApiError: 404 ``unknown_product``, 500 ``golden_store_error``.
     """
-    content_type = request.headers.get("content-type", "").lower()
-    if content_type.startswith("multipart/form-data"):
-        form = await _read_form(request, settings)
-        try:
-            parts = form.getlist(field)
-            uploads = [p for p in parts if isinstance(p, UploadFile)]
-            if not uploads:
-                files = sorted({k for k, v in form.multi_items() if isinstance(v, UploadFile)})
-                got = f" Received file fields: {files}." if files else " Received no file."
-                raise ApiError(
-                    400, "missing_file", f"No image in the multipart field '{field}'.{got}"
-                )
-            return [Upload(u.filename, await u.read()) for u in uploads]
-        finally:
-            # Nothing else closes a form read by hand: its spooled temp files would leak.
-            await form.close()
-    if field == "file" and (
-        content_type.startswith("image/") or content_type == "application/octet-stream"
-    ):
-        return [Upload(None, await request.body())]
-    allowed = "multipart/form-data" + (" or image/*" if field == "file" else "")
-    raise ApiError(
-        415,
-        "unsupported_media_type",
-        f"Content-Type {content_type or '(none)'!r} is not accepted; send {allowed}.",
-    )
+    try:
+        board, pixels = await run_in_threadpool(state.golden.pixels, product)
+    except UnknownProductError:
+        raise ApiError(
+            404, "unknown_product",
+            f"No golden board is stored for product {product!r}; register one with "
+            f"PUT /v1/golden-boards/{product} or list them with GET /v1/golden-boards.",
+        ) from None
+    except GoldenStoreError as exc:
+        raise ApiError(500, "golden_store_error", str(exc)) from None
+    return Reference("product", product, board.sha256, pixels)
 
 
-def _check_filename(upload: Upload, settings: Settings) -> None:
-    if upload.filename and len(upload.filename) > settings.max_filename_chars:
-        raise ImageError(
-            "filename_too_long",
-            f"The filename has {len(upload.filename)} characters; at most "
-            f"{settings.max_filename_chars} are accepted.",
-            400,
-        )
+async def uploaded_reference(upload: Upload, settings: Settings) -> Reference:
+    """The golden board of the ``template`` field, decoded under the same rules as the board.
 
-
-async def _decode(upload: Upload, settings: Settings) -> DecodedImage:
-    _check_filename(upload, settings)
-    return await run_in_threadpool(
-        decode_image,
-        upload.data,
-        max_pixels=settings.max_image_pixels,
-        min_side=settings.min_image_side,
-    )
+    Raises:
+        ApiError: Its image error, the message starting with ``template: ``.
+    """
+    decoded = await decode_or_error(upload, settings, "template")
+    sha256 = hashlib.sha256(upload.data).hexdigest()
+    return Reference("upload", None, sha256, decoded.pixels)
 
 
 def _config(
@@ -186,18 +199,32 @@ def _config(
     )
 
 
+@dataclasses.dataclass(frozen=True)
+class RuleParams:
+    """The query's post-processing parameters (``None``: not given)."""
+
+    threshold: float | None
+    min_area_px: int | None
+    pixels_per_mm: float | None
+
+    def config(self, inferencer: Inferencer, settings: Settings) -> PostprocessConfig:
+        """The rules for ``inferencer``: the query, else the settings, else its card.
+
+        Per model, since the pair model's card has its own defaults.
+        """
+        return _config(inferencer, settings, self.threshold, self.min_area_px, self.pixels_per_mm)
+
+
 def get_rules(
-    model: ModelDep,
-    settings: SettingsDep,
     threshold: ThresholdParam = None,
     min_area_px: MinAreaParam = None,
     pixels_per_mm: PxPerMmParam = None,
-) -> PostprocessConfig:
-    """The post-processing rules of a request: its query, else the settings, else the card."""
-    return _config(model[0], settings, threshold, min_area_px, pixels_per_mm)
+) -> RuleParams:
+    """The post-processing parameters of a request's query."""
+    return RuleParams(threshold, min_area_px, pixels_per_mm)
 
 
-RulesDep = Annotated[PostprocessConfig, Depends(get_rules)]
+RulesDep = Annotated[RuleParams, Depends(get_rules)]
 
 
 def _first(*values: Any) -> Any:
@@ -216,17 +243,25 @@ async def run_inference(
     submit: Any,
     pixels: Any,
     config: PostprocessConfig,
+    reference: Reference | None = None,
 ) -> InferenceResult:
     """Runs one board under the request timeout, dropping the work if the client leaves.
 
+    With a ``reference`` (pair model) the golden board is registered first.
+
     Raises:
         ApiError: 503 (queue full, shutting down), 504 (timeout), 500 (model failure), 499
-            (client gone; nobody reads it, it only ends the handler).
+            (client gone; nobody reads it, it only ends the handler), 422 (the reference
+            cannot be aligned).
     """
     state.in_flight += 1
     state.idle.clear()
     IN_FLIGHT.inc()
-    task = asyncio.ensure_future(inferencer.predict_async(pixels, config, submit))
+    task = asyncio.ensure_future(
+        inferencer.predict_async(
+            pixels, config, submit, reference=None if reference is None else reference.pixels
+        )
+    )
     watcher = asyncio.ensure_future(_wait_disconnect(request))
     try:
         done, _ = await asyncio.wait(
@@ -235,7 +270,7 @@ async def run_inference(
             return_when=asyncio.FIRST_COMPLETED,
         )
         if task in done:
-            return _result_or_error(task)
+            return _result_or_error(task, reference)
         task.cancel()  # frees the request's places in the queue
         if watcher in done:
             raise ApiError(499, "client_closed_request", "The client closed the request.")
@@ -255,9 +290,26 @@ async def run_inference(
             state.idle.set()
 
 
-def _result_or_error(task: asyncio.Future[InferenceResult]) -> InferenceResult:
+def _result_or_error(
+    task: asyncio.Future[InferenceResult], reference: Reference | None = None
+) -> InferenceResult:
     try:
         return task.result()
+    except AlignmentError as exc:
+        # Comparing a board with a golden board it does not align to would paint the whole
+        # board as defects: refuse instead, with the score so the operator can judge.
+        what = "the template" if reference is None or reference.source == "upload" else (
+            f"the golden board of product {reference.product!r}"
+        )
+        detail = str(exc)
+        if "score" not in detail:
+            detail += f" (alignment score {exc.score:.3f})"
+        raise ApiError(
+            422, "alignment_failed",
+            f"Cannot align {what} to this board: {detail}. Alignment needs a score of at least "
+            f"{MIN_SCORE}; check that the golden board is the same design, side and "
+            "orientation.",
+        ) from None
     except QueueFullError as exc:
         raise ApiError(
             503, "overloaded", f"The service is at capacity ({exc}); retry after a second.",
@@ -276,20 +328,29 @@ def _result_or_error(task: asyncio.Future[InferenceResult]) -> InferenceResult:
         ) from None
 
 
-def _record(result: InferenceResult) -> None:
+def _record(result: InferenceResult, inferencer: Inferencer) -> None:
     IMAGES.inc()
+    INSPECTIONS.labels(mode=inferencer.mode).inc()
     VERDICTS.labels(verdict=result.summary.verdict).inc()
     for defect in result.defects:
         DEFECTS.labels(class_name=defect.class_name).inc()
 
 
 def prediction_json(
-    result: InferenceResult, inferencer: Inferencer, config: PostprocessConfig, mask: str
+    result: InferenceResult,
+    inferencer: Inferencer,
+    config: PostprocessConfig,
+    mask: str,
+    reference: Reference | None = None,
 ) -> dict[str, Any]:
     """The JSON body of one board's result (the API contract)."""
     body: dict[str, Any] = {
         "image": {"width": result.width, "height": result.height},
-        "model": {"name": inferencer.card.name, "version": inferencer.card.version},
+        "model": {
+            "name": inferencer.card.name,
+            "version": inferencer.card.version,
+            "mode": inferencer.mode,
+        },
         "defects": [
             {
                 "id": d.id,
@@ -312,6 +373,7 @@ def prediction_json(
             "tiles": result.tiles,
         },
         "timings_ms": result.timings_ms,
+        "reference": None if reference is None else _json_reference(reference, result),
     }
     if mask == "png":
         data = base64.b64encode(encode_mask_png(result.class_map)).decode("ascii")
@@ -343,32 +405,56 @@ async def predict(
     model: ModelDep,
     settings: SettingsDep,
     state: StateDep,
-    config: RulesDep,
+    rules: RulesDep,
     mask: MaskParam = "png",
     render: RenderParam = "none",
+    product: ProductParam = None,
 ) -> Response:
     """Finds the defects on one board.
 
     Send the image as the multipart field ``file`` or as a raw body with an ``image/*``
     Content-Type. ``Accept: image/png`` returns the class mask PNG itself, and
     ``render=overlay`` a PNG of the board with the defects drawn.
+
+    With a golden board, either the multipart field ``template`` or ``?product=`` (a board
+    stored with ``PUT /v1/golden-boards/{product}``), the golden-board (pair) model compares
+    the board with it; the result then has a ``reference`` block with the alignment.
     """
-    inferencer, batcher = model
-    uploads = await read_uploads(request, settings, "file")
+    _check_product_param(product)
+    uploads, extra = await read_upload_fields(request, settings, "file", ("template",))
     if len(uploads) > 1:
         raise ApiError(
             400, "too_many_files",
             f"/predict takes one image; received {len(uploads)} in field 'file'. "
             "Use /predict/batch for several.",
         )
-    try:
-        decoded = await _decode(uploads[0], settings)
-    except ImageError as exc:
-        raise ApiError(exc.status, exc.code, exc.message) from None
+    templates = extra["template"]
+    if len(templates) > 1:
+        raise ApiError(
+            400, "too_many_files",
+            f"template: /predict takes one golden board; received {len(templates)} in field "
+            "'template'.",
+        )
+    if templates and product is not None:
+        raise ApiError(
+            422, "invalid_request",
+            f"Send the golden board either as the field 'template' or as ?product={product}, "
+            "not both.",
+        )
+    inferencer, batcher = model
+    if templates or product is not None:
+        inferencer, batcher = pair_model(state)
+    decoded = await decode_or_error(uploads[0], settings)
+    reference = None
+    if templates:
+        reference = await uploaded_reference(templates[0], settings)
+    elif product is not None:
+        reference = await stored_reference(state, product)
+    config = rules.config(inferencer, settings)
     result = await run_inference(
-        request, state, inferencer, batcher.submit, decoded.pixels, config
+        request, state, inferencer, batcher.submit, decoded.pixels, config, reference
     )
-    _record(result)
+    _record(result, inferencer)
     if render == "overlay":
         png = await run_in_threadpool(
             render_overlay, decoded.pixels, result.class_map, result.defects,
@@ -379,7 +465,9 @@ async def predict(
         png = await run_in_threadpool(encode_mask_png, result.class_map)
         return Response(png, media_type="image/png")
     # Encoding a large board's mask takes a while: keep it off the event loop.
-    body = await run_in_threadpool(prediction_json, result, inferencer, config, mask)
+    body = await run_in_threadpool(
+        prediction_json, result, inferencer, config, mask, reference
+    )
     return JSONResponse(body)
 
 
@@ -395,23 +483,34 @@ async def predict_batch(
     model: ModelDep,
     settings: SettingsDep,
     state: StateDep,
-    config: RulesDep,
+    rules: RulesDep,
     mask: MaskParam = "none",
+    product: ProductParam = None,
 ) -> JSONResponse:
     """Finds the defects on several boards (repeated multipart field ``files``).
 
     Results come back in upload order, each with its filename and its own status: one bad
-    image never fails the others. The tiles of all images share the model's batches.
+    image never fails the others. The tiles of all images share the model's batches. With
+    ``?product=`` every board is compared with that product's stored golden board (pair
+    model); a board that does not align gets its own 422 ``alignment_failed``.
     """
+    _check_product_param(product)
     inferencer, batcher = model
+    reference = None
+    if product is not None:
+        # Checked before the upload is read: a batch for a product without a golden board
+        # (or without a pair model) fails at once, not after every file has arrived.
+        inferencer, batcher = pair_model(state)
+        reference = await stored_reference(state, product)
+    config = rules.config(inferencer, settings)
     uploads = await read_uploads(request, settings, "files")
 
     async def one(index: int, upload: Upload) -> dict[str, Any]:
         item: dict[str, Any] = {"index": index, "filename": upload.filename}
         try:
-            decoded = await _decode(upload, settings)
+            decoded = await decode_upload(upload, settings)
             result = await run_inference(
-                request, state, inferencer, batcher.submit, decoded.pixels, config
+                request, state, inferencer, batcher.submit, decoded.pixels, config, reference
             )
         except ImageError as exc:
             REJECTED.labels(reason=exc.code).inc()
@@ -420,8 +519,10 @@ async def predict_batch(
             if exc.status != 500 and exc.reject_reason:
                 REJECTED.labels(reason=exc.reject_reason).inc()
             return {**item, "status": exc.status, **error_body(exc.code, exc.message)}
-        _record(result)
-        body = await run_in_threadpool(prediction_json, result, inferencer, config, mask)
+        _record(result, inferencer)
+        body = await run_in_threadpool(
+            prediction_json, result, inferencer, config, mask, reference
+        )
         return {**item, "status": 200, "result": body}
 
     results = await asyncio.gather(*(one(i, u) for i, u in enumerate(uploads)))

@@ -14,11 +14,12 @@ import pytest
 from app.core.config import Settings
 from app.inference.batcher import DynamicBatcher
 from app.inference.inferencer import Inferencer, InferenceResult, ModelLoadError, load_keras_model
-from app.inference.postprocess import PostprocessConfig
+from app.inference.postprocess import PostprocessConfig, split_probs
 from tests.helpers.boards import make_board
 
-# Threshold 0: every pixel is a defect of its most likely class, so the class map carries the
-# model's full per-pixel output and comparisons between paths see every pixel.
+# Threshold 0: every pixel with any foreground probability is a defect pixel, so the defects'
+# areas, classes and confidences (mean fg x class purity) depend on every pixel's output and
+# comparisons between paths see every pixel.
 CONFIG = PostprocessConfig(threshold=0.0, min_area_px=0, pixels_per_mm=48.0)
 
 
@@ -68,8 +69,8 @@ def test_no_retracing_across_image_and_batch_sizes(inferencer: Inferencer) -> No
         result = inferencer.predict(make_board(h, w, seed=i), CONFIG)
         assert result.class_map.shape == (h, w)
     for n in (1, 3, 7):
-        fg, cls = inferencer.forward(np.zeros((n, 64, 64, 1), np.uint8))
-        assert fg.shape == cls.shape == (n, 64, 64)
+        fg, cls, cls_p = inferencer.forward(np.zeros((n, 64, 64, 1), np.uint8))
+        assert fg.shape == cls.shape == cls_p.shape == (n, 64, 64)
     # A fixed input signature: new image sizes and batch sizes reuse the one graph.
     assert inferencer.tracing_count == 1
 
@@ -110,6 +111,23 @@ def test_rejects_a_non_grayscale_array(inferencer: Inferencer) -> None:
         inferencer.predict(np.zeros((64, 64, 3), np.uint8), CONFIG)
 
 
+def test_forward_returns_the_three_maps_of_the_softmax(inferencer: Inferencer) -> None:
+    tiles = np.stack([make_board(64, 64, seed=s)[..., None] for s in range(2)])
+
+    fg, cls, cls_p = inferencer.forward(tiles)
+
+    assert (fg.dtype, cls.dtype, cls_p.dtype) == (np.float32, np.uint8, np.float16)
+    assert fg.shape == cls.shape == cls_p.shape == (2, 64, 64)
+    # The graph's reduction is split_probs' (the numpy reference), up to float rounding.
+    probs = np.asarray(inferencer.model(tiles.astype(np.float32), training=False))
+    want_fg, want_cls, want_cls_p = split_probs(probs)
+    np.testing.assert_allclose(fg, want_fg, atol=1e-5)
+    assert np.mean(cls != want_cls) < 1e-3  # only near-ties could flip
+    np.testing.assert_allclose(cls_p.astype(np.float32), want_cls_p.astype(np.float32), atol=2e-3)
+    k = len(inferencer.card.classes)
+    assert cls_p.min() >= np.float16(1 / k) and cls_p.max() <= 1
+
+
 # --- precision ------------------------------------------------------------------------------
 
 
@@ -120,9 +138,9 @@ def test_bfloat16_runs_and_gives_nearly_the_same_fg_map(inferencer: Inferencer) 
     )
     assert bf16.precision == "bfloat16"
     tiles = np.stack([make_board(64, 64, seed=s)[..., None] for s in range(3)])
-    fg32, cls32 = inferencer.forward(tiles)
-    fg16, cls16 = bf16.forward(tiles)
-    assert fg16.dtype == np.float32 and cls16.dtype == np.uint8
+    fg32, _, _ = inferencer.forward(tiles)
+    fg16, cls16, cls_p16 = bf16.forward(tiles)
+    assert fg16.dtype == np.float32 and cls16.dtype == np.uint8 and cls_p16.dtype == np.float16
     assert fg16.shape == fg32.shape
     # The clone computes in bfloat16 (all but the float32 softmax).
     dtypes = {layer.name: layer.compute_dtype for layer in bf16.model.layers}

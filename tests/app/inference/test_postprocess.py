@@ -23,26 +23,29 @@ from app.inference.postprocess import (
     postprocess,
     split_probs,
 )
+from app.inference.tiling import Stitcher, extract_tiles, plan_tiles
 
 # The model's order (model_defs.CLASS_NAMES), written out so these tests need no TensorFlow.
 NAMES = ("open", "short", "mousebite", "spur", "spurious_copper", "pin_hole")
 
 
 def two_blob_maps() -> tuple[np.ndarray, np.ndarray]:
-    """A 10x10 board with an "open" 2x3 block and an L-shaped "spur" of 5 pixels.
+    """A 12x12 board with an "open" 2x3 block and an L-shaped "spur" of 5 pixels.
 
     Background pixels have fg 0.1 and cls 2 ("short"): the graph always emits some class, and
-    the thresholding alone must keep it out.
+    the thresholding alone must keep it out. The blobs are 4 background pixels apart (rows 3-6),
+    one more than the default merge distance, so they stay two defects. Each is of one class
+    and no ``cls_p`` is given, so the purity is 1 and the confidence is the mean ``fg``.
     """
-    fg = np.full((10, 10), 0.1, dtype=np.float32)
-    cls = np.full((10, 10), 2, dtype=np.uint8)
+    fg = np.full((12, 12), 0.1, dtype=np.float32)
+    cls = np.full((12, 12), 2, dtype=np.uint8)
     # "open": rows 1-2, cols 1-3 -> bbox (1, 1, 4, 3), area 6, centroid (2.0, 1.5), conf 0.75.
     fg[1:3, 1:4] = [[0.5, 1.0, 0.5], [1.0, 0.5, 1.0]]
     cls[1:3, 1:4] = 1
-    # "spur": (5,6) (6,6) (7,6) (7,7) (7,8) as (y, x) -> bbox (6, 5, 9, 8), area 5,
-    # centroid x = 33/5 = 6.6, y = 32/5 = 6.4, conf mean(0.6..1.0) = 0.8.
+    # "spur": (7,8) (8,8) (9,8) (9,9) (9,10) as (y, x) -> bbox (8, 7, 11, 10), area 5,
+    # centroid x = 43/5 = 8.6, y = 42/5 = 8.4, conf mean(0.6..1.0) = 0.8.
     for (y, x), v in zip(
-        [(5, 6), (6, 6), (7, 6), (7, 7), (7, 8)], [0.6, 0.7, 0.8, 0.9, 1.0], strict=True
+        [(7, 8), (8, 8), (9, 8), (9, 9), (9, 10)], [0.6, 0.7, 0.8, 0.9, 1.0], strict=True
     ):
         fg[y, x] = v
         cls[y, x] = 4
@@ -75,17 +78,17 @@ def test_two_blobs_give_hand_computed_defects_and_summary() -> None:
             id=2,
             class_name="spur",
             confidence=0.8,
-            bbox=(6, 5, 9, 8),
+            bbox=(8, 7, 11, 10),
             area_px=5,
             area_mm2=1.25,
-            centroid=(6.6, 6.4),
+            centroid=(8.6, 8.4),
         ),
     ]
     assert result.summary == Summary(
         defect_count=2,
         defect_area_px=11,
         defect_area_mm2=2.75,
-        defect_area_ratio=0.11,
+        defect_area_ratio=0.076389,  # 11 / 144
         by_class={
             "open": 1,
             "short": 0,
@@ -96,9 +99,9 @@ def test_two_blobs_give_hand_computed_defects_and_summary() -> None:
         },
         verdict="fail",
     )
-    expected_map = np.zeros((10, 10), dtype=np.uint8)
+    expected_map = np.zeros((12, 12), dtype=np.uint8)
     expected_map[1:3, 1:4] = 1
-    expected_map[[5, 6, 7, 7, 7], [6, 6, 6, 7, 8]] = 4
+    expected_map[[7, 8, 9, 9, 9], [8, 8, 8, 9, 10]] = 4
     assert result.class_map.dtype == np.uint8
     np.testing.assert_array_equal(result.class_map, expected_map)
 
@@ -114,17 +117,18 @@ def test_defect_fields_are_plain_python_types() -> None:
 
 
 def test_ids_follow_bbox_top_then_left() -> None:
-    fg = np.zeros((6, 10), dtype=np.float32)
-    cls = np.ones((6, 10), dtype=np.uint8)
-    fg[3, 0] = fg[0, 8] = fg[3, 5] = 0.9  # top-most first, then left-most on the same row
-    cls[0, 8] = 6
+    # Single pixels at least 4 background pixels apart: three defects at merge distance 3.
+    fg = np.zeros((8, 14), dtype=np.float32)
+    cls = np.ones((8, 14), dtype=np.uint8)
+    fg[5, 0] = fg[0, 12] = fg[5, 6] = 0.9  # top-most first, then left-most on the same row
+    cls[0, 12] = 6
 
     defects = postprocess(fg, cls, NAMES, config()).defects
 
     assert [(d.id, d.bbox, d.class_name) for d in defects] == [
-        (1, (8, 0, 9, 1), "pin_hole"),
-        (2, (0, 3, 1, 4), "open"),
-        (3, (5, 3, 6, 4), "open"),
+        (1, (12, 0, 13, 1), "pin_hole"),
+        (2, (0, 5, 1, 6), "open"),
+        (3, (6, 5, 7, 6), "open"),
     ]
 
 
@@ -197,18 +201,133 @@ def test_diagonal_neighbours_are_one_defect() -> None:
     assert [(d.bbox, d.area_px, d.centroid) for d in defects] == [((1, 1, 4, 4), 3, (2.0, 2.0))]
 
 
-def test_touching_blobs_of_different_classes_are_separate_defects() -> None:
+def test_touching_blobs_of_different_classes_are_one_defect() -> None:
+    # One blob, its halves argmax'ed to different classes: one defect, not two. Equal votes
+    # (same fg, same number of pixels, no cls_p): the tie goes to the lower class id.
     fg = np.zeros((4, 6), dtype=np.float32)
     cls = np.ones((4, 6), dtype=np.uint8)
     fg[1:3, 1:5] = 0.9
     cls[1:3, 3:5] = 5  # right half is spurious copper
 
-    defects = postprocess(fg, cls, NAMES, config()).defects
+    result = postprocess(fg, cls, NAMES, config())
 
-    assert [(d.class_name, d.bbox, d.area_px) for d in defects] == [
-        ("open", (1, 1, 3, 3), 4),
-        ("spurious_copper", (3, 1, 5, 3), 4),
+    assert [(d.class_name, d.bbox, d.area_px) for d in result.defects] == [
+        ("open", (1, 1, 5, 3), 8)
     ]
+    assert result.defects[0].confidence == 0.45  # mean fg 0.9 x purity 4 * 0.9 / (8 * 0.9)
+    assert result.summary.by_class["spurious_copper"] == 0
+
+
+def test_mixed_class_blob_is_one_defect_of_the_probability_weighted_majority() -> None:
+    # A 1x5 blob: 3 faint, unsure "open" pixels and 2 sure "spur" pixels. By pixel count "open"
+    # would win 3 to 2; by the vote sum(fg * cls_p) "spur" wins 2 * 1.0 to 3 * 0.25.
+    fg = np.zeros((3, 7), dtype=np.float32)
+    cls = np.full((3, 7), 2, dtype=np.uint8)
+    cls_p = np.full((3, 7), 0.5, dtype=np.float16)
+    fg[1, 1:6] = [0.5, 0.5, 0.5, 1.0, 1.0]
+    cls[1, 1:6] = [1, 1, 1, 4, 4]
+    cls_p[1, 1:6] = [0.5, 0.5, 0.5, 1.0, 1.0]
+
+    result = postprocess(fg, cls, NAMES, config(), cls_p=cls_p)
+
+    # confidence = mean fg x purity = (3.5 / 5) x (2.0 / 2.75) = 0.7 x 8/11 = 0.50909...
+    assert result.defects == [
+        Defect(
+            id=1,
+            class_name="spur",
+            confidence=0.5091,
+            bbox=(1, 1, 6, 2),
+            area_px=5,
+            area_mm2=1.25,
+            centroid=(3.0, 1.0),
+        )
+    ]
+    # The class map paints the whole defect with its one class, so masks agree with the list.
+    expected_map = np.zeros((3, 7), dtype=np.uint8)
+    expected_map[1, 1:6] = 4
+    np.testing.assert_array_equal(result.class_map, expected_map)
+    assert result.summary.by_class == {**dict.fromkeys(NAMES, 0), "spur": 1}
+
+
+def test_confidence_is_mean_fg_times_class_purity() -> None:
+    fg = np.zeros((4, 4), dtype=np.float32)
+    cls = np.ones((4, 4), dtype=np.uint8)
+    cls_p = np.ones((4, 4), dtype=np.float16)
+    fg[1:3, 1:3] = [[0.9, 0.8], [0.6, 1.0]]
+    cls[1:3, 1:3] = [[2, 2], [3, 3]]
+    cls_p[1:3, 1:3] = [[0.75, 0.5], [1.0, 0.5]]
+    # Votes: short 0.9 * 0.75 + 0.8 * 0.5 = 1.075; mousebite 0.6 * 1.0 + 1.0 * 0.5 = 1.1.
+    mean_fg = (0.9 + 0.8 + 0.6 + 1.0) / 4
+    purity = 1.1 / (1.075 + 1.1)
+
+    (defect,) = postprocess(fg, cls, NAMES, config(), cls_p=cls_p).defects
+
+    assert defect.class_name == "mousebite"
+    assert defect.confidence == round(mean_fg * purity, 4) == 0.4172
+
+
+def two_fragments(gap: int, diagonal: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Two 1x2 "short" fragments on row 5 (or two pixels on a diagonal), ``gap`` px apart."""
+    fg = np.zeros((12, 16), dtype=np.float32)
+    cls = np.full((12, 16), 2, dtype=np.uint8)
+    if diagonal:
+        fg[1, 1] = fg[2 + gap, 2 + gap] = 0.8
+    else:
+        fg[5, 1:3] = fg[5, 3 + gap : 5 + gap] = 0.8
+    return fg, cls
+
+
+@pytest.mark.parametrize(
+    ("gap", "diagonal", "merge_distance_px", "n_defects"),
+    [
+        (2, False, 3, 1),  # a few pixels apart: one defect
+        (3, False, 3, 1),  # exactly the merge distance: still one
+        (4, False, 3, 2),  # farther: two
+        (3, True, 3, 1),  # the distance is Chebyshev: diagonal gaps count the same
+        (4, True, 3, 2),
+        (1, False, 0, 2),  # merging off: plain 8-connected components
+        (0, True, 0, 1),  # ... which still join diagonal neighbours
+    ],
+)
+def test_fragments_within_the_merge_distance_are_one_defect(
+    gap: int, diagonal: bool, merge_distance_px: int, n_defects: int
+) -> None:
+    fg, cls = two_fragments(gap, diagonal)
+
+    result = postprocess(fg, cls, NAMES, config(merge_distance_px=merge_distance_px))
+
+    assert len(result.defects) == n_defects
+    # Merging never adds the gap's pixels: the area is the defect pixels only.
+    assert sum(d.area_px for d in result.defects) == int((fg > 0).sum())
+    np.testing.assert_array_equal(result.class_map, np.where(fg > 0, 2, 0))
+
+
+def test_merged_fragments_two_px_apart_give_one_hand_computed_defect() -> None:
+    fg, cls = two_fragments(2)  # pixels at x = 1, 2 and 5, 6 of row 5
+    cls[5, 5:7] = 6  # the right fragment was argmax'ed to another class
+
+    (defect,) = postprocess(fg, cls, NAMES, config()).defects
+
+    # bbox spans the gap, but the area and centroid count only the 4 defect pixels.
+    assert (defect.bbox, defect.area_px, defect.centroid) == ((1, 5, 7, 6), 4, (3.5, 5.0))
+    assert defect.class_name == "short"  # 2 votes of 0.8 each: the tie goes to the lower id
+    assert defect.confidence == 0.4  # mean fg 0.8 x purity 0.5
+
+
+def test_min_area_applies_after_merging() -> None:
+    # Two 5-px fragments 2 px apart: each is below min_area_px=8, their defect (10 px) is not.
+    fg = np.zeros((8, 16), dtype=np.float32)
+    cls = np.full((8, 16), 3, dtype=np.uint8)
+    fg[3, 1:6] = 0.9
+    fg[3, 8:13] = 0.9
+
+    merged = postprocess(fg, cls, NAMES, config(min_area_px=8))
+    unmerged = postprocess(fg, cls, NAMES, config(min_area_px=8, merge_distance_px=0))
+
+    assert [(d.bbox, d.area_px) for d in merged.defects] == [((1, 3, 13, 4), 10)]
+    np.testing.assert_array_equal(merged.class_map, np.where(fg > 0, 3, 0))
+    assert unmerged.defects == []
+    assert not unmerged.class_map.any()
 
 
 @pytest.mark.parametrize(("fail_min_count", "verdict"), [(1, "fail"), (2, "fail"), (3, "pass")])
@@ -248,6 +367,16 @@ def test_area_rule_passes_a_clean_board_at_zero_limit() -> None:
         ("fail_rule", "size", "fail_rule must be 'count' or 'area'. Received: fail_rule='size'"),
         ("fail_min_count", 0, "fail_min_count must be an integer >= 1. Received: "),
         ("fail_min_area_mm2", -1.0, "fail_min_area_mm2 must be a finite number >= 0. Received:"),
+        (
+            "merge_distance_px",
+            -1,
+            "merge_distance_px must be an integer >= 0. Received: merge_distance_px=-1",
+        ),
+        (
+            "merge_distance_px",
+            1.5,
+            "merge_distance_px must be an integer >= 0. Received: merge_distance_px=1.5",
+        ),
     ],
 )
 def test_config_validation(field: str, value: object, message: str) -> None:
@@ -257,7 +386,7 @@ def test_config_validation(field: str, value: object, message: str) -> None:
 
 def test_postprocess_rejects_bad_maps() -> None:
     fg, cls = two_blob_maps()
-    with pytest.raises(ValueError, match=re.escape("cls must have the shape of fg (10, 10)")):
+    with pytest.raises(ValueError, match=re.escape("cls must have the shape of fg (12, 12)")):
         postprocess(fg, cls[:5], NAMES, config())
     with pytest.raises(ValueError, match=re.escape("Received: cls values in [1, 7]")):
         postprocess(fg, np.where(cls == 4, 7, cls).astype(np.uint8), NAMES, config())
@@ -265,6 +394,64 @@ def test_postprocess_rejects_bad_maps() -> None:
         postprocess(fg[None], cls[None], NAMES, config())
     with pytest.raises(ValueError, match="class_names must be unique"):
         postprocess(fg, cls, ("a", "a", "b", "c"), config())
+
+
+def test_postprocess_rejects_bad_cls_p() -> None:
+    fg, cls = two_blob_maps()
+    cls_p = np.ones(fg.shape, dtype=np.float16)
+    with pytest.raises(ValueError, match=re.escape("Received: cls_p with shape (12, 11)")):
+        postprocess(fg, cls, NAMES, config(), cls_p=cls_p[:, :11])
+    with pytest.raises(
+        ValueError, match=re.escape("cls_p must be a float array. Received: dtype uint8")
+    ):
+        postprocess(fg, cls, NAMES, config(), cls_p=cls_p.astype(np.uint8))
+    # Values only matter on defect pixels: a 0 on the background is fine, one on a defect not.
+    cls_p[0, 0] = 0
+    assert len(postprocess(fg, cls, NAMES, config(), cls_p=cls_p).defects) == 2
+    for bad in (0.0, 1.5, np.nan):
+        cls_p[1, 1] = bad
+        with pytest.raises(ValueError, match=r"cls_p must be in \(0, 1\] on defect pixels"):
+            postprocess(fg, cls, NAMES, config(), cls_p=cls_p)
+
+
+def test_cls_p_is_stitched_across_tiles_and_decides_the_class() -> None:
+    # A 21x11 blob across the ownership boundaries of four tiles (at 50 on each axis): its
+    # left 7 columns are "open", its right 4 "pin_hole", 147 vs 84 pixels of equal fg. By
+    # count "open" would win; weighted by cls_p (0.4 vs 0.9) the vote is open 147 * 0.9 * 0.4
+    # = 52.9 vs pin_hole 84 * 0.9 * 0.9 = 68.0, so "pin_hole" wins, as it must if every tile's
+    # cls_p reached the stitched map.
+    height = width = 100
+    fg = np.full((height, width), 0.05, dtype=np.float32)
+    cls = np.full((height, width), 2, dtype=np.uint8)
+    cls_p = np.full((height, width), 0.25, dtype=np.float16)
+    fg[40:61, 45:56] = 0.9
+    cls[40:61, 45:52], cls_p[40:61, 45:52] = 1, 0.4
+    cls[40:61, 52:56], cls_p[40:61, 52:56] = 6, 0.9
+    tiles = plan_tiles(height, width, 64, 16)
+    stitcher = Stitcher(height, width)
+    # The "model" returns, for each tile, the window of the full-size maps it covers.
+    for t, f, c, q in zip(
+        tiles,
+        extract_tiles(fg, tiles, 64)[..., 0],
+        extract_tiles(cls, tiles, 64)[..., 0],
+        extract_tiles(cls_p, tiles, 64)[..., 0],
+        strict=True,
+    ):
+        stitcher.add(t, f, c, q)
+
+    assert stitcher.complete
+    assert stitcher.cls_p.dtype == np.float16
+    np.testing.assert_array_equal(stitcher.cls_p, cls_p)
+    result = postprocess(
+        stitcher.fg, stitcher.cls, NAMES, config(min_area_px=10), cls_p=stitcher.cls_p
+    )
+    (defect,) = result.defects
+    assert (defect.class_name, defect.bbox, defect.area_px) == ("pin_hole", (45, 40, 56, 61), 231)
+    vote_open = 147 * 0.9 * float(np.float16(0.4))  # cls_p is float16: 0.4 is 0.39990234
+    vote_pin_hole = 84 * 0.9 * float(np.float16(0.9))
+    purity = vote_pin_hole / (vote_open + vote_pin_hole)
+    assert defect.confidence == round(0.9 * purity, 4)
+    np.testing.assert_array_equal(result.class_map, np.where(fg > 0.5, 6, 0))
 
 
 def test_rle_hand_computed_3x3() -> None:
@@ -342,13 +529,16 @@ def test_split_probs_hand_made_pixel() -> None:
     # Classes 2 and 3 tie: the lower id wins, as with tf.argmax.
     probs = np.array([[[0.1, 0.05, 0.3, 0.3, 0.1, 0.1, 0.05]]], dtype=np.float32)
 
-    fg, cls = split_probs(probs)
+    fg, cls, cls_p = split_probs(probs)
 
-    assert fg.shape == cls.shape == (1, 1)
+    assert fg.shape == cls.shape == cls_p.shape == (1, 1)
     assert fg.dtype == np.float32
     assert cls.dtype == np.uint8
+    assert cls_p.dtype == np.float16
     assert fg[0, 0] == np.float32(1) - np.float32(0.1)
     assert cls[0, 0] == 2
+    # P(short | defect) = 0.3 / (0.05 + 0.3 + 0.3 + 0.1 + 0.1 + 0.05) = 1/3, to float16.
+    assert cls_p[0, 0] == np.float16(1 / 3)
 
 
 def test_split_probs_batch() -> None:
@@ -357,10 +547,12 @@ def test_split_probs_batch() -> None:
     probs[0, 0, 1, 6] = 1.0  # sure pin_hole
     probs[1, 0, :, 3] = 1.0  # sure mousebite
 
-    fg, cls = split_probs(probs)
+    fg, cls, cls_p = split_probs(probs)
 
     np.testing.assert_array_equal(fg, [[[0.0, 1.0]], [[1.0, 1.0]]])
     np.testing.assert_array_equal(cls, [[[1, 6]], [[3, 3]]])
+    # No defect probability at all: no class preferred, 1/6; sure classes: 1.
+    np.testing.assert_array_equal(cls_p, np.array([[[1 / 6, 1.0]], [[1.0, 1.0]]], np.float16))
 
 
 def test_split_probs_rejects_bad_shape() -> None:

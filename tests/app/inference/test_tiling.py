@@ -151,12 +151,15 @@ def test_identity_model_stitches_back_exactly(height: int, width: int, tile: int
     stitcher = Stitcher(height, width)
 
     for t, x in zip(tiles, batch, strict=True):
-        stitcher.add(t, x[:, :, 0].astype(np.float32) / 255, x[:, :, 0] % 7)
+        pixel = x[:, :, 0]
+        stitcher.add(t, pixel.astype(np.float32) / 255, pixel % 7, pixel.astype(np.float16) / 256)
 
     assert stitcher.complete
     assert stitcher.fg.dtype == np.float32 and stitcher.cls.dtype == np.uint8
+    assert stitcher.cls_p.dtype == np.float16
     np.testing.assert_array_equal(stitcher.fg, image.astype(np.float32) / 255)
     np.testing.assert_array_equal(stitcher.cls, image % 7)
+    np.testing.assert_array_equal(stitcher.cls_p, image.astype(np.float16) / 256)
 
 
 @pytest.mark.parametrize(
@@ -184,7 +187,7 @@ def test_tile_margins_never_reach_the_output(height: int, width: int, tile: int,
             fg[:, :m] = -1
         if t.x0 + tile < width:
             fg[:, -m:] = -1
-        stitcher.add(t, fg, np.ones((tile, tile), dtype=np.uint8))
+        stitcher.add(t, fg, np.ones((tile, tile), dtype=np.uint8), np.ones((tile, tile)))
 
     np.testing.assert_array_equal(stitcher.fg, image.astype(np.float32) / 255)
 
@@ -209,9 +212,13 @@ def test_defect_across_tile_edge_comes_back_as_one_defect(tile: int, overlap: in
     cls_tiles = extract_tiles(cls, tiles, tile)[..., 0]
     stitcher = Stitcher(height, width)
     for t, f, c in zip(tiles, fg_tiles, cls_tiles, strict=True):
-        stitcher.add(t, f, c)
+        stitcher.add(t, f, c, np.ones(f.shape, dtype=np.float16))
     result = postprocess(
-        stitcher.fg, stitcher.cls, NAMES, PostprocessConfig(0.5, min_area_px=10, pixels_per_mm=1)
+        stitcher.fg,
+        stitcher.cls,
+        NAMES,
+        PostprocessConfig(0.5, min_area_px=10, pixels_per_mm=1),
+        cls_p=stitcher.cls_p,
     )
 
     assert [(d.id, d.class_name, d.bbox, d.area_px) for d in result.defects] == [
@@ -246,15 +253,17 @@ def test_stitcher_rejects_bad_tiles() -> None:
     stitcher = Stitcher(100, 100)
     ones = np.ones((64, 64), dtype=np.float32)
     with pytest.raises(
-        ValueError, match=re.escape("Received: fg_tile (64, 64), cls_tile (64, 63)")
+        ValueError, match=re.escape("Received: fg_tile (64, 64), cls_tile (64, 63), cls_p_tile")
     ):
-        stitcher.add(tiles[0], ones, np.ones((64, 63), dtype=np.uint8))
+        stitcher.add(tiles[0], ones, np.ones((64, 63), dtype=np.uint8), ones)
+    with pytest.raises(ValueError, match=re.escape("cls_tile (64, 64), cls_p_tile (64, 1)")):
+        stitcher.add(tiles[0], ones, ones, ones[:, :1])
     with pytest.raises(ValueError, match="does not fit tile outputs of shape"):
-        stitcher.add(tiles[3], ones[:32, :32], ones[:32, :32])
+        stitcher.add(tiles[3], ones[:32, :32], ones[:32, :32], ones[:32, :32])
     with pytest.raises(ValueError, match="is not inside the image"):
-        Stitcher(50, 50).add(tiles[3], ones, ones)
+        Stitcher(50, 50).add(tiles[3], ones, ones, ones)
 
-    stitcher.add(tiles[0], ones, ones)
+    stitcher.add(tiles[0], ones, ones, ones)
     assert not stitcher.complete
     with pytest.raises(ValueError, match="was already added"):
-        stitcher.add(tiles[0], ones, ones)
+        stitcher.add(tiles[0], ones, ones, ones)

@@ -1,0 +1,153 @@
+"""Golden boards: one defect-free reference board per product, for ``/predict?product=``.
+
+Thin routes over :class:`app.services.golden_store.GoldenStore`, which does the storing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
+
+from app.api.deps import AuthDep, SettingsDep, StoreDep
+from app.api.schemas import ErrorResponse, GoldenBoardListOut, GoldenBoardOut
+from app.api.uploads import decode_or_error, read_uploads
+from app.core.errors import ApiError
+from app.services.golden_store import (
+    GoldenBoard,
+    GoldenStore,
+    GoldenStoreError,
+    InvalidProductError,
+    UnknownProductError,
+    check_product,
+)
+
+router = APIRouter(prefix="/v1/golden-boards", tags=["golden boards"], dependencies=[AuthDep])
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse} for code in (401, 404, 422, 500)
+}
+_UPLOAD_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse} for code in (400, 401, 413, 415, 422, 500)
+}
+_UPLOAD_DOC = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {"file": {"type": "string", "format": "binary"}},
+                }
+            },
+            "image/png": {"schema": {"type": "string", "format": "binary"}},
+        },
+    }
+}
+
+
+def _product(product: str) -> str:
+    try:
+        return check_product(product)
+    except InvalidProductError as exc:
+        raise ApiError(422, "invalid_product", str(exc)) from None
+
+
+def _unknown(product: str) -> ApiError:
+    return ApiError(
+        404, "unknown_product",
+        f"No golden board is stored for product {product!r}; register one with "
+        f"PUT /v1/golden-boards/{product}.",
+    )
+
+
+async def _call(store: GoldenStore, method: str, *args: Any) -> Any:
+    """Runs a store method in the threadpool (file I/O, PNG coding), mapping its errors."""
+    try:
+        return await run_in_threadpool(getattr(store, method), *args)
+    except UnknownProductError as exc:
+        raise _unknown(exc.product) from None
+    except GoldenStoreError as exc:
+        raise ApiError(500, "golden_store_error", str(exc)) from None
+
+
+def _out(board: GoldenBoard) -> GoldenBoardOut:
+    return GoldenBoardOut(**board.as_dict())
+
+
+@router.put(
+    "/{product}",
+    summary="Store or replace the golden board of a product",
+    response_model=GoldenBoardOut,
+    status_code=201,
+    responses={**_UPLOAD_ERRORS, 200: {"model": GoldenBoardOut, "description": "Replaced."},
+               201: {"description": "Stored (new product)."}},
+    openapi_extra=_UPLOAD_DOC,
+)
+async def put_golden_board(
+    product: str, request: Request, settings: SettingsDep, store: StoreDep
+) -> JSONResponse:
+    """Stores the multipart field ``file`` (or a raw ``image/*`` body) as ``product``'s
+    defect-free reference: 201 when new, 200 when it replaced one.
+
+    The image obeys the same rules and limits as a board sent to ``/predict``; it is stored
+    as an 8-bit grayscale PNG, whose sha256 the answer gives.
+    """
+    product = _product(product)
+    uploads = await read_uploads(request, settings, "file")
+    if len(uploads) > 1:
+        raise ApiError(
+            400, "too_many_files",
+            f"A product has one golden board; received {len(uploads)} images in field 'file'.",
+        )
+    decoded = await decode_or_error(uploads[0], settings)
+    board, created = await _call(store, "put", product, decoded.pixels)
+    return JSONResponse(_out(board).model_dump(), status_code=201 if created else 200)
+
+
+@router.get(
+    "",
+    summary="List the golden boards",
+    response_model=GoldenBoardListOut,
+    responses={401: {"model": ErrorResponse}, 500: {"model": ErrorResponse}},
+)
+async def list_golden_boards(store: StoreDep) -> GoldenBoardListOut:
+    """Every stored golden board: product, size, sha256 of its PNG, when it was stored."""
+    boards = await _call(store, "list_boards")
+    return GoldenBoardListOut(count=len(boards), boards=[_out(b) for b in boards])
+
+
+@router.get(
+    "/{product}",
+    summary="One golden board: its metadata, or the image itself",
+    response_model=GoldenBoardOut,
+    responses={**_ERRORS, 200: {"content": {"image/png": {}},
+                                "description": "Metadata, or the PNG with Accept: image/png."}},
+)
+async def get_golden_board(product: str, request: Request, store: StoreDep) -> Response:
+    """The metadata of ``product``'s golden board as JSON, or with ``Accept: image/png`` the
+    stored PNG (its sha256 is the metadata's)."""
+    product = _product(product)
+    accept = request.headers.get("accept", "").lower()
+    if "image/png" in accept and "application/json" not in accept:
+        board, png = await _call(store, "png", product)
+        return Response(png, media_type="image/png", headers={"ETag": f'"{board.sha256}"'})
+    board = await _call(store, "get", product)
+    return JSONResponse(_out(board).model_dump())
+
+
+@router.delete(
+    "/{product}",
+    summary="Remove the golden board of a product",
+    status_code=204,
+    response_class=Response,
+    responses=_ERRORS,
+)
+async def delete_golden_board(product: str, store: StoreDep) -> Response:
+    """Removes ``product``'s golden board; inspections with ``?product=`` then get 404."""
+    product = _product(product)
+    await _call(store, "delete", product)
+    return Response(status_code=204)
