@@ -34,6 +34,8 @@ import numpy as np
 #: pairs of one design score 0.85-0.99 (binarised scans, JPEG noise and defects included);
 #: different designs, or a board turned by 90 degrees, score below 0.3.
 MIN_SCORE = 0.5
+#: Share of the board that the aligned reference must cover.
+MIN_OVERLAP = 0.8
 #: Gray-level standard deviation under which an image counts as bare (no copper to align
 #: on): a 640 px DeepPCB tile that is all substrate but for one small defect has about 5-8.
 FLAT_STD = 12.0
@@ -67,6 +69,8 @@ class Alignment:
     rotation_deg: float
     score: float
     matrix: np.ndarray
+    #: Share of the board's pixels that the aligned reference covers.
+    overlap: float = 1.0
 
     def as_dict(self) -> dict[str, float]:
         """The JSON form: translation and rotation rounded for people, and the score."""
@@ -192,13 +196,18 @@ def estimate_alignment(
             warp = _ecc(cv2.GaussianBlur(b32, (5, 5), 1.0), cv2.GaussianBlur(r32, (5, 5), 1.0),
                         warp, 20)
         warped, valid = _warp(ref, warp, (h, w))
-        score = _score(board, warped, valid)
+        overlap = float(valid.mean())
+        # A correlation over a small overlap means little: a board turned by 180 degrees
+        # can match itself well over a quarter of its area. Such starts rank low.
+        score = _score(board, warped, valid) * min(1.0, overlap / MIN_OVERLAP)
         if best is None or score > best[0]:
             best = (score, warp)
     assert best is not None
     score, warp = best
+    _, valid = _warp(ref, warp, (h, w))
     angle = math.degrees(math.atan2(float(warp[1, 0]), float(warp[0, 0])))
-    return Alignment(float(warp[0, 2]), float(warp[1, 2]), angle, score, warp.astype(np.float32))
+    return Alignment(float(warp[0, 2]), float(warp[1, 2]), angle, score,
+                     warp.astype(np.float32), float(valid.mean()))
 
 
 def _warp(
@@ -251,6 +260,13 @@ def register(
         raise AlignmentError(
             f"the reference does not match the board (alignment score {alignment.score:.3f}, "
             f"expected >= {min_score}): another design, rotated, or the wrong side",
+            alignment.score,
+        )
+    if alignment.overlap < MIN_OVERLAP:
+        raise AlignmentError(
+            f"the reference covers only {alignment.overlap:.0%} of the board once aligned "
+            f"(shifted by {alignment.dx:.1f}, {alignment.dy:.1f} px; expected >= "
+            f"{MIN_OVERLAP:.0%}): another design or a different crop of the board",
             alignment.score,
         )
     if abs(alignment.rotation_deg) > max_rotation_deg:

@@ -48,7 +48,8 @@ import numpy as np
 IOU_MATCH = 0.33
 #: Grids searched for the operating point.
 _AREA_GRID = (0, 4, 8, 12, 20, 30, 45)
-_CONFIDENCE_GRID = tuple(round(float(x), 2) for x in np.arange(0.0, 0.96, 0.05))
+_CONFIDENCE_GRID = tuple(round(float(x), 2) for x in np.arange(0.0, 0.96, 0.05)) + (
+    0.97, 0.98, 0.99, 0.995)
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
@@ -74,6 +75,9 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
                    help="operating point: least confident defect; default: the card's")
     p.add_argument("--choose-operating-point", action="store_true",
                    help="pick (min_area_px, min_confidence) with the best F on these boards")
+    p.add_argument("--candidates", type=Path, default=None,
+                   help="write every candidate detection and truth here (JSON), to study "
+                        "operating points and rankings without running the model again")
     p.add_argument("--dump", type=Path, default=None,
                    help="write the per-detection outcomes here (JSON lines)")
     p.add_argument("--box-margin", type=int, default=None,
@@ -396,6 +400,13 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
                                   int(d.area_px), grown))
 
     n = len(samples)
+    if args.candidates:
+        args.candidates.parent.mkdir(parents=True, exist_ok=True)
+        args.candidates.write_text(json.dumps({
+            "keys": keys, "classes": classes,
+            "detections": [dataclasses.asdict(d) for d in dets],
+            "truths": [dataclasses.asdict(t) for t in truths],
+        }))
     card_min_conf = float(getattr(card.thresholds, "min_confidence", 0.0) or 0.0)
     chosen = None
     if args.choose_operating_point:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, PrivateAttr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from app.inference.card import default_card_path
 
@@ -56,9 +57,12 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="Bind address of `pcb-inspect serve`.")
     port: int = Field(8000, ge=1, le=65535, description="Port of `pcb-inspect serve`.")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
-    api_keys: list[str] = Field(
+    # NoDecode: the environment value is parsed below, so that the way most operators set one
+    # key (PCB_API_KEYS=secret) works as well as a JSON list or a comma-separated one.
+    api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
-        description="Accepted API keys; empty turns auth off. Several allow rotation.",
+        description="Accepted API keys (a JSON list, comma-separated, or one key); empty "
+                    "turns auth off. Several allow rotation.",
     )
     shutdown_grace_s: float = Field(
         20.0, gt=0, description="How long in-flight work may finish after SIGTERM."
@@ -73,6 +77,10 @@ class Settings(BaseSettings):
     )
     pixels_per_mm: float | None = Field(
         None, gt=0, description="Scan resolution; default: the model card's."
+    )
+    min_confidence: float | None = Field(
+        None, ge=0, le=1,
+        description="Operating point: least confident defect reported; default: the card's.",
     )
     fail_rule: Literal["count", "area"] = Field(
         "count", description="Verdict rule: fail on defect count, or on total defect area."
@@ -119,6 +127,22 @@ class Settings(BaseSettings):
 
     # Whether the pair weights path is the default one (then a missing file is only a warning).
     _pair_weights_default: bool = PrivateAttr(False)
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _parse_keys(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        text = value.strip()
+        if text.startswith("["):
+            try:
+                return json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise ValueError(
+                    f"PCB_API_KEYS looks like a JSON list but is not valid JSON ({exc.msg}); "
+                    "expected e.g. '[\"key1\", \"key2\"]', 'key1,key2' or one key"
+                ) from None
+        return [k.strip() for k in text.split(",")] if text else []
 
     @field_validator("api_keys")
     @classmethod

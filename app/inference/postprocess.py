@@ -65,6 +65,8 @@ class PostprocessConfig:
             background pixels (horizontally, vertically or diagonally: the Chebyshev distance
             between their nearest pixels is at most ``merge_distance_px + 1``) are one defect.
             The gap's pixels are not added to it. ``0``: plain 8-connected components.
+        min_confidence: The operating point's second rule: defects whose ``confidence`` is
+            below this are dropped (after merging), like those below ``min_area_px``.
     """
 
     threshold: float
@@ -74,8 +76,14 @@ class PostprocessConfig:
     fail_min_count: int = 1
     fail_min_area_mm2: float = 0.0
     merge_distance_px: int = 3
+    min_confidence: float = 0.0
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.min_confidence <= 1.0:
+            raise ValueError(
+                "min_confidence must be in [0, 1]. "
+                f"Received: min_confidence={self.min_confidence!r}"
+            )
         # `not (a <= x <= b)` rather than `x < a or x > b` so that NaN is rejected too.
         if not 0.0 <= self.threshold <= 1.0:
             raise ValueError(f"threshold must be in [0, 1]. Received: threshold={self.threshold!r}")
@@ -347,7 +355,10 @@ def postprocess(
     purity = np.zeros(n_labels, dtype=np.float64)
     np.divide(votes[np.arange(n_labels), winner], total_vote, out=purity, where=total_vote > 0)
 
-    keep = area >= config.min_area_px  # every label >= 1 has at least one pixel
+    confidence = fg_sum / np.maximum(area, 1) * purity
+    # Every label >= 1 has at least one pixel. Compared on the rounded value that is reported,
+    # so a defect shown with confidence c survives min_confidence=c.
+    keep = (area >= config.min_area_px) & (np.round(confidence, 4) >= config.min_confidence)
     keep[0] = False
     lut = np.where(keep, winner, 0).astype(np.uint8)
     class_map[defect_px] = lut[lab]

@@ -125,7 +125,8 @@ def check_result(body: dict[str, Any], width: int, height: int) -> None:
     }
     assert summary["verdict"] == ("fail" if defects else "pass")  # default rule: count >= 1
 
-    assert set(params) == {"threshold", "min_area_px", "pixels_per_mm", "fail_rule", "tiles"}
+    assert set(params) == {"threshold", "min_area_px", "min_confidence", "pixels_per_mm",
+                           "fail_rule", "tiles"}
     assert params["fail_rule"] == "count" and params["tiles"] >= 1
     assert set(body["timings_ms"]) >= {"pre_process", "forward", "post_process"}
     assert all(isinstance(v, float) for v in body["timings_ms"].values())
@@ -140,8 +141,8 @@ def test_multipart_upload_contract(client: TestClient, cut: float) -> None:
     check_result(body, 64, 64)
     # The service's default cut (PCB_THRESHOLD) wins over the model card's 0.5.
     assert body["params"] == {
-        "threshold": cut, "min_area_px": 0, "pixels_per_mm": 48.0, "fail_rule": "count",
-        "tiles": 1,
+        "threshold": cut, "min_area_px": 0, "min_confidence": 0.0, "pixels_per_mm": 48.0,
+        "fail_rule": "count", "tiles": 1,
     }
     # The checks above ran on real defects, and on a mask that is not all one value.
     assert len(body["defects"]) > 5
@@ -244,6 +245,20 @@ def test_min_area_px_drops_small_defects(client: TestClient) -> None:
     assert 0 < len(some["defects"]) < len(full["defects"])
     none = ok_json(predict(client, params={"min_area_px": 10**9}))
     assert none["defects"] == [] and none["summary"]["verdict"] == "pass"
+
+
+def test_min_confidence_drops_less_confident_defects(client: TestClient) -> None:
+    full = ok_json(predict(client))
+    confidences = sorted(d["confidence"] for d in full["defects"])
+    cut = confidences[len(confidences) // 2]
+    some = ok_json(predict(client, params={"min_confidence": cut}))
+    check_result(some, 64, 64)
+    assert some["params"]["min_confidence"] == cut
+    assert all(d["confidence"] >= cut for d in some["defects"])
+    assert len(some["defects"]) == sum(c >= cut for c in confidences)
+    bad = client.post("/predict", params={"min_confidence": 2},
+                      files={"file": ("b.png", BOARD, "image/png")})
+    assert bad.status_code == 422 and bad.json()["error"]["code"] == "invalid_request"
 
 
 def test_pixels_per_mm_scales_areas_by_the_square_ratio(client: TestClient) -> None:

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from pydantic import ValidationError
 
+from app.core.config import Settings
 from tests.helpers.app import app_client, assert_error
 from tests.helpers.boards import board_png
 
@@ -117,3 +119,23 @@ def test_empty_keys_are_refused_in_settings(tiny_weights: Path) -> None:
     # An empty key would let in anyone sending "Bearer " with nothing after it.
     with pytest.raises(ValidationError, match="empty"):
         tiny_settings(tiny_weights, api_keys=["k1", " "])
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [("secret", ["secret"]), ("k1, k2", ["k1", "k2"]), ('["k1", "k2"]', ["k1", "k2"]), ("", [])],
+)
+def test_api_keys_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, tiny_weights: Path, env: str, expected: list[str]
+) -> None:
+    # One key as most operators set it, a comma-separated list, or JSON: all work.
+    monkeypatch.setenv("PCB_API_KEYS", env)
+    assert Settings(weights_path=tiny_weights).api_keys == expected
+
+
+def test_malformed_json_keys_name_the_setting(
+    monkeypatch: pytest.MonkeyPatch, tiny_weights: Path
+) -> None:
+    monkeypatch.setenv("PCB_API_KEYS", '["k1", ')
+    with pytest.raises(ValidationError, match="PCB_API_KEYS looks like a JSON list"):
+        Settings(weights_path=tiny_weights)

@@ -124,3 +124,12 @@ def test_a_bare_tile_keeps_the_identity_and_scores_agreement():
 def test_a_bare_reference_for_a_full_board_is_refused(board):
     with pytest.raises(AlignmentError):
         register(board.image, np.full((640, 640), 250, np.uint8))
+
+
+@pytest.mark.parametrize(("seed", "size"), [(2, 160), (1, 256), (5, 320), (11, 640)])
+def test_a_half_turned_reference_is_refused_even_when_a_corner_matches(seed, size):
+    # A board turned by 180 degrees can correlate well with itself over a small overlap; the
+    # overlap rule refuses it rather than comparing (which would report copper everywhere).
+    small = make_board(seed=seed, size=size)
+    with pytest.raises(AlignmentError):
+        register(small.image, np.ascontiguousarray(np.rot90(small.template, 2)))

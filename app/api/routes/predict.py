@@ -58,6 +58,10 @@ PxPerMmParam = Annotated[
 MinAreaParam = Annotated[
     int | None, Query(ge=0, le=10**9, description="Drop defects smaller than this (pixels).")
 ]
+MinConfidenceParam = Annotated[
+    float | None,
+    Query(ge=0, le=1, description="Drop defects less confident than this; default: card's."),
+]
 ThresholdParam = Annotated[
     float | None, Query(ge=0, le=1, description="Confidence cut; default: model card's.")
 ]
@@ -187,9 +191,13 @@ def _config(
     threshold: float | None,
     min_area_px: int | None,
     pixels_per_mm: float | None,
+    min_confidence: float | None = None,
 ) -> PostprocessConfig:
     card = inferencer.card
     return PostprocessConfig(
+        min_confidence=float(
+            _first(min_confidence, settings.min_confidence, card.thresholds.min_confidence)
+        ),
         threshold=_first(threshold, settings.threshold, card.thresholds.confidence),
         min_area_px=int(_first(min_area_px, settings.min_area_px, card.thresholds.min_area_px)),
         pixels_per_mm=_first(pixels_per_mm, settings.pixels_per_mm, card.pixels_per_mm),
@@ -206,22 +214,25 @@ class RuleParams:
     threshold: float | None
     min_area_px: int | None
     pixels_per_mm: float | None
+    min_confidence: float | None = None
 
     def config(self, inferencer: Inferencer, settings: Settings) -> PostprocessConfig:
         """The rules for ``inferencer``: the query, else the settings, else its card.
 
         Per model, since the pair model's card has its own defaults.
         """
-        return _config(inferencer, settings, self.threshold, self.min_area_px, self.pixels_per_mm)
+        return _config(inferencer, settings, self.threshold, self.min_area_px, self.pixels_per_mm,
+                       self.min_confidence)
 
 
 def get_rules(
     threshold: ThresholdParam = None,
     min_area_px: MinAreaParam = None,
     pixels_per_mm: PxPerMmParam = None,
+    min_confidence: MinConfidenceParam = None,
 ) -> RuleParams:
     """The post-processing parameters of a request's query."""
-    return RuleParams(threshold, min_area_px, pixels_per_mm)
+    return RuleParams(threshold, min_area_px, pixels_per_mm, min_confidence)
 
 
 RulesDep = Annotated[RuleParams, Depends(get_rules)]
@@ -368,6 +379,7 @@ def prediction_json(
         "params": {
             "threshold": config.threshold,
             "min_area_px": config.min_area_px,
+            "min_confidence": config.min_confidence,
             "pixels_per_mm": config.pixels_per_mm,
             "fail_rule": config.fail_rule,
             "tiles": result.tiles,

@@ -568,3 +568,24 @@ def test_module_does_not_import_tensorflow() -> None:
     )
     repo_root = Path(__file__).resolve().parents[3]
     assert subprocess.run([sys.executable, "-c", code], cwd=repo_root, check=False).returncode == 0
+
+
+def test_min_confidence_drops_less_confident_defects_after_merging():
+    fg = np.zeros((40, 40), np.float32)
+    cls = np.zeros((40, 40), np.uint8)
+    fg[5:10, 5:10], cls[5:10, 5:10] = 0.9, 1  # confident
+    fg[25:30, 25:30], cls[25:30, 25:30] = 0.6, 2  # less so
+    base = dict(threshold=0.5, min_area_px=0, pixels_per_mm=48.0)
+    names = ("open", "short")
+    both = postprocess(fg, cls, names, PostprocessConfig(**base))
+    assert [d.confidence for d in both.defects] == [0.9, 0.6]
+    kept = postprocess(fg, cls, names, PostprocessConfig(**base, min_confidence=0.6))
+    assert len(kept.defects) == 2  # equal to the cut: kept
+    kept = postprocess(fg, cls, names, PostprocessConfig(**base, min_confidence=0.7))
+    assert [d.class_name for d in kept.defects] == ["open"]
+    assert kept.class_map[27, 27] == 0  # dropped defects leave no mask pixels
+
+
+def test_min_confidence_out_of_range_is_rejected():
+    with pytest.raises(ValueError, match=r"min_confidence must be in \[0, 1\]. Received"):
+        PostprocessConfig(threshold=0.5, min_area_px=0, pixels_per_mm=48.0, min_confidence=1.5)
