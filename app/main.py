@@ -92,6 +92,7 @@ def _model_labels(inferencer: Inferencer) -> dict[str, str]:
         "weights_sha256": inferencer.weights_sha256,
         "device": inferencer.device,
         "precision": inferencer.precision,
+        "precision_requested": inferencer.precision_requested,
     }
 
 

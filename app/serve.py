@@ -31,7 +31,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--port", type=int, help="port (PCB_PORT, default 8000)")
     p.add_argument("--weights", help="weights file (PCB_WEIGHTS_PATH)")
     p.add_argument("--device", choices=("auto", "cpu", "gpu"), help="PCB_DEVICE")
-    p.add_argument("--precision", choices=("float32", "bfloat16", "float16"), help="PCB_PRECISION")
+    p.add_argument("--precision", choices=("auto", "float32", "bfloat16", "float16"),
+                   help="PCB_PRECISION (default auto)")
     return p
 
 

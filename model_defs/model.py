@@ -9,9 +9,8 @@ import numpy as np
 from keras import layers
 
 from model_defs.layers import EdgeEnhancementLayer
+from pcb_inspect.classes import CLASS_NAMES
 
-#: DeepPCB's six defect types, in the order of their 1-based annotation codes.
-CLASS_NAMES: tuple[str, ...] = ("open", "short", "mousebite", "spur", "spurious_copper", "pin_hole")
 #: Background plus the six defect classes.
 NUM_OUTPUTS = len(CLASS_NAMES) + 1
 #: The encoder's stage outputs, by stride. The decoder takes skips from each.

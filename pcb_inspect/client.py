@@ -85,13 +85,6 @@ class InspectError(Exception):
         self.message = message
         self.retry_after = retry_after
 
-    @property
-    def retryable(self) -> bool:
-        """Whether the same request might succeed later (busy service, network trouble)."""
-        if self.code in PERMANENT_CODES:
-            return False
-        return self.status is None or self.status in RETRY_STATUSES or self.status >= 500
-
 
 def _json(response: httpx.Response) -> Any:
     return response.json()

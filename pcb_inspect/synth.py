@@ -24,8 +24,8 @@ exactly where the copper of ``image`` and ``template`` differ, holding the defec
 there; each defect's ``bbox`` is the tight box of its mask pixels (exclusive max); and the
 boxes of two defects are at least :data:`DEFECT_SPACING` pixels apart.
 
-This module does not import TensorFlow: :data:`CLASS_NAMES` duplicates
-``model_defs.CLASS_NAMES`` on purpose, and a test keeps the two equal.
+This module does not import TensorFlow; its :data:`CLASS_NAMES` is the model's, from
+:mod:`pcb_inspect.classes`.
 
 Command line, for demos::
 
@@ -46,6 +46,8 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from pcb_inspect.classes import CLASS_NAMES
+
 __all__ = [
     "CLASS_NAMES",
     "DEFECT_SPACING",
@@ -58,15 +60,6 @@ __all__ = [
     "write_deeppcb_folder",
 ]
 
-#: Defect type names; type ``k`` (1-based, as in DeepPCB's annotations) is ``CLASS_NAMES[k-1]``.
-CLASS_NAMES: tuple[str, ...] = (
-    "open",
-    "short",
-    "mousebite",
-    "spur",
-    "spurious_copper",
-    "pin_hole",
-)
 #: DeepPCB's scan resolution.
 PIXELS_PER_MM = 48.0
 #: Smallest gap, in pixels, between the boxes of two defects on one board.

@@ -35,6 +35,7 @@ def main() -> int:
     board = make_board(seed=args.seed, size=640, jpeg_quality=90)
     config = PostprocessConfig(threshold=card.thresholds.confidence,
                                min_area_px=card.thresholds.min_area_px,
+                               min_confidence=card.thresholds.min_confidence,
                                pixels_per_mm=card.pixels_per_mm)
     result = inf.predict(board.image, config)
     mask_rgb = np.zeros((*board.image.shape, 3), dtype=np.uint8)

@@ -14,7 +14,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import pytest  # noqa: E402
 
-from model_defs import CLASS_NAMES  # noqa: E402
+from pcb_inspect.classes import CLASS_NAMES  # noqa: E402
 
 TINY_TILE = 64
 

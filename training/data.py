@@ -17,7 +17,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from model_defs import CLASS_NAMES
+from pcb_inspect.classes import CLASS_NAMES
 
 #: Threshold on |test - template| for "this pixel changed". The scans are binarised (copper
 #: near 0, substrate near 255), so a real change is a jump of ~255; JPEG ringing stays < 100.

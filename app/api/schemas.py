@@ -117,7 +117,8 @@ class ModelEntryOut(BaseModel):
     weights_file: str
     weights_sha256: str
     device: str
-    precision: str
+    precision: str = Field(description="The precision the model runs in.")
+    precision_requested: str = Field(description="PCB_PRECISION: auto or a precision.")
 
 
 class ModelInfoOut(BaseModel):
@@ -134,7 +135,8 @@ class ModelInfoOut(BaseModel):
     weights_file: str
     weights_sha256: str
     device: str
-    precision: str
+    precision: str = Field(description="The precision the single-image model runs in.")
+    precision_requested: str = Field(description="PCB_PRECISION: auto or a precision.")
     tensorflow_version: str
     keras_version: str
     batching: dict[str, Any]

@@ -35,9 +35,10 @@ class Settings(BaseSettings):
         None, description="Model card JSON; default: model_card.json beside the weights."
     )
     device: Literal["auto", "cpu", "gpu"] = Field("auto", description="Where the model runs.")
-    precision: Literal["float32", "bfloat16", "float16"] = Field(
-        "float32",
-        description="Inference precision: bfloat16 suits CPUs with AVX512_BF16/AMX, float16 GPUs.",
+    precision: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto",
+        description="Inference precision. auto: per model, bfloat16 on CPUs with AVX512_BF16/AMX "
+        "or mixed float16 on a GPU where the model card records accuracy parity, else float32.",
     )
     pair_weights_path: Path | Literal[""] | None = Field(
         None,

@@ -102,10 +102,14 @@ async def _client_gone(request: Request, exc: Exception) -> JSONResponse:
 async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
     request_id = getattr(request.state, "request_id", "-")
     logger.exception("unhandled error", extra={"request_id": request_id})
+    # Starlette answers unhandled errors from its outermost layer, outside the middleware that
+    # adds X-Request-ID to every other response, so the header is set here.
+    headers = {"X-Request-ID": request_id} if request_id != "-" else None
     return error_response(
         500,
         "internal_error",
         f"The server failed to process this request (request id {request_id}).",
+        headers,
     )
 
 

@@ -42,5 +42,7 @@ VERDICTS = Counter("pcb_verdicts_total", "Board verdicts.", ["verdict"])
 REJECTED = Counter("pcb_rejected_total", "Rejected requests, by reason.", ["reason"])
 QUEUE_DEPTH = Gauge("pcb_queue_tiles", "Tiles waiting for the model now.")
 IN_FLIGHT = Gauge("pcb_inflight_requests", "Inspection requests being processed now.")
+# Labels: name, version, weights_sha256, device, precision (what runs) and
+# precision_requested (PCB_PRECISION: auto or a precision).
 MODEL_INFO = Info("pcb_model", "The model being served.")
 PAIR_MODEL_INFO = Info("pcb_pair_model", "The golden-board (pair) model, when one is served.")

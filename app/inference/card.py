@@ -36,6 +36,21 @@ class Thresholds(BaseModel):
     )
 
 
+class PrecisionParity(BaseModel):
+    """Accuracy of the model in one precision against float32, measured on held-out boards.
+
+    ``PCB_PRECISION=auto`` runs a precision only where ``|delta_map|`` is within tolerance.
+    """
+
+    model_config = ConfigDict(extra="allow")
+
+    map_float32: float = Field(description="mAP in float32.")
+    map: float = Field(description="mAP in this precision.")
+    delta_map: float = Field(description="map - map_float32.")
+    boards: int = Field(gt=0, description="Boards evaluated.")
+    protocol: str = Field("", description="How it was measured (split, operating point).")
+
+
 class ModelCard(BaseModel):
     """Machine-readable model card (``model_card.json``)."""
 
@@ -50,6 +65,10 @@ class ModelCard(BaseModel):
     mode: Literal["single", "pair"] = Field(
         "single",
         description="'single': the board alone; 'pair': the board and its golden reference.",
+    )
+    precision_parity: dict[str, PrecisionParity] = Field(
+        default_factory=dict,
+        description="Measured accuracy per reduced precision; what PCB_PRECISION=auto may run.",
     )
 
 

@@ -22,6 +22,7 @@ import numpy as np
 from app.core.config import Settings
 from app.inference.card import ModelCard, ModelCardError, default_card_path, load_card
 from app.inference.postprocess import Defect, PostprocessConfig, Summary, postprocess
+from app.inference.precision import read_cpu_flags, resolve_precision
 from app.inference.tiling import Stitcher, Tile, extract_tiles, plan_tiles
 from pcb_inspect.registration import Alignment
 from pcb_inspect.registration import register as register_pair
@@ -157,7 +158,9 @@ class Inferencer:
         weights_path: Where the weights came from.
         weights_sha256: The weights file's sha256.
         device: ``"cpu"`` or ``"gpu"``.
-        precision: ``"float32"``, ``"bfloat16"`` or ``"float16"``.
+        precision: ``"float32"``, ``"bfloat16"`` or ``"float16"``: what runs.
+        precision_requested: What was asked for (``"auto"`` or a precision); default:
+            ``precision``.
         tile_overlap: Overlap of neighbouring tiles in pixels; ``None``: a tenth of the tile,
             enough context that the owned core of each tile is unaffected by its border.
         max_batch_size: Tiles per model call in the synchronous path.
@@ -173,6 +176,7 @@ class Inferencer:
         precision: str = "float32",
         tile_overlap: int | None = None,
         max_batch_size: int = 8,
+        precision_requested: str | None = None,
     ) -> None:
         import tensorflow as tf
 
@@ -184,7 +188,9 @@ class Inferencer:
         self.weights_path = Path(weights_path)
         self.weights_sha256 = weights_sha256
         self.device = device
+        #: The precision that runs; ``precision_requested``: what the settings asked for.
         self.precision = precision
+        self.precision_requested = precision_requested or precision
         self.tile = card.input.tile_size
         if tile_overlap is None:
             tile_overlap = self.tile // 10
@@ -243,6 +249,7 @@ class Inferencer:
         max_batch_size: int = 8,
         intra_op_threads: int = 0,
         inter_op_threads: int = 0,
+        cpu_flags: frozenset[str] | None = None,
     ) -> Inferencer:
         """Configures TensorFlow, loads card and weights, and builds the inferencer.
 
@@ -252,8 +259,12 @@ class Inferencer:
         Args:
             weights_path: The ``.keras`` file.
             card_path: Its model card; ``None``: :func:`default_card_path`.
-            device, precision, tile_overlap, max_batch_size: As for the constructor.
+            device, tile_overlap, max_batch_size: As for the constructor.
+            precision: As for the constructor, or ``"auto"``: resolved for this model by
+                :func:`~app.inference.precision.resolve_precision` (its card's recorded
+                parity, the device and the CPU's flags).
             intra_op_threads, inter_op_threads: TensorFlow thread pools (0: default).
+            cpu_flags: The CPU's flags for ``auto``; ``None``: read from ``/proc/cpuinfo``.
 
         Raises:
             ModelLoadError: One line naming the file and what is wrong with it.
@@ -278,15 +289,22 @@ class Inferencer:
                 f"weights file {weights_path} is a {mode} model, but its card {card_path} says "
                 f"mode={card.mode!r}"
             )
+        resolved = resolve_precision(
+            precision, device, card, read_cpu_flags() if cpu_flags is None else cpu_flags
+        )
+        if resolved != precision:
+            logger.info("%s model %s: precision %s resolves to %s", mode, card.name, precision,
+                        resolved)
         return cls(
             model,
             card,
             weights_path,
             sha256_of(weights_path),
             device=device,
-            precision=precision,
+            precision=resolved,
             tile_overlap=tile_overlap,
             max_batch_size=max_batch_size,
+            precision_requested=precision,
         )
 
     @classmethod

@@ -36,7 +36,6 @@ __all__ = [
     "encode_mask_png",
     "encode_rle",
     "postprocess",
-    "split_probs",
 ]
 
 # The class map is stored as uint8 (and written as an 8-bit PNG), so class ids must fit in it.
@@ -186,46 +185,6 @@ class PostprocessResult:
     class_map: np.ndarray
     defects: list[Defect]
     summary: Summary
-
-
-def split_probs(probs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Reduces a softmax to the three maps post-processing uses, as the graph does.
-
-    Args:
-        probs: ``(H, W, K)`` or ``(N, H, W, K)`` class probabilities, channel 0 = background,
-            ``K >= 2``.
-
-    Returns:
-        ``(fg, cls, cls_p)``, all of shape ``probs.shape[:-1]``: ``fg = 1 - probs[..., 0]`` as
-        float32; ``cls = 1 + argmax(probs[..., 1:])`` as uint8 (ties go to the lower class id,
-        as with ``tf.argmax``); ``cls_p = max(probs[..., 1:]) / sum(probs[..., 1:])`` as
-        float16, P(``cls`` | defect), or ``1 / (K - 1)`` (no class preferred) where the defect
-        classes' probabilities are all 0.
-
-    Raises:
-        ValueError: If ``probs`` has the wrong rank or number of classes.
-    """
-    probs = np.asarray(probs)
-    if probs.ndim not in (3, 4):
-        raise ValueError(
-            f"probs must be (H, W, K) or (N, H, W, K). Received: probs with shape {probs.shape}"
-        )
-    k = probs.shape[-1]
-    if not 2 <= k <= _MAX_CLASSES + 1:
-        raise ValueError(
-            f"probs must have 2 to {_MAX_CLASSES + 1} classes (background first). "
-            f"Received: probs with shape {probs.shape}"
-        )
-    # The graph works in float32; doing the subtraction in float32 too gives bit-equal maps.
-    p = probs.astype(np.float32, copy=False)
-    fg = np.float32(1.0) - p[..., 0]
-    defect_p = p[..., 1:]
-    cls = (np.argmax(defect_p, axis=-1) + 1).astype(np.uint8)
-    total = defect_p.sum(axis=-1)
-    top = defect_p.max(axis=-1)
-    cls_p = np.full(total.shape, np.float32(1.0) / np.float32(k - 1), dtype=np.float32)
-    np.divide(top, total, out=cls_p, where=total > 0)
-    return fg, cls, cls_p.astype(np.float16)
 
 
 def postprocess(

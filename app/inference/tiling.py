@@ -156,7 +156,6 @@ class Stitcher:
         self._cls = np.zeros((height, width), dtype=np.uint8)
         self._cls_p = np.zeros((height, width), dtype=np.float16)
         self._added: set[Tile] = set()
-        self._owned_px = 0
 
     def add(
         self, tile: Tile, fg_tile: np.ndarray, cls_tile: np.ndarray, cls_p_tile: np.ndarray
@@ -197,13 +196,13 @@ class Stitcher:
                 f"{fg_tile.shape}"
             )
         if tile in self._added:
-            # A repeat would be harmless to the maps but would make `complete` lie.
+            # A repeat is harmless to the maps, but it means the caller lost track of its plan
+            # (and some other tile may be missing), so it is refused rather than hidden.
             raise ValueError(f"tile at (y0={tile.y0}, x0={tile.x0}) was already added")
         self._fg[y_start:y_stop, x_start:x_stop] = fg_tile[ty_start:ty_stop, tx_start:tx_stop]
         self._cls[y_start:y_stop, x_start:x_stop] = cls_tile[ty_start:ty_stop, tx_start:tx_stop]
         self._cls_p[y_start:y_stop, x_start:x_stop] = cls_p_tile[ty_start:ty_stop, tx_start:tx_stop]
         self._added.add(tile)
-        self._owned_px += (y_stop - y_start) * (x_stop - x_start)
 
     @property
     def fg(self) -> np.ndarray:
@@ -219,11 +218,6 @@ class Stitcher:
     def cls_p(self) -> np.ndarray:
         """The stitched ``(H, W)`` float16 P(class | defect) (0 where no tile wrote)."""
         return self._cls_p
-
-    @property
-    def complete(self) -> bool:
-        """Whether the tiles added so far own every pixel (true once a whole plan is added)."""
-        return self._owned_px == self._fg.size
 
 
 def _is_int(value: object) -> bool:

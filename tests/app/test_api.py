@@ -27,7 +27,7 @@ from PIL import Image
 
 from app.inference.inferencer import Inferencer
 from app.inference.postprocess import decode_rle
-from model_defs import CLASS_NAMES
+from pcb_inspect.classes import CLASS_NAMES
 from tests.helpers.app import app_client, assert_error, read_png, tiny_settings
 from tests.helpers.boards import board_png, encode, make_board
 

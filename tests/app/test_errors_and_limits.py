@@ -15,7 +15,8 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from tests.helpers.app import app_client, assert_error
+from app.main import create_app
+from tests.helpers.app import app_client, assert_error, tiny_settings
 from tests.helpers.boards import board_png, encode, make_board
 
 MAX_PIXELS = 200_000  # small, so a "bomb" is cheap to build and to refuse
@@ -290,3 +291,25 @@ def test_too_many_form_fields(client: TestClient) -> None:
 def test_unknown_route_and_method_are_json(client: TestClient) -> None:
     assert_error(client.get("/nope"), 404, "not_found")
     assert_error(client.get("/predict"), 405, "method_not_allowed")
+
+
+def test_unhandled_error_is_a_json_500_carrying_the_request_id(tiny_weights: Path) -> None:
+    # A route that fails for real, added to the service's own app, so the 500 goes through the
+    # real middleware and handlers. No lifespan: the route needs no model.
+    app = create_app(tiny_settings(tiny_weights))
+
+    async def boom() -> None:
+        raise RuntimeError("secret detail")
+
+    app.add_api_route("/boom-for-test", boom)
+    client = TestClient(app, raise_server_exceptions=False)
+
+    given = client.get("/boom-for-test", headers={"X-Request-ID": "trace-500.a"})
+    error = assert_error(given, 500, "internal_error")
+    assert given.headers["x-request-id"] == "trace-500.a"
+    assert "trace-500.a" in error["message"] and "secret" not in error["message"]
+
+    # Without the client's id, the one the service made up is both cited and returned.
+    made_up = client.get("/boom-for-test")
+    request_id = made_up.headers["x-request-id"]
+    assert request_id and request_id in assert_error(made_up, 500, "internal_error")["message"]

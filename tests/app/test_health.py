@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from app.core.logging import JsonFormatter
 from app.inference.inferencer import ModelLoadError
 from app.main import create_app
-from model_defs import CLASS_NAMES
+from pcb_inspect.classes import CLASS_NAMES
 from tests.helpers.app import app_client, assert_error, tiny_settings
 from tests.helpers.boards import board_png
 
@@ -100,7 +100,9 @@ def test_model_info(client: TestClient, tiny_weights: Path) -> None:
         "weights_file": "model.keras",
         "weights_sha256": hashlib.sha256(tiny_weights.read_bytes()).hexdigest(),
         "device": "cpu",
+        # Default PCB_PRECISION=auto; the tiny card records no bfloat16 parity: float32 runs.
         "precision": "float32",
+        "precision_requested": "auto",
     }
     models = info.pop("models")
     # The single-image model's fields stay at the top level, as before the pair model.
@@ -173,7 +175,8 @@ def test_metrics_count_what_happened(client: TestClient, tiny_weights: Path) -> 
     assert value(after, "pcb_queue_tiles") == 0 and value(after, "pcb_inflight_requests") == 0
     sha = hashlib.sha256(tiny_weights.read_bytes()).hexdigest()
     assert value(after, "pcb_model_info", name="tiny-test-unet", version="0.0.1-test",
-                 weights_sha256=sha, device="cpu", precision="float32") == 1
+                 weights_sha256=sha, device="cpu", precision="float32",
+                 precision_requested="auto") == 1
 
 
 def test_metrics_count_probes_by_route_template(client: TestClient) -> None:

@@ -12,6 +12,7 @@ import keras
 import numpy as np
 import pytest
 
+import pcb_inspect.classes
 from model_defs import (
     CLASS_NAMES,
     NUM_OUTPUTS,
@@ -58,6 +59,8 @@ def saved_tiny(tmp_path_factory) -> tuple[Path, np.ndarray, np.ndarray]:
 def test_class_constants():
     assert len(CLASS_NAMES) == 6
     assert NUM_OUTPUTS == 7
+    # The model's list is the shared TensorFlow-free one, not a copy that could drift.
+    assert CLASS_NAMES is pcb_inspect.classes.CLASS_NAMES
 
 
 @pytest.mark.parametrize("shape", [(1, 32, 32, 1), (2, 16, 48, 1), (3, 4, 8, 1)])

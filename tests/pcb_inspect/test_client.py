@@ -399,7 +399,7 @@ def test_pair_model_unavailable_is_not_retried() -> None:
             pytest.raises(InspectError) as info:
         client.predict(b"board", template=b"golden")
     assert len(server.seen) == 1 and sleeps == []
-    assert info.value.code == "pair_model_unavailable" and not info.value.retryable
+    assert info.value.code == "pair_model_unavailable"
 
 
 def test_async_client_golden_boards_and_reference() -> None:

@@ -47,10 +47,11 @@ def _box_slice(defect: SyntheticDefect) -> tuple[slice, slice]:
     return slice(y0, y1), slice(x0, x1)
 
 
-def test_class_names_match_the_model() -> None:
-    from model_defs import CLASS_NAMES as MODEL_CLASS_NAMES
+def test_class_names_are_the_shared_list() -> None:
+    # One list for synth, the data reader and the model, so they cannot drift apart.
+    import pcb_inspect.classes
 
-    assert CLASS_NAMES == MODEL_CLASS_NAMES
+    assert CLASS_NAMES is pcb_inspect.classes.CLASS_NAMES
 
 
 def test_module_does_not_import_tensorflow() -> None:

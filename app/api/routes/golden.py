@@ -13,7 +13,7 @@ from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import AuthDep, SettingsDep, StoreDep
 from app.api.schemas import ErrorResponse, GoldenBoardListOut, GoldenBoardOut
-from app.api.uploads import decode_or_error, read_uploads
+from app.api.uploads import BINARY, decode_or_error, read_uploads, upload_doc
 from app.core.errors import ApiError
 from app.services.golden_store import (
     GoldenBoard,
@@ -32,21 +32,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 _UPLOAD_ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse} for code in (400, 401, 413, 415, 422, 500)
 }
-_UPLOAD_DOC = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["file"],
-                    "properties": {"file": {"type": "string", "format": "binary"}},
-                }
-            },
-            "image/png": {"schema": {"type": "string", "format": "binary"}},
-        },
-    }
-}
+_UPLOAD_DOC = upload_doc({"file": BINARY}, required=["file"], raw_types=("image/png",))
 
 
 def _product(product: str) -> str:

@@ -31,6 +31,7 @@ def _entry(inferencer: Inferencer) -> ModelEntryOut:
         weights_sha256=inferencer.weights_sha256,
         device=inferencer.device,
         precision=inferencer.precision,
+        precision_requested=inferencer.precision_requested,
     )
 
 
@@ -64,6 +65,7 @@ async def model_info(model: ModelDep, settings: SettingsDep, state: StateDep) ->
         weights_sha256=single.weights_sha256,
         device=single.device,
         precision=single.precision,
+        precision_requested=single.precision_requested,
         tensorflow_version=tf.__version__,
         keras_version=keras.__version__,
         batching={

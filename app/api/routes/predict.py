@@ -21,11 +21,13 @@ from starlette.concurrency import run_in_threadpool
 from app.api.deps import AuthDep, ModelDep, SettingsDep, StateDep, pair_model
 from app.api.schemas import BatchOut, ErrorResponse, PredictionOut
 from app.api.uploads import (
+    BINARY,
     Upload,
     decode_or_error,
     decode_upload,
     read_upload_fields,
     read_uploads,
+    upload_doc,
 )
 from app.core.config import Settings
 from app.core.errors import ApiError, error_body
@@ -78,48 +80,19 @@ ProductParam = Annotated[
     ),
 ]
 
-_UPLOAD_DOC = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["file"],
-                    "properties": {
-                        "file": {"type": "string", "format": "binary"},
-                        "template": {
-                            "type": "string",
-                            "format": "binary",
-                            "description": "Optional golden board of the same design; the "
-                            "board is then compared with it by the pair model.",
-                        },
-                    },
-                }
-            },
-            "image/png": {"schema": {"type": "string", "format": "binary"}},
-            "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
-            "image/bmp": {"schema": {"type": "string", "format": "binary"}},
-            "image/tiff": {"schema": {"type": "string", "format": "binary"}},
+_UPLOAD_DOC = upload_doc(
+    {
+        "file": BINARY,
+        "template": {
+            **BINARY,
+            "description": "Optional golden board of the same design; the "
+            "board is then compared with it by the pair model.",
         },
-    }
-}
-_BATCH_DOC = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["files"],
-                    "properties": {
-                        "files": {"type": "array", "items": {"type": "string", "format": "binary"}}
-                    },
-                }
-            }
-        },
-    }
-}
+    },
+    required=["file"],
+    raw_types=("image/png", "image/jpeg", "image/bmp", "image/tiff"),
+)
+_BATCH_DOC = upload_doc({"files": {"type": "array", "items": BINARY}}, required=["files"])
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 415, 422, 500, 503, 504)
 }

@@ -14,8 +14,9 @@ import pytest
 from app.core.config import Settings
 from app.inference.batcher import DynamicBatcher
 from app.inference.inferencer import Inferencer, InferenceResult, ModelLoadError, load_keras_model
-from app.inference.postprocess import PostprocessConfig, split_probs
+from app.inference.postprocess import PostprocessConfig
 from tests.helpers.boards import make_board
+from tests.helpers.probs import split_probs
 
 # Threshold 0: every pixel with any foreground probability is a defect pixel, so the defects'
 # areas, classes and confidences (mean fg x class purity) depend on every pixel's output and
