@@ -151,7 +151,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state.begin_drain()
         if state.in_flight:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(state.idle.wait(), settings.shutdown_grace_s)
+                await asyncio.wait_for(state.idle.wait(), state.drain_remaining())
         await batcher.close()
         if pair_batcher is not None:
             await pair_batcher.close()

@@ -60,14 +60,18 @@ class GracefulServer(uvicorn.Server):
         from app.main import app
 
         state = app.state.service
-        state.begin_drain()
+        state.begin_drain(self.grace_s)
         logger.info("signal received: draining (%d in flight, grace %.0f s)", state.in_flight,
                     self.grace_s)
         if state.in_flight:
             try:
-                await asyncio.wait_for(state.idle.wait(), self.grace_s)
+                await asyncio.wait_for(state.idle.wait(), state.drain_remaining())
             except TimeoutError:
                 logger.warning("grace period over with %d requests in flight", state.in_flight)
+        # uvicorn then waits for open connections, and the lifespan for in-flight work: both
+        # only for what is left of the one grace period.
+        # (uvicorn passes it to asyncio.wait_for, which takes fractions of a second.)
+        self.config.timeout_graceful_shutdown = max(0.1, state.drain_remaining())  # type: ignore[assignment]
         self.should_exit = True
 
 

@@ -29,6 +29,10 @@ class ServiceState:
     pair_unavailable_reason: str = "the golden-board model is not loaded yet"
     not_ready_reason: str = "model not loaded yet"
     draining: bool = False
+    #: When the shutdown grace ends (``time.monotonic()``), set by the first drain signal:
+    #: the signal handler, uvicorn's connection wait and the lifespan all count down to this
+    #: one deadline, so the grace is spent once, not once per stage.
+    drain_deadline: float | None = None
     in_flight: int = 0
     started_at: float = dataclasses.field(default_factory=time.time)
     idle: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
@@ -46,7 +50,19 @@ class ServiceState:
         """Whether the model is loaded and warmed and the service is not shutting down."""
         return self.inferencer is not None and self.batcher is not None and not self.draining
 
-    def begin_drain(self) -> None:
-        """Turns readiness off and refuses new work; in-flight work goes on."""
+    def begin_drain(self, grace_s: float | None = None) -> None:
+        """Turns readiness off and refuses new work; in-flight work goes on.
+
+        The first call fixes the drain deadline, ``grace_s`` (default: the settings') from now.
+        """
+        if self.drain_deadline is None:
+            grace = self.settings.shutdown_grace_s if grace_s is None else grace_s
+            self.drain_deadline = time.monotonic() + grace
         self.draining = True
         self.not_ready_reason = "shutting down"
+
+    def drain_remaining(self) -> float:
+        """Seconds left of the shutdown grace (0 before a drain began or once it is over)."""
+        if self.drain_deadline is None:
+            return 0.0
+        return max(0.0, self.drain_deadline - time.monotonic())

@@ -185,6 +185,32 @@ def test_sigterm_drains_in_flight_work_and_exits_0(tiny_weights: Path, tmp_path:
         server.stop()
 
 
+@pytest.mark.slow
+def test_sigterm_with_work_past_the_grace_exits_within_it(
+    tiny_weights: Path, tmp_path: Path
+) -> None:
+    # The grace is one deadline: the drain, uvicorn's wait for connections and the lifespan
+    # all count down to it, so a board still running when it ends cannot hold the process
+    # for two or three graces (Kubernetes would SIGKILL it first).
+    grace = 3.0
+    server = start_server(tiny_weights, tmp_path / "logs", shutdown_grace_s=grace)
+    try:
+        server.wait_ready(READY_TIMEOUT_S)
+        with ThreadPoolExecutor(1) as pool:
+            pool.submit(post_board, server.url, board_png(4000, 4000, seed=3), 300, **QUIET)
+            wait_for(lambda: metric(server, "pcb_inflight_requests") == 1, 60,
+                     "the big request to be in flight")
+            signalled = time.monotonic()
+            server.proc.terminate()
+            code = server.proc.wait(timeout=60)
+            took = time.monotonic() - signalled
+        assert took <= grace + 2.0, f"exited {took:.1f} s after SIGTERM (grace {grace} s)"
+        assert code == 0, server.log()
+        assert "grace period over" in server.log()
+    finally:
+        server.stop()
+
+
 # --- (c) and (e): a shared server with a small queue ----------------------------------------
 
 QUEUE_TILES = 16
