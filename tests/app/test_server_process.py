@@ -204,7 +204,9 @@ def test_sigterm_with_work_past_the_grace_exits_within_it(
             server.proc.terminate()
             code = server.proc.wait(timeout=60)
             took = time.monotonic() - signalled
-        assert took <= grace + 2.0, f"exited {took:.1f} s after SIGTERM (grace {grace} s)"
+        # Grace + 2 s of teardown, + 1 s for the one model batch that may still be running
+        # (TensorFlow cannot be interrupted mid-call) on a loaded 2-core machine.
+        assert took <= grace + 3.0, f"exited {took:.1f} s after SIGTERM (grace {grace} s)"
         assert code == 0, server.log()
         assert "grace period over" in server.log()
     finally:
