@@ -103,13 +103,13 @@ class BatchOut(BaseModel):
     results: list[BatchItemOut]
 
 
-class ModelEntryOut(BaseModel):
+class _ModelFieldsOut(BaseModel):
+    """What every served model reports (its card, weights, device and precision)."""
+
     model_config = ConfigDict(protected_namespaces=())
 
     name: str
     version: str
-    mode: Literal["single", "pair"]
-    serves: str = Field(description="Which requests this model inspects.")
     classes: list[str]
     input: dict[str, Any]
     pixels_per_mm: float
@@ -121,22 +121,14 @@ class ModelEntryOut(BaseModel):
     precision_requested: str = Field(description="PCB_PRECISION: auto or a precision.")
 
 
-class ModelInfoOut(BaseModel):
+class ModelEntryOut(_ModelFieldsOut):
+    mode: Literal["single", "pair"]
+    serves: str = Field(description="Which requests this model inspects.")
+
+
+class ModelInfoOut(_ModelFieldsOut):
     """The single-image model's fields at the top level (as before), and every model."""
 
-    model_config = ConfigDict(protected_namespaces=())
-
-    name: str
-    version: str
-    classes: list[str]
-    input: dict[str, Any]
-    pixels_per_mm: float
-    thresholds: dict[str, Any]
-    weights_file: str
-    weights_sha256: str
-    device: str
-    precision: str = Field(description="The precision the single-image model runs in.")
-    precision_requested: str = Field(description="PCB_PRECISION: auto or a precision.")
     tensorflow_version: str
     keras_version: str
     batching: dict[str, Any]
