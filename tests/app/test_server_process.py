@@ -393,13 +393,27 @@ def test_model_failure_fails_only_its_batch(one_tile_batches: TestClient) -> Non
 # --- (f) request timeout --------------------------------------------------------------------
 
 
+def test_request_timeout_grows_with_the_tiles(tiny_weights: Path) -> None:
+    from tests.helpers.app import tiny_settings
+
+    settings = tiny_settings(tiny_weights)
+    assert settings.request_timeout_for(1) == 120.0
+    # An 8000 x 8000 board: 196 tiles of 640 px, 120 s + 195 x 1 s.
+    assert settings.request_timeout_for(196) == 315.0
+
+
 def test_request_timeout_is_504_and_frees_the_queue(tiny_weights: Path) -> None:
-    with app_client(tiny_weights, request_timeout_s=0.05) as client:
+    with app_client(tiny_weights, request_timeout_s=0.05,
+                    request_timeout_per_tile_s=0.0001) as client:
         state: ServiceState = service_state(client.app)  # type: ignore[arg-type]
         response = client.post("/predict", params=QUIET,
                                files={"file": ("b.png", board_png(1000, 1000), "image/png")})
         error = assert_error(response, 504, "timeout")
-        assert "0.05 s" in error["message"] and "PCB_REQUEST_TIMEOUT_S" in error["message"]
+        # 1000 x 1000 with the tiny model's 64 px tiles: the allowance grows with the tiles.
+        tiles = len(state.inferencer.pre_process(np.zeros((1000, 1000), np.uint8)))  # type: ignore[union-attr]
+        assert f"longer than {0.05 + 0.0001 * (tiles - 1):g} s" in error["message"]
+        assert "PCB_REQUEST_TIMEOUT_S" in error["message"]
+        assert "PCB_REQUEST_TIMEOUT_PER_TILE_S" in error["message"]
         batcher = state.batcher
         assert batcher is not None
         # The dropped request's tiles left the queue at once (they are not computed later).

@@ -238,6 +238,7 @@ async def run_inference(
             (client gone; nobody reads it, it only ends the handler), 422 (the reference
             cannot be aligned).
     """
+    timeout = state.settings.request_timeout_for(len(inferencer.pre_process(pixels)))
     state.in_flight += 1
     state.idle.clear()
     IN_FLIGHT.inc()
@@ -250,7 +251,7 @@ async def run_inference(
     try:
         done, _ = await asyncio.wait(
             {task, watcher},
-            timeout=state.settings.request_timeout_s,
+            timeout=timeout,
             return_when=asyncio.FIRST_COMPLETED,
         )
         if task in done:
@@ -260,8 +261,10 @@ async def run_inference(
             raise ApiError(499, "client_closed_request", "The client closed the request.")
         raise ApiError(
             504, "timeout",
-            f"Inspection took longer than {state.settings.request_timeout_s:g} s "
-            "(PCB_REQUEST_TIMEOUT_S); the work was dropped.",
+            f"Inspection took longer than {timeout:g} s (PCB_REQUEST_TIMEOUT_S "
+            f"{state.settings.request_timeout_s:g} s + PCB_REQUEST_TIMEOUT_PER_TILE_S "
+            f"{state.settings.request_timeout_per_tile_s:g} s for each tile after the first); "
+            "the work was dropped.",
             reject_reason="timeout",
         )
     finally:
