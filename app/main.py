@@ -179,4 +179,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
-app = create_app()
+# No module-level app: nothing is built from the environment at import time. `pcb-inspect
+# serve` builds the app from its Settings; to run uvicorn by hand, use the factory:
+#   uvicorn --factory app.main:create_app

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 import sys
 from types import FrameType
 from typing import Any
@@ -39,9 +38,11 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
 class GracefulServer(uvicorn.Server):
     """A uvicorn server whose first exit signal drains the service before stopping."""
 
-    def __init__(self, config: uvicorn.Config, grace_s: float) -> None:
+    def __init__(self, config: uvicorn.Config, grace_s: float, state: Any) -> None:
         super().__init__(config)
         self.grace_s = grace_s
+        #: The app's ``ServiceState``, handed in (not found again through a module global).
+        self.state = state
         self._draining = False
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -57,9 +58,7 @@ class GracefulServer(uvicorn.Server):
         self._loop.call_soon_threadsafe(lambda: self._loop.create_task(self._drain()))  # type: ignore[union-attr]
 
     async def _drain(self) -> None:
-        from app.main import app
-
-        state = app.state.service
+        state = self.state
         state.begin_drain(self.grace_s)
         logger.info("signal received: draining (%d in flight, grace %.0f s)", state.in_flight,
                     self.grace_s)
@@ -100,18 +99,29 @@ def run(args: argparse.Namespace) -> int:
     Returns:
         0 after a clean shutdown, 3 when startup failed (the reason is logged on one line).
     """
-    for flag, env in (("host", "PCB_HOST"), ("port", "PCB_PORT"), ("weights", "PCB_WEIGHTS_PATH"),
-                      ("device", "PCB_DEVICE"), ("precision", "PCB_PRECISION")):
-        value = getattr(args, flag, None)
-        if value is not None:
-            os.environ[env] = str(value)
-    from app.core.config import get_settings
+    from pydantic import ValidationError
+
+    from app.core.config import Settings
     from app.core.logging import setup_logging
     from app.inference.card import ModelCardError, load_card
     from app.inference.inferencer import ModelLoadError, check_weights_file
 
-    get_settings.cache_clear()
-    settings = get_settings()
+    # The flags override their PCB_* variables by being passed to the one Settings, which
+    # is then handed to the app: nothing goes back through os.environ.
+    overrides = {
+        field: getattr(args, flag)
+        for flag, field in (("host", "host"), ("port", "port"), ("weights", "weights_path"),
+                            ("device", "device"), ("precision", "precision"))
+        if getattr(args, flag, None) is not None
+    }
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "settings"
+        print(f"pcb-inspect: startup failed: invalid setting {where}: {first['msg']}",
+              file=sys.stderr)
+        return STARTUP_FAILURE
     setup_logging(settings.log_level)
     # Cheap checks first, so the usual mistakes fail in one clear line, before TF starts.
     try:
@@ -123,8 +133,11 @@ def run(args: argparse.Namespace) -> int:
         logger.error("startup failed: %s", exc)
         print(f"pcb-inspect: startup failed: {exc}", file=sys.stderr)
         return STARTUP_FAILURE
+    from app.main import create_app
+
+    app = create_app(settings)
     config = uvicorn.Config(
-        "app.main:app",
+        app,
         host=settings.host,
         port=settings.port,
         log_config=None,
@@ -132,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=int(settings.shutdown_grace_s) + 1,
         lifespan="on",
     )
-    server = GracefulServer(config, settings.shutdown_grace_s)
+    server = GracefulServer(config, settings.shutdown_grace_s, app.state.service)
     server.run()
     return 0 if server.started else STARTUP_FAILURE
 
