@@ -110,7 +110,8 @@ def jax_part() -> int:
     import jax
     import keras
 
-    from model_defs import DiceIoULoss, build_model
+    from model_defs import build_model
+    from training.jax_train import make_train_step
 
     if keras.backend.backend() != "jax":
         raise SystemExit(f"needs KERAS_BACKEND=jax. Received: {keras.backend.backend()}")
@@ -125,42 +126,19 @@ def jax_part() -> int:
     for name, reduction in DECODERS.items():
         keras.utils.set_random_seed(0)
         model = build_model(encoder_depth=ENCODER_DEPTH, decoder_reduction=reduction)
-        loss_fn = DiceIoULoss(cross_entropy_weight=1.0, reduction_mode="per_batch")
-        optimizer = keras.optimizers.AdamW(learning_rate=1e-4, weight_decay=1e-4, clipnorm=1.0)
-        optimizer.build(model.trainable_variables)
-
-        def loss_and_state(tv: Any, ntv: Any, xb: Any, yb: Any,
-                           model: Any = model, loss_fn: Any = loss_fn) -> tuple[Any, Any]:
-            y_pred, ntv = model.stateless_call(tv, ntv, xb, training=True)
-            return loss_fn(yb, y_pred), ntv
-
-        grad_fn = jax.value_and_grad(loss_and_state, has_aux=True)
-
-        def train_step(state: Any, xb: Any, yb: Any, grad_fn: Any = grad_fn,
-                       optimizer: Any = optimizer) -> tuple[Any, Any]:
-            tv, ntv, ov, ema = state
-            (loss, ntv), grads = grad_fn(tv, ntv, xb, yb)
-            tv, ov = optimizer.stateless_apply(ov, grads, tv)
-            ema = [e * 0.999 + p * 0.001 for e, p in zip(ema, tv, strict=True)]
-            return loss, (tv, ntv, ov, ema)
-
-        step = jax.jit(train_step, donate_argnums=(0,))
-        state = (
-            [v.value for v in model.trainable_variables],
-            [v.value for v in model.non_trainable_variables],
-            [v.value for v in optimizer.variables],
-            [jax.numpy.array(v.value, copy=True) for v in model.trainable_variables],
-        )
+        # The training loop's own step (AdamW, EMA), at a fixed learning rate.
+        step, state = make_train_step(model, 1e-4, 1e-4)
+        lr, decay = np.float32(1e-4), np.float32(0.999)
         warmup = []
         for _ in range(TRAIN_WARMUP):
             started = time.perf_counter()
-            loss, state = step(state, x, y)
+            loss, state = step(state, lr, decay, x, y)
             loss.block_until_ready()
             warmup.append(time.perf_counter() - started)
         times = []
         for _ in range(TRAIN_STEPS):
             started = time.perf_counter()
-            loss, state = step(state, x, y)
+            loss, state = step(state, lr, decay, x, y)
             loss.block_until_ready()
             times.append(time.perf_counter() - started)
         step_s = median(times)

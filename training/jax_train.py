@@ -143,6 +143,51 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def make_train_step(model: Any, lr: float, weight_decay: float) -> tuple[Any, Any]:
+    """The jitted training step and its initial state (what training and ``bench.decoder`` run).
+
+    ``step(state, lr, decay, x, y) -> (loss, state)``: DiceIoULoss + CE pooled over the batch,
+    AdamW (clipnorm 1) at the learning rate ``lr`` passed in (so the schedule is set from
+    Python each step), then the EMA of the weights with ``decay``. ``state`` is
+    ``(trainable, non_trainable, optimizer, ema)`` lists of arrays; it is donated to each step.
+    """
+    import jax
+    import keras
+
+    from model_defs import DiceIoULoss
+
+    loss_fn = DiceIoULoss(cross_entropy_weight=1.0, reduction_mode="per_batch")
+    optimizer = keras.optimizers.AdamW(learning_rate=lr, weight_decay=weight_decay,
+                                       clipnorm=1.0)
+    optimizer.build(model.trainable_variables)
+    lr_index = [i for i, v in enumerate(optimizer.variables) if v.path.endswith("learning_rate")]
+    if len(lr_index) != 1:
+        raise RuntimeError("cannot find the optimizer's learning-rate variable")
+
+    def loss_and_state(tv: Any, ntv: Any, x: Any, y: Any) -> tuple[Any, Any]:
+        y_pred, ntv = model.stateless_call(tv, ntv, x, training=True)
+        return loss_fn(y, y_pred), ntv
+
+    grad_fn = jax.value_and_grad(loss_and_state, has_aux=True)
+
+    def train_step(state: Any, lr: Any, decay: Any, x: Any, y: Any) -> tuple[Any, Any]:
+        tv, ntv, ov, ema = state
+        (loss, ntv), grads = grad_fn(tv, ntv, x, y)
+        ov = list(ov)
+        ov[lr_index[0]] = lr.astype(ov[lr_index[0]].dtype)
+        tv, ov = optimizer.stateless_apply(ov, grads, tv)
+        ema = [e * decay + p.astype(e.dtype) * (1 - decay) for e, p in zip(ema, tv, strict=True)]
+        return loss, (tv, ntv, ov, ema)
+
+    state = (
+        [v.value for v in model.trainable_variables],
+        [v.value for v in model.non_trainable_variables],
+        [v.value for v in optimizer.variables],
+        [jax.numpy.array(v.value, dtype="float32", copy=True) for v in model.trainable_variables],
+    )
+    return jax.jit(train_step, donate_argnums=(0,)), state
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Trains as ``args`` say; returns the final state (also in ``OUT/state.json``)."""
     import keras
@@ -153,7 +198,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         )
     import jax
 
-    from model_defs import DiceIoULoss, build_model, get_custom_objects
+    from model_defs import build_model, get_custom_objects
     from training.pack import load_pack
     from training.sampler import CropSampler, prefetch
 
@@ -192,36 +237,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             model.set_weights(saved.get_weights())
     sampler = CropSampler(pack, args.crop, args.batch_size, pair=args.mode == "pair",
                           seed=seed)
-    loss_fn = DiceIoULoss(cross_entropy_weight=1.0, reduction_mode="per_batch")
-    optimizer = keras.optimizers.AdamW(learning_rate=args.lr, weight_decay=args.weight_decay,
-                                       clipnorm=1.0)
-    optimizer.build(model.trainable_variables)
-    lr_index = [i for i, v in enumerate(optimizer.variables) if v.path.endswith("learning_rate")]
-    if len(lr_index) != 1:
-        raise RuntimeError("cannot find the optimizer's learning-rate variable")
-
-    def loss_and_state(tv: Any, ntv: Any, x: Any, y: Any) -> tuple[Any, Any]:
-        y_pred, ntv = model.stateless_call(tv, ntv, x, training=True)
-        return loss_fn(y, y_pred), ntv
-
-    grad_fn = jax.value_and_grad(loss_and_state, has_aux=True)
-
-    def train_step(state: Any, lr: Any, decay: Any, x: Any, y: Any) -> tuple[Any, Any]:
-        tv, ntv, ov, ema = state
-        (loss, ntv), grads = grad_fn(tv, ntv, x, y)
-        ov = list(ov)
-        ov[lr_index[0]] = lr.astype(ov[lr_index[0]].dtype)
-        tv, ov = optimizer.stateless_apply(ov, grads, tv)
-        ema = [e * decay + p.astype(e.dtype) * (1 - decay) for e, p in zip(ema, tv, strict=True)]
-        return loss, (tv, ntv, ov, ema)
-
-    train_step_jit = jax.jit(train_step, donate_argnums=(0,))
-    state = (
-        [v.value for v in model.trainable_variables],
-        [v.value for v in model.non_trainable_variables],
-        [v.value for v in optimizer.variables],
-        [jax.numpy.array(v.value, dtype="float32", copy=True) for v in model.trainable_variables],
-    )
+    train_step_jit, state = make_train_step(model, args.lr, args.weight_decay)
 
     def checkpoint(step: int, total_steps: int, losses: list[float], final: bool) -> None:
         _, ntv, _, ema = state
