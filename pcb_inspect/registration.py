@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
+from collections.abc import Iterator
 
 import cv2
 import numpy as np
@@ -134,6 +134,14 @@ def estimate_alignment(
         The alignment, with its score (it does not raise on a poor score: see
         :func:`register`).
     """
+    return _estimate(board, reference, max_side)[0]
+
+
+def _estimate(
+    board: np.ndarray, reference: np.ndarray, max_side: int
+) -> tuple[Alignment, np.ndarray]:
+    """:func:`estimate_alignment`, and the reference warped onto the board's grid with it
+    (which scoring computed anyway, so :func:`register` need not warp it again)."""
     if board.ndim != 2 or reference.ndim != 2:
         raise ValueError(
             f"board and reference must be 2-D grayscale. Received shapes {board.shape} and "
@@ -147,7 +155,7 @@ def estimate_alignment(
         # reference for a board full of copper (or the reverse) is still refused.
         differs = float(np.mean(cv2.absdiff(board, ref) > 100))
         identity = _matrix(0.0, 0.0, 0.0)
-        return Alignment(0.0, 0.0, 0.0, max(0.0, 1.0 - 10.0 * differs), identity)
+        return Alignment(0.0, 0.0, 0.0, max(0.0, 1.0 - 10.0 * differs), identity), ref
     scale = min(1.0, max_side / max(h, w))
     b32 = board.astype(np.float32)
     r32 = ref.astype(np.float32)
@@ -182,32 +190,36 @@ def estimate_alignment(
         start[:, 2] = rot[:, :2] @ np.array([tx, ty]) + rot[:, 2]
         return start.astype(np.float32)
 
-    starts: list[Any] = [
-        _matrix(sx, sy, 0.0), _matrix(0.0, 0.0, 0.0),
-        *(lambda a=a: rotated_start(a) for a in (-1.5, 1.5, -3.0, 3.0)),
-    ]
-    best: tuple[float, np.ndarray] | None = None
-    for start in starts:
-        if best is not None and best[0] > GOOD_SCORE:
-            break
-        warp = _ecc(bs_b, rs_b, start() if callable(start) else start, 300)
+    def starts() -> Iterator[np.ndarray]:
+        yield _matrix(sx, sy, 0.0)
+        yield _matrix(0.0, 0.0, 0.0)
+        for angle in (-1.5, 1.5, -3.0, 3.0):
+            yield rotated_start(angle)
+
+    if scale < 1.0:
+        b_full = cv2.GaussianBlur(b32, (5, 5), 1.0)
+        r_full = cv2.GaussianBlur(r32, (5, 5), 1.0)
+    best: tuple[float, np.ndarray, np.ndarray, float] | None = None
+    for start in starts():
+        warp = _ecc(bs_b, rs_b, start, 300)
         if scale < 1.0:
             warp[:, 2] /= scale
-            warp = _ecc(cv2.GaussianBlur(b32, (5, 5), 1.0), cv2.GaussianBlur(r32, (5, 5), 1.0),
-                        warp, 20)
+            warp = _ecc(b_full, r_full, warp, 20)
         warped, valid = _warp(ref, warp, (h, w))
         overlap = float(valid.mean())
         # A correlation over a small overlap means little: a board turned by 180 degrees
         # can match itself well over a quarter of its area. Such starts rank low.
         score = _score(board, warped, valid) * min(1.0, overlap / MIN_OVERLAP)
         if best is None or score > best[0]:
-            best = (score, warp)
+            best = (score, warp, warped, overlap)
+        if best[0] > GOOD_SCORE:
+            break
     assert best is not None
-    score, warp = best
-    _, valid = _warp(ref, warp, (h, w))
+    score, warp, warped, overlap = best
     angle = math.degrees(math.atan2(float(warp[1, 0]), float(warp[0, 0])))
-    return Alignment(float(warp[0, 2]), float(warp[1, 2]), angle, score,
-                     warp.astype(np.float32), float(valid.mean()))
+    alignment = Alignment(float(warp[0, 2]), float(warp[1, 2]), angle, score,
+                          warp.astype(np.float32), overlap)
+    return alignment, warped
 
 
 def _warp(
@@ -255,7 +267,7 @@ def register(
     Raises:
         AlignmentError: When the pair scores below ``min_score`` or needs a larger rotation.
     """
-    alignment = estimate_alignment(board, reference)
+    alignment, warped = _estimate(board, reference, MAX_SIDE)
     if alignment.score < min_score:
         raise AlignmentError(
             f"the reference does not match the board (alignment score {alignment.score:.3f}, "
@@ -275,4 +287,4 @@ def register(
             f"board (expected at most {max_rotation_deg})",
             alignment.score,
         )
-    return warp_reference(reference, alignment, board.shape[:2]), alignment
+    return warped, alignment
