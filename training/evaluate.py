@@ -111,8 +111,17 @@ def match_image(
     Returns:
         For each prediction (input order), whether it is a true positive.
     """
+    return [j >= 0 for j in _match(preds, truths, iou_threshold)]
+
+
+def _match(
+    preds: Sequence[tuple[int, float, Sequence[float]]],
+    truths: Sequence[tuple[int, Sequence[float]]],
+    iou_threshold: float,
+) -> list[int]:
+    """:func:`match_image`'s matching: for each prediction, its truth's index or -1."""
     used = [False] * len(truths)
-    tp = [False] * len(preds)
+    matched = [-1] * len(preds)
     for i in sorted(range(len(preds)), key=lambda k: -preds[k][1]):
         cls, _, box = preds[i]
         best, best_j = iou_threshold, -1
@@ -124,8 +133,8 @@ def match_image(
                 best, best_j = iou, j
         if best_j >= 0:
             used[best_j] = True
-            tp[i] = True
-    return tp
+            matched[i] = best_j
+    return matched
 
 
 def average_precision(confidences: Sequence[float], is_tp: Sequence[bool], n_truth: int) -> float:
@@ -276,34 +285,26 @@ def detection_outcomes(
     for i in range(n_images):
         ds = sorted(det_img[i], key=lambda d: -d.confidence)
         gts = truth_img[i]
-        used = [False] * len(gts)
-        for d in ds:
-            best, best_j = IOU_MATCH, -1
-            overlaps_taken = overlaps_other = False
-            for j, t in enumerate(gts):
-                iou = box_iou(d.box, t.box)
-                if iou <= IOU_MATCH:
-                    continue
-                if t.label != d.label:
-                    overlaps_other = True
-                elif used[j]:
-                    overlaps_taken = True
-                elif iou > best:
-                    best, best_j = iou, j
-            if best_j >= 0:
-                used[best_j] = True
+        # The README protocol's own matching; what a miss overlapped then names its kind.
+        matched = _match([(d.label, d.confidence, d.box) for d in ds],
+                         [(t.label, t.box) for t in gts], IOU_MATCH)
+        for d, j in zip(ds, matched, strict=True):
+            overlapped = [t for t in gts if box_iou(d.box, t.box) > IOU_MATCH]
+            if j >= 0:
                 outcome = "matched"
-            elif overlaps_other:
+            elif any(t.label != d.label for t in overlapped):
                 outcome = "wrong_class"
-            elif overlaps_taken:
+            elif overlapped:
+                # A free truth of its class above the IoU would have matched: all were taken.
                 outcome = "duplicate"
             else:
                 outcome = "background"
             rows.append({"image": i, "kind": "detection", "outcome": outcome,
                          "class": d.label, "confidence": round(d.confidence, 4),
                          "area_px": d.area_px, "box": [round(v, 1) for v in d.box]})
+        used = set(matched)
         for j, t in enumerate(gts):
-            if not used[j]:
+            if j not in used:
                 rows.append({"image": i, "kind": "truth", "outcome": "missed", "class": t.label,
                              "box": list(t.box)})
     return rows
