@@ -90,7 +90,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     eval_args = evaluate.build_parser().parse_args([
         "--data", str(args.data), "--weights", str(weights), "--card", str(card_path),
         "--choose-operating-point", "--dump", str(out / "detections_val.jsonl"),
-        "--out", str(out / "eval_val.json"), *(["--limit", str(args.limit)] if args.limit else []),
+        *(["--limit", str(args.limit)] if args.limit else []),
     ])
     report = evaluate.evaluate(eval_args)
     evaluate.print_report(report)

@@ -333,7 +333,7 @@ def postprocess(
                 (y0, x0, label),
                 {
                     "class_name": names[int(winner[label]) - 1],
-                    "confidence": round(float(fg_sum[label] / n * purity[label]), 4),
+                    "confidence": round(float(confidence[label]), 4),
                     "bbox": (x0, y0, int(x_max[label]), int(y_max[label])),
                     "area_px": n,
                     "area_mm2": round(n / pixels_per_mm2, 6),
