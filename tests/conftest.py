@@ -19,30 +19,34 @@ from pcb_inspect.classes import CLASS_NAMES  # noqa: E402
 TINY_TILE = 64
 
 
+def _save_tiny(model: object, weights: Path, card: Path, card_fields: dict[str, object],
+               tile_size: int) -> Path:
+    """Saves ``model`` as ``weights`` with its card (the tiny models' common fields)."""
+    from app.inference.card import write_card
+
+    weights.parent.mkdir(parents=True, exist_ok=True)
+    model.save(weights)  # type: ignore[attr-defined]
+    write_card(card, {
+        "version": "0.0.1-test",
+        "classes": list(CLASS_NAMES),
+        "input": {"tile_size": tile_size, "multiple_of": 4, "channels": 1, "dtype": "uint8"},
+        "pixels_per_mm": 48.0,
+        "thresholds": {"confidence": 0.5, "min_area_px": 0},
+        **card_fields,
+    })
+    return weights
+
+
 def save_tiny_model(folder: Path, seed: int = 0, tile_size: int = TINY_TILE) -> Path:
     """Builds, saves and carded a tiny model in ``folder``; returns the weights path."""
     import keras
 
-    from app.inference.card import write_card
     from model_defs import build_model
 
     keras.utils.set_random_seed(seed)
     model = build_model(encoder_depth=2, decoder_filters=(16, 8), name="tiny_unet")
-    folder.mkdir(parents=True, exist_ok=True)
-    weights = folder / "model.keras"
-    model.save(weights)
-    write_card(
-        folder / "model_card.json",
-        {
-            "name": "tiny-test-unet",
-            "version": "0.0.1-test",
-            "classes": list(CLASS_NAMES),
-            "input": {"tile_size": tile_size, "multiple_of": 4, "channels": 1, "dtype": "uint8"},
-            "pixels_per_mm": 48.0,
-            "thresholds": {"confidence": 0.5, "min_area_px": 0},
-        },
-    )
-    return weights
+    return _save_tiny(model, folder / "model.keras", folder / "model_card.json",
+                      {"name": "tiny-test-unet"}, tile_size)
 
 
 def save_tiny_pair_model(folder: Path, seed: int = 0, tile_size: int = TINY_TILE) -> Path:
@@ -50,7 +54,6 @@ def save_tiny_pair_model(folder: Path, seed: int = 0, tile_size: int = TINY_TILE
     its card as ``pair.card.json`` (the ``<stem>.card.json`` naming); returns the weights."""
     import keras
 
-    from app.inference.card import write_card
     from model_defs import build_model
 
     keras.utils.set_random_seed(seed)
@@ -58,22 +61,8 @@ def save_tiny_pair_model(folder: Path, seed: int = 0, tile_size: int = TINY_TILE
         reference=True, encoder_depth=2, decoder_filters=(8, 4), input_shape=(None, None, 1),
         name="tiny_pair_unet",
     )
-    folder.mkdir(parents=True, exist_ok=True)
-    weights = folder / "pair.keras"
-    model.save(weights)
-    write_card(
-        folder / "pair.card.json",
-        {
-            "name": "tiny-test-pair-unet",
-            "version": "0.0.1-test",
-            "mode": "pair",
-            "classes": list(CLASS_NAMES),
-            "input": {"tile_size": tile_size, "multiple_of": 4, "channels": 1, "dtype": "uint8"},
-            "pixels_per_mm": 48.0,
-            "thresholds": {"confidence": 0.5, "min_area_px": 0},
-        },
-    )
-    return weights
+    return _save_tiny(model, folder / "pair.keras", folder / "pair.card.json",
+                      {"name": "tiny-test-pair-unet", "mode": "pair"}, tile_size)
 
 
 @pytest.fixture(scope="session")
