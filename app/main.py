@@ -18,9 +18,10 @@ from app.core.config import Settings, get_settings
 from app.core.errors import install_error_handlers
 from app.core.metrics import MODEL_INFO, PAIR_MODEL_INFO
 from app.core.middleware import BodyLimitMiddleware, RequestContextMiddleware
-from app.core.state import ServiceState
 from app.inference.batcher import DynamicBatcher
 from app.inference.inferencer import Inferencer, ModelLoadError, check_weights_file
+from app.services.inspection import InspectionService
+from app.services.state import ServiceState
 
 logger = logging.getLogger("pcb_inspect")
 
@@ -63,7 +64,7 @@ def load_pair_model(settings: Settings) -> tuple[Inferencer | None, str]:
             device=settings.device,
             precision=settings.precision,
             tile_overlap=settings.tile_overlap,
-            max_batch_size=settings.max_batch_size,
+            max_batch_size=settings.batch_size_cap,
         )
     except ModelLoadError as exc:
         raise ModelLoadError(f"golden-board model (PCB_PAIR_WEIGHTS_PATH): {exc}") from None
@@ -79,9 +80,9 @@ def load_pair_model(settings: Settings) -> tuple[Inferencer | None, str]:
 def _batcher(inferencer: Inferencer, settings: Settings) -> DynamicBatcher:
     return DynamicBatcher(
         inferencer.forward,
-        max_batch_size=settings.max_batch_size,
+        max_batch_size=inferencer.max_batch_size,
         max_wait_s=settings.max_wait_ms / 1e3,
-        max_queue=max(settings.max_queue_tiles, settings.max_batch_size),
+        max_queue=max(settings.max_queue_tiles, inferencer.max_batch_size),
     )
 
 
@@ -93,7 +94,33 @@ def _model_labels(inferencer: Inferencer) -> dict[str, str]:
         "device": inferencer.device,
         "precision": inferencer.precision,
         "precision_requested": inferencer.precision_requested,
+        "max_batch_size": str(inferencer.max_batch_size),
     }
+
+
+async def _load_models(state: ServiceState) -> tuple[Inferencer, Inferencer | None, str]:
+    """Loads and warms the models: ``(single, pair or None, why there is no pair)``."""
+    settings = state.settings
+    state.not_ready_reason = "loading model"
+    inferencer = await asyncio.to_thread(Inferencer.from_settings, settings)
+    state.not_ready_reason = "loading the golden-board model"
+    pair, why_no_pair = await asyncio.to_thread(load_pair_model, settings)
+    if settings.warmup:
+        state.not_ready_reason = "warming up"
+        for model in (inferencer, pair):
+            if model is not None:
+                seconds = await asyncio.to_thread(model.warm_up)
+                logger.info("%s model warmed up in %.2f s", model.mode, seconds)
+                if settings.max_batch_size == "auto":
+                    per_tile = await asyncio.to_thread(
+                        model.calibrate_batch_size, settings.batch_size_cap
+                    )
+                    logger.info(
+                        "%s model: batch size %d (PCB_MAX_BATCH_SIZE=auto; s per tile: %s)",
+                        model.mode, model.max_batch_size,
+                        ", ".join(f"{n}: {t:.3f}" for n, t in per_tile.items()),
+                    )
+    return inferencer, pair, why_no_pair
 
 
 @contextlib.asynccontextmanager
@@ -101,21 +128,20 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Loads and warms the models, starts their batchers; on shutdown drains and stops them."""
     state: ServiceState = app.state.service
     settings = state.settings
-    state.not_ready_reason = "loading model"
     try:
-        inferencer = await asyncio.to_thread(Inferencer.from_settings, settings)
-        state.not_ready_reason = "loading the golden-board model"
-        pair, why_no_pair = await asyncio.to_thread(load_pair_model, settings)
+        inferencer, pair, why_no_pair = await _load_models(state)
     except ModelLoadError as exc:
+        # Its message names the file and what is wrong: one line, no traceback.
         state.not_ready_reason = f"model failed to load: {exc}"
+        state.startup_error = str(exc)
         logger.error("startup failed: %s", exc)
         raise
-    if settings.warmup:
-        state.not_ready_reason = "warming up"
-        for model in (inferencer, pair):
-            if model is not None:
-                seconds = await asyncio.to_thread(model.warm_up)
-                logger.info("%s model warmed up in %.2f s", model.mode, seconds)
+    except Exception as exc:
+        # Not a known bad file: the traceback goes to the log too, for whoever fixes it.
+        state.startup_error = f"{type(exc).__name__} while {state.not_ready_reason}: {exc}"
+        state.not_ready_reason = f"model failed to load: {exc}"
+        logger.exception("startup failed: %s", state.startup_error)
+        raise
     # One batcher (and queue) per model: a pair model's tiles carry two channels and run
     # through another graph, so they cannot join the single model's batches.
     batcher = _batcher(inferencer, settings)
@@ -168,7 +194,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="Finds defects on printed circuit boards: masks, boxes, areas and a verdict.",
         lifespan=lifespan,
     )
-    app.state.service = ServiceState(settings)
+    state = ServiceState(settings)
+    app.state.service = state
+    # Its ``on_result`` hooks see every finished inspection.
+    app.state.inspections = InspectionService(state)
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestContextMiddleware)

@@ -11,16 +11,23 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import socket
 import sys
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
 import uvicorn
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 logger = logging.getLogger("pcb_inspect.serve")
 
-#: Exit status when the model could not be loaded (as uvicorn's own startup failure).
+#: Exit status of every startup failure (as uvicorn's own), with one line naming the cause.
 STARTUP_FAILURE = 3
+
+
+class StartupError(Exception):
+    """A startup check failed; the message is one line naming the setting or file."""
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
@@ -74,23 +81,115 @@ class GracefulServer(uvicorn.Server):
         self.should_exit = True
 
 
-def _check_pair_model(settings: Any) -> None:
+class _QuietStartupFailure:
+    """Passes the app through, but drops the traceback text that Starlette sends uvicorn with
+    a failed lifespan startup: the lifespan has logged the cause in one line already, and
+    :func:`run` prints it. (uvicorn logs nothing else for a failure that was reported.)"""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "lifespan":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_quietly(message: Message) -> None:
+            if message["type"] == "lifespan.startup.failed":
+                message = {**message, "message": ""}
+            await send(message)
+
+        await self.app(scope, receive, send_quietly)
+
+
+def _settings_error(exc: Any) -> str:
+    """One line for a pydantic ``ValidationError`` of the settings: the variable, the value
+    received (never for the API keys) and what was expected."""
+    errors = exc.errors()
+    first = errors[0]
+    field = str(first["loc"][0]) if first["loc"] else ""
+    name = f"PCB_{field.upper()}" if field else "the settings"
+    shown = field != "api_keys" and first["type"] != "missing" and "input" in first
+    value = f"={first['input']!r}" if shown else ""
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return f"invalid setting {name}{value}: {first['msg'].removeprefix('Value error, ')}{more}"
+
+
+def _check_pair_model(settings: Any) -> Any:
     """The cheap checks of the golden-board model's files, when one is configured.
 
     The default path may be absent (the service then inspects boards alone); a path that
     was set on purpose must exist.
+
+    Returns:
+        The pair model's card, or ``None`` when no pair model will be loaded.
     """
     from app.inference.card import ModelCardError, load_card
     from app.inference.inferencer import ModelLoadError, check_weights_file
 
     path = settings.pair_weights
     if path is None or (settings.pair_weights_is_default and not path.exists()):
-        return
+        return None
     try:
         check_weights_file(path)
-        load_card(settings.pair_model_card_path)
+        return load_card(settings.pair_model_card_path)
     except (ModelLoadError, ModelCardError) as exc:
         raise type(exc)(f"golden-board model (PCB_PAIR_WEIGHTS_PATH): {exc}") from None
+
+
+def _check_data_dir(data_dir: Path) -> None:
+    # Nothing is created until the first golden board is stored, so a data dir that can never
+    # be one would otherwise show only as a 500 on that first PUT.
+    path = data_dir / "golden"
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    if not path.is_dir():
+        raise StartupError(
+            f"PCB_DATA_DIR {data_dir} cannot hold golden boards: {path} is not a directory"
+        )
+
+
+def _check_listen(host: str, port: int) -> None:
+    # uvicorn binds only after the models have loaded, which takes a while: a port that is
+    # taken is better said at once. (Bound as uvicorn binds it, then let go.)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise StartupError(
+                f"cannot listen on {host}:{port} (PCB_HOST, PCB_PORT): {exc.strerror or exc}"
+            ) from None
+
+
+def preflight(settings: Any) -> None:
+    """The cheap checks, before TensorFlow starts, so the usual mistakes fail in one line.
+
+    Raises:
+        StartupError: Naming the setting or file and what is wrong with it.
+    """
+    from app.inference.card import ModelCardError, load_card
+    from app.inference.inferencer import ModelLoadError, check_weights_file
+
+    try:
+        check_weights_file(settings.weights_path)
+        cards = [("PCB_MODEL_CARD_PATH", settings.model_card_path,
+                  load_card(settings.model_card_path))]
+        pair_card = _check_pair_model(settings)
+    except (ModelLoadError, ModelCardError) as exc:
+        raise StartupError(str(exc)) from None
+    if pair_card is not None:
+        cards.append(("PCB_PAIR_MODEL_CARD_PATH", settings.pair_model_card_path, pair_card))
+    overlap = settings.tile_overlap
+    for _, path, card in cards:
+        if overlap is not None and overlap >= card.input.tile_size:
+            raise StartupError(
+                f"invalid setting PCB_TILE_OVERLAP={overlap}: expected less than the tile size "
+                f"{card.input.tile_size} of model card {path}"
+            )
+    _check_data_dir(settings.data_dir)
+    _check_listen(settings.host, settings.port)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -103,8 +202,6 @@ def run(args: argparse.Namespace) -> int:
 
     from app.core.config import Settings
     from app.core.logging import setup_logging
-    from app.inference.card import ModelCardError, load_card
-    from app.inference.inferencer import ModelLoadError, check_weights_file
 
     # The flags override their PCB_* variables by being passed to the one Settings, which
     # is then handed to the app: nothing goes back through os.environ.
@@ -117,27 +214,18 @@ def run(args: argparse.Namespace) -> int:
     try:
         settings = Settings(**overrides)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "settings"
-        print(f"pcb-inspect: startup failed: invalid setting {where}: {first['msg']}",
-              file=sys.stderr)
-        return STARTUP_FAILURE
+        return _startup_failed(_settings_error(exc))
     setup_logging(settings.log_level)
-    # Cheap checks first, so the usual mistakes fail in one clear line, before TF starts.
     try:
-        check_weights_file(settings.weights_path)
-        assert settings.model_card_path is not None
-        load_card(settings.model_card_path)
-        _check_pair_model(settings)
-    except (ModelLoadError, ModelCardError) as exc:
+        preflight(settings)
+    except StartupError as exc:
         logger.error("startup failed: %s", exc)
-        print(f"pcb-inspect: startup failed: {exc}", file=sys.stderr)
-        return STARTUP_FAILURE
+        return _startup_failed(str(exc))
     from app.main import create_app
 
     app = create_app(settings)
     config = uvicorn.Config(
-        app,
+        _QuietStartupFailure(app),
         host=settings.host,
         port=settings.port,
         log_config=None,
@@ -145,9 +233,23 @@ def run(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=int(settings.shutdown_grace_s) + 1,
         lifespan="on",
     )
-    server = GracefulServer(config, settings.shutdown_grace_s, app.state.service)
-    server.run()
-    return 0 if server.started else STARTUP_FAILURE
+    state = app.state.service
+    server = GracefulServer(config, settings.shutdown_grace_s, state)
+    try:
+        server.run()
+    except SystemExit:
+        # uvicorn exits on its own startup failures (binding the socket), having logged why.
+        if server.started:
+            raise
+    if server.started:
+        return 0
+    return _startup_failed(state.startup_error or "the server did not start (see the log)")
+
+
+def _startup_failed(reason: str) -> int:
+    """Prints the one plain line an operator reads first; returns the exit status."""
+    print(f"pcb-inspect: startup failed: {reason}", file=sys.stderr)
+    return STARTUP_FAILURE
 
 
 def main() -> int:

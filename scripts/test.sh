@@ -14,4 +14,5 @@ fi
 export TF_CPP_MIN_LOG_LEVEL=2
 .venv/bin/ruff check .
 .venv/bin/mypy app
+.venv/bin/lint-imports
 .venv/bin/python -m pytest "$@"

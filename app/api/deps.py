@@ -9,10 +9,9 @@ from fastapi import Depends, Request
 
 from app.core.config import Settings
 from app.core.errors import ApiError
-from app.core.state import ServiceState
-from app.inference.batcher import DynamicBatcher
-from app.inference.inferencer import Inferencer
 from app.services.golden_store import GoldenStore
+from app.services.inspection import InspectionService
+from app.services.state import ServedModel, ServiceState
 
 
 def get_state(request: Request) -> ServiceState:
@@ -32,39 +31,32 @@ def get_settings_dep(state: StateDep) -> Settings:
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 
 
-def get_ready_model(state: StateDep) -> tuple[Inferencer, DynamicBatcher]:
-    """The inferencer and batcher, or 503 while loading or shutting down."""
+def get_ready_model(state: StateDep) -> ServedModel:
+    """The single-image model and its batcher, or 503 while loading or shutting down."""
     if state.draining:
         raise ApiError(
             503, "shutting_down", "The service is shutting down; send this board to another "
             "replica or retry shortly.", {"Retry-After": "5"}, reject_reason="shutting_down",
         )
-    if state.inferencer is None or state.batcher is None:
+    model = state.model
+    if model is None:
         raise ApiError(
             503, "not_ready", f"The service is not ready: {state.not_ready_reason}.",
             {"Retry-After": "5"}, reject_reason="not_ready",
         )
-    return state.inferencer, state.batcher
+    return model
 
 
-ModelDep = Annotated[tuple[Inferencer, DynamicBatcher], Depends(get_ready_model)]
+ModelDep = Annotated[ServedModel, Depends(get_ready_model)]
 
 
-def pair_model(state: ServiceState) -> tuple[Inferencer, DynamicBatcher]:
-    """The golden-board (pair) model and its batcher, or 503 ``pair_model_unavailable``.
+def get_inspections(request: Request) -> InspectionService:
+    """The inspection service of the app serving ``request``."""
+    service: InspectionService = request.app.state.inspections
+    return service
 
-    Called only once a request has asked for a reference, so the many requests without
-    one never depend on the pair model.
-    """
-    if state.pair_inferencer is None or state.pair_batcher is None:
-        raise ApiError(
-            503, "pair_model_unavailable",
-            "This request has a reference board (the 'template' field or ?product=), but the "
-            f"service has no golden-board model: {state.pair_unavailable_reason}. Send the "
-            "board alone for a single-image inspection, or install the pair model "
-            "(PCB_PAIR_WEIGHTS_PATH).",
-        )
-    return state.pair_inferencer, state.pair_batcher
+
+InspectionsDep = Annotated[InspectionService, Depends(get_inspections)]
 
 
 def get_golden_store(state: StateDep) -> GoldenStore:

@@ -1,10 +1,28 @@
-"""Response models: the JSON contract of the API."""
+"""Response models: the JSON contract of the API.
+
+The routes return these through ``response_model``, so FastAPI checks every answer against
+the schema it publishes; :meth:`PredictionOut.of` and :meth:`BatchOut.of` build them from the
+inspection service's results.
+"""
 
 from __future__ import annotations
 
+import base64
+import dataclasses
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+)
+
+from app.inference.encoding import encode_mask_png, encode_rle
+from app.services.inspection import BatchItem, Inspection
+
+MaskEncoding = Literal["png", "rle", "none"]
 
 
 class ErrorDetail(BaseModel):
@@ -14,6 +32,10 @@ class ErrorDetail(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorDetail
+
+
+class StatusOut(BaseModel):
+    status: Literal["alive", "ready"]
 
 
 class ImageInfo(BaseModel):
@@ -67,6 +89,17 @@ class SummaryOut(BaseModel):
     verdict: Literal["pass", "fail"]
 
 
+class ParamsOut(BaseModel):
+    """The rules applied to this board (the request's, else the settings', else the card's)."""
+
+    threshold: float
+    min_area_px: int
+    min_confidence: float
+    pixels_per_mm: float
+    fail_rule: Literal["count", "area"]
+    tiles: int = Field(description="Tiles the board was cut into for the model.")
+
+
 class MaskOut(BaseModel):
     encoding: Literal["png", "rle"]
     data: Any = Field(
@@ -81,19 +114,82 @@ class PredictionOut(BaseModel):
     defects: list[DefectOut]
     summary: SummaryOut
     mask: MaskOut | None = None
-    params: dict[str, Any] = Field(description="The rules applied (threshold, min_area_px, ...).")
-    timings_ms: dict[str, float]
+    params: ParamsOut
+    timings_ms: dict[str, float] = Field(
+        description="Where the time went: pre_process, register (with a golden board), queue "
+        "(waiting for the model), forward (in the model), post_process."
+    )
     reference: ReferenceOut | None = Field(
         None, description="The golden board the board was compared with; null without one."
     )
+
+    @classmethod
+    def of(cls, inspection: Inspection, mask: MaskEncoding) -> PredictionOut:
+        """The answer for one inspected board, its mask encoded as asked (takes a while on a
+        large board: call it off the event loop)."""
+        result, inferencer, config = inspection.result, inspection.inferencer, inspection.config
+        mask_out = None
+        if mask == "png":
+            data = base64.b64encode(encode_mask_png(result.class_map)).decode("ascii")
+            mask_out = MaskOut(encoding="png", data=data)
+        elif mask == "rle":
+            # Keyed by class name, like the defects and by_class (not by bare class ids).
+            mask_out = MaskOut(
+                encoding="rle", data=encode_rle(result.class_map, inferencer.card.classes)
+            )
+        reference = inspection.reference
+        return cls(
+            image=ImageInfo(width=result.width, height=result.height),
+            model=ModelRef(
+                name=inferencer.card.name,
+                version=inferencer.card.version,
+                mode="pair" if inferencer.mode == "pair" else "single",
+            ),
+            defects=[
+                DefectOut(
+                    id=d.id, class_=d.class_name, confidence=d.confidence, bbox=list(d.bbox),
+                    area_px=d.area_px, area_mm2=d.area_mm2, centroid=list(d.centroid),
+                )
+                for d in result.defects
+            ],
+            summary=SummaryOut(**dataclasses.asdict(result.summary)),
+            mask=mask_out,
+            params=ParamsOut(
+                threshold=config.threshold,
+                min_area_px=config.min_area_px,
+                min_confidence=config.min_confidence,
+                pixels_per_mm=config.pixels_per_mm,
+                fail_rule=config.fail_rule,
+                tiles=result.tiles,
+            ),
+            timings_ms=result.timings_ms,
+            reference=None if reference is None or result.alignment is None else ReferenceOut(
+                source=reference.source,
+                product=reference.product,
+                sha256=reference.sha256,
+                alignment=AlignmentOut(**result.alignment.as_dict()),
+            ),
+        )
 
 
 class BatchItemOut(BaseModel):
     index: int
     filename: str | None
     status: int = Field(description="HTTP-style status of this item: 200 or its own error.")
-    result: PredictionOut | None = None
-    error: ErrorDetail | None = None
+    result: PredictionOut | None = Field(None, description="With status 200 only.")
+    error: ErrorDetail | None = Field(None, description="With an error status only.")
+
+    # No return annotation: pydantic would publish the annotation's schema (for ``Any``, an
+    # empty one) in place of this model's fields.
+    @model_serializer(mode="wrap")
+    def _one_of_result_or_error(self, handler: SerializerFunctionWrapHandler):
+        # An item carries its result or its error, never the other as null: the shape clients
+        # have always read.
+        data = handler(self)
+        for key in ("result", "error"):
+            if data.get(key) is None:
+                data.pop(key, None)
+        return data
 
 
 class BatchOut(BaseModel):
@@ -101,6 +197,21 @@ class BatchOut(BaseModel):
     succeeded: int
     failed: int
     results: list[BatchItemOut]
+
+    @classmethod
+    def of(cls, items: list[BatchItem], mask: MaskEncoding) -> BatchOut:
+        """The answer for a batch, in upload order (encodes masks: call it off the event loop)."""
+        results = []
+        for item in items:
+            out = BatchItemOut(index=item.index, filename=item.upload.filename, status=200)
+            if item.inspection is not None:
+                out.result = PredictionOut.of(item.inspection, mask)
+            elif item.error is not None:
+                out.status = item.error.status
+                out.error = ErrorDetail(code=item.error.code, message=item.error.message)
+            results.append(out)
+        ok = sum(1 for r in results if r.status == 200)
+        return cls(count=len(results), succeeded=ok, failed=len(results) - ok, results=results)
 
 
 class _ModelFieldsOut(BaseModel):

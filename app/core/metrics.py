@@ -41,7 +41,13 @@ DEFECTS = Counter("pcb_defects_total", "Defects found, by class.", ["class_name"
 VERDICTS = Counter("pcb_verdicts_total", "Board verdicts.", ["verdict"])
 REJECTED = Counter("pcb_rejected_total", "Rejected requests, by reason.", ["reason"])
 QUEUE_DEPTH = Gauge("pcb_queue_tiles", "Tiles waiting for the model now.")
-IN_FLIGHT = Gauge("pcb_inflight_requests", "Inspection requests being processed now.")
+IN_FLIGHT_REQUESTS = Gauge(
+    "pcb_inflight_requests",
+    "Inspection requests (POST /predict, POST /predict/batch) being handled now; a batch is one.",
+)
+IN_FLIGHT_IMAGES = Gauge(
+    "pcb_inflight_images", "Boards being inspected now (each board of a batch counts)."
+)
 # Labels: name, version, weights_sha256, device, precision (what runs) and
 # precision_requested (PCB_PRECISION: auto or a precision).
 MODEL_INFO = Info("pcb_model", "The model being served.")

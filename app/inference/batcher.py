@@ -41,11 +41,31 @@ class ModelCallError(RuntimeError):
 
 
 @dataclasses.dataclass
+class SubmitTiming:
+    """The model calls that ran the tiles of the :meth:`DynamicBatcher.submit` calls it was
+    passed to (say, every chunk of one board), so a request can tell its time in the model
+    from its wait in the queue."""
+
+    #: ``(start, end)`` of each distinct model call (perf_counter seconds).
+    calls: set[tuple[float, float]] = dataclasses.field(default_factory=set)
+
+    @property
+    def model_s(self) -> float:
+        """Seconds in those model calls (whole calls, shared with other requests' tiles).
+
+        The calls run one at a time, so their durations add up without overlap.
+        """
+        return sum(end - start for start, end in self.calls)
+
+
+@dataclasses.dataclass
 class _Item:
     tile: np.ndarray
     future: asyncio.Future[tuple[np.ndarray, ...]]
     enqueued: float
     counted: bool = True  # still counted in the batcher's ``pending``
+    #: ``(start, end)`` of the model call that ran this tile (perf_counter), once it ran.
+    ran: tuple[float, float] | None = None
 
 
 class DynamicBatcher:
@@ -103,7 +123,9 @@ class DynamicBatcher:
         QUEUE_DEPTH.set(self._pending)
         self._executor.shutdown(wait=True, cancel_futures=True)
 
-    async def submit(self, tiles: np.ndarray) -> tuple[np.ndarray, ...]:
+    async def submit(
+        self, tiles: np.ndarray, timing: SubmitTiming | None = None, *, admit: bool = True
+    ) -> tuple[np.ndarray, ...]:
         """Runs ``tiles`` through the model, batched with whatever else is waiting.
 
         Admission is all-or-nothing, so a request is never half-queued. Cancelling the caller
@@ -111,6 +133,11 @@ class DynamicBatcher:
 
         Args:
             tiles: ``(n, T, T, C)`` uint8.
+            timing: Where to note the model calls that ran these tiles.
+            admit: Check the queue's room (the first chunk of a board). ``False`` for the later
+                chunks of a board already admitted: refusing them would drop a board after
+                part of it was computed. The inferencer keeps few of them in flight, so the
+                queue stays bounded. The check runs before this coroutine first suspends.
 
         Returns:
             The model function's outputs for these ``n`` tiles, in its order (for the
@@ -124,7 +151,7 @@ class DynamicBatcher:
         if self._closed:
             raise BatcherClosedError("the service is shutting down")
         n = len(tiles)
-        if self._pending + n > self.max_queue:
+        if admit and self._pending + n > self.max_queue:
             raise QueueFullError(
                 f"inference queue is full ({self._pending} of {self.max_queue} tiles waiting)"
             )
@@ -145,6 +172,8 @@ class DynamicBatcher:
                 self._release(item)
             QUEUE_DEPTH.set(self._pending)
             raise
+        if timing is not None:
+            timing.calls.update(item.ran for item in items if item.ran is not None)
         return tuple(np.stack(maps) for maps in zip(*results, strict=True))
 
     def _release(self, item: _Item) -> None:
@@ -202,9 +231,11 @@ class DynamicBatcher:
                     if not item.future.done():
                         item.future.set_exception(ModelCallError(f"model call failed: {exc}"))
                 continue
-            MODEL_COMPUTE.observe(time.perf_counter() - started)
+            finished = time.perf_counter()
+            MODEL_COMPUTE.observe(finished - started)
             BATCH_SIZE.observe(len(live))
             TILES.inc(len(live))
             for i, item in enumerate(live):
+                item.ran = (started, finished)
                 if not item.future.done():
                     item.future.set_result(tuple(out[i] for out in outputs))

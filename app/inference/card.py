@@ -8,6 +8,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+# Re-exported: the inferencer and the tests find the card of a weights file here, beside the
+# card's reader; it lives in core so that the settings need not import inference.
+from app.core.model_files import default_card_path as default_card_path
+
 
 class InputSpec(BaseModel):
     """What the model takes."""
@@ -70,16 +74,6 @@ class ModelCard(BaseModel):
         default_factory=dict,
         description="Measured accuracy per reduced precision; what PCB_PRECISION=auto may run.",
     )
-
-
-def default_card_path(weights_path: Path) -> Path:
-    """The card of a weights file: ``<stem>.card.json`` beside it, else ``model_card.json``.
-
-    Two models can share a folder that way (``pcb_pair_unet.keras`` with
-    ``pcb_pair_unet.card.json``), while a folder with one model keeps the plain name.
-    """
-    own = weights_path.with_name(weights_path.name.removesuffix(".keras") + ".card.json")
-    return own if own.is_file() else weights_path.with_name("model_card.json")
 
 
 class ModelCardError(ValueError):

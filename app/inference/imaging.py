@@ -52,16 +52,8 @@ _SIGNATURES: tuple[tuple[bytes, str], ...] = (
 # damage surfaces as OSError ("image file is truncated"), SyntaxError (bad chunk or marker),
 # struct.error (short header read), ValueError, EOFError, IndexError or zlib.error.
 _DECODE_ERRORS: tuple[type[BaseException], ...] = (
-    OSError,
-    SyntaxError,
-    ValueError,
-    struct.error,
-    EOFError,
-    IndexError,
-    KeyError,
-    zlib.error,
-    ZeroDivisionError,
-    OverflowError,
+    OSError, SyntaxError, ValueError, struct.error, EOFError, IndexError, KeyError,
+    zlib.error, ZeroDivisionError, OverflowError,
 )
 _IDENTIFY_ERRORS: tuple[type[BaseException], ...] = (
     Image.DecompressionBombError,

@@ -8,32 +8,60 @@ summary and mask). It returns typed results, never raw tensors.
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
-import hashlib
 import logging
 import time
-import zipfile
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from app.core.config import Settings
 from app.inference.card import ModelCard, ModelCardError, default_card_path, load_card
+from app.inference.loading import (
+    POLICIES,
+    ModelLoadError,
+    check_weights_file,
+    configure_tensorflow,
+    load_keras_model,
+    sha256_of,
+    with_policy,
+)
 from app.inference.postprocess import Defect, PostprocessConfig, Summary, postprocess
 from app.inference.precision import read_cpu_flags, resolve_precision
 from app.inference.tiling import Stitcher, Tile, extract_tiles, plan_tiles
 from pcb_inspect.registration import Alignment
 from pcb_inspect.registration import register as register_pair
 
+__all__ = [
+    "InferenceResult",
+    "Inferencer",
+    "ModelLoadError",
+    "RunTiles",
+    "check_weights_file",
+    "load_keras_model",
+]
+
 logger = logging.getLogger("pcb_inspect.inferencer")
 
-_POLICIES = {"float32": None, "bfloat16": "bfloat16", "float16": "mixed_float16"}
+#: Chunks of one board in the batcher at once. One would leave the model idle while the board's
+#: next chunk is cut and the last one stitched; more than three would let a large board fill the
+#: queue ahead of small boards that arrive after it (each waits behind at most this many chunks).
+CHUNKS_IN_FLIGHT = 3
 
 
-class ModelLoadError(RuntimeError):
-    """The weights or the model card cannot be used. The message is one line."""
+class RunTiles(Protocol):
+    """Runs ``(n, T, T, C)`` uint8 tiles through the model (the batcher's ``submit``).
+
+    ``admit=False`` marks the later chunks of a board that was already admitted: they are not
+    refused for a full queue, so a board is never dropped after part of it was computed.
+    """
+
+    async def __call__(self, tiles: np.ndarray, *, admit: bool = True) -> tuple[np.ndarray, ...]:
+        """The model's ``(fg, cls, cls_p)`` for these tiles."""
+        ...
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,104 +77,6 @@ class InferenceResult:
     timings_ms: dict[str, float]
     #: Where the reference sat relative to the board (pair model only).
     alignment: Alignment | None = None
-
-
-def sha256_of(path: Path) -> str:
-    """Returns the hex sha256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def configure_tensorflow(device: str, intra_op: int, inter_op: int) -> str:
-    """Applies device, memory-growth and thread settings; returns the device in use.
-
-    Must run before TensorFlow executes its first op; later calls keep the settings that
-    are already in force (TensorFlow cannot change them at run time) and say so in the log.
-
-    Args:
-        device: ``"auto"``, ``"cpu"`` or ``"gpu"``.
-        intra_op: Intra-op threads (0: TF's default).
-        inter_op: Inter-op threads (0: TF's default).
-
-    Returns:
-        ``"gpu"`` or ``"cpu"``.
-
-    Raises:
-        ModelLoadError: ``device="gpu"`` but TensorFlow sees no GPU.
-    """
-    import tensorflow as tf
-
-    gpus = tf.config.list_physical_devices("GPU")
-    try:
-        if device == "cpu":
-            tf.config.set_visible_devices([], "GPU")
-        for gpu in gpus if device != "cpu" else []:
-            tf.config.experimental.set_memory_growth(gpu, True)
-        if intra_op:
-            tf.config.threading.set_intra_op_parallelism_threads(intra_op)
-        if inter_op:
-            tf.config.threading.set_inter_op_parallelism_threads(inter_op)
-    except RuntimeError as exc:  # TF already initialised in this process (tests, reloads)
-        logger.warning("TensorFlow runtime already initialised; keeping its settings: %s", exc)
-    if device == "gpu" and not gpus:
-        raise ModelLoadError("PCB_DEVICE=gpu, but TensorFlow sees no GPU")
-    return "gpu" if gpus and device != "cpu" else "cpu"
-
-
-def _with_policy(model: Any, policy: str) -> Any:
-    """Clones ``model`` under a dtype policy, keeping its weights and a float32 softmax."""
-    import keras
-
-    def clone_layer(layer: Any) -> Any:
-        config = layer.get_config()
-        if layer.name != "probabilities":
-            config["dtype"] = policy
-        return layer.__class__.from_config(config)
-
-    clone = keras.models.clone_model(model, clone_function=clone_layer)
-    clone.set_weights(model.get_weights())
-    return clone
-
-
-def check_weights_file(weights_path: Path) -> None:
-    """Cheap check that the weights file exists and is a ``.keras`` archive.
-
-    Raises:
-        ModelLoadError: One line naming the file and what is wrong.
-    """
-    path = Path(weights_path)
-    if not path.is_file():
-        raise ModelLoadError(f"weights file {path} does not exist")
-    if not zipfile.is_zipfile(path):
-        raise ModelLoadError(
-            f"weights file {path} is not a Keras .keras archive (truncated or wrong format)"
-        )
-    with zipfile.ZipFile(path) as archive:
-        names = set(archive.namelist())
-    if "config.json" not in names:
-        raise ModelLoadError(f"weights file {path} is a zip archive but not a Keras model")
-
-
-def load_keras_model(weights_path: Path) -> Any:
-    """Loads the ``.keras`` file exactly as the service does.
-
-    Uses ``keras.models.load_model(path, custom_objects=model_defs.get_custom_objects(),
-    compile=False)``; every failure becomes a one-line ``ModelLoadError`` naming the file.
-    """
-    import keras
-
-    from model_defs import get_custom_objects
-
-    path = Path(weights_path)
-    check_weights_file(path)
-    try:
-        return keras.models.load_model(path, custom_objects=get_custom_objects(), compile=False)
-    except Exception as exc:  # Keras raises many types for a bad archive
-        reason = " ".join(str(exc).split())[:300]
-        raise ModelLoadError(f"weights file {path} could not be loaded: {reason}") from None
 
 
 class Inferencer:
@@ -180,10 +110,10 @@ class Inferencer:
     ) -> None:
         import tensorflow as tf
 
-        if precision not in _POLICIES:
-            raise ValueError(f"precision must be one of {list(_POLICIES)}. Received: {precision}")
-        policy = _POLICIES[precision]
-        self.model = _with_policy(model, policy) if policy else model
+        if precision not in POLICIES:
+            raise ValueError(f"precision must be one of {list(POLICIES)}. Received: {precision}")
+        policy = POLICIES[precision]
+        self.model = with_policy(model, policy) if policy else model
         self.card = card
         self.weights_path = Path(weights_path)
         self.weights_sha256 = weights_sha256
@@ -316,7 +246,7 @@ class Inferencer:
             device=settings.device,
             precision=settings.precision,
             tile_overlap=settings.tile_overlap,
-            max_batch_size=settings.max_batch_size,
+            max_batch_size=settings.batch_size_cap,
             intra_op_threads=settings.effective_intra_op_threads(),
             inter_op_threads=settings.inter_op_threads,
         )
@@ -331,6 +261,37 @@ class Inferencer:
         started = time.perf_counter()
         self.forward(np.full((1, self.tile, self.tile, self.channels), 255, dtype=np.uint8))
         return time.perf_counter() - started
+
+    def calibrate_batch_size(self, cap: int, tolerance: float = 0.03) -> dict[int, float]:
+        """Picks ``max_batch_size`` by measurement: the smallest batch within ``tolerance`` of
+        the best time per tile, among 1, 2, 4, ... up to ``cap``.
+
+        The best batch depends on the machine: on a 2-core CPU one 640 px tile already keeps
+        both cores busy, so a larger batch gains at most a few per cent while every tile of it
+        holds about 150 MB (bfloat16) to 300 MB (float32) of activations at once; on a GPU the
+        larger batch pays. The smallest batch that is as fast keeps memory and the wait for
+        company low. Each candidate runs once untimed (oneDNN plans each new shape) and then
+        twice timed; the faster run counts. Call after :meth:`warm_up`.
+
+        Returns:
+            Seconds per tile of each candidate batch size.
+        """
+        if cap < 1:
+            raise ValueError(f"cap must be >= 1. Received: cap={cap}")
+        candidates = [1 << k for k in range(cap.bit_length()) if 1 << k <= cap]
+        per_tile: dict[int, float] = {}
+        for n in candidates:
+            tiles = np.full((n, self.tile, self.tile, self.channels), 255, dtype=np.uint8)
+            self.forward(tiles)
+            runs = []
+            for _ in range(2):
+                started = time.perf_counter()
+                self.forward(tiles)
+                runs.append(time.perf_counter() - started)
+            per_tile[n] = min(runs) / n
+        best = min(per_tile.values())
+        self.max_batch_size = min(n for n, t in per_tile.items() if t <= best * (1 + tolerance))
+        return per_tile
 
     # --------------------------------------------------------------------------- the stages
     def pre_process(self, pixels: np.ndarray) -> list[Tile]:
@@ -419,64 +380,101 @@ class Inferencer:
 
         ``reference``: the golden board, for the pair model (registered here).
         """
-        steps = self._predict_steps(pixels, config, reference)
-        request = next(steps)
-        while True:
-            try:
-                request = steps.send(self.forward(request))
-            except StopIteration as stop:
-                return stop.value  # type: ignore[no-any-return]
+        board = self._begin(pixels, reference)
+        started = time.perf_counter()
+        for chunk, arrays in self.tile_chunks(pixels, board.tiles, board.warped):
+            board.stitch(chunk, self.forward(arrays))
+        board.timings["forward"] = (time.perf_counter() - started) * 1e3
+        return self._finish(board, config)
 
     async def predict_async(
         self,
         pixels: np.ndarray,
         config: PostprocessConfig,
-        run_tiles: Callable[[np.ndarray], Awaitable[tuple[np.ndarray, ...]]],
+        run_tiles: RunTiles,
         reference: np.ndarray | None = None,
     ) -> InferenceResult:
         """Inspects one board, sending its tiles through ``run_tiles`` (the batcher).
 
-        Tile extraction, stitching and post-processing run in worker threads, not on the
-        event loop: on a large board they take seconds, and health probes must not wait.
-        """
-        steps = self._predict_steps(pixels, config, reference)
-        done, value = await asyncio.to_thread(_advance, steps, None)
-        while not done:
-            done, value = await asyncio.to_thread(_advance, steps, await run_tiles(value))
-        return value  # type: ignore[no-any-return]
+        Up to :data:`CHUNKS_IN_FLIGHT` chunks of the board wait in the batcher at once, so
+        the model never waits for this board's next chunk to be cut or its last one to be
+        stitched, and small boards that arrive meanwhile are never more than that many chunks
+        behind. Only the first chunk can be refused (queue full): once a board is admitted,
+        its later chunks go in without the check, so it is never dropped half computed.
 
-    def _predict_steps(
-        self, pixels: np.ndarray, config: PostprocessConfig, reference: np.ndarray | None = None
-    ) -> Any:
-        # One generator serves the sync and the async path: it yields tile batches and is
-        # sent their model outputs, so both paths share every other line.
-        timings = {"pre_process": 0.0, "forward": 0.0}
+        Registration, tile extraction, stitching and post-processing run in worker threads,
+        not on the event loop: on a large board they take seconds, and health probes must not
+        wait. Cancelling this coroutine (timeout, client gone) cancels every chunk in flight.
+        """
+        board = await asyncio.to_thread(self._begin, pixels, reference)
+        chunks = self.tile_chunks(pixels, board.tiles, board.warped)
+        in_flight: collections.deque[tuple[list[Tile], asyncio.Future[Any]]] = (
+            collections.deque()
+        )
+        started = time.perf_counter()
+        try:
+            while True:
+                while len(in_flight) < CHUNKS_IN_FLIGHT:
+                    item = await asyncio.to_thread(next, chunks, None)
+                    if item is None:
+                        break
+                    chunk, arrays = item
+                    first = not in_flight and not board.stitched
+                    submitted = asyncio.ensure_future(run_tiles(arrays, admit=first))
+                    in_flight.append((chunk, submitted))
+                    if first:
+                        # Let the batcher decide on the board before any later chunk goes in:
+                        # its admission check runs before the submission first suspends.
+                        await asyncio.sleep(0)
+                        if submitted.done():
+                            submitted.result()
+                if not in_flight:
+                    break
+                chunk, future = in_flight[0]
+                outputs = await future
+                in_flight.popleft()
+                await asyncio.to_thread(board.stitch, chunk, outputs)
+        finally:
+            for _, pending in in_flight:
+                pending.cancel()
+        board.timings["forward"] = (time.perf_counter() - started) * 1e3
+        return await asyncio.to_thread(self._finish, board, config)
+
+    def _begin(self, pixels: np.ndarray, reference: np.ndarray | None) -> _Board:
+        """Plans the tiles, registers the reference (pair model), allocates the stitcher."""
+        timings: dict[str, float] = {}
         started = time.perf_counter()
         tiles = self.pre_process(pixels)
-        timings["pre_process"] += (time.perf_counter() - started) * 1e3
-        started = time.perf_counter()
+        registered = time.perf_counter()
         warped, alignment = self.register(pixels, reference)
         if alignment is not None:
-            timings["register"] = (time.perf_counter() - started) * 1e3
-        started = time.perf_counter()
+            timings["register"] = (time.perf_counter() - registered) * 1e3
         stitcher = Stitcher(pixels.shape[0], pixels.shape[1])
-        timings["pre_process"] += (time.perf_counter() - started) * 1e3
-        for chunk, arrays in self.tile_chunks(pixels, tiles, warped):
-            sent = time.perf_counter()
-            fg, cls, cls_p = yield arrays
-            timings["forward"] += (time.perf_counter() - sent) * 1e3
-            for i, tile in enumerate(chunk):
-                stitcher.add(tile, fg[i], cls[i], cls_p[i])
-        result = self.post_process(stitcher, config, len(tiles), timings)
-        return dataclasses.replace(result, alignment=alignment)
+        timings["pre_process"] = (time.perf_counter() - started) * 1e3 - timings.get(
+            "register", 0.0
+        )
+        return _Board(tiles, warped, alignment, stitcher, timings)
+
+    def _finish(self, board: _Board, config: PostprocessConfig) -> InferenceResult:
+        result = self.post_process(board.stitcher, config, len(board.tiles), board.timings)
+        return dataclasses.replace(result, alignment=board.alignment)
 
 
-def _advance(steps: Any, value: Any) -> tuple[bool, Any]:
-    """Resumes a ``_predict_steps`` generator: ``(False, next tiles)`` or ``(True, result)``.
+@dataclasses.dataclass
+class _Board:
+    """One board on its way through the model: its plan, reference and stitched maps."""
 
-    StopIteration cannot cross a thread-pool future, so the end is returned as a flag.
-    """
-    try:
-        return False, (next(steps) if value is None else steps.send(value))
-    except StopIteration as stop:
-        return True, stop.value
+    tiles: list[Tile]
+    warped: np.ndarray | None
+    alignment: Alignment | None
+    stitcher: Stitcher
+    timings: dict[str, float]
+    #: Tiles stitched so far.
+    stitched: int = 0
+
+    def stitch(self, chunk: list[Tile], outputs: tuple[np.ndarray, ...]) -> None:
+        """Writes a chunk's model outputs ``(fg, cls, cls_p)`` into the board's maps."""
+        fg, cls, cls_p = outputs
+        for i, tile in enumerate(chunk):
+            self.stitcher.add(tile, fg[i], cls[i], cls_p[i])
+        self.stitched += len(chunk)

@@ -19,172 +19,20 @@ passed in by the caller.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import cv2
 import numpy as np
 
-__all__ = [
-    "Defect",
-    "PostprocessConfig",
-    "PostprocessResult",
-    "Summary",
-    "decode_rle",
-    "encode_mask_png",
-    "encode_rle",
-    "postprocess",
-]
+# The types live in their own module; imported from here too, beside the function that makes
+# them, as every caller always has.
+from app.inference.defects import Defect, PostprocessConfig, PostprocessResult, Summary
+
+__all__ = ["Defect", "PostprocessConfig", "PostprocessResult", "Summary", "postprocess"]
 
 # The class map is stored as uint8 (and written as an 8-bit PNG), so class ids must fit in it.
 _MAX_CLASSES = 255
-
-
-@dataclass(frozen=True)
-class PostprocessConfig:
-    """Rules that turn the output maps into defects and a verdict.
-
-    Attributes:
-        threshold: Confidence cut on ``fg`` in ``[0, 1]``. A pixel is a defect pixel where
-            ``fg >= threshold`` (compared in float32, so a value equal to the threshold counts)
-            and ``fg > 0``: a pixel with no foreground probability at all is never a defect,
-            so ``threshold=0`` does not turn the whole board into one defect.
-        min_area_px: Defects with fewer pixels than this are dropped (a process rule: the
-            smallest defect worth reporting), counted after fragments are merged. ``0`` and
-            ``1`` keep everything.
-        pixels_per_mm: Image resolution, used to report areas in mm²; must be > 0.
-        fail_rule: ``"count"`` fails a board on the number of defects, ``"area"`` on their
-            total area in mm².
-        fail_min_count: Count rule: the board fails when ``defect_count >= fail_min_count``.
-        fail_min_area_mm2: Area rule: the board fails when ``defect_area_mm2 >
-            fail_min_area_mm2`` (strictly greater, so ``0.0`` fails on any defect).
-        merge_distance_px: Fragments of defect pixels separated by at most this many
-            background pixels (horizontally, vertically or diagonally: the Chebyshev distance
-            between their nearest pixels is at most ``merge_distance_px + 1``) are one defect.
-            The gap's pixels are not added to it. ``0``: plain 8-connected components.
-        min_confidence: The operating point's second rule: defects whose ``confidence`` is
-            below this are dropped (after merging), like those below ``min_area_px``.
-    """
-
-    threshold: float
-    min_area_px: int
-    pixels_per_mm: float
-    fail_rule: Literal["count", "area"] = "count"
-    fail_min_count: int = 1
-    fail_min_area_mm2: float = 0.0
-    merge_distance_px: int = 3
-    min_confidence: float = 0.0
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.min_confidence <= 1.0:
-            raise ValueError(
-                "min_confidence must be in [0, 1]. "
-                f"Received: min_confidence={self.min_confidence!r}"
-            )
-        # `not (a <= x <= b)` rather than `x < a or x > b` so that NaN is rejected too.
-        if not 0.0 <= self.threshold <= 1.0:
-            raise ValueError(f"threshold must be in [0, 1]. Received: threshold={self.threshold!r}")
-        if not _is_int(self.min_area_px) or self.min_area_px < 0:
-            raise ValueError(
-                f"min_area_px must be an integer >= 0. Received: min_area_px={self.min_area_px!r}"
-            )
-        if not (self.pixels_per_mm > 0 and math.isfinite(self.pixels_per_mm)):
-            raise ValueError(
-                "pixels_per_mm must be a finite number > 0. "
-                f"Received: pixels_per_mm={self.pixels_per_mm!r}"
-            )
-        if self.fail_rule not in ("count", "area"):
-            raise ValueError(
-                f"fail_rule must be 'count' or 'area'. Received: fail_rule={self.fail_rule!r}"
-            )
-        # A minimum of 0 would fail every board, clean ones included: surely a mistake.
-        if not _is_int(self.fail_min_count) or self.fail_min_count < 1:
-            raise ValueError(
-                "fail_min_count must be an integer >= 1. "
-                f"Received: fail_min_count={self.fail_min_count!r}"
-            )
-        if not (self.fail_min_area_mm2 >= 0 and math.isfinite(self.fail_min_area_mm2)):
-            raise ValueError(
-                "fail_min_area_mm2 must be a finite number >= 0. "
-                f"Received: fail_min_area_mm2={self.fail_min_area_mm2!r}"
-            )
-        if not _is_int(self.merge_distance_px) or self.merge_distance_px < 0:
-            raise ValueError(
-                "merge_distance_px must be an integer >= 0. "
-                f"Received: merge_distance_px={self.merge_distance_px!r}"
-            )
-
-
-@dataclass(frozen=True)
-class Defect:
-    """One defect: the pixels of one 8-connected component of defect pixels, any class, after
-    merging fragments at most ``merge_distance_px`` apart.
-
-    Attributes:
-        id: 1-based, in order of the bbox's ``(y_min, x_min)``.
-        class_name: The defect's one class: the winner of the vote of its pixels, where each
-            pixel gives ``fg * cls_p`` to its ``cls`` (ties go to the lower class id).
-        confidence: ``mean(fg) * purity``, rounded to 4 decimals: the mean P(defect) over the
-            defect's pixels times its class purity, the winning class's share of the vote
-            (winning vote / total vote). Low for a faint defect and for one whose pixels
-            disagree on the class; 1 only if every pixel is a sure defect of the same class.
-        bbox: ``(x_min, y_min, x_max, y_max)`` in input-image pixels; the max is EXCLUSIVE, so
-            the width is ``x_max - x_min``. The box of the defect's own pixels: merging does
-            not grow it.
-        area_px: Number of defect pixels (``fg >= threshold``) in the defect.
-        area_mm2: ``area_px / pixels_per_mm**2``, rounded to 6 decimals.
-        centroid: ``(x, y)`` mean of the pixel coordinates, rounded to 2 decimals.
-    """
-
-    id: int
-    class_name: str
-    confidence: float
-    bbox: tuple[int, int, int, int]
-    area_px: int
-    area_mm2: float
-    centroid: tuple[float, float]
-
-
-@dataclass(frozen=True)
-class Summary:
-    """Board-level totals and the verdict.
-
-    Attributes:
-        defect_count: Number of defects kept.
-        defect_area_px: Total pixels of the defects kept.
-        defect_area_mm2: ``defect_area_px / pixels_per_mm**2``, rounded to 6 decimals.
-        defect_area_ratio: ``defect_area_px / (H * W)``, rounded to 6 decimals.
-        by_class: Defect count per class, with EVERY class name present in ``class_names``
-            order, 0 for classes with no defect, so clients see a fixed set of keys.
-        verdict: ``"pass"`` or ``"fail"`` under the configured rule.
-    """
-
-    defect_count: int
-    defect_area_px: int
-    defect_area_mm2: float
-    defect_area_ratio: float
-    by_class: dict[str, int]
-    verdict: Literal["pass", "fail"]
-
-
-# eq=False: the generated __eq__ would compare numpy arrays, whose truth value is ambiguous.
-@dataclass(frozen=True, eq=False)
-class PostprocessResult:
-    """Everything post-processing produces for one image.
-
-    Attributes:
-        class_map: ``(H, W)`` uint8; 0 = background, ``k`` = ``class_names[k - 1]``. Every
-            pixel of a defect holds that defect's one class, so the map agrees with the defect
-            list; pixels of dropped defects (below ``min_area_px``) and merged-over gaps are 0.
-        defects: The defects kept, ordered by id.
-        summary: Totals and verdict.
-    """
-
-    class_map: np.ndarray
-    defects: list[Defect]
-    summary: Summary
 
 
 def postprocess(
@@ -376,120 +224,6 @@ def _summarize(
     )
 
 
-def encode_mask_png(class_map: np.ndarray) -> bytes:
-    """Encodes a class map as an 8-bit single-channel PNG (Pillow mode ``"L"``).
-
-    Args:
-        class_map: ``(H, W)`` uint8 class ids, as in ``PostprocessResult.class_map``.
-
-    Returns:
-        The PNG file's bytes; pixel values are the class ids (not scaled for viewing).
-
-    Raises:
-        ValueError: If ``class_map`` is not a non-empty 2-D uint8 array, or encoding fails.
-    """
-    class_map = _check_class_map(class_map)
-    ok, buf = cv2.imencode(".png", np.ascontiguousarray(class_map))
-    if not ok:
-        raise ValueError(f"could not encode a class map of shape {class_map.shape} as PNG")
-    return buf.tobytes()
-
-
-def encode_rle(class_map: np.ndarray, class_names: Sequence[str] | None = None) -> dict[str, Any]:
-    """Encodes a class map as COCO-style uncompressed run-length encodings.
-
-    The format is that of ``pycocotools`` uncompressed RLE: the mask is read in column-major
-    (Fortran) order, and ``counts`` alternates runs of 0s and 1s, starting with 0s (so it starts
-    with 0 when the first pixel is set).
-
-    Args:
-        class_map: ``(H, W)`` uint8 class ids (0 = background).
-        class_names: Foreground class names, to key ``per_class`` by name. Without them the keys
-            are the class ids as strings (``"1"``, ``"2"``...).
-
-    Returns:
-        ``{"size": [H, W], "counts": [...], "order": "F", "per_class": {key: {"size": [H, W],
-        "counts": [...]}}}``: the top level encodes the any-defect mask ``class_map > 0``;
-        ``per_class`` holds the mask ``class_map == k`` of each class present (absent classes
-        are left out). Every entry decodes with ``decode_rle``.
-
-    Raises:
-        ValueError: If ``class_map`` is not a non-empty 2-D uint8 array, or holds an id with no
-            name in ``class_names``.
-    """
-    class_map = _check_class_map(class_map)
-    present = [int(k) for k in np.flatnonzero(np.bincount(class_map.ravel(), minlength=1)) if k]
-    if class_names is not None:
-        names = tuple(class_names)
-        if present and present[-1] > len(names):
-            raise ValueError(
-                f"class_map holds class id {present[-1]} but only {len(names)} class names "
-                f"were given. Received: class_names={names!r}"
-            )
-        keys = {k: names[k - 1] for k in present}
-    else:
-        keys = {k: str(k) for k in present}
-    size = [int(class_map.shape[0]), int(class_map.shape[1])]
-    return {
-        "size": size,
-        "counts": _rle_counts(class_map > 0),
-        "order": "F",
-        "per_class": {
-            keys[k]: {"size": list(size), "counts": _rle_counts(class_map == k)} for k in present
-        },
-    }
-
-
-def decode_rle(rle: dict[str, Any]) -> np.ndarray:
-    """Decodes one uncompressed RLE (the top level or a ``per_class`` entry of ``encode_rle``).
-
-    Args:
-        rle: A mapping with ``"size": [H, W]`` and ``"counts"``; ``"order"``, if present, must
-            be ``"F"``. Other keys are ignored.
-
-    Returns:
-        The ``(H, W)`` uint8 binary mask, 1 where set.
-
-    Raises:
-        ValueError: If the size or counts are malformed or the counts do not sum to ``H * W``.
-    """
-    order = rle.get("order", "F")
-    if order != "F":
-        raise ValueError(f"RLE order must be 'F' (column-major). Received: order={order!r}")
-    size = rle.get("size")
-    if (
-        not isinstance(size, Sequence)
-        or len(size) != 2
-        or not all(_is_int(v) and v >= 0 for v in size)
-    ):
-        raise ValueError(f"RLE size must be [H, W] with integers >= 0. Received: size={size!r}")
-    counts = np.asarray(rle.get("counts", []), dtype=np.int64)
-    height, width = int(size[0]), int(size[1])
-    if counts.ndim != 1 or (counts < 0).any() or int(counts.sum()) != height * width:
-        raise ValueError(
-            f"RLE counts must be integers >= 0 summing to H * W = {height * width}. "
-            f"Received: counts summing to {int(counts.sum()) if counts.ndim == 1 else '?'}"
-        )
-    # Runs alternate 0, 1, 0, 1... by definition of the format.
-    values = (np.arange(counts.size) % 2).astype(np.uint8)
-    flat = np.repeat(values, counts)
-    return np.ascontiguousarray(flat.reshape((height, width), order="F"))
-
-
-def _rle_counts(mask: np.ndarray) -> list[int]:
-    """Uncompressed COCO RLE counts of a boolean mask, column-major, starting with 0s."""
-    flat = mask.ravel(order="F")
-    if flat.size == 0:
-        return []
-    change = np.flatnonzero(flat[1:] != flat[:-1]) + 1
-    edges = np.concatenate(([0], change, [flat.size]))
-    counts = np.diff(edges).tolist()
-    # The format's first run is always of 0s; an empty run says the mask starts set.
-    if flat[0]:
-        counts.insert(0, 0)
-    return [int(c) for c in counts]
-
-
 def _check_inputs(
     fg: np.ndarray, cls: np.ndarray, cls_p: np.ndarray | None, class_names: Sequence[str]
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, tuple[str, ...]]:
@@ -533,19 +267,3 @@ def _check_inputs(
         )
     # uint8 for cv2's mask and cheap bincounts; fg is kept as given (float32 from the graph).
     return fg, cls.astype(np.uint8, copy=False), cls_p, names
-
-
-def _check_class_map(class_map: np.ndarray) -> np.ndarray:
-    """Validates a class map: non-empty, 2-D, uint8."""
-    class_map = np.asarray(class_map)
-    if class_map.ndim != 2 or class_map.size == 0 or class_map.dtype != np.uint8:
-        raise ValueError(
-            "class_map must be a non-empty (H, W) uint8 array. "
-            f"Received: shape {class_map.shape}, dtype {class_map.dtype}"
-        )
-    return class_map
-
-
-def _is_int(value: object) -> bool:
-    """True for Python and numpy integers, but not bools (which are ints in Python)."""
-    return isinstance(value, int | np.integer) and not isinstance(value, bool)

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
-from app.inference.postprocess import Defect
+from app.inference.defects import Defect
 
 __all__ = ["CLASS_COLORS_BGR", "MASK_ALPHA", "UNKNOWN_COLOR_BGR", "render_overlay"]
 

@@ -1,1 +1,2 @@
-"""Services behind the routes that are not the model: the golden-board store."""
+"""What the routes call: the inspection service, the golden-board store, uploads, and the
+state of the running service."""

@@ -25,8 +25,8 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from app.inference.encoding import decode_rle
 from app.inference.inferencer import Inferencer
-from app.inference.postprocess import decode_rle
 from pcb_inspect.classes import CLASS_NAMES
 from tests.helpers.app import app_client, assert_error, read_png, tiny_settings
 from tests.helpers.boards import board_png, encode, make_board

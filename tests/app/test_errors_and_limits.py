@@ -293,6 +293,37 @@ def test_unknown_route_and_method_are_json(client: TestClient) -> None:
     assert_error(client.get("/predict"), 405, "method_not_allowed")
 
 
+def test_every_answer_carries_the_request_id(client: TestClient) -> None:
+    # Whichever layer answers: a route (JSON or PNG), the body limit before the body is read,
+    # request validation, the router (unknown path or method), the page. (500s: below.)
+    board = {"file": ("b.png", BOARD, "image/png")}
+    png = {"accept": "image/png"}
+    raw = {"content-type": "image/png"}
+    requests: list[tuple[str, str, str, dict[str, Any]]] = [
+        ("json", "POST", "/predict", {"files": board}),
+        ("mask-png", "POST", "/predict", {"files": board, "headers": png}),
+        ("overlay", "POST", "/predict", {"files": board, "params": {"render": "overlay"}}),
+        ("batch", "POST", "/predict/batch", {"files": {"files": board["file"]}}),
+        ("not-an-image", "POST", "/predict", {"content": b"junk", "headers": raw}),
+        ("too-large", "POST", "/predict", {"content": b"\0" * (MAX_BODY + 1), "headers": raw}),
+        ("invalid-query", "POST", "/predict", {"files": board, "params": {"threshold": 2}}),
+        ("unknown-path", "GET", "/nope", {}),
+        ("wrong-method", "GET", "/predict", {}),
+        ("golden-png", "GET", "/v1/golden-boards/none-such", {"headers": png}),
+        ("metrics", "GET", "/metrics", {}),
+        ("page", "GET", "/", {}),
+    ]
+    statuses = {}
+    for what, method, path, kwargs in requests:
+        headers = {**kwargs.pop("headers", {}), "X-Request-ID": f"rid-{what}"}
+        response = client.request(method, path, headers=headers, **kwargs)
+        statuses[what] = response.status_code
+        assert response.headers.get("x-request-id") == f"rid-{what}", (what, response.headers)
+    assert statuses["mask-png"] == statuses["overlay"] == 200, statuses
+    assert (statuses["too-large"], statuses["unknown-path"], statuses["wrong-method"]) == (
+        413, 404, 405), statuses
+
+
 def test_unhandled_error_is_a_json_500_carrying_the_request_id(tiny_weights: Path) -> None:
     # A route that fails for real, added to the service's own app, so the 500 goes through the
     # real middleware and handlers. No lifespan: the route needs no model.

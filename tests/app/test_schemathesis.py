@@ -1,6 +1,8 @@
 """Property-based API testing: Schemathesis generates requests from the app's own OpenAPI
 schema (odd query values, random bodies, wrong media types) against a real server on the tiny
-model, and no answer may be a 5xx.
+model. No answer may be a 5xx, and every answer must be what the schema promises: a documented
+status, a documented media type, and a body that validates against the response schema (the
+routes return their response models, so this checks the models and the schema agree).
 
 The real process (not ASGI in-process) keeps the lifespan, the batcher and the event loop
 exactly as in production, and leaves Schemathesis no way to start a second lifespan.
@@ -15,7 +17,12 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
-from schemathesis.checks import not_a_server_error
+from schemathesis.checks import (
+    content_type_conformance,
+    not_a_server_error,
+    response_schema_conformance,
+    status_code_conformance,
+)
 
 from tests.helpers.server import ServerProcess, running_server
 
@@ -51,11 +58,20 @@ def operations() -> list[tuple[str, str]]:
     return [(method.upper(), path) for path, ops in spec["paths"].items() for method in ops]
 
 
+#: What every answer is checked for (Schemathesis' checks for one response).
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_schema_conformance,
+]
+
+
 # Schemathesis' own pytest integration (``schema.parametrize()`` with ``from_fixture``) fails
 # under pytest 9 (it sets ``request.node._nodeid``, which pytest 9 no longer has), so each
 # operation is a plain parametrized test driving the operation's Hypothesis strategy.
 @pytest.mark.parametrize(("method", "path"), operations(), ids=lambda v: str(v))
-def test_no_server_errors(
+def test_answers_conform_to_the_schema(
     api_schema: schemathesis.BaseSchema, server: ServerProcess, method: str, path: str
 ) -> None:
     operation = api_schema[path][method]
@@ -76,7 +92,7 @@ def test_no_server_errors(
     def check(case: schemathesis.Case) -> None:
         response = case.call(base_url=server.url, timeout=60)
         seen.append(response.status_code)
-        case.validate_response(response, checks=[not_a_server_error])
+        case.validate_response(response, checks=CHECKS)
         if response.status_code >= 400 and "json" in response.headers.get("content-type", ""):
             # Every error carries the one error shape, wherever the request went wrong.
             body = response.json()

@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from app.core.state import ServiceState
+from app.services.state import ServiceState
 from tests.helpers.app import app_client, assert_error, service_state
 from tests.helpers.boards import board_png, make_board
 from tests.helpers.server import REPO_ROOT, ServerProcess, running_server, server_env, start_server
@@ -144,13 +144,72 @@ def test_weights_that_fail_inside_keras_exit_non_zero(tiny_weights: Path, tmp_pa
         server.stop()
     log = server.log()
     assert code == 3, log
-    assert f"weights file {weights} could not be loaded" in log
+    # Found only inside the lifespan, and still one plain line and no traceback.
+    plain = [line for line in log.splitlines() if line.startswith("pcb-inspect:")]
+    assert len(plain) == 1, log
+    assert plain[0].startswith(f"pcb-inspect: startup failed: weights file {weights} could not "
+                               "be loaded"), log
+    assert "Traceback" not in log
+
+
+def serve_and_fail(env: dict[str, str]) -> str:
+    """Runs ``python -m app.serve``, which must fail at startup at once; returns its one line."""
+    started = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "app.serve"], cwd=REPO_ROOT,
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert time.monotonic() - started < 30, proc.stderr  # before TensorFlow starts
+    assert proc.returncode == 3, proc.stderr
+    assert "Traceback" not in proc.stderr
+    plain = [line for line in proc.stderr.splitlines() if line.startswith("pcb-inspect:")]
+    assert len(plain) == 1, proc.stderr
+    return plain[0]
+
+
+@pytest.mark.slow
+def test_startup_failures_that_are_not_the_weights_exit_3_with_one_line(
+    tiny_weights: Path, tmp_path: Path
+) -> None:
+    not_a_dir = tmp_path / "data-file"
+    not_a_dir.write_text("a file where the data folder should be\n")
+    line = serve_and_fail(server_env(tiny_weights, 1, data_dir=not_a_dir))
+    assert line == (f"pcb-inspect: startup failed: PCB_DATA_DIR {not_a_dir} cannot hold golden "
+                    f"boards: {not_a_dir} is not a directory")
+
+    missing_card = tmp_path / "card.json"
+    line = serve_and_fail(server_env(tiny_weights, 1, model_card_path=missing_card))
+    assert line == f"pcb-inspect: startup failed: model card {missing_card} does not exist"
+
+    # A setting: named as its variable, with the value received and what was expected...
+    line = serve_and_fail(server_env(tiny_weights, 1, device="tpu"))
+    assert line.startswith("pcb-inspect: startup failed: invalid setting PCB_DEVICE='tpu': ")
+    assert "'auto', 'cpu' or 'gpu'" in line
+    line = serve_and_fail(server_env(tiny_weights, 1, tile_overlap=64))
+    assert line == ("pcb-inspect: startup failed: invalid setting PCB_TILE_OVERLAP=64: expected "
+                    "less than the tile size 64 of model card "
+                    f"{tiny_weights.with_name('model_card.json')}")
+    # ... except the API keys, which are secrets.
+    line = serve_and_fail(server_env(tiny_weights, 1, api_keys='["k1-secret", '))
+    assert line.startswith("pcb-inspect: startup failed: invalid setting PCB_API_KEYS: ")
+    assert "k1-secret" not in line
+
+
+@pytest.mark.slow
+def test_a_port_in_use_exits_3_with_one_line(tiny_weights: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        line = serve_and_fail(server_env(tiny_weights, port))
+    assert line.startswith(f"pcb-inspect: startup failed: cannot listen on 127.0.0.1:{port} "
+                           "(PCB_HOST, PCB_PORT): "), line
 
 
 # --- (b) graceful shutdown ------------------------------------------------------------------
 
 
 @pytest.mark.slow
+# Its own waits add up past the default 300 s: ready 180, the drained board 300, exit 60.
+@pytest.mark.timeout(600)
 def test_sigterm_drains_in_flight_work_and_exits_0(tiny_weights: Path, tmp_path: Path) -> None:
     server = start_server(tiny_weights, tmp_path / "logs", shutdown_grace_s=120)
     try:
@@ -268,6 +327,8 @@ def test_client_killed_mid_upload_does_not_hurt_the_server(
 
 
 @pytest.mark.slow
+# Its own waits reach the default 300 s: each queued board may take up to 300.
+@pytest.mark.timeout(600)
 def test_overload_sheds_with_503_and_probes_keep_answering(
     small_queue_server: ServerProcess,
 ) -> None:

@@ -16,8 +16,8 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from app.core.config import Settings
-from app.core.state import ServiceState
 from app.main import create_app
+from app.services.state import ServiceState
 
 
 def tiny_settings(weights: Path, **overrides: Any) -> Settings:

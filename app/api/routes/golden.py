@@ -8,12 +8,12 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import AuthDep, SettingsDep, StoreDep
-from app.api.schemas import ErrorResponse, GoldenBoardListOut, GoldenBoardOut
-from app.api.uploads import BINARY, decode_or_error, read_uploads, upload_doc
+from app.api.openapi import BINARY, error_responses, upload_doc
+from app.api.schemas import GoldenBoardListOut, GoldenBoardOut
 from app.core.errors import ApiError
 from app.services.golden_store import (
     GoldenBoard,
@@ -23,15 +23,12 @@ from app.services.golden_store import (
     UnknownProductError,
     check_product,
 )
+from app.services.uploads import decode_or_error, read_uploads
 
 router = APIRouter(prefix="/v1/golden-boards", tags=["golden boards"], dependencies=[AuthDep])
 
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse} for code in (401, 404, 422, 500)
-}
-_UPLOAD_ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse} for code in (400, 401, 413, 415, 422, 500)
-}
+_ERRORS = error_responses(401, 404, 422, 500)
+_UPLOAD_ERRORS = error_responses(400, 401, 413, 415, 422, 500)
 _UPLOAD_DOC = upload_doc({"file": BINARY}, required=["file"], raw_types=("image/png",))
 
 
@@ -74,8 +71,8 @@ def _out(board: GoldenBoard) -> GoldenBoardOut:
     openapi_extra=_UPLOAD_DOC,
 )
 async def put_golden_board(
-    product: str, request: Request, settings: SettingsDep, store: StoreDep
-) -> JSONResponse:
+    product: str, request: Request, response: Response, settings: SettingsDep, store: StoreDep
+) -> GoldenBoardOut:
     """Stores the multipart field ``file`` (or a raw ``image/*`` body) as ``product``'s
     defect-free reference: 201 when new, 200 when it replaced one.
 
@@ -91,14 +88,15 @@ async def put_golden_board(
         )
     decoded = await decode_or_error(uploads[0], settings)
     board, created = await _call(store, "put", product, decoded.pixels)
-    return JSONResponse(_out(board).model_dump(), status_code=201 if created else 200)
+    response.status_code = 201 if created else 200
+    return _out(board)
 
 
 @router.get(
     "",
     summary="List the golden boards",
     response_model=GoldenBoardListOut,
-    responses={401: {"model": ErrorResponse}, 500: {"model": ErrorResponse}},
+    responses=error_responses(401, 500),
 )
 async def list_golden_boards(store: StoreDep) -> GoldenBoardListOut:
     """Every stored golden board: product, size, sha256 of its PNG, when it was stored."""
@@ -113,7 +111,9 @@ async def list_golden_boards(store: StoreDep) -> GoldenBoardListOut:
     responses={**_ERRORS, 200: {"content": {"image/png": {}},
                                 "description": "Metadata, or the PNG with Accept: image/png."}},
 )
-async def get_golden_board(product: str, request: Request, store: StoreDep) -> Response:
+async def get_golden_board(
+    product: str, request: Request, store: StoreDep
+) -> GoldenBoardOut | Response:
     """The metadata of ``product``'s golden board as JSON, or with ``Accept: image/png`` the
     stored PNG (its sha256 is the metadata's)."""
     product = _product(product)
@@ -121,8 +121,7 @@ async def get_golden_board(product: str, request: Request, store: StoreDep) -> R
     if "image/png" in accept and "application/json" not in accept:
         board, png = await _call(store, "png", product)
         return Response(png, media_type="image/png", headers={"ETag": f'"{board.sha256}"'})
-    board = await _call(store, "get", product)
-    return JSONResponse(_out(board).model_dump())
+    return _out(await _call(store, "get", product))
 
 
 @router.delete(

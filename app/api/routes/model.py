@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from app.api.deps import AuthDep, ModelDep, SettingsDep, StateDep
-from app.api.schemas import ErrorResponse, ModelEntryOut, ModelInfoOut
+from app.api.deps import AuthDep, ModelDep, StateDep
+from app.api.openapi import error_responses
+from app.api.schemas import ModelEntryOut, ModelInfoOut
 from app.inference.inferencer import Inferencer
 
 router = APIRouter(prefix="/v1", tags=["model"], dependencies=[AuthDep])
@@ -38,9 +39,9 @@ def _entry(inferencer: Inferencer) -> ModelEntryOut:
 @router.get(
     "/model",
     response_model=ModelInfoOut,
-    responses={503: {"model": ErrorResponse}, 401: {"model": ErrorResponse}},
+    responses=error_responses(401, 503),
 )
-async def model_info(model: ModelDep, settings: SettingsDep, state: StateDep) -> ModelInfoOut:
+async def model_info(model: ModelDep, state: StateDep) -> ModelInfoOut:
     """Name, version, classes, input spec, weights checksum, device and library versions.
 
     The top-level fields describe the single-image model (as they always have); ``models``
@@ -49,8 +50,8 @@ async def model_info(model: ModelDep, settings: SettingsDep, state: StateDep) ->
     import keras  # imported here so that importing the app stays cheap
     import tensorflow as tf
 
-    inferencer, batcher = model
-    single = _entry(inferencer)
+    batcher = model.batcher
+    single = _entry(model.inferencer)
     models = [single]
     if state.pair_inferencer is not None:
         models.append(_entry(state.pair_inferencer))

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from app.core.config import Settings
-from app.inference.batcher import DynamicBatcher
+from app.inference.batcher import DynamicBatcher, QueueFullError
 from app.inference.inferencer import Inferencer, InferenceResult, ModelLoadError, load_keras_model
 from app.inference.postprocess import PostprocessConfig
 from tests.helpers.boards import make_board
@@ -252,3 +252,77 @@ def test_class_count_mismatch(model_dir: Path) -> None:
     message = load_error(model_dir / "model.keras")
     assert "outputs 7 channels" in message and "3 classes" in message
     assert str(model_dir / "model.keras") in message
+
+
+# --- a large board beside small ones ------------------------------------------------------
+
+
+def test_large_board_keeps_a_few_chunks_in_flight_and_small_boards_flow(
+    inferencer: Inferencer,
+) -> None:
+    from app.inference.inferencer import CHUNKS_IN_FLIGHT
+
+    big = make_board(400, 400, seed=5)  # 64 px tiles: many chunks of max_batch_size tiles
+    smalls = [make_board(64, 64, seed=10 + i) for i in range(6)]
+    expected_big = inferencer.predict(big, CONFIG)
+    outstanding: list[int] = []
+    big_calls = 0
+
+    async def main() -> tuple[InferenceResult, list[float], float]:
+        nonlocal big_calls
+        # max_queue of one chunk: the big board's later chunks must not be refused for it.
+        batcher = DynamicBatcher(inferencer.forward, max_batch_size=inferencer.max_batch_size,
+                                 max_wait_s=0.0, max_queue=inferencer.max_batch_size + 1)
+        batcher.start()
+        live = 0
+
+        async def counted(tiles: np.ndarray, *, admit: bool = True) -> tuple[np.ndarray, ...]:
+            nonlocal live, big_calls
+            live += 1
+            big_calls += 1
+            outstanding.append(live)
+            try:
+                return await batcher.submit(tiles, admit=admit)
+            finally:
+                live -= 1
+
+        loop = asyncio.get_running_loop()
+        try:
+            big_task = asyncio.ensure_future(inferencer.predict_async(big, CONFIG, counted))
+            small_done: list[float] = []
+            for board in smalls:
+                await asyncio.sleep(0.01)
+                while True:
+                    try:
+                        await inferencer.predict_async(board, CONFIG, batcher.submit)
+                        break
+                    except QueueFullError:  # the queue of one chunk is full: retry, as a client
+                        await asyncio.sleep(0.005)
+                small_done.append(loop.time())
+            result = await big_task
+            return result, small_done, loop.time()
+        finally:
+            await batcher.close()
+
+    result, small_done, big_done = asyncio.run(main())
+    assert_same_result(result, expected_big)
+    assert big_calls == -(-expected_big.tiles // inferencer.max_batch_size) > CHUNKS_IN_FLIGHT
+    # Never more than CHUNKS_IN_FLIGHT of the board wait at once, and it did overlap them.
+    assert max(outstanding) == CHUNKS_IN_FLIGHT
+    # The small boards did not wait for the whole large board.
+    assert all(t < big_done for t in small_done)
+
+
+def test_calibrate_batch_size_picks_the_smallest_batch_near_the_best(
+    tiny_weights: Path,
+) -> None:
+    inf = Inferencer.from_settings(settings_for(tiny_weights, max_batch_size=8))
+    inf.warm_up()
+    per_tile = inf.calibrate_batch_size(cap=6)
+    assert sorted(per_tile) == [1, 2, 4]  # powers of two up to the cap
+    best = min(per_tile.values())
+    chosen = inf.max_batch_size
+    assert per_tile[chosen] <= best * 1.03
+    assert all(per_tile[n] > best * 1.03 for n in per_tile if n < chosen)
+    with pytest.raises(ValueError, match="Received: cap=0"):
+        inf.calibrate_batch_size(cap=0)

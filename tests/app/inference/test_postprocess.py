@@ -13,15 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app.inference.postprocess import (
-    Defect,
-    PostprocessConfig,
-    Summary,
-    decode_rle,
-    encode_mask_png,
-    encode_rle,
-    postprocess,
-)
+from app.inference.encoding import decode_rle, encode_mask_png, encode_rle
+from app.inference.postprocess import Defect, PostprocessConfig, Summary, postprocess
 from app.inference.tiling import Stitcher, extract_tiles, plan_tiles
 from pcb_inspect.classes import CLASS_NAMES
 

@@ -23,6 +23,8 @@ from pcb_inspect.synth import make_board
 WEIGHTS = Path(__file__).resolve().parents[3] / "weights"
 
 
+# Slow: loads both full-size models and runs a 1280 px board whole (about a minute here).
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["pcb_defect_unet.keras", "pcb_pair_unet.keras"])
 def test_tiled_equals_whole_board(name: str) -> None:
     inf = Inferencer.load(WEIGHTS / name)

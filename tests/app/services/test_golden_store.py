@@ -275,6 +275,7 @@ def _verify_untorn(root: Path, side: int) -> dict[str, int]:
     return versions
 
 
+@pytest.mark.slow  # starts and kills writer processes over and over: 7 s here
 def test_sigkill_mid_write_leaves_every_board_old_or_new(tmp_path: Path) -> None:
     """Kills a writer process (SIGKILL) over and over: at random moments, and exactly
     between writing a temporary file and renaming it; after each kill every board is a

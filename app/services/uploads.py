@@ -1,7 +1,8 @@
 """Reading uploaded images from a request: multipart fields or a raw image body.
 
-Shared by the inspection routes and the golden-board routes, so that a board, a template and
-a golden board obey exactly the same limits and image rules.
+Shared by the inspection service and the golden-board routes, so that a board, a template and
+a golden board obey exactly the same limits and image rules. Their OpenAPI description is in
+:mod:`app.api.openapi`.
 """
 
 from __future__ import annotations
@@ -25,34 +26,6 @@ class Upload:
 
     filename: str | None
     data: bytes
-
-
-#: OpenAPI schema of one uploaded file, as a multipart field or as a raw body.
-BINARY: dict[str, str] = {"type": "string", "format": "binary"}
-
-
-def upload_doc(
-    properties: dict[str, Any], required: list[str], raw_types: tuple[str, ...] = ()
-) -> dict[str, Any]:
-    """The ``openapi_extra`` of a route that reads its files itself (see :func:`read_uploads`).
-
-    Such a route declares no body parameters, so FastAPI cannot describe the body; this does.
-
-    Args:
-        properties: The multipart fields, by name, as OpenAPI schemas.
-        required: The names of the fields a request must carry.
-        raw_types: Media types also accepted as a raw one-image body instead of multipart.
-
-    Returns:
-        ``{"requestBody": ...}`` for the route's ``openapi_extra``.
-    """
-    content: dict[str, Any] = {
-        "multipart/form-data": {
-            "schema": {"type": "object", "required": required, "properties": properties}
-        }
-    }
-    content.update({media_type: {"schema": BINARY} for media_type in raw_types})
-    return {"requestBody": {"required": True, "content": content}}
 
 
 async def _read_form(request: Request, settings: Settings) -> Any:
@@ -82,6 +55,9 @@ async def read_upload_fields(
 ) -> tuple[list[Upload], dict[str, list[Upload]]]:
     """Reads the images of a request: the required multipart field ``field`` and the
     ``optional`` ones, or (for ``field == "file"``) a raw image body.
+
+    A route that reads its files this way declares no body parameters; describe its body with
+    :func:`app.api.openapi.upload_doc`.
 
     Returns:
         ``(uploads of field, {optional field: its uploads, possibly none})``.

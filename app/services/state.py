@@ -1,5 +1,8 @@
 """What the running service holds: the models, their batchers, the golden-board store and
-the life-cycle flags."""
+the life-cycle flags.
+
+In ``services``, not ``core``: it holds inference objects, and ``core`` imports nothing above it.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +14,14 @@ from app.core.config import Settings
 from app.inference.batcher import DynamicBatcher
 from app.inference.inferencer import Inferencer
 from app.services.golden_store import GoldenStore
+
+
+@dataclasses.dataclass(frozen=True)
+class ServedModel:
+    """One served model and the batcher that runs its tiles."""
+
+    inferencer: Inferencer
+    batcher: DynamicBatcher
 
 
 @dataclasses.dataclass
@@ -28,11 +39,15 @@ class ServiceState:
     #: Why there is no pair model, for the 503 that a reference then gets.
     pair_unavailable_reason: str = "the golden-board model is not loaded yet"
     not_ready_reason: str = "model not loaded yet"
+    #: Why startup failed, in one line (``pcb-inspect serve`` prints it); ``None`` otherwise.
+    startup_error: str | None = None
     draining: bool = False
     #: When the shutdown grace ends (``time.monotonic()``), set by the first drain signal:
     #: the signal handler, uvicorn's connection wait and the lifespan all count down to this
     #: one deadline, so the grace is spent once, not once per stage.
     drain_deadline: float | None = None
+    #: Inspection requests (HTTP, not boards: a batch is one) being handled; the drain waits
+    #: for ``idle``, which is set whenever this is 0.
     in_flight: int = 0
     started_at: float = dataclasses.field(default_factory=time.time)
     idle: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
@@ -44,6 +59,20 @@ class ServiceState:
         self.golden = GoldenStore(
             self.settings.golden_dir, int(self.settings.golden_cache_mb * 2**20)
         )
+
+    @property
+    def model(self) -> ServedModel | None:
+        """The single-image model, or ``None`` until it is loaded and its batcher runs."""
+        if self.inferencer is None or self.batcher is None:
+            return None
+        return ServedModel(self.inferencer, self.batcher)
+
+    @property
+    def pair_model(self) -> ServedModel | None:
+        """The golden-board (pair) model, or ``None`` when it is not served."""
+        if self.pair_inferencer is None or self.pair_batcher is None:
+            return None
+        return ServedModel(self.pair_inferencer, self.pair_batcher)
 
     @property
     def ready(self) -> bool:

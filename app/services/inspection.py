@@ -1,0 +1,256 @@
+"""The inspection service: from a request's uploads to a finished board result.
+
+The routes (:mod:`app.api.routes.predict`) keep the HTTP: parameters, status codes, headers and
+response models. Everything between them and the inferencer is here: reading and decoding the
+uploads, which model and which golden board, the rules, the timeout and the client that
+leaves, the mapping of inference failures to API errors, and the metrics.
+
+Every board that finishes passes through :meth:`InspectionService.finish`, with what it was
+inspected against: the one place where each inspection can be recorded (``on_result``).
+
+The golden boards are found in :mod:`app.services.references`; one board runs through the model
+in :mod:`app.services.running`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import numpy as np
+from starlette.requests import Request
+
+from app.core.config import Settings
+from app.core.errors import ApiError
+from app.core.metrics import (
+    DEFECTS,
+    IMAGES,
+    IN_FLIGHT_REQUESTS,
+    INSPECTIONS,
+    REJECTED,
+    VERDICTS,
+)
+from app.inference.inferencer import Inferencer, InferenceResult
+from app.inference.postprocess import PostprocessConfig
+from app.services.references import (
+    Reference,
+    check_product_param,
+    stored_reference,
+    uploaded_reference,
+)
+from app.services.running import run_board
+from app.services.state import ServedModel, ServiceState
+from app.services.uploads import Upload, decode_or_error, read_upload_fields, read_uploads
+
+
+@dataclasses.dataclass(frozen=True)
+class RuleParams:
+    """A request's post-processing parameters (``None``: not given)."""
+
+    threshold: float | None = None
+    min_area_px: int | None = None
+    pixels_per_mm: float | None = None
+    min_confidence: float | None = None
+
+    def config(self, inferencer: Inferencer, settings: Settings) -> PostprocessConfig:
+        """The rules for ``inferencer``: the request's, else the settings', else its card's.
+
+        Per model, since the pair model's card has its own defaults.
+        """
+        card = inferencer.card.thresholds
+        return PostprocessConfig(
+            threshold=_first(self.threshold, settings.threshold, card.confidence),
+            min_area_px=int(_first(self.min_area_px, settings.min_area_px, card.min_area_px)),
+            pixels_per_mm=_first(
+                self.pixels_per_mm, settings.pixels_per_mm, inferencer.card.pixels_per_mm
+            ),
+            min_confidence=float(
+                _first(self.min_confidence, settings.min_confidence, card.min_confidence)
+            ),
+            fail_rule=settings.fail_rule,
+            fail_min_count=settings.fail_min_count,
+            fail_min_area_mm2=settings.fail_min_area_mm2,
+        )
+
+
+def _first(*values: Any) -> Any:
+    return next(v for v in values if v is not None)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Inspection:
+    """One finished board: what its response is made of, and what a record of it would keep."""
+
+    result: InferenceResult
+    inferencer: Inferencer
+    config: PostprocessConfig
+    reference: Reference | None
+    upload: Upload
+    #: The decoded board (``(H, W)`` uint8), for the overlay.
+    pixels: np.ndarray
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class BatchItem:
+    """One board of a batch, in upload order: its inspection, or the error it got alone."""
+
+    index: int
+    upload: Upload
+    inspection: Inspection | None = None
+    error: ApiError | None = None
+
+
+#: Called with every finished inspection, in :meth:`InspectionService.finish`; an exception
+#: fails that board's inspection.
+ResultHook = Callable[[Inspection], Awaitable[None]]
+
+
+class InspectionService:
+    """Inspects the boards of requests with the service's models (one per app).
+
+    Args:
+        state: The service's state: settings, models, golden boards and the drain.
+        on_result: Awaited, in order, with every board that finishes (see :meth:`finish`).
+    """
+
+    def __init__(self, state: ServiceState, on_result: list[ResultHook] | None = None) -> None:
+        self.state = state
+        self.on_result: list[ResultHook] = list(on_result or [])
+
+    @property
+    def settings(self) -> Settings:
+        """The service's settings."""
+        return self.state.settings
+
+    @contextlib.asynccontextmanager
+    async def request_in_flight(self) -> AsyncIterator[None]:
+        """Counts one inspection request as in flight (the gauge, and the drain's count)."""
+        state = self.state
+        state.in_flight += 1
+        state.idle.clear()
+        IN_FLIGHT_REQUESTS.inc()
+        try:
+            yield
+        finally:
+            state.in_flight -= 1
+            IN_FLIGHT_REQUESTS.dec()
+            if state.in_flight == 0:
+                state.idle.set()
+
+    # ----------------------------------------------------------------------- the requests
+    async def inspect(
+        self, request: Request, model: ServedModel, rules: RuleParams, product: str | None
+    ) -> Inspection:
+        """Inspects the one board of a ``/predict`` request (field ``file`` or a raw body),
+        against the golden board of the field ``template`` or of ``product`` if given.
+
+        Raises:
+            ApiError: The request's error (its status, code and message).
+        """
+        check_product_param(product)
+        uploads, extra = await read_upload_fields(request, self.settings, "file", ("template",))
+        if len(uploads) > 1:
+            raise ApiError(
+                400, "too_many_files",
+                f"/predict takes one image; received {len(uploads)} in field 'file'. "
+                "Use /predict/batch for several.",
+            )
+        templates = extra["template"]
+        if len(templates) > 1:
+            raise ApiError(
+                400, "too_many_files",
+                f"template: /predict takes one golden board; received {len(templates)} in "
+                "field 'template'.",
+            )
+        if templates and product is not None:
+            raise ApiError(
+                422, "invalid_request",
+                f"Send the golden board either as the field 'template' or as ?product={product}, "
+                "not both.",
+            )
+        if templates or product is not None:
+            model = self.pair_model()
+        decoded = await decode_or_error(uploads[0], self.settings)
+        reference = None
+        if templates:
+            reference = await uploaded_reference(templates[0], self.settings)
+        elif product is not None:
+            reference = await stored_reference(self.state.golden, product)
+        config = rules.config(model.inferencer, self.settings)
+        result = await run_board(request, self.settings, model, decoded.pixels, config, reference)
+        return await self.finish(
+            Inspection(result, model.inferencer, config, reference, uploads[0], decoded.pixels)
+        )
+
+    async def inspect_batch(
+        self, request: Request, model: ServedModel, rules: RuleParams, product: str | None
+    ) -> list[BatchItem]:
+        """Inspects the boards of a ``/predict/batch`` request (field ``files``), each on its
+        own: a board's own failure is its item's error, and never fails the others.
+
+        Raises:
+            ApiError: What fails the whole request (the product, the upload).
+        """
+        check_product_param(product)
+        reference = None
+        if product is not None:
+            # Checked before the upload is read: a batch for a product without a golden board
+            # (or without a pair model) fails at once, not after every file has arrived.
+            model = self.pair_model()
+            reference = await stored_reference(self.state.golden, product)
+        config = rules.config(model.inferencer, self.settings)
+        uploads = await read_uploads(request, self.settings, "files")
+
+        async def one(index: int, upload: Upload) -> BatchItem:
+            try:
+                decoded = await decode_or_error(upload, self.settings)
+                result = await run_board(
+                    request, self.settings, model, decoded.pixels, config, reference
+                )
+                inspection = await self.finish(
+                    Inspection(result, model.inferencer, config, reference, upload,
+                               decoded.pixels)
+                )
+            except ApiError as exc:
+                # Counted here: the exception handler that counts the others never sees it.
+                if exc.status != 500 and exc.reject_reason:
+                    REJECTED.labels(reason=exc.reject_reason).inc()
+                return BatchItem(index, upload, error=exc)
+            return BatchItem(index, upload, inspection=inspection)
+
+        return list(await asyncio.gather(*(one(i, u) for i, u in enumerate(uploads))))
+
+    async def finish(self, inspection: Inspection) -> Inspection:
+        """Where every finished board passes: records its metrics, then calls ``on_result``."""
+        result, inferencer = inspection.result, inspection.inferencer
+        IMAGES.inc()
+        INSPECTIONS.labels(mode=inferencer.mode).inc()
+        VERDICTS.labels(verdict=result.summary.verdict).inc()
+        for defect in result.defects:
+            DEFECTS.labels(class_name=defect.class_name).inc()
+        for hook in self.on_result:
+            await hook(inspection)
+        return inspection
+
+    # ------------------------------------------------------------------- models, references
+    def pair_model(self) -> ServedModel:
+        """The golden-board (pair) model, or 503 ``pair_model_unavailable``.
+
+        Asked for only once a request has a reference, so that the many requests without one
+        never depend on the pair model.
+        """
+        pair = self.state.pair_model
+        if pair is None:
+            raise ApiError(
+                503, "pair_model_unavailable",
+                "This request has a reference board (the 'template' field or ?product=), but "
+                f"the service has no golden-board model: {self.state.pair_unavailable_reason}. "
+                "Send the board alone for a single-image inspection, or install the pair model "
+                "(PCB_PAIR_WEIGHTS_PATH).",
+            )
+        return pair
+
+    # ------------------------------------------------------------------------- the running

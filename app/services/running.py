@@ -1,0 +1,137 @@
+"""Running one board through the model for a request: under the request's timeout, dropped
+when the client leaves, its failures mapped to API errors, its model time told from its wait."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import functools
+
+import numpy as np
+from starlette.requests import Request
+
+from app.core.config import Settings
+from app.core.errors import ApiError
+from app.core.metrics import IN_FLIGHT_IMAGES
+from app.inference.batcher import (
+    BatcherClosedError,
+    ModelCallError,
+    QueueFullError,
+    SubmitTiming,
+)
+from app.inference.inferencer import InferenceResult
+from app.inference.postprocess import PostprocessConfig
+from app.services.references import Reference
+from app.services.state import ServedModel
+from pcb_inspect.registration import MIN_SCORE, AlignmentError
+
+
+async def run_board(
+    request: Request,
+    settings: Settings,
+    model: ServedModel,
+    pixels: np.ndarray,
+    config: PostprocessConfig,
+    reference: Reference | None = None,
+) -> InferenceResult:
+    """Runs one board under the request timeout, dropping the work if the client leaves.
+
+    With a ``reference`` (pair model) the golden board is registered first. The result's
+    ``timings_ms`` has the tiles' time in the model (``forward``) apart from their wait for
+    it (``queue``).
+
+    Raises:
+        ApiError: 503 (queue full, shutting down), 504 (timeout), 500 (model failure), 499
+            (client gone; nobody reads it, it only ends the handler), 422 (the reference
+            cannot be aligned).
+    """
+    inferencer = model.inferencer
+    timeout = settings.request_timeout_for(len(inferencer.pre_process(pixels)))
+    timing = SubmitTiming()
+    submit = functools.partial(model.batcher.submit, timing=timing)
+    IN_FLIGHT_IMAGES.inc()
+    task = asyncio.ensure_future(
+        inferencer.predict_async(
+            pixels, config, submit, reference=None if reference is None else reference.pixels
+        )
+    )
+    watcher = asyncio.ensure_future(_wait_disconnect(request))
+    try:
+        done, _ = await asyncio.wait(
+            {task, watcher}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+        )
+        if task in done:
+            return _with_queue_time(_result_or_error(task, reference), timing)
+        task.cancel()  # frees the request's places in the queue
+        if watcher in done:
+            raise ApiError(499, "client_closed_request", "The client closed the request.")
+        raise ApiError(
+            504, "timeout",
+            f"Inspection took longer than {timeout:g} s (PCB_REQUEST_TIMEOUT_S "
+            f"{settings.request_timeout_s:g} s + PCB_REQUEST_TIMEOUT_PER_TILE_S "
+            f"{settings.request_timeout_per_tile_s:g} s for each tile after the first); "
+            "the work was dropped.",
+            reject_reason="timeout",
+        )
+    finally:
+        watcher.cancel()
+        if not task.done():
+            task.cancel()
+        IN_FLIGHT_IMAGES.dec()
+
+
+async def _wait_disconnect(request: Request) -> None:
+    while not await request.is_disconnected():
+        await asyncio.sleep(0.05)
+
+
+def _with_queue_time(result: InferenceResult, timing: SubmitTiming) -> InferenceResult:
+    # The inferencer times the whole tile phase, from the first chunk handed to the batcher to
+    # the last one back, which includes the chunks' wait in the queue behind other boards.
+    # Split it: ``forward`` is the model calls that ran this board's tiles, ``queue`` the rest.
+    model_ms = timing.model_s * 1e3
+    timings: dict[str, float] = {}
+    for name, ms in result.timings_ms.items():
+        if name == "forward":
+            timings["queue"] = round(max(0.0, ms - model_ms), 2)
+            ms = round(min(ms, model_ms), 2)
+        timings[name] = ms
+    return dataclasses.replace(result, timings_ms=timings)
+
+
+def _result_or_error(
+    task: asyncio.Future[InferenceResult], reference: Reference | None
+) -> InferenceResult:
+    try:
+        return task.result()
+    except AlignmentError as exc:
+        # Comparing a board with a golden board it does not align to would paint the whole
+        # board as defects: refuse instead, with the score so the operator can judge.
+        what = "the template" if reference is None or reference.source == "upload" else (
+            f"the golden board of product {reference.product!r}"
+        )
+        detail = str(exc)
+        if "score" not in detail:
+            detail += f" (alignment score {exc.score:.3f})"
+        raise ApiError(
+            422, "alignment_failed",
+            f"Cannot align {what} to this board: {detail}. Alignment needs a score of at least "
+            f"{MIN_SCORE}; check that the golden board is the same design, side and "
+            "orientation.",
+        ) from None
+    except QueueFullError as exc:
+        raise ApiError(
+            503, "overloaded", f"The service is at capacity ({exc}); retry after a second.",
+            {"Retry-After": "1"}, reject_reason="queue_full",
+        ) from None
+    except BatcherClosedError:
+        raise ApiError(
+            503, "shutting_down", "The service is shutting down; retry on another replica.",
+            {"Retry-After": "5"}, reject_reason="shutting_down",
+        ) from None
+    except ModelCallError:
+        raise ApiError(
+            500, "model_error",
+            "The model failed on the batch holding this image; the image itself may be fine. "
+            "Retry.",
+        ) from None

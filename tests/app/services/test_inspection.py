@@ -1,0 +1,101 @@
+"""Tests of ``app.services.inspection``: the one place every finished board passes through,
+what counts as in flight, and the split of a board's model time from its wait for the model.
+
+Through the real app and the tiny real model; the batcher test uses a plain numpy function as
+the model call (the batcher only times calls, whatever they compute).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from app.core.metrics import IN_FLIGHT_IMAGES, IN_FLIGHT_REQUESTS
+from app.inference.batcher import DynamicBatcher, SubmitTiming
+from app.services.inspection import Inspection, InspectionService
+from tests.helpers.app import app_client
+from tests.helpers.boards import board_png
+
+BOARD = board_png(96, 80, seed=4)
+
+
+@pytest.fixture(scope="module")
+def client(tiny_weights: Path) -> Iterator[TestClient]:
+    with app_client(tiny_weights, max_batch_size=8) as c:
+        yield c
+
+
+def gauge(metric: object) -> float:
+    return float(metric._value.get())  # type: ignore[attr-defined]
+
+
+def test_every_finished_board_passes_through_finish(client: TestClient) -> None:
+    service: InspectionService = client.app.state.inspections  # type: ignore[attr-defined]
+    seen: list[tuple[Inspection, float]] = []
+
+    async def hook(inspection: Inspection) -> None:
+        seen.append((inspection, gauge(IN_FLIGHT_REQUESTS)))
+
+    service.on_result.append(hook)
+    try:
+        one = client.post("/predict", params={"threshold": 0.0},
+                          files={"file": ("one.png", BOARD, "image/png")})
+        batch = client.post("/predict/batch", files=[
+            ("files", ("a.png", BOARD, "image/png")),
+            ("files", ("bad.png", b"not an image", "image/png")),
+            ("files", ("b.png", BOARD, "image/png")),
+        ])
+    finally:
+        service.on_result.remove(hook)
+    assert one.status_code == 200 and batch.status_code == 200
+    # Each board that finished, once, with what it was inspected with; not the refused one.
+    assert sorted(i.upload.filename or "" for i, _ in seen) == ["a.png", "b.png", "one.png"]
+    first = next(i for i, _ in seen if i.upload.filename == "one.png")
+    assert first.upload.data == BOARD and first.reference is None
+    assert first.config.threshold == 0.0 and first.inferencer.mode == "single"
+    assert first.pixels.shape == (96, 80)
+    assert len(first.result.defects) == len(one.json()["defects"]) > 0
+    # A batch is one request in flight, however many boards it holds; none once answered.
+    assert [requests for _, requests in seen] == [1.0, 1.0, 1.0]
+    assert gauge(IN_FLIGHT_REQUESTS) == gauge(IN_FLIGHT_IMAGES) == 0
+
+
+def test_timings_report_the_wait_for_the_model_apart_from_the_model(
+    client: TestClient,
+) -> None:
+    body = client.post("/predict", files={"file": ("b.png", BOARD, "image/png")}).json()
+    timings = body["timings_ms"]
+    assert list(timings) == ["pre_process", "queue", "forward", "post_process"]
+    assert timings["forward"] > 0 and timings["queue"] >= 0
+
+
+def test_submit_timing_notes_each_model_call_once() -> None:
+    def slow_model(x: np.ndarray) -> tuple[np.ndarray]:
+        time.sleep(0.1)
+        return (x[..., 0].astype(np.float32),)
+
+    async def main() -> tuple[SubmitTiming, SubmitTiming, float]:
+        # One tile per call: the second board waits for the first board's call.
+        batcher = DynamicBatcher(slow_model, max_batch_size=1, max_wait_s=0.0, max_queue=8)
+        batcher.start()
+        try:
+            first, second = SubmitTiming(), SubmitTiming()
+            tiles = np.zeros((1, 4, 4, 1), dtype=np.uint8)
+            started = time.perf_counter()
+            await asyncio.gather(batcher.submit(tiles, first), batcher.submit(tiles, second))
+            return first, second, time.perf_counter() - started
+        finally:
+            await batcher.close()
+
+    first, second, wall = asyncio.run(main())
+    assert len(first.calls) == len(second.calls) == 1 and not first.calls & second.calls
+    # Each board's model time is its own call's, not the wait for the other's: together no
+    # more than the wall time, though one of them waited a whole call.
+    assert first.model_s > 0.09 and second.model_s > 0.09
+    assert first.model_s + second.model_s <= wall
