@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import httpx
 
-from bench.common import board_png, server_process
+from bench.common import bench_server, board_png
 from bench.run_bench import peak_rss_mb
 
 
@@ -31,17 +30,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", type=int, default=8000)
     args = p.parse_args(argv)
     big = board_png(args.size, seed=9)
-    env = {"PCB_WEIGHTS_PATH": str(args.weights), "PCB_REQUEST_TIMEOUT_S": "3600"}
-    with server_process([sys.executable, "-m", "app.serve"], env=env) as (url, proc):
-        httpx.post(url + "/predict?mask=none", timeout=300,
+    with bench_server(args.weights, request_timeout_s=3600) as server:
+        httpx.post(server.url + "/predict?mask=none", timeout=300,
                    files={"file": ("warm.png", board_png(640), "image/png")}).raise_for_status()
-        before = peak_rss_mb(proc.pid)
+        before = peak_rss_mb(server.pid)
         started = time.perf_counter()
-        r = httpx.post(url + "/predict?mask=none", timeout=3600,
+        r = httpx.post(server.url + "/predict?mask=none", timeout=3600,
                        files={"file": ("big.png", big, "image/png")})
         seconds = time.perf_counter() - started
         r.raise_for_status()
-        after = peak_rss_mb(proc.pid)
+        after = peak_rss_mb(server.pid)
     result = {
         "size": args.size, "upload_mb": round(len(big) / 1e6, 1),
         "tiles": r.json()["params"]["tiles"],

@@ -1,4 +1,7 @@
-"""Shared pieces of the benchmarks: server processes, boards, load generation, statistics."""
+"""Shared pieces of the benchmarks: boards, load generation, memory, statistics.
+
+Server processes come from :mod:`pcb_inspect.testing.server`, the harness the tests use too.
+"""
 
 from __future__ import annotations
 
@@ -6,66 +9,31 @@ import asyncio
 import contextlib
 import os
 import platform
-import socket
 import statistics
-import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from pcb_inspect.testing.server import SERVE_ARGV, ServerProcess, running_server
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def free_port() -> int:
-    """A free TCP port on loopback."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def bench_server(
+    weights: Path, argv: Sequence[str] = SERVE_ARGV, **settings: Any
+) -> AbstractContextManager[ServerProcess]:
+    """A ready server for a benchmark, stopped when the ``with`` block ends.
 
-
-@contextlib.contextmanager
-def server_process(
-    args: list[str], env: dict[str, str] | None = None, ready_path: str = "/readyz",
-    timeout_s: float = 300.0, log_path: Path | None = None,
-) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """Starts a server process on a free loopback port and waits until ``ready_path`` is 200.
-
-    ``args`` may contain ``{port}``. Yields ``(base_url, process)``; stops it on exit.
+    The machine as configured (``base={}``: every core, the device it finds), with only the
+    ``PCB_*`` settings given here: none from the shell. Up to 5 minutes to load the model.
     """
-    port = free_port()
-    full_env = {**os.environ, "PCB_HOST": "127.0.0.1", "PCB_PORT": str(port),
-                "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
-    log = open(log_path, "wb") if log_path else subprocess.DEVNULL  # noqa: SIM115
-    proc = subprocess.Popen(
-        [a.format(port=port) for a in args], cwd=ROOT, env=full_env, stdout=log, stderr=log
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"server exited with {proc.returncode}: {' '.join(args)}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(url + ready_path, timeout=2).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"server not ready after {timeout_s} s")
-            time.sleep(0.5)
-        yield url, proc
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        if log_path:
-            log.close()  # type: ignore[union-attr]
+    return running_server(weights, None, 300.0, argv=argv, base={}, **settings)
 
 
 def memory_mb(pid: int, field: str = "VmRSS") -> float:

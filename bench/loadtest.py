@@ -13,10 +13,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import sys
 from pathlib import Path
+from typing import Any
 
-from bench.common import board_png, run_load, server_process
+from bench.common import bench_server, board_png, run_load
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,20 +33,16 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     body = board_png(args.size, seed=3)
     batch = 4
-    env = {
-        "PCB_WEIGHTS_PATH": str(args.weights),
-        "PCB_MAX_BATCH_SIZE": str(batch),
-        # A request queues at most one batch of its tiles at a time, so this is room for the
-        # capacity clients, and not for the overload phase's.
-        "PCB_MAX_QUEUE_TILES": str(args.capacity_clients * batch),
-        "PCB_REQUEST_TIMEOUT_S": "300",
-    }
-    report = {}
-    with server_process([sys.executable, "-m", "app.serve"], env=env) as (url, _):
-        at = asyncio.run(run_load(url, body, args.capacity_clients, 10**6, args.seconds,
+    report: dict[str, Any] = {}
+    # A request queues at most one batch of its tiles at a time, so max_queue_tiles is room
+    # for the capacity clients, and not for the overload phase's.
+    with bench_server(args.weights, max_batch_size=batch,
+                      max_queue_tiles=args.capacity_clients * batch,
+                      request_timeout_s=300) as server:
+        at = asyncio.run(run_load(server.url, body, args.capacity_clients, 10**6, args.seconds,
                                   timeout_s=300))
-        past = asyncio.run(run_load(url, body, args.overload_clients, 10**6, args.seconds,
-                                    timeout_s=300))
+        past = asyncio.run(run_load(server.url, body, args.overload_clients, 10**6,
+                                    args.seconds, timeout_s=300))
     report["at_capacity"] = at.as_dict()
     report["past_capacity"] = past.as_dict()
     checks = {

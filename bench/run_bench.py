@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 import numpy as np
 
-from bench.common import board_png, machine, median, memory_mb, run_load, server_process
+from bench.common import bench_server, board_png, machine, median, memory_mb, run_load
 
 
 def matmul_peak_gflops(dtype: str, n: int = 2048, reps: int = 7) -> float:
@@ -60,10 +60,10 @@ def model_gflops(model: Any, size: int) -> float:
 def raw_throughput(weights: Path, precision: str, batches: list[int], reps: int,
                    gflops: float, peak: float) -> list[dict[str, Any]]:
     """Images per second of the bare model function at 640 x 640, per batch size."""
-    from app.core.config import Settings
     from app.inference.inferencer import Inferencer
 
-    inf = Inferencer.from_settings(Settings(weights_path=weights, precision=precision))
+    # Everything passed in: no PCB_* variable of the shell reaches the measurement.
+    inf = Inferencer.load(weights, device="auto", precision=precision)
     tile = inf.tile
     rows = []
     for b in batches:
@@ -202,17 +202,16 @@ def main(argv: list[str] | None = None) -> int:
             report["matmul_peak_gflops"][precision],
         )
     body = board_png(640, seed=1)
-    env = {"PCB_WEIGHTS_PATH": str(args.weights)}
     print("server ...", flush=True)
-    with server_process([sys.executable, "-m", "app.serve"], env=env) as (url, proc):
-        report["server"] = serve_load(url, body, plan)
-        report["big_board"] = big_board(url, args.big) if args.big else None
-        report["server_peak_rss_mb"] = round(peak_rss_mb(proc.pid), 1)
+    with bench_server(args.weights) as server:
+        report["server"] = serve_load(server.url, body, plan)
+        report["big_board"] = big_board(server.url, args.big) if args.big else None
+        report["server_peak_rss_mb"] = round(peak_rss_mb(server.pid), 1)
     print("naive baseline ...", flush=True)
     naive_cmd = [sys.executable, "-m", "uvicorn", "bench.naive_server:app", "--host",
                  "127.0.0.1", "--port", "{port}", "--log-level", "warning"]
-    with server_process(naive_cmd, env=env) as (url, _):
-        report["naive"] = serve_load(url, body, plan)
+    with bench_server(args.weights, argv=naive_cmd) as server:
+        report["naive"] = serve_load(server.url, body, plan)
     raw_f32 = [r for r in report["raw"] if r["precision"] == "float32"]
     best_raw = max(r["images_per_s"] for r in raw_f32)
     b1 = next(r for r in raw_f32 if r["batch"] == 1)

@@ -13,14 +13,13 @@ import argparse
 import asyncio
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from bench.common import board_png, memory_mb, server_process
+from bench.common import bench_server, board_png, memory_mb
 
 
 async def soak(url: str, pid: int, minutes: float, rate: float, body: bytes,
@@ -88,9 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
     body = board_png(args.size, seed=5)
-    env = {"PCB_WEIGHTS_PATH": str(args.weights)}
-    with server_process([sys.executable, "-m", "app.serve"], env=env) as (url, proc):
-        result = asyncio.run(soak(url, proc.pid, args.minutes, args.rate, body, args.sample_s))
+    with bench_server(args.weights) as server:
+        result = asyncio.run(soak(server.url, server.pid, args.minutes, args.rate, body,
+                                  args.sample_s))
     if args.out:
         args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: v for k, v in result.items() if k != "samples"}, indent=2))

@@ -28,6 +28,7 @@ Only ``httpx`` is needed: importing this module does not import TensorFlow.
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import mimetypes
 import os
@@ -35,7 +36,7 @@ import random
 import time
 import urllib.parse
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, Literal
@@ -49,6 +50,7 @@ __all__ = [
     "InspectError",
     "PERMANENT_CODES",
     "RETRY_STATUSES",
+    "RetryPolicy",
 ]
 
 #: What :meth:`InspectClient.predict` accepts as an image (a board, or a golden board): a
@@ -103,8 +105,9 @@ class _Request:
     """One request, fully materialised so it can be sent again on a retry.
 
     ``parse`` turns the successful response into what the public method returns: the sync
-    and async clients share every request builder and parser, and differ only in how they
-    send (see ``_call``).
+    and async clients share every request and parser, and differ only in how they send (see
+    ``_call``). A ``probe`` is tried once and answers with ``parse`` whatever the status, and
+    ``False`` when no response came.
     """
 
     method: str
@@ -113,6 +116,7 @@ class _Request:
     files: list[tuple[str, tuple[str, bytes, str]]] | None = None
     headers: dict[str, str] | None = None
     parse: Callable[[httpx.Response], Any] = _json
+    probe: bool = False
 
 
 def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
@@ -260,44 +264,45 @@ def _transport_error(exc: httpx.TransportError, url: str) -> InspectError:
     return InspectError(None, code, f"{url}: {detail}")
 
 
-class _Base:
-    """What the sync and async clients share: settings, request building, retry policy."""
+@dataclass(frozen=True)
+class RetryPolicy:
+    """What to retry and how long to wait: one policy for both clients and the batch command.
 
-    def __init__(
-        self,
-        base_url: str,
-        api_key: str | None = None,
-        timeout: float = 60.0,
-        retries: int = 5,
-        backoff: float = 0.5,
-        max_backoff: float = 30.0,
-        rng: random.Random | None = None,
-    ) -> None:
-        if not base_url.startswith(("http://", "https://")):
-            raise ValueError(f"base_url must start with http:// or https://; got {base_url!r}")
-        if retries < 0:
-            raise ValueError(f"retries must be >= 0; got {retries}")
-        if backoff < 0 or max_backoff < 0:
+    Attributes:
+        retries: Retries after the first attempt.
+        backoff: Base of the exponential backoff, in seconds.
+        max_backoff: Longest single wait, in seconds (``Retry-After`` included).
+        rng: Random source of the jitter.
+    """
+
+    retries: int = 5
+    backoff: float = 0.5
+    max_backoff: float = 30.0
+    rng: random.Random = field(default_factory=random.Random, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.retries < 0:
+            raise ValueError(f"retries must be >= 0; got {self.retries}")
+        if self.backoff < 0 or self.max_backoff < 0:
             raise ValueError(
-                f"backoff and max_backoff must be >= 0; got {backoff} and {max_backoff}"
+                f"backoff and max_backoff must be >= 0; got {self.backoff} and {self.max_backoff}"
             )
-        if timeout <= 0:
-            raise ValueError(f"timeout must be > 0 seconds; got {timeout}")
-        self.base_url = base_url.rstrip("/")
-        self.api_key = api_key
-        self.timeout = timeout
-        self.retries = retries
-        self.backoff = backoff
-        self.max_backoff = max_backoff
-        self._rng = rng if rng is not None else random.Random()
 
-    def _headers(self) -> dict[str, str]:
-        headers = {"User-Agent": _USER_AGENT}
-        if self.api_key:
-            headers["X-API-Key"] = self.api_key
-        return headers
+    @staticmethod
+    def retryable(status: int | None, code: str | None = None) -> bool:
+        """Whether an error of this kind may go away by itself.
 
-    def retry_delay(self, attempt: int, retry_after: float | None = None) -> float:
+        Only a busy service (503, 429) or a lost connection (``status`` None) earns a retry:
+        any other 4xx/5xx would come back the same, a 500 may be the image itself, and a
+        code in :data:`PERMANENT_CODES` says waiting does not cure it.
+        """
+        return status in (None, *RETRY_STATUSES) and code not in PERMANENT_CODES
+
+    def should_retry(self, error: InspectError, attempt: int) -> bool:
+        """Whether ``error`` after ``attempt`` retries is worth another try."""
+        return attempt < self.retries and self.retryable(error.status, error.code)
+
+    def delay(self, attempt: int, retry_after: float | None = None) -> float:
         """Seconds to wait before retry number ``attempt + 1``.
 
         Full jitter: uniform in ``[0, min(max_backoff, backoff * 2**attempt)]``. A
@@ -308,97 +313,267 @@ class _Base:
         Args:
             attempt: 0 for the first retry, 1 for the second, ...
             retry_after: The service's ``Retry-After`` in seconds, if it sent one.
-
-        Returns:
-            The delay in seconds.
         """
         cap = min(self.max_backoff, self.backoff * (2 ** min(attempt, 32)))
-        delay = self._rng.uniform(0.0, cap)
+        delay = self.rng.uniform(0.0, cap)
         if retry_after is not None:
             delay = max(delay, retry_after)
         return min(delay, self.max_backoff)
 
-    def _gives_up(self, error: InspectError, attempt: int) -> bool:
-        """Whether ``error`` ends the request after ``attempt`` retries.
 
-        Only a busy service or a lost connection earns a retry: any other 4xx/5xx would come
-        back the same, and a 500 may be the image itself.
+# --- request builders and parsers, shared by both clients ----------------------------------
+
+
+def _predict_request(
+    image: ImageInput,
+    params: dict[str, Any],
+    accept: str | None = None,
+    *,
+    template: ImageInput | None = None,
+    product: str | None = None,
+    parse: Callable[[httpx.Response], Any] = _json,
+) -> _Request:
+    if template is not None and product is not None:
+        # The service answers 422 too; failing here saves the upload.
+        raise ValueError(
+            "pass a golden board as template= (uploaded) or product= (stored), not both; "
+            f"got template and product={product!r}"
+        )
+    files = [("file", _read_image(image))]
+    if template is not None:
+        files.append(("template", _read_image(template, role="template")))
+    if product is not None:
+        params = {**params, "product": _product_id(product)}
+    return _Request("POST", "/predict", params=params, files=files,
+                    headers={"Accept": accept} if accept else None, parse=parse)
+
+
+def _is_ready(response: httpx.Response) -> bool:
+    return response.status_code == 200
+
+
+class _Client:
+    """Settings and every API method, once; a subclass only sends (``_call``).
+
+    Each method builds a :class:`_Request` and returns ``self._call(request)``: the value
+    itself in :class:`InspectClient`, an awaitable of it in :class:`AsyncInspectClient`.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str | None,
+        timeout: float,
+        policy: RetryPolicy,
+    ) -> None:
+        if not base_url.startswith(("http://", "https://")):
+            raise ValueError(f"base_url must start with http:// or https://; got {base_url!r}")
+        if timeout <= 0:
+            raise ValueError(f"timeout must be > 0 seconds; got {timeout}")
+        self.base_url = base_url.rstrip("/")
+        self.api_key = api_key
+        self.timeout = timeout
+        self.policy = policy
+
+    @property
+    def retries(self) -> int:
+        return self.policy.retries
+
+    def retry_delay(self, attempt: int, retry_after: float | None = None) -> float:
+        """Seconds to wait before retry number ``attempt + 1`` (:meth:`RetryPolicy.delay`)."""
+        return self.policy.delay(attempt, retry_after)
+
+    def _headers(self) -> dict[str, str]:
+        headers = {"User-Agent": _USER_AGENT}
+        if self.api_key:
+            headers["X-API-Key"] = self.api_key
+        return headers
+
+    def _call(self, request: _Request) -> Any:
+        raise NotImplementedError
+
+    def _settle(
+        self, request: _Request, outcome: httpx.Response | InspectError, attempt: int
+    ) -> tuple[bool, Any]:
+        """What one attempt (a response, or the error of a lost connection) came to.
+
+        Returns:
+            ``(True, value)``: the method returns ``value``; ``(False, seconds)``: wait that
+            long and try again.
+
+        Raises:
+            InspectError: The error that ends the request, once retries are spent or not
+                warranted.
         """
-        if error.status not in (None, *RETRY_STATUSES) or error.code in PERMANENT_CODES:
-            return True
-        return attempt >= self.retries
+        if request.probe:  # a yes/no question: one try, never an error
+            return True, isinstance(outcome, httpx.Response) and request.parse(outcome)
+        if isinstance(outcome, httpx.Response):
+            if outcome.is_success:
+                return True, request.parse(outcome)
+            outcome = _error_from_response(outcome)
+        if not self.policy.should_retry(outcome, attempt):
+            raise outcome
+        return False, self.policy.delay(attempt, outcome.retry_after)
 
-    def _outcome(self, response: httpx.Response) -> InspectError | None:
-        """``None`` for a success, else the error the response stands for."""
-        if response.is_success:
-            return None
-        return _error_from_response(response)
+    def _send_args(self, request: _Request) -> dict[str, Any]:
+        return {"method": request.method, "url": request.path, "params": request.params,
+                "files": request.files, "headers": request.headers}
 
-    # --- request builders, shared by both clients ----------------------------------------
+    # --- the API ---------------------------------------------------------------------------
 
-    @staticmethod
-    def _predict_request(
+    def predict(
+        self,
         image: ImageInput,
-        params: dict[str, Any],
-        accept: str | None = None,
         *,
         template: ImageInput | None = None,
         product: str | None = None,
-        parse: Callable[[httpx.Response], Any] = _json,
-    ) -> _Request:
-        if template is not None and product is not None:
-            # The service answers 422 too; failing here saves the upload.
-            raise ValueError(
-                "pass a golden board as template= (uploaded) or product= (stored), not both; "
-                f"got template and product={product!r}"
-            )
-        files = [("file", _read_image(image))]
-        if template is not None:
-            files.append(("template", _read_image(template, role="template")))
-        if product is not None:
-            params = {**params, "product": _product_id(product)}
-        return _Request(
-            "POST",
-            "/predict",
-            params=params,
-            files=files,
-            headers={"Accept": accept} if accept else None,
-            parse=parse,
-        )
+        mask: MaskMode = "none",
+        threshold: float | None = None,
+        min_area_px: int | None = None,
+        pixels_per_mm: float | None = None,
+        **params: Any,
+    ) -> Any:
+        """Inspects one board, alone or against its golden (defect-free) board.
 
-    @staticmethod
-    def _batch_request(
-        images: Sequence[ImageInput], params: dict[str, Any], product: str | None = None
-    ) -> _Request:
+        Args:
+            image: A path, bytes, binary file or ``(filename, bytes)``.
+            template: The golden board, uploaded with this request (same forms as ``image``).
+            product: The id of a golden board stored with :meth:`put_golden_board`. At most
+                one of ``template`` and ``product``.
+            mask: How the mask comes back: ``"png"`` (base64), ``"rle"`` or ``"none"``.
+            threshold: Confidence cut in ``[0, 1]``; default: the service's.
+            min_area_px: Smallest defect reported, in pixels; default: the service's.
+            pixels_per_mm: Scan resolution for the mm² areas; default: the service's.
+            **params: Other query parameters of ``/predict``, e.g. ``min_confidence=0.9``.
+
+        Returns:
+            The API's JSON result (``image``, ``model`` with its ``mode``, ``defects``,
+            ``summary``, and ``reference``: where the golden board came from and how it was
+            aligned, or ``None`` without one).
+
+        Raises:
+            InspectError: The service rejected the image or could not be reached; against a
+                golden board also ``unknown_product`` (404), ``alignment_failed`` (422) and
+                ``pair_model_unavailable`` (503).
+            ValueError: Both ``template`` and ``product``, or an unusable product id.
+        """
+        query = _params(mask, threshold, min_area_px, pixels_per_mm, **params)
+        return self._call(_predict_request(image, query, template=template, product=product))
+
+    def predict_batch(
+        self,
+        images: Sequence[ImageInput],
+        *,
+        product: str | None = None,
+        mask: MaskMode = "none",
+        threshold: float | None = None,
+        min_area_px: int | None = None,
+        pixels_per_mm: float | None = None,
+        **params: Any,
+    ) -> Any:
+        """Inspects several boards in one request (``POST /predict/batch``).
+
+        A bad image does not fail the others: each item of ``results`` has its own
+        ``status`` and either ``result`` or ``error``. With ``product``, every board is
+        compared with that product's stored golden board.
+
+        Returns:
+            ``{"count", "succeeded", "failed", "results": [...]}`` in upload order.
+
+        Raises:
+            InspectError: The request as a whole failed (e.g. 413: too many files, 404:
+                unknown product).
+        """
         if not images:
             raise ValueError("predict_batch needs at least one image; got an empty sequence")
+        query = _params(mask, threshold, min_area_px, pixels_per_mm, **params)
         if product is not None:
-            params = {**params, "product": _product_id(product)}
+            query["product"] = _product_id(product)
         files = [("files", _read_image(img, i)) for i, img in enumerate(images)]
-        return _Request("POST", "/predict/batch", params=params, files=files)
+        return self._call(_Request("POST", "/predict/batch", params=query, files=files))
 
-    @staticmethod
-    def _put_golden_request(product: str, image: ImageInput) -> _Request:
+    def overlay(
+        self,
+        image: ImageInput,
+        *,
+        template: ImageInput | None = None,
+        product: str | None = None,
+        **params: Any,
+    ) -> Any:
+        """PNG of the board with the defect masks, boxes, labels and a legend drawn on it."""
+        return self._call(_predict_request(
+            image, _params(render="overlay", **params), template=template, product=product,
+            parse=_content,
+        ))
+
+    def mask_png(
+        self,
+        image: ImageInput,
+        *,
+        template: ImageInput | None = None,
+        product: str | None = None,
+        **params: Any,
+    ) -> Any:
+        """The class-mask PNG (8-bit: 0 background, k the k-th class)."""
+        return self._call(_predict_request(
+            image, _params(**params), accept="image/png", template=template, product=product,
+            parse=_content,
+        ))
+
+    def put_golden_board(self, product: str, image: ImageInput) -> Any:
+        """Stores ``image`` as the golden board of ``product``, replacing any earlier one.
+
+        Returns:
+            The stored board's metadata as the service reports it (``product``, ``width``,
+            ``height``, ``sha256``, ``created``), and ``replaced``: ``True`` when the product
+            already had one (HTTP 200), ``False`` when it is new (201).
+
+        Raises:
+            InspectError: E.g. ``invalid_product`` (422) or an unreadable image (400/415).
+        """
         files = [("file", _read_image(image, role="golden board"))]
-        return _Request("PUT", _golden_path(product), files=files, parse=_stored)
+        return self._call(_Request("PUT", _golden_path(product), files=files, parse=_stored))
 
-    @staticmethod
-    def _list_golden_request() -> _Request:
-        return _Request("GET", "/v1/golden-boards", parse=_golden_list)
+    def list_golden_boards(self) -> Any:
+        """The stored golden boards: ``[{product, width, height, sha256, created}, ...]``."""
+        return self._call(_Request("GET", "/v1/golden-boards", parse=_golden_list))
 
-    @staticmethod
-    def _get_golden_request(product: str, png: bool = False) -> _Request:
-        if png:
-            return _Request("GET", _golden_path(product), headers={"Accept": "image/png"},
-                            parse=_content)
-        return _Request("GET", _golden_path(product), headers={"Accept": "application/json"})
+    def get_golden_board(self, product: str) -> Any:
+        """The metadata of ``product``'s golden board.
 
-    @staticmethod
-    def _delete_golden_request(product: str) -> _Request:
-        return _Request("DELETE", _golden_path(product), parse=_nothing)
+        Raises:
+            InspectError: ``unknown_product`` (404) when none is stored.
+        """
+        return self._call(_Request("GET", _golden_path(product),
+                                   headers={"Accept": "application/json"}))
+
+    def golden_board_png(self, product: str) -> Any:
+        """``product``'s golden board itself, as PNG bytes."""
+        return self._call(_Request("GET", _golden_path(product),
+                                   headers={"Accept": "image/png"}, parse=_content))
+
+    def delete_golden_board(self, product: str) -> Any:
+        """Deletes ``product``'s golden board (returns ``None``).
+
+        Raises:
+            InspectError: ``unknown_product`` (404) when none is stored.
+        """
+        return self._call(_Request("DELETE", _golden_path(product), parse=_nothing))
+
+    def health(self) -> Any:
+        """Whether the service is ready now (``GET /readyz``); never raises, never retries."""
+        return self._call(_Request("GET", "/readyz", parse=_is_ready, probe=True))
+
+    def model_info(self) -> Any:
+        """The served model's name, version, classes, input spec, resolution, ...
+
+        Raises:
+            InspectError: E.g. 401 for a missing or wrong API key.
+        """
+        return self._call(_Request("GET", "/v1/model"))
 
 
-class InspectClient(_Base):
+class InspectClient(_Client):
     """Synchronous client of the pcb-inspect REST API; safe to share between threads.
 
     Args:
@@ -428,7 +603,8 @@ class InspectClient(_Base):
         max_connections: int = 10,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
-        super().__init__(base_url, api_key, timeout, retries, backoff, max_backoff, rng)
+        policy = RetryPolicy(retries, backoff, max_backoff, rng or random.Random())
+        super().__init__(base_url, api_key, timeout, policy)
         self._sleep = sleep if sleep is not None else time.sleep
         self._http = httpx.Client(
             base_url=self.base_url,
@@ -448,183 +624,22 @@ class InspectClient(_Base):
         """Closes the connection pool."""
         self._http.close()
 
-    def _send(self, request: _Request) -> httpx.Response:
-        """Sends ``request``, retrying per the policy; returns the successful response.
-
-        Raises:
-            InspectError: The final error, once retries are spent or not warranted.
-        """
+    def _call(self, request: _Request) -> Any:
         attempt = 0
         while True:
+            outcome: httpx.Response | InspectError
             try:
-                response = self._http.request(
-                    request.method,
-                    request.path,
-                    params=request.params,
-                    files=request.files,
-                    headers=request.headers,
-                )
-                error = self._outcome(response)
+                outcome = self._http.request(**self._send_args(request))
             except httpx.TransportError as exc:
-                error = _transport_error(exc, self.base_url + request.path)
-            if error is None:
-                return response
-            if self._gives_up(error, attempt):
-                raise error
-            self._sleep(self.retry_delay(attempt, error.retry_after))
+                outcome = _transport_error(exc, self.base_url + request.path)
+            done, value = self._settle(request, outcome, attempt)
+            if done:
+                return value
+            self._sleep(value)
             attempt += 1
 
-    def _call(self, request: _Request) -> Any:
-        return request.parse(self._send(request))
 
-    def predict(
-        self,
-        image: ImageInput,
-        *,
-        template: ImageInput | None = None,
-        product: str | None = None,
-        mask: MaskMode = "none",
-        threshold: float | None = None,
-        min_area_px: int | None = None,
-        pixels_per_mm: float | None = None,
-    ) -> dict[str, Any]:
-        """Inspects one board, alone or against its golden (defect-free) board.
-
-        Args:
-            image: A path, bytes, binary file or ``(filename, bytes)``.
-            template: The golden board, uploaded with this request (same forms as ``image``).
-            product: The id of a golden board stored with :meth:`put_golden_board`. At most
-                one of ``template`` and ``product``.
-            mask: How the mask comes back: ``"png"`` (base64), ``"rle"`` or ``"none"``.
-            threshold: Confidence cut in ``[0, 1]``; default: the service's.
-            min_area_px: Smallest defect reported, in pixels; default: the service's.
-            pixels_per_mm: Scan resolution for the mm² areas; default: the service's.
-
-        Returns:
-            The API's JSON result (``image``, ``model`` with its ``mode``, ``defects``,
-            ``summary``, and ``reference``: where the golden board came from and how it was
-            aligned, or ``None`` without one).
-
-        Raises:
-            InspectError: The service rejected the image or could not be reached; against a
-                golden board also ``unknown_product`` (404), ``alignment_failed`` (422) and
-                ``pair_model_unavailable`` (503).
-            ValueError: Both ``template`` and ``product``, or an unusable product id.
-        """
-        params = _params(mask, threshold, min_area_px, pixels_per_mm)
-        request = self._predict_request(image, params, template=template, product=product)
-        return self._call(request)  # type: ignore[no-any-return]
-
-    def predict_batch(
-        self,
-        images: Sequence[ImageInput],
-        *,
-        product: str | None = None,
-        mask: MaskMode = "none",
-        threshold: float | None = None,
-        min_area_px: int | None = None,
-        pixels_per_mm: float | None = None,
-    ) -> dict[str, Any]:
-        """Inspects several boards in one request (``POST /predict/batch``).
-
-        A bad image does not fail the others: each item of ``results`` has its own
-        ``status`` and either ``result`` or ``error``. With ``product``, every board is
-        compared with that product's stored golden board.
-
-        Returns:
-            ``{"count", "succeeded", "failed", "results": [...]}`` in upload order.
-
-        Raises:
-            InspectError: The request as a whole failed (e.g. 413: too many files, 404:
-                unknown product).
-        """
-        params = _params(mask, threshold, min_area_px, pixels_per_mm)
-        return self._call(self._batch_request(images, params, product))  # type: ignore[no-any-return]
-
-    def overlay(
-        self,
-        image: ImageInput,
-        *,
-        template: ImageInput | None = None,
-        product: str | None = None,
-        **params: Any,
-    ) -> bytes:
-        """PNG of the board with the defect masks, boxes, labels and a legend drawn on it."""
-        request = self._predict_request(
-            image, _params(render="overlay", **params), template=template, product=product,
-            parse=_content,
-        )
-        return self._call(request)  # type: ignore[no-any-return]
-
-    def mask_png(
-        self,
-        image: ImageInput,
-        *,
-        template: ImageInput | None = None,
-        product: str | None = None,
-        **params: Any,
-    ) -> bytes:
-        """The class-mask PNG (8-bit: 0 background, k the k-th class)."""
-        request = self._predict_request(
-            image, _params(**params), accept="image/png", template=template, product=product,
-            parse=_content,
-        )
-        return self._call(request)  # type: ignore[no-any-return]
-
-    def put_golden_board(self, product: str, image: ImageInput) -> dict[str, Any]:
-        """Stores ``image`` as the golden board of ``product``, replacing any earlier one.
-
-        Returns:
-            The stored board's metadata as the service reports it (``product``, ``width``,
-            ``height``, ``sha256``, ``created``), and ``replaced``: ``True`` when the product
-            already had one (HTTP 200), ``False`` when it is new (201).
-
-        Raises:
-            InspectError: E.g. ``invalid_product`` (422) or an unreadable image (400/415).
-        """
-        return self._call(self._put_golden_request(product, image))  # type: ignore[no-any-return]
-
-    def list_golden_boards(self) -> list[dict[str, Any]]:
-        """The stored golden boards: ``[{product, width, height, sha256, created}, ...]``."""
-        return self._call(self._list_golden_request())  # type: ignore[no-any-return]
-
-    def get_golden_board(self, product: str) -> dict[str, Any]:
-        """The metadata of ``product``'s golden board.
-
-        Raises:
-            InspectError: ``unknown_product`` (404) when none is stored.
-        """
-        return self._call(self._get_golden_request(product))  # type: ignore[no-any-return]
-
-    def golden_board_png(self, product: str) -> bytes:
-        """``product``'s golden board itself, as PNG bytes."""
-        return self._call(self._get_golden_request(product, png=True))  # type: ignore[no-any-return]
-
-    def delete_golden_board(self, product: str) -> None:
-        """Deletes ``product``'s golden board.
-
-        Raises:
-            InspectError: ``unknown_product`` (404) when none is stored.
-        """
-        self._call(self._delete_golden_request(product))
-
-    def health(self) -> bool:
-        """Whether the service is ready now (``GET /readyz``); never raises, never retries."""
-        try:
-            return self._http.get("/readyz").status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    def model_info(self) -> dict[str, Any]:
-        """The served model's name, version, classes, input spec, resolution, ...
-
-        Raises:
-            InspectError: E.g. 401 for a missing or wrong API key.
-        """
-        return self._call(_Request("GET", "/v1/model"))  # type: ignore[no-any-return]
-
-
-class AsyncInspectClient(_Base):
+class AsyncInspectClient(_Client):
     """The asyncio twin of :class:`InspectClient`: same arguments, same methods, awaited.
 
     ``sleep`` must be a coroutine function (default: :func:`asyncio.sleep`).
@@ -644,9 +659,8 @@ class AsyncInspectClient(_Base):
         max_connections: int = 10,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        import asyncio
-
-        super().__init__(base_url, api_key, timeout, retries, backoff, max_backoff, rng)
+        policy = RetryPolicy(retries, backoff, max_backoff, rng or random.Random())
+        super().__init__(base_url, api_key, timeout, policy)
         self._sleep = sleep if sleep is not None else asyncio.sleep
         self._http = httpx.AsyncClient(
             base_url=self.base_url,
@@ -666,114 +680,16 @@ class AsyncInspectClient(_Base):
         """Closes the connection pool."""
         await self._http.aclose()
 
-    async def _send(self, request: _Request) -> httpx.Response:
+    async def _call(self, request: _Request) -> Any:
         attempt = 0
         while True:
+            outcome: httpx.Response | InspectError
             try:
-                response = await self._http.request(
-                    request.method,
-                    request.path,
-                    params=request.params,
-                    files=request.files,
-                    headers=request.headers,
-                )
-                error = self._outcome(response)
+                outcome = await self._http.request(**self._send_args(request))
             except httpx.TransportError as exc:
-                error = _transport_error(exc, self.base_url + request.path)
-            if error is None:
-                return response
-            if self._gives_up(error, attempt):
-                raise error
-            await self._sleep(self.retry_delay(attempt, error.retry_after))
+                outcome = _transport_error(exc, self.base_url + request.path)
+            done, value = self._settle(request, outcome, attempt)
+            if done:
+                return value
+            await self._sleep(value)
             attempt += 1
-
-    async def _call(self, request: _Request) -> Any:
-        return request.parse(await self._send(request))
-
-    async def predict(
-        self,
-        image: ImageInput,
-        *,
-        template: ImageInput | None = None,
-        product: str | None = None,
-        **params: Any,
-    ) -> dict[str, Any]:
-        """See :meth:`InspectClient.predict` (``mask`` defaults to ``"none"``)."""
-        params.setdefault("mask", "none")
-        request = self._predict_request(
-            image, _params(**params), template=template, product=product
-        )
-        return await self._call(request)  # type: ignore[no-any-return]
-
-    async def predict_batch(
-        self, images: Sequence[ImageInput], *, product: str | None = None, **params: Any
-    ) -> dict[str, Any]:
-        """See :meth:`InspectClient.predict_batch`."""
-        params.setdefault("mask", "none")
-        return await self._call(  # type: ignore[no-any-return]
-            self._batch_request(images, _params(**params), product)
-        )
-
-    async def overlay(
-        self,
-        image: ImageInput,
-        *,
-        template: ImageInput | None = None,
-        product: str | None = None,
-        **params: Any,
-    ) -> bytes:
-        """See :meth:`InspectClient.overlay`."""
-        request = self._predict_request(
-            image, _params(render="overlay", **params), template=template, product=product,
-            parse=_content,
-        )
-        return await self._call(request)  # type: ignore[no-any-return]
-
-    async def mask_png(
-        self,
-        image: ImageInput,
-        *,
-        template: ImageInput | None = None,
-        product: str | None = None,
-        **params: Any,
-    ) -> bytes:
-        """See :meth:`InspectClient.mask_png`."""
-        request = self._predict_request(
-            image, _params(**params), accept="image/png", template=template, product=product,
-            parse=_content,
-        )
-        return await self._call(request)  # type: ignore[no-any-return]
-
-    async def put_golden_board(self, product: str, image: ImageInput) -> dict[str, Any]:
-        """See :meth:`InspectClient.put_golden_board`."""
-        return await self._call(self._put_golden_request(product, image))  # type: ignore[no-any-return]
-
-    async def list_golden_boards(self) -> list[dict[str, Any]]:
-        """See :meth:`InspectClient.list_golden_boards`."""
-        return await self._call(self._list_golden_request())  # type: ignore[no-any-return]
-
-    async def get_golden_board(self, product: str) -> dict[str, Any]:
-        """See :meth:`InspectClient.get_golden_board`."""
-        return await self._call(self._get_golden_request(product))  # type: ignore[no-any-return]
-
-    async def golden_board_png(self, product: str) -> bytes:
-        """See :meth:`InspectClient.golden_board_png`."""
-        return await self._call(  # type: ignore[no-any-return]
-            self._get_golden_request(product, png=True)
-        )
-
-    async def delete_golden_board(self, product: str) -> None:
-        """See :meth:`InspectClient.delete_golden_board`."""
-        await self._call(self._delete_golden_request(product))
-
-    async def health(self) -> bool:
-        """See :meth:`InspectClient.health`."""
-        try:
-            return (await self._http.get("/readyz")).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    async def model_info(self) -> dict[str, Any]:
-        """See :meth:`InspectClient.model_info`."""
-        return await self._call(_Request("GET", "/v1/model"))  # type: ignore[no-any-return]
-

@@ -46,7 +46,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from pcb_inspect.client import PERMANENT_CODES, RETRY_STATUSES, InspectClient, InspectError
+from pcb_inspect.client import PERMANENT_CODES, InspectClient, InspectError
 
 EXIT_PASS, EXIT_FAIL, EXIT_ERROR = 0, 1, 2
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -531,6 +531,14 @@ class _FatalError(Exception):
         self.error = error
 
 
+def _item_error(item: dict[str, Any]) -> InspectError:
+    """The error of one failed item of a ``/predict/batch`` answer."""
+    error = item.get("error") or {}
+    status = int(item["status"])
+    return InspectError(status, str(error.get("code", f"http_{status}")),
+                        str(error.get("message", "")))
+
+
 def _inspect_chunk(
     client: InspectClient, folder: Path, chunk: list[Path], params: dict[str, Any],
     stop: threading.Event, product: str | None = None,
@@ -577,17 +585,14 @@ def _inspect_chunk(
         for item, path in zip(body["results"], pending, strict=True):
             if item["status"] == 200:
                 records[path] = _Record.from_result(rel[path], item["result"])
-            elif (item["status"] in RETRY_STATUSES and attempt < client.retries
-                  and (item.get("error") or {}).get("code") not in PERMANENT_CODES):
+            elif client.policy.should_retry(_item_error(item), attempt):
                 retry.append(path)
             else:
-                error = item.get("error") or {}
-                records[path] = _Record.from_error(
-                    rel[path], item["status"], str(error.get("code", f"http_{item['status']}")),
-                    str(error.get("message", "")),
-                )
+                error = _item_error(item)
+                records[path] = _Record.from_error(rel[path], error.status, error.code,
+                                                   error.message)
         if retry:
-            stop.wait(client.retry_delay(attempt))
+            stop.wait(client.policy.delay(attempt))
             attempt += 1
         pending = retry
     return [records[p] for p in chunk if p in records]

@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from app.core.config import DEFAULT_WEIGHTS, Settings
+from app.core.config import DEFAULT_WEIGHTS
 from app.inference.inferencer import Inferencer
 from app.inference.postprocess import PostprocessConfig
 from app.inference.render import CLASS_COLORS_BGR, render_overlay
@@ -30,7 +30,7 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=3)
     p.add_argument("--out", type=Path, default=Path("docs/img/example.png"))
     args = p.parse_args()
-    inf = Inferencer.from_settings(Settings(weights_path=args.weights))
+    inf = Inferencer.load(args.weights, device="auto")
     card = inf.card
     board = make_board(seed=args.seed, size=640, jpeg_quality=90)
     config = PostprocessConfig(threshold=card.thresholds.confidence,

@@ -11,6 +11,12 @@ if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 \
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium \
      >/dev/null) || echo "chromium could not be installed: the browser test will skip"
 fi
+# The records tests start a real PostgreSQL server (Debian's), as the postgres user.
+if ! command -v pg_ctl >/dev/null 2>&1 && ! compgen -G "/usr/lib/postgresql/*/bin/pg_ctl" >/dev/null \
+   && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql \
+     >/dev/null) || echo "postgresql could not be installed: the PostgreSQL tests will skip"
+fi
 export TF_CPP_MIN_LOG_LEVEL=2
 .venv/bin/ruff check .
 .venv/bin/mypy app

@@ -27,6 +27,8 @@ MIN_PRECISION = {"single": 0.3, "pair": 0.8}
 
 pytestmark = [
     pytest.mark.data,
+    # Slow: loads both full-size models and inspects 16 full boards.
+    pytest.mark.slow,
     pytest.mark.skipif(not DATA.is_dir(), reason=f"DeepPCB data not present at {DATA}"),
 ]
 

@@ -9,10 +9,16 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from training.train import TrainConfig, run_split
+
+if TYPE_CHECKING:
+    from training.data import Sample
 
 WEIGHTS_NAME = "pcb_defect_unet.keras"
 
@@ -39,14 +45,14 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     return p
 
 
-def annotation_box_margin(data: Path, seed: int = 42, val_fraction: float = 0.1) -> int:
+def annotation_box_margin(train: Sequence[Sample]) -> int:
     """Median margin (pixels a side) between DeepPCB's boxes and the defects' tight boxes.
 
-    Measured on the training part of the split only.
+    Args:
+        train: The run's training boards (never its validation ones); the first 300 count.
     """
-    from training.data import load_sample, read_split, split_train_val
+    from training.data import load_sample
 
-    train, _ = split_train_val(read_split(data), val_fraction, seed)
     pads = []
     for sample in train[:300]:
         _, mask, boxes = load_sample(sample)
@@ -101,12 +107,14 @@ def export(args: argparse.Namespace) -> dict[str, Any]:
     from app.inference.card import write_card
     from model_defs import CLASS_NAMES, build_model, get_custom_objects
 
-    config = json.loads((args.run / "config.json").read_text())
+    # The run folder may have moved since training: its split.json is read from where it is.
+    config = TrainConfig.load(args.run).model_copy(update={"out": args.run})
+    train, _ = run_split(config)
     summary_path = args.run / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
     keras.mixed_precision.set_global_policy("float32")
-    depth = int(config.get("encoder_depth", 4))
-    edge = config.get("no_edge") != "True"
+    depth = config.encoder_depth
+    edge = not config.no_edge
     model = build_model(encoder_depth=depth, edge_enhancement=edge)
     checkpoint = args.run / args.checkpoint
     if checkpoint.name.endswith(".weights.h5"):
@@ -119,9 +127,8 @@ def export(args: argparse.Namespace) -> dict[str, Any]:
         model.set_weights([np.asarray(w, dtype=np.float32) for w in trained.get_weights()])
     recalibrated = 0
     if args.recalibrate_bn:
-        from training.data import load_arrays, read_split, split_train_val
+        from training.data import load_arrays
 
-        train, _ = split_train_val(read_split(Path(config["data"])))
         images, _, _ = load_arrays(train[: args.recalibrate_bn * 4])
         recalibrated = recalibrate_batchnorm(model, images)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -135,7 +142,7 @@ def export(args: argparse.Namespace) -> dict[str, Any]:
                   "dtype": "uint8"},
         "pixels_per_mm": args.pixels_per_mm,
         "thresholds": {"confidence": args.threshold, "min_area_px": args.min_area_px},
-        "annotation_box_margin_px": annotation_box_margin(Path(config["data"])),
+        "annotation_box_margin_px": annotation_box_margin(train),
         "architecture": {
             "encoder": f"ResNet50 (keras.applications), cut after stage {depth}",
             "decoder": "U-Net, skips at strides 8, 4, 2 and 1",
@@ -144,7 +151,7 @@ def export(args: argparse.Namespace) -> dict[str, Any]:
             "weights_dtype": "float32",
             "file_bytes": weights.stat().st_size,
         },
-        "training": {"config": config, "summary": summary,
+        "training": {"config": config.model_dump(mode="json"), "summary": summary,
                      "batchnorm_recalibrated_on_boards": recalibrated * 4},
     }
     if args.extra:

@@ -8,11 +8,67 @@ import json
 import platform
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+if TYPE_CHECKING:
+    from training.data import Sample
 
 LOSSES = ("dice_iou_ce", "dice_iou", "ce")
+CONFIG_NAME = "config.json"
+SPLIT_NAME = "split.json"
+
+
+class TrainConfig(BaseModel):
+    """A run's settings, typed: what ``pcb-inspect train`` was given (defaults: the flags').
+
+    Saved in the run folder as ``config.json`` with JSON's own types (``"seed": 42``,
+    ``"no_edge": false``), and read back by ``pcb-inspect export``.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    data: Path
+    out: Path
+    max_minutes: float
+    epochs: int
+    steps_per_epoch: int
+    batch_size: int
+    crop: int
+    defect_crop_prob: float
+    val_fraction: float
+    val_images: int
+    loss: Literal["dice_iou_ce", "dice_iou", "ce"]
+    no_edge: bool
+    encoder_weights: Literal["none", "imagenet"]
+    encoder_depth: int = Field(ge=2, le=5)
+    precision: Literal["float32", "mixed_bfloat16", "mixed_float16"]
+    learning_rate: float
+    seed: int
+    cache: Path | None
+    verbose: int
+
+    @field_validator("cache", mode="before")
+    @classmethod
+    def _none_as_written_by_older_runs(cls, value: object) -> object:
+        # Runs before the typed config wrote every value with str(), None included.
+        return None if value == "None" else value
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> TrainConfig:
+        """The config of parsed :func:`build_parser` arguments."""
+        return cls(**vars(args))
+
+    @classmethod
+    def load(cls, run: Path) -> TrainConfig:
+        """Reads ``run/config.json``; an older run's all-string values are converted."""
+        return cls.model_validate_json((run / CONFIG_NAME).read_text())
+
+    def save(self) -> None:
+        """Writes ``config.json`` into the run folder (``out``)."""
+        (self.out / CONFIG_NAME).write_text(self.model_dump_json(indent=2) + "\n")
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
@@ -157,11 +213,37 @@ def _best_so_far(out: Path) -> float | None:
     return min(values) if values else None
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def run_split(config: TrainConfig) -> tuple[list[Sample], list[Sample]]:
+    """The run's own ``(train, val)`` samples: as its ``split.json`` lists them.
+
+    A run folder without one (it was never started) gets the split its config's seed and
+    validation fraction give, which is what training writes there.
+
+    Raises:
+        ValueError: ``split.json`` names boards that ``config.data`` does not hold.
+    """
+    from training.data import read_split, split_train_val
+
+    samples = read_split(config.data)
+    path = config.out / SPLIT_NAME
+    if not path.is_file():
+        return split_train_val(samples, config.val_fraction, config.seed)
+    split = json.loads(path.read_text())
+    by_key = {s.key: s for s in samples}
+    missing = [k for k in split["train"] + split["val"] if k not in by_key]
+    if missing:
+        raise ValueError(
+            f"{path} lists {len(missing)} boards that {config.data} does not hold "
+            f"(e.g. {missing[:3]}); expected the folder the run was trained on"
+        )
+    return [by_key[k] for k in split["train"]], [by_key[k] for k in split["val"]]
+
+
+def run(args: argparse.Namespace | TrainConfig) -> dict[str, Any]:
     """Trains a model as ``args`` say and writes the run folder.
 
     Args:
-        args: Parsed arguments of :func:`build_parser`.
+        args: Parsed arguments of :func:`build_parser`, or their :class:`TrainConfig`.
 
     Returns:
         A summary dict (also written as ``summary.json`` in the run folder).
@@ -170,38 +252,39 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     import tensorflow as tf
 
     from model_defs import build_model
-    from training.data import load_arrays, read_split, split_train_val
+    from training.data import load_arrays
 
+    config = args if isinstance(args, TrainConfig) else TrainConfig.from_args(args)
     started = time.time()
-    keras.utils.set_random_seed(args.seed)
-    keras.mixed_precision.set_global_policy(args.precision)
-    out: Path = args.out
+    keras.utils.set_random_seed(config.seed)
+    keras.mixed_precision.set_global_policy(config.precision)
+    out = config.out
     out.mkdir(parents=True, exist_ok=True)
-    config = {k: str(v) for k, v in vars(args).items()}
-    (out / "config.json").write_text(json.dumps(config, indent=2))
+    config.save()
 
-    samples = read_split(args.data)
-    train_s, val_s = split_train_val(samples, args.val_fraction, args.seed)
-    images, masks, boxes = load_arrays(train_s, cache=args.cache)
-    val_images, val_masks, _ = load_arrays(val_s[: args.val_images])
-    (out / "split.json").write_text(
+    # A resumed run keeps the split it started with (run_split reads split.json).
+    train_s, val_s = run_split(config)
+    images, masks, boxes = load_arrays(train_s, cache=config.cache)
+    val_images, val_masks, _ = load_arrays(val_s[: config.val_images])
+    (out / SPLIT_NAME).write_text(
         json.dumps({"train": [s.key for s in train_s], "val": [s.key for s in val_s]})
     )
     train_ds = make_train_dataset(
-        images, masks, boxes, args.crop, args.batch_size, args.defect_crop_prob, args.seed
+        images, masks, boxes, config.crop, config.batch_size, config.defect_crop_prob,
+        config.seed,
     )
     val_ds = tf.data.Dataset.from_tensor_slices(
         (val_images[..., None].astype("float32"), val_masks.astype("int32"))
     ).batch(4)
 
     model = build_model(
-        encoder_weights=None if args.encoder_weights == "none" else args.encoder_weights,
-        encoder_depth=args.encoder_depth,
-        edge_enhancement=not args.no_edge,
+        encoder_weights=None if config.encoder_weights == "none" else config.encoder_weights,
+        encoder_depth=config.encoder_depth,
+        edge_enhancement=not config.no_edge,
     )
     model.compile(
-        optimizer=keras.optimizers.Adam(args.learning_rate),
-        loss=make_loss(args.loss),
+        optimizer=keras.optimizers.Adam(config.learning_rate),
+        loss=make_loss(config.loss),
         metrics=[keras.metrics.MeanIoU(num_classes=7, sparse_y_pred=False, name="miou")],
     )
     callbacks = [
@@ -213,15 +296,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=4,
                                           min_lr=1e-5),
         keras.callbacks.CSVLogger(str(out / "history.csv"), append=True),
-        TimeBudget(args.max_minutes, started),
+        TimeBudget(config.max_minutes, started),
     ]
     history = model.fit(
         train_ds,
-        epochs=args.epochs,
-        steps_per_epoch=args.steps_per_epoch,
+        epochs=config.epochs,
+        steps_per_epoch=config.steps_per_epoch,
         validation_data=val_ds,
         callbacks=callbacks,
-        verbose=args.verbose,
+        verbose=config.verbose,
         shuffle=False,  # the dataset shuffles itself; Keras warns when asked to
     )
     summary = {

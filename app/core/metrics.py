@@ -41,6 +41,11 @@ DEFECTS = Counter("pcb_defects_total", "Defects found, by class.", ["class_name"
 VERDICTS = Counter("pcb_verdicts_total", "Board verdicts.", ["verdict"])
 REJECTED = Counter("pcb_rejected_total", "Rejected requests, by reason.", ["reason"])
 QUEUE_DEPTH = Gauge("pcb_queue_tiles", "Tiles waiting for the model now.")
+INFLIGHT_PIXELS = Gauge(
+    "pcb_inflight_pixels",
+    "Pixels of the boards being inspected now, against PCB_MAX_INFLIGHT_PIXELS (a pair board "
+    "counts twice).",
+)
 IN_FLIGHT_REQUESTS = Gauge(
     "pcb_inflight_requests",
     "Inspection requests (POST /predict, POST /predict/batch) being handled now; a batch is one.",

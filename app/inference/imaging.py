@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-__all__ = ["ALLOWED_FORMATS", "DecodedImage", "ImageError", "decode_image"]
+__all__ = ["ALLOWED_FORMATS", "DecodedImage", "ImageError", "declared_pixels", "decode_image"]
 
 #: Pillow format names the service accepts. GIF is accepted only as a single frame.
 ALLOWED_FORMATS: frozenset[str] = frozenset({"PNG", "JPEG", "BMP", "TIFF", "WEBP", "GIF"})
@@ -35,17 +35,12 @@ _FORMAT_ALIASES = {"MPO": "JPEG"}
 
 _EXPECTED = "a PNG, JPEG, BMP, TIFF, WEBP or single-frame GIF image"
 
-# File signatures of the accepted formats. They let a file that *claims* to be, say, a PNG
-# but whose header Pillow cannot parse be reported as damaged (400) rather than as "not an
-# image" (415), which would send the operator looking at the wrong problem.
+# File signatures: a file that claims to be, say, a PNG but whose header Pillow cannot parse is
+# damaged (400), not "not an image" (415), which would send the operator the wrong way.
 _SIGNATURES: tuple[tuple[bytes, str], ...] = (
     (b"\x89PNG\r\n\x1a\n", "PNG"),
-    (b"\xff\xd8\xff", "JPEG"),
-    (b"GIF87a", "GIF"),
-    (b"GIF89a", "GIF"),
-    (b"BM", "BMP"),
-    (b"II*\x00", "TIFF"),
-    (b"MM\x00*", "TIFF"),
+    (b"\xff\xd8\xff", "JPEG"), (b"GIF87a", "GIF"), (b"GIF89a", "GIF"), (b"BM", "BMP"),
+    (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"),
 )
 
 # What Pillow's decoders raise on malformed input. Plugins are not consistent: the same
@@ -56,9 +51,7 @@ _DECODE_ERRORS: tuple[type[BaseException], ...] = (
     zlib.error, ZeroDivisionError, OverflowError,
 )
 _IDENTIFY_ERRORS: tuple[type[BaseException], ...] = (
-    Image.DecompressionBombError,
-    Image.DecompressionBombWarning,
-    *_DECODE_ERRORS,
+    Image.DecompressionBombError, Image.DecompressionBombWarning, *_DECODE_ERRORS,
 )
 
 # ``warnings.catch_warnings`` swaps the process-wide filter list and puts it back on exit; two
@@ -175,6 +168,20 @@ def decode_image(
             return _decode(data, max_pixels=max_pixels, min_side=min_side)
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
             raise _bomb_error(exc, max_pixels) from exc
+
+
+def declared_pixels(data: bytes) -> int | None:
+    """``width * height`` as the file's header declares it, read without decoding a pixel
+    (``None``: no header Pillow can read; :func:`decode_image` then says what is wrong)."""
+    with _DECODE_LOCK, warnings.catch_warnings():
+        # Only the size is read here; the bomb guard is decode_image's, with a clean 413.
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            with Image.open(io.BytesIO(data), formats=sorted(ALLOWED_FORMATS)) as img:
+                width, height = img.size
+        except Exception:  # any unreadable header: the decode reports it properly
+            return None
+    return int(width) * int(height)
 
 
 def _decode(data: bytes, *, max_pixels: int, min_side: int) -> DecodedImage:

@@ -29,7 +29,13 @@ from app.inference.loading import (
     sha256_of,
     with_policy,
 )
-from app.inference.postprocess import Defect, PostprocessConfig, Summary, postprocess
+from app.inference.postprocess import (
+    Defect,
+    PostprocessConfig,
+    Summary,
+    describe_defects,
+    gather_defect_pixels,
+)
 from app.inference.precision import read_cpu_flags, resolve_precision
 from app.inference.tiling import Stitcher, Tile, extract_tiles, plan_tiles
 from pcb_inspect.registration import Alignment
@@ -355,11 +361,17 @@ class Inferencer:
     def post_process(
         self, stitcher: Stitcher, config: PostprocessConfig, n_tiles: int, timings: dict[str, float]
     ) -> InferenceResult:
-        """Turns the stitched maps into typed defects, summary and class map."""
+        """Turns the stitched maps into typed defects, summary and class map.
+
+        The stitcher's maps are released once the defect pixels are gathered: on a large board
+        they and the labelling's own maps would otherwise be held at once.
+        """
         started = time.perf_counter()
-        result = postprocess(
-            stitcher.fg, stitcher.cls, self.card.classes, config, cls_p=stitcher.cls_p
+        pixels = gather_defect_pixels(
+            stitcher.fg, stitcher.cls, stitcher.cls_p, config.threshold
         )
+        stitcher.release()
+        result = describe_defects(pixels, self.card.classes, config)
         timings["post_process"] = (time.perf_counter() - started) * 1e3
         h, w = result.class_map.shape
         return InferenceResult(

@@ -20,6 +20,7 @@ passed in by the caller.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import cv2
@@ -29,7 +30,16 @@ import numpy as np
 # them, as every caller always has.
 from app.inference.defects import Defect, PostprocessConfig, PostprocessResult, Summary
 
-__all__ = ["Defect", "PostprocessConfig", "PostprocessResult", "Summary", "postprocess"]
+__all__ = [
+    "Defect",
+    "DefectPixels",
+    "PostprocessConfig",
+    "PostprocessResult",
+    "Summary",
+    "describe_defects",
+    "gather_defect_pixels",
+    "postprocess",
+]
 
 # The class map is stored as uint8 (and written as an 8-bit PNG), so class ids must fit in it.
 _MAX_CLASSES = 255
@@ -47,16 +57,15 @@ def postprocess(
     Steps, all vectorised (an 8000 x 8000 board is one pass of each):
 
     1. Defect pixels: ``fg >= threshold`` (and ``fg > 0``, ``cls > 0``), whatever their class.
-    2. Fragments: the 8-connected components of the defect pixels, with their exact area,
-       bbox and centroid (``cv2.connectedComponentsWithStats``).
-    3. Merge: the defect mask is dilated by ``merge_distance_px`` (``cv2.dilate``) and its
+    2. Merge: the defect mask is dilated by ``merge_distance_px`` (``cv2.dilate``) and its
        8-connected components labelled (``cv2.connectedComponents``). A defect is the set of
        ORIGINAL defect pixels of one such component, i.e. a group of fragments: the dilation
        only decides which fragments belong together, it adds no pixel to any defect.
-    4. Describe each defect: area, bbox and centroid from its fragments', mean ``fg`` and the
-       class vote from its pixels (``np.bincount`` over the labels), where each pixel gives
-       ``fg * cls_p`` to its ``cls``. The class is the vote's winner; ``confidence =
-       mean(fg) * purity``, purity being the winning vote over the total vote.
+    3. Gather: the labels at the defect pixels (few), then the full-size label map is freed.
+    4. Describe each defect from its pixels (``np.bincount`` over the labels): area, bbox,
+       centroid, mean ``fg`` and the class vote, where each pixel gives ``fg * cls_p`` to its
+       ``cls``. The class is the vote's winner; ``confidence = mean(fg) * purity``, purity
+       being the winning vote over the total vote.
     5. Drop defects with fewer than ``min_area_px`` pixels (after merging), paint the kept
        ones into the class map with their one class, total and judge.
 
@@ -79,25 +88,76 @@ def postprocess(
             empty or too long.
     """
     fg, cls, cls_p, names = _check_inputs(fg, cls, cls_p, class_names)
-    height, width = fg.shape
-    threshold = np.float32(config.threshold)
+    return describe_defects(gather_defect_pixels(fg, cls, cls_p, config.threshold), names, config)
+
+
+@dataclass(frozen=True, eq=False)
+class DefectPixels:
+    """The defect pixels of one image: where they are, and the maps' values there.
+
+    The full-size maps are not needed past this point, so a caller holding a large board's
+    maps (the stitcher: 7 bytes a pixel) can free them before the labelling, which needs
+    another 6 bytes a pixel for its own maps.
+    """
+
+    #: ``(H, W)`` bool: ``fg >= threshold`` and ``fg > 0`` and ``cls > 0``.
+    mask: np.ndarray
+    #: The maps at the defect pixels, in row-major order: float32 ``fg``, uint8 ``cls`` and
+    #: ``cls_p`` (``None``: 1 everywhere).
+    fg: np.ndarray
+    cls: np.ndarray
+    cls_p: np.ndarray | None
+
+
+def gather_defect_pixels(
+    fg: np.ndarray, cls: np.ndarray, cls_p: np.ndarray | None, threshold: float
+) -> DefectPixels:
+    """Step 1 of :func:`postprocess`: the defect pixels and the maps' values there.
+
+    The maps must have passed :func:`_check_inputs` (as in :func:`postprocess`) or come from
+    the inferencer's stitcher.
+
+    Raises:
+        ValueError: ``cls_p`` is outside ``(0, 1]`` on a defect pixel.
+    """
     # Compare in float32: a float64 threshold such as 0.7 is slightly above float32(0.7), which
-    # would make a pixel whose confidence "equals" the threshold miss it.
-    defect_px = (fg >= threshold) & (fg > 0) & (cls > 0)
-    class_map = np.zeros((height, width), dtype=np.uint8)
+    # would make a pixel whose confidence "equals" the threshold miss it. In place, so that a
+    # large board holds one boolean map here, not three.
+    mask = np.greater_equal(fg, np.float32(threshold))
+    mask &= fg > 0
+    mask &= cls > 0
+    pix_p = None
+    if cls_p is not None:
+        pix_p = cls_p[mask]
+        if pix_p.size:
+            lo, hi = float(pix_p.min()), float(pix_p.max())
+            if not (lo > 0 and hi <= 1):  # written so that NaN fails too
+                raise ValueError(
+                    "cls_p must be in (0, 1] on defect pixels (it is P(cls | defect) >= 1/K). "
+                    f"Received: cls_p values in [{lo}, {hi}] on defect pixels"
+                )
+    return DefectPixels(mask, fg[mask], cls[mask].astype(np.uint8, copy=False), pix_p)
 
-    # Fragments: the 8-connected components of the defect pixels themselves, with their exact
-    # area, bbox and centroid (row 0 is the background).
-    mask: np.ndarray = defect_px.view(np.uint8)
-    n_frags, frag_labels, frag_stats, frag_centroids = cv2.connectedComponentsWithStats(
-        mask, connectivity=8, ltype=cv2.CV_32S
-    )
-    if n_frags == 1:
+
+def describe_defects(
+    pixels: DefectPixels, class_names: Sequence[str], config: PostprocessConfig
+) -> PostprocessResult:
+    """Steps 2-5 of :func:`postprocess`, from the gathered defect pixels."""
+    names = tuple(class_names)
+    defect_px = pixels.mask
+    height, width = defect_px.shape
+    if not pixels.fg.size:
         summary = _summarize([], names, height * width, config)
-        return PostprocessResult(class_map=class_map, defects=[], summary=summary)
+        return PostprocessResult(
+            class_map=np.zeros((height, width), dtype=np.uint8), defects=[], summary=summary
+        )
 
-    # Defects: fragments grouped by the components of the dilated mask. Everything per pixel
-    # below is a boolean gather over the defect pixels, in row-major order.
+    # Defects: the components of the dilated mask, each keeping only its ORIGINAL defect pixels
+    # (the dilation decides which fragments belong together and adds no pixel to any defect).
+    # One full-size label map at a time: the labels are gathered at the defect pixels (few)
+    # and everything per defect below is computed from those, so no fragment labelling pass
+    # is needed (area, bbox and centroid of a defect are those of its pixels).
+    mask: np.ndarray = defect_px.view(np.uint8)
     if config.merge_distance_px:
         # An (m+1) x (m+1) square anchored at its top-left corner grows every pixel by m up and
         # left: two pixels' squares touch (8-connected) exactly when their Chebyshev distance
@@ -106,54 +166,35 @@ def postprocess(
         grown = cv2.dilate(mask, np.ones((side, side), dtype=np.uint8), anchor=(0, 0))
         n_labels, labels = cv2.connectedComponents(grown, connectivity=8, ltype=cv2.CV_32S)
         del grown
-        lab = labels[defect_px]
-        del labels
-        # Each fragment lies in exactly one defect; fragment 0 (background) maps to 0.
-        frag_to_label = np.zeros(n_frags, dtype=np.int64)
-        frag_to_label[frag_labels[defect_px]] = lab
     else:
-        n_labels, lab = n_frags, frag_labels[defect_px]
-        frag_to_label = np.arange(n_frags, dtype=np.int64)
-    del frag_labels
+        n_labels, labels = cv2.connectedComponents(mask, connectivity=8, ltype=cv2.CV_32S)
+    lab = labels[defect_px]
+    del labels
+    ys, xs = np.nonzero(defect_px)  # row-major, like every boolean gather here
 
-    # Area, bbox and centroid of each defect from its fragments' (small arrays).
-    frags, owner = slice(1, None), frag_to_label[1:]
-    frag_area = frag_stats[frags, cv2.CC_STAT_AREA].astype(np.int64)
-    x0s = frag_stats[frags, cv2.CC_STAT_LEFT].astype(np.int64)
-    y0s = frag_stats[frags, cv2.CC_STAT_TOP].astype(np.int64)
-    area = np.bincount(owner, weights=frag_area, minlength=n_labels).astype(np.int64)
+    # Area, bbox and centroid of each defect from its pixels' coordinates.
+    area = np.bincount(lab, minlength=n_labels).astype(np.int64)
     x_min = np.full(n_labels, width, dtype=np.int64)
     y_min = np.full(n_labels, height, dtype=np.int64)
     x_max = np.zeros(n_labels, dtype=np.int64)
     y_max = np.zeros(n_labels, dtype=np.int64)
-    np.minimum.at(x_min, owner, x0s)
-    np.minimum.at(y_min, owner, y0s)
-    np.maximum.at(x_max, owner, x0s + frag_stats[frags, cv2.CC_STAT_WIDTH])
-    np.maximum.at(y_max, owner, y0s + frag_stats[frags, cv2.CC_STAT_HEIGHT])
-    x_sum = np.bincount(owner, weights=frag_centroids[frags, 0] * frag_area, minlength=n_labels)
-    y_sum = np.bincount(owner, weights=frag_centroids[frags, 1] * frag_area, minlength=n_labels)
+    np.minimum.at(x_min, lab, xs)
+    np.minimum.at(y_min, lab, ys)
+    np.maximum.at(x_max, lab, xs + 1)
+    np.maximum.at(y_max, lab, ys + 1)
+    x_sum = np.bincount(lab, weights=xs, minlength=n_labels)
+    y_sum = np.bincount(lab, weights=ys, minlength=n_labels)
+    del xs, ys
 
     # Mean fg and the class vote of each defect, from its pixels.
-    pix_fg = fg[defect_px]
-    if cls_p is None:
-        pix_vote = pix_fg
-    else:
-        pix_p = cls_p[defect_px]
-        lo, hi = float(pix_p.min()), float(pix_p.max())
-        if not (lo > 0 and hi <= 1):  # written so that NaN fails too
-            raise ValueError(
-                "cls_p must be in (0, 1] on defect pixels (it is P(cls | defect) >= 1/K). "
-                f"Received: cls_p values in [{lo}, {hi}] on defect pixels"
-            )
-        pix_vote = pix_fg.astype(np.float64) * pix_p
-        del pix_p
+    pix_fg = pixels.fg
+    pix_vote = pix_fg if pixels.cls_p is None else pix_fg.astype(np.float64) * pixels.cls_p
     fg_sum = np.bincount(lab, weights=pix_fg, minlength=n_labels)
-    del pix_fg
     # One bincount over (defect, class) pairs.
     n_ids = len(names) + 1
     pair = lab.astype(np.int64)
     pair *= n_ids
-    pair += cls[defect_px]
+    pair += pixels.cls
     votes = np.bincount(pair, weights=pix_vote, minlength=n_labels * n_ids)
     del pair, pix_vote
     votes = votes.reshape(n_labels, n_ids)
@@ -168,6 +209,7 @@ def postprocess(
     keep = (area >= config.min_area_px) & (np.round(confidence, 4) >= config.min_confidence)
     keep[0] = False
     lut = np.where(keep, winner, 0).astype(np.uint8)
+    class_map = np.zeros((height, width), dtype=np.uint8)
     class_map[defect_px] = lut[lab]
 
     pixels_per_mm2 = config.pixels_per_mm**2

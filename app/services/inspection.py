@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -29,12 +29,15 @@ from app.core.metrics import (
     DEFECTS,
     IMAGES,
     IN_FLIGHT_REQUESTS,
+    INFLIGHT_PIXELS,
     INSPECTIONS,
     REJECTED,
     VERDICTS,
 )
+from app.inference.imaging import declared_pixels
 from app.inference.inferencer import Inferencer, InferenceResult
 from app.inference.postprocess import PostprocessConfig
+from app.services.admission import BudgetExceededError
 from app.services.references import (
     Reference,
     check_product_param,
@@ -78,6 +81,18 @@ class RuleParams:
 
 def _first(*values: Any) -> Any:
     return next(v for v in values if v is not None)
+
+
+def _over_budget(exc: BudgetExceededError) -> ApiError:
+    # Boards finish at about 0.8 Mpx a second on 2 cores: ask to come back when the pixels in
+    # flight should be done, within [1, 60] s.
+    retry = min(60, max(1, round(exc.in_flight / 800_000)))
+    return ApiError(
+        503, "over_capacity",
+        f"The service is at its memory budget: {exc}. Nothing of this board was computed; "
+        f"retry after {retry} s, or send it to another replica.",
+        {"Retry-After": str(retry)}, reject_reason="memory_budget",
+    )
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -151,6 +166,7 @@ class InspectionService:
             ApiError: The request's error (its status, code and message).
         """
         check_product_param(product)
+        self._check_body_fits(request)
         uploads, extra = await read_upload_fields(request, self.settings, "file", ("template",))
         if len(uploads) > 1:
             raise ApiError(
@@ -171,19 +187,24 @@ class InspectionService:
                 f"Send the golden board either as the field 'template' or as ?product={product}, "
                 "not both.",
             )
-        if templates or product is not None:
+        pair = bool(templates) or product is not None
+        if pair:
             model = self.pair_model()
-        decoded = await decode_or_error(uploads[0], self.settings)
-        reference = None
-        if templates:
-            reference = await uploaded_reference(templates[0], self.settings)
-        elif product is not None:
-            reference = await stored_reference(self.state.golden, product)
-        config = rules.config(model.inferencer, self.settings)
-        result = await run_board(request, self.settings, model, decoded.pixels, config, reference)
-        return await self.finish(
-            Inspection(result, model.inferencer, config, reference, uploads[0], decoded.pixels)
-        )
+        with self._admitted(uploads[0], pair):
+            decoded = await decode_or_error(uploads[0], self.settings)
+            reference = None
+            if templates:
+                reference = await uploaded_reference(templates[0], self.settings)
+            elif product is not None:
+                reference = await stored_reference(self.state.golden, product)
+            config = rules.config(model.inferencer, self.settings)
+            result = await run_board(
+                request, self.settings, model, decoded.pixels, config, reference
+            )
+            return await self.finish(
+                Inspection(result, model.inferencer, config, reference, uploads[0],
+                           decoded.pixels)
+            )
 
     async def inspect_batch(
         self, request: Request, model: ServedModel, rules: RuleParams, product: str | None
@@ -206,14 +227,15 @@ class InspectionService:
 
         async def one(index: int, upload: Upload) -> BatchItem:
             try:
-                decoded = await decode_or_error(upload, self.settings)
-                result = await run_board(
-                    request, self.settings, model, decoded.pixels, config, reference
-                )
-                inspection = await self.finish(
-                    Inspection(result, model.inferencer, config, reference, upload,
-                               decoded.pixels)
-                )
+                with self._admitted(upload, reference is not None):
+                    decoded = await decode_or_error(upload, self.settings)
+                    result = await run_board(
+                        request, self.settings, model, decoded.pixels, config, reference
+                    )
+                    inspection = await self.finish(
+                        Inspection(result, model.inferencer, config, reference, upload,
+                                   decoded.pixels)
+                    )
             except ApiError as exc:
                 # Counted here: the exception handler that counts the others never sees it.
                 if exc.status != 500 and exc.reject_reason:
@@ -234,6 +256,41 @@ class InspectionService:
         for hook in self.on_result:
             await hook(inspection)
         return inspection
+
+    # ----------------------------------------------------------------- the memory budget
+    def _check_body_fits(self, request: Request) -> None:
+        """503 before the body is read when even its smallest decoding cannot fit now."""
+        length = request.headers.get("content-length", "")
+        if length.isdigit():
+            try:
+                self.state.budget.check_body(int(length))
+            except BudgetExceededError as exc:
+                raise _over_budget(exc) from None
+
+    @contextlib.contextmanager
+    def _admitted(self, upload: Upload, pair: bool) -> Iterator[None]:
+        """Holds the board's pixels of the memory budget while it is decoded, run and
+        post-processed, or raises 503 ``over_capacity`` before any of that starts.
+
+        The size comes from the image header. A pair board counts twice: its registered golden
+        board is a second full-size image. A header that cannot be read, or a board over the
+        size limit, counts nothing here: decoding refuses it at once, with its own error.
+        """
+        pixels = declared_pixels(upload.data) or 0
+        if pixels > self.settings.max_image_pixels:
+            pixels = 0
+        cost = pixels * (2 if pair else 1)
+        budget = self.state.budget
+        try:
+            budget.check(cost)
+        except BudgetExceededError as exc:
+            raise _over_budget(exc) from None
+        with budget.admit(cost):
+            INFLIGHT_PIXELS.set(budget.in_flight)
+            try:
+                yield
+            finally:
+                INFLIGHT_PIXELS.set(budget.in_flight - cost)
 
     # ------------------------------------------------------------------- models, references
     def pair_model(self) -> ServedModel:

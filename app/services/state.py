@@ -13,6 +13,7 @@ import time
 from app.core.config import Settings
 from app.inference.batcher import DynamicBatcher
 from app.inference.inferencer import Inferencer
+from app.services.admission import PixelBudget
 from app.services.golden_store import GoldenStore
 
 
@@ -52,8 +53,11 @@ class ServiceState:
     started_at: float = dataclasses.field(default_factory=time.time)
     idle: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
     golden: GoldenStore = dataclasses.field(init=False)
+    #: The memory budget: pixels of the boards being inspected (PCB_MAX_INFLIGHT_PIXELS).
+    budget: PixelBudget = dataclasses.field(init=False)
 
     def __post_init__(self) -> None:
+        self.budget = PixelBudget(self.settings.max_inflight_pixels)
         # Cheap (nothing is read or created until first used), so it exists before the
         # lifespan runs and golden boards can be managed while the models load.
         self.golden = GoldenStore(

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
 from bench import loadtest
-from bench.common import board_png, server_process
+from bench.common import board_png
 from bench.soak import soak
+from pcb_inspect.testing.server import running_server
 
 pytestmark = pytest.mark.slow
 
@@ -35,11 +35,10 @@ def test_loadtest_sheds_only_with_503_and_answers_everything(
     assert report["past_capacity"]["statuses"].get("503", 0) > 0
 
 
-def test_soak_keeps_memory_flat_for_a_short_run(tiny_weights: Path) -> None:
-    env = {"PCB_WEIGHTS_PATH": str(tiny_weights)}
-    with server_process([sys.executable, "-m", "app.serve"], env=env) as (url, proc):
-        result = asyncio.run(soak(url, proc.pid, minutes=0.5, rate=8, body=board_png(128),
-                                  sample_s=0.5))
+def test_soak_keeps_memory_flat_for_a_short_run(tiny_weights: Path, tmp_path: Path) -> None:
+    with running_server(tiny_weights, tmp_path) as server:
+        result = asyncio.run(soak(server.url, server.pid, minutes=0.5, rate=8,
+                                  body=board_png(128), sample_s=0.5))
     assert result["errors"] == 0 and set(result["statuses"]) == {"200"}
     assert result["requests"] >= 100
     # Half a minute is too short for the 5% criterion of the real soak to mean much; a leak

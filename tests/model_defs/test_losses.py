@@ -223,6 +223,7 @@ def test_dtype_round_trips():
     assert DiceIoULoss.from_config(loss.get_config()).dtype == "bfloat16"
 
 
+@pytest.mark.slow  # trains: 8 s here
 def test_trains_a_tiny_model_as_its_loss():
     keras.utils.set_random_seed(0)
     model = build_model(encoder_depth=2, decoder_filters=(8, 4))

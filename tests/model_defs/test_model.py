@@ -186,6 +186,7 @@ print("KEYS", sorted(mapping))
 """
 
 
+@pytest.mark.slow  # a second interpreter importing TensorFlow: 8 s here
 def test_fresh_interpreter_needs_and_accepts_exactly_the_mapping(saved_tiny, tmp_path):
     path, _, expected = saved_tiny
     without = _run_fresh(_LOAD_WITHOUT_MAPPING, str(path))

@@ -275,6 +275,46 @@ def test_async_client_retries_like_the_sync_one() -> None:
     assert server.seen[-1].n_files == 2
 
 
+def _attempts(client_kind: str, url: str) -> tuple[int, list[float], InspectError]:
+    """Calls ``model_info`` once with a sync or async client; the error, sleeps and tries."""
+    sleeps: list[float] = []
+    kwargs: dict[str, Any] = {"retries": 2, "backoff": 0.01, "rng": random.Random(1)}
+
+    async def go() -> None:
+        async def fake_sleep(seconds: float) -> None:
+            sleeps.append(seconds)
+
+        async with AsyncInspectClient(url, sleep=fake_sleep, **kwargs) as client:
+            await client.model_info()
+
+    with pytest.raises(InspectError) as info:
+        if client_kind == "async":
+            asyncio.run(go())
+        else:
+            with InspectClient(url, sleep=sleeps.append, **kwargs) as client:
+                client.model_info()
+    return len(sleeps) + 1, sleeps, info.value
+
+
+@pytest.mark.parametrize("client_kind", ["sync", "async"])
+@pytest.mark.parametrize(("reply", "tries"), [
+    (_error(503, "overloaded", "busy", **{"Retry-After": "0.5"}), 3),
+    (_error(429, "too_many_requests", "slow down"), 3),
+    (_error(503, "pair_model_unavailable", "none loaded"), 1),
+    (_error(500, "model_error", "boom"), 1),
+    (_error(404, "not_found", "no"), 1),
+])
+def test_one_retry_policy_decides_for_both_clients(
+    client_kind: str, reply: Reply, tries: int
+) -> None:
+    with ScriptedServer({"/v1/model": [reply]}) as server:
+        attempts, sleeps, error = _attempts(client_kind, server.url)
+    assert attempts == len(server.seen) == tries
+    assert error.status == reply.status
+    if "Retry-After" in reply.headers:
+        assert sleeps == [0.5, 0.5]
+
+
 def test_parse_retry_after() -> None:
     now = datetime(2025, 1, 1, 12, 0, 0, tzinfo=UTC)
     assert parse_retry_after("5") == 5.0

@@ -81,7 +81,10 @@ def test_large_board_uses_the_downscaled_estimate():
     assert alignment.rotation_deg == pytest.approx(0.3, abs=0.2)
 
 
-@pytest.mark.parametrize("kind", ["other_design", "rotated_90", "blank"])
+@pytest.mark.parametrize("kind", [
+    # Slow: another design is refused only after every start has been tried (6 s here).
+    pytest.param("other_design", marks=pytest.mark.slow), "rotated_90", "blank",
+])
 def test_a_wrong_reference_is_refused(board, kind):
     reference = {
         "other_design": make_board(seed=99, size=640).template,

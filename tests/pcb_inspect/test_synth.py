@@ -20,6 +20,7 @@ from pcb_inspect.synth import (
     SyntheticDefect,
     encode,
     make_board,
+    plain_board,
     write_deeppcb_folder,
 )
 
@@ -259,3 +260,35 @@ def test_command_line_reports_a_bad_size(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert "got 10" in result.stderr
+
+
+# --- plain boards (what the service tests upload) ---------------------------------------------
+
+
+@pytest.mark.parametrize(("height", "width"), [(64, 72), (17, 9), (1, 1), (300, 200)])
+def test_plain_board_is_a_defect_free_board_of_any_size(height: int, width: int) -> None:
+    pixels = plain_board(height, width, seed=3)
+    assert (pixels.shape, pixels.dtype) == ((height, width), np.uint8)
+    assert pixels.flags.c_contiguous
+    if min(height, width) >= 64:
+        # The template of the same layout: no defects drawn.
+        drawn = make_board(seed=3, size=(height, width), n_defects=0)
+        np.testing.assert_array_equal(pixels, drawn.template)
+        assert 0 < _copper(pixels).mean() < 0.6
+
+
+def test_plain_boards_of_other_seeds_differ_and_a_seed_repeats() -> None:
+    boards = [plain_board(64, 64, seed) for seed in (1, 2, 3, 99)]
+    assert all(not np.array_equal(a, b) for i, a in enumerate(boards) for b in boards[i + 1:])
+    np.testing.assert_array_equal(plain_board(64, 64, 2), boards[1])
+
+
+def test_plain_board_refuses_an_empty_size() -> None:
+    with pytest.raises(ValueError, match="got 0 x 5"):
+        plain_board(0, 5)
+
+
+def test_encode_keeps_the_mode_of_a_pillow_image() -> None:
+    palette = Image.fromarray(plain_board(32, 32)).convert("P")
+    decoded = Image.open(io.BytesIO(encode(palette, "PNG", transparency=0)))
+    assert decoded.mode == "P" and decoded.info.get("transparency") == 0

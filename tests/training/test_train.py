@@ -15,8 +15,8 @@ from app.inference.inferencer import load_keras_model
 from model_defs import EdgeEnhancementLayer, get_custom_objects
 from pcb_inspect.synth import write_deeppcb_folder
 from training import export as export_mod
-from training.data import Box
-from training.train import build_parser, make_train_dataset, run
+from training.data import Box, read_split, split_train_val
+from training.train import TrainConfig, build_parser, make_train_dataset, run, run_split
 
 BOARD = 160  # make_board cannot fit all six defects on every 128 px board
 
@@ -242,9 +242,68 @@ def test_no_edge_run_exports_without_the_edge_layer(deeppcb, tmp_path):
     out = tmp_path / "run"
     run(train_args(deeppcb, out, "--no-edge", "--epochs", "1", "--steps-per-epoch", "1"))
     keras.mixed_precision.set_global_policy("float32")
-    assert json.loads((out / "config.json").read_text())["no_edge"] == "True"
+    assert json.loads((out / "config.json").read_text())["no_edge"] is True
     card = export_mod.export(export_args(out, tmp_path / "export"))
     model = load_keras_model(tmp_path / "export" / export_mod.WEIGHTS_NAME)
     assert not any(isinstance(layer, EdgeEnhancementLayer) for layer in model.layers)
     assert card["architecture"]["edge_enhancement"] is False
     assert model.output_shape == (None, None, None, 7)
+
+
+# --- the typed config and the run's own split --------------------------------------------------
+
+
+def test_config_is_saved_with_its_types_and_read_back(tmp_path):
+    args = train_args(tmp_path / "data", tmp_path / "run", "--seed", "7", "--no-edge")
+    config = TrainConfig.from_args(args)
+    config.out.mkdir(parents=True)
+    config.save()
+    saved = json.loads((config.out / "config.json").read_text())
+    assert (saved["seed"], saved["no_edge"], saved["cache"]) == (7, True, None)
+    assert (saved["learning_rate"], saved["encoder_depth"]) == (1e-3, 2)
+    assert TrainConfig.load(config.out) == config
+
+
+def test_a_config_written_as_strings_by_an_older_run_still_loads(tmp_path):
+    config = TrainConfig.from_args(train_args(tmp_path / "data", tmp_path, "--no-edge"))
+    old_style = {k: str(v) for k, v in config.model_dump().items()}
+    (tmp_path / "config.json").write_text(json.dumps(old_style))
+    assert TrainConfig.load(tmp_path) == config
+
+
+def test_a_misspelled_config_value_is_refused_by_name(tmp_path):
+    config = TrainConfig.from_args(train_args(tmp_path / "data", tmp_path)).model_dump(mode="json")
+    (tmp_path / "config.json").write_text(json.dumps({**config, "encoder_depth": 7}))
+    with pytest.raises(ValueError, match="encoder_depth"):
+        TrainConfig.load(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def ten_pairs(tmp_path_factory) -> Path:
+    return write_deeppcb_folder(tmp_path_factory.mktemp("ten_pairs"), n_pairs=10, size=BOARD)
+
+
+def test_the_run_split_is_the_runs_own(ten_pairs, tmp_path):
+    config = TrainConfig.from_args(train_args(ten_pairs, tmp_path, "--seed", "7",
+                                              "--val-fraction", "0.3"))
+    samples = read_split(ten_pairs)
+    # Before training wrote split.json: the split of the run's own seed and fraction, which
+    # is not the one the defaults give.
+    train, val = run_split(config)
+    assert [s.key for s in val] == [s.key for s in split_train_val(samples, 0.3, 7)[1]]
+    assert [s.key for s in val] != [s.key for s in split_train_val(samples)[1]]
+    # Once there, split.json is what counts, whatever a re-split would give.
+    keys = [s.key for s in samples]
+    (tmp_path / "split.json").write_text(json.dumps({"train": keys[2:], "val": keys[:2]}))
+    train, val = run_split(config)
+    assert ([s.key for s in train], [s.key for s in val]) == (keys[2:], keys[:2])
+
+
+def test_export_refuses_a_split_of_boards_the_data_does_not_hold(ten_pairs, tmp_path):
+    run_dir = tmp_path / "run"
+    config = TrainConfig.from_args(train_args(ten_pairs, run_dir))
+    run_dir.mkdir()
+    config.save()
+    (run_dir / "split.json").write_text(json.dumps({"train": ["99999000"], "val": []}))
+    with pytest.raises(ValueError, match=r"split.json lists 1 boards that .* does not hold"):
+        export_mod.export(export_args(run_dir, tmp_path / "export"))

@@ -265,3 +265,10 @@ def test_stitcher_rejects_bad_tiles() -> None:
     stitcher.add(tiles[0], ones, ones, ones)
     with pytest.raises(ValueError, match="was already added"):
         stitcher.add(tiles[0], ones, ones, ones)
+
+
+def test_release_frees_the_maps() -> None:
+    stitcher = Stitcher(300, 200)
+    assert stitcher.fg.nbytes + stitcher.cls.nbytes + stitcher.cls_p.nbytes == 7 * 300 * 200
+    stitcher.release()
+    assert stitcher.fg.size == stitcher.cls.size == stitcher.cls_p.size == 0

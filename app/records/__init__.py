@@ -1,0 +1,91 @@
+"""Inspection records (issue 13): every verdict stored, reviewed, counted and exported.
+
+- :class:`RecordStore`: inspections and reviews in SQLite (default) or PostgreSQL.
+- :class:`Recorder`: records without ever failing or stalling an inspection (spool + replay).
+- :class:`ImageStore`: the board images kept by policy, with retention.
+- :mod:`app.records.migrate`: Alembic ``upgrade``, ``current_revision``, ``check_schema``.
+- :func:`main_db`: ``pcb-inspect db upgrade|current``.
+
+No TensorFlow here.
+"""
+
+from app.records.cli import main_db, resolve_url
+from app.records.db import default_url, display_url, make_engine
+from app.records.errors import (
+    InvalidBoxError,
+    InvalidCursorError,
+    RecordsError,
+    ReviewValidationError,
+    SchemaError,
+    UnknownClassError,
+    UnknownDefectError,
+    UnknownInspectionError,
+)
+from app.records.export import CSV_COLUMNS, csv_lines, jsonl_lines
+from app.records.images import ImageStore, KeepPolicy, RetentionResult, StoredImage
+from app.records.migrate import check_schema, current_revision, head_revision, upgrade
+from app.records.recorder import Recorder, RecordResult, ReplayResult
+from app.records.schemas import (
+    ClassStats,
+    DefectOutcome,
+    DefectRecord,
+    Inspection,
+    InspectionFilter,
+    InspectionRecord,
+    MissedDefect,
+    Page,
+    Reference,
+    Review,
+    ReviewBody,
+    ReviewedInspection,
+    Rules,
+    Stats,
+    TimeBucket,
+)
+from app.records.store import RecordStore
+
+__all__ = [
+    "CSV_COLUMNS",
+    "ClassStats",
+    "DefectOutcome",
+    "DefectRecord",
+    "ImageStore",
+    "Inspection",
+    "InspectionFilter",
+    "InspectionRecord",
+    "InvalidBoxError",
+    "InvalidCursorError",
+    "KeepPolicy",
+    "MissedDefect",
+    "Page",
+    "RecordResult",
+    "RecordStore",
+    "Recorder",
+    "RecordsError",
+    "Reference",
+    "ReplayResult",
+    "RetentionResult",
+    "Review",
+    "ReviewBody",
+    "ReviewValidationError",
+    "ReviewedInspection",
+    "Rules",
+    "SchemaError",
+    "Stats",
+    "StoredImage",
+    "TimeBucket",
+    "UnknownClassError",
+    "UnknownDefectError",
+    "UnknownInspectionError",
+    "check_schema",
+    "csv_lines",
+    "current_revision",
+    "default_url",
+    "display_url",
+    "head_revision",
+    "jsonl_lines",
+    "main_db",
+    "make_engine",
+    "resolve_url",
+    "upgrade",
+]

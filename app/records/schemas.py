@@ -1,0 +1,321 @@
+"""Records in and out: pydantic models shared by the store, the spool and (later) the routes.
+
+A defect's class is ``class`` on the wire and in the database, ``class_`` in Python (a
+keyword). Dump with ``by_alias=True`` to get the wire form.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from collections.abc import Sequence
+from typing import Annotated, Any, Literal, NamedTuple
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
+
+from app.records.ids import INSPECTION_PREFIX, REVIEW_PREFIX, id_pattern, new_id
+
+__all__ = [
+    "Box",
+    "ClassStats",
+    "DefectOutcome",
+    "DefectRecord",
+    "Inspection",
+    "InspectionFilter",
+    "InspectionRecord",
+    "MissedDefect",
+    "Page",
+    "Reference",
+    "Review",
+    "ReviewBody",
+    "ReviewedInspection",
+    "Rules",
+    "Stats",
+    "TimeBucket",
+    "Verdict",
+    "utcnow",
+]
+
+Verdict = Literal["pass", "fail"]
+Outcome = Literal["confirmed", "false_call", "reclassified"]
+#: ``[x_min, y_min, x_max, y_max]`` in image pixels, max exclusive (the API's box).
+Box = tuple[int, int, int, int]
+
+_INSPECTION_ID = id_pattern(INSPECTION_PREFIX)
+_SHA256 = r"^[0-9a-f]{64}$"
+
+
+def utcnow() -> dt.datetime:
+    """Now, in UTC (aware)."""
+    return dt.datetime.now(dt.UTC)
+
+
+def _aware_utc(value: dt.datetime) -> dt.datetime:
+    # A naive time is ambiguous (the server's zone? UTC?) and would sort wrongly against the
+    # stored UTC times, so it is refused rather than guessed.
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError(f"expected a timezone-aware datetime, received naive {value.isoformat()}")
+    return value.astimezone(dt.UTC)
+
+
+UtcDatetime = Annotated[dt.datetime, AfterValidator(_aware_utc)]
+#: Free-text board metadata (serial, line, ...): bounded so it fits its indexed column.
+MetaText = Annotated[str, Field(min_length=1, max_length=128)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True,
+                              protected_namespaces=())
+
+
+class DefectRecord(_Model):
+    """One defect as the service reported it."""
+
+    id: int = Field(ge=1)
+    class_: str = Field(alias="class")
+    confidence: float = Field(ge=0, le=1)
+    bbox: Box
+    area_px: int = Field(ge=0)
+    area_mm2: float = Field(ge=0)
+    centroid: tuple[float, float]
+
+
+class Rules(_Model):
+    """The post-processing and verdict rules the board was judged by."""
+
+    threshold: float
+    min_area_px: int
+    min_confidence: float | None = None
+    pixels_per_mm: float
+    fail_rule: Literal["count", "area"]
+    fail_min_count: int | None = None
+    fail_min_area_mm2: float | None = None
+
+
+class Reference(_Model):
+    """The golden board a board was compared with."""
+
+    source: Literal["upload", "product"]
+    product: str | None = None
+    sha256: str = Field(pattern=_SHA256)
+    alignment: dict[str, Any] | None = None
+
+
+class InspectionRecord(_Model):
+    """What is recorded for one inspected board (single or batch item).
+
+    ``id`` and ``created_at`` default to a new id and now; the route mints the record before
+    answering so that it can return ``inspection_id``.
+    """
+
+    id: str = Field(default_factory=new_id)
+    created_at: UtcDatetime = Field(default_factory=utcnow)
+    serial: MetaText | None = None
+    line: MetaText | None = None
+    station: MetaText | None = None
+    product: MetaText | None = None
+    tags: list[MetaText] = Field(default_factory=list, max_length=32)
+    image_sha256: str = Field(pattern=_SHA256)
+    image_bytes: int = Field(ge=0)
+    width: int = Field(ge=1)
+    height: int = Field(ge=1)
+    #: Where the kept image is, relative to the image store; ``None``: not kept (or expired).
+    image_path: str | None = None
+    model_name: str = Field(max_length=128)
+    model_version: str = Field(max_length=64)
+    model_mode: str = Field(max_length=32)
+    weights_sha256: str = Field(pattern=_SHA256)
+    rules: Rules
+    verdict: Verdict
+    defects: list[DefectRecord] = Field(default_factory=list)
+    reference: Reference | None = None
+
+    @field_validator("id")
+    @classmethod
+    def _id_shape(cls, value: str) -> str:
+        if not _INSPECTION_ID.fullmatch(value):
+            raise ValueError(
+                f"expected an inspection id like 'insp_' + 26 base-32 characters, received "
+                f"{value!r}"
+            )
+        return value
+
+    @field_validator("defects")
+    @classmethod
+    def _unique_defect_ids(cls, defects: list[DefectRecord]) -> list[DefectRecord]:
+        seen: set[int] = set()
+        for d in defects:
+            if d.id in seen:
+                raise ValueError(f"defect id {d.id} appears twice; expected unique ids")
+            seen.add(d.id)
+        return defects
+
+
+class Inspection(InspectionRecord):
+    """A stored inspection: the record plus what the store derives and the review state."""
+
+    defect_count: int
+    reviewed: bool
+    #: The current (latest) review's id; ``None`` until the board is reviewed.
+    review_id: str | None = None
+
+
+class DefectOutcome(_Model):
+    """The operator's call on one defect the model reported."""
+
+    defect_id: int
+    outcome: Outcome
+    class_: str | None = Field(None, alias="class")
+
+    @model_validator(mode="after")
+    def _class_with_reclassified(self) -> DefectOutcome:
+        if self.outcome == "reclassified" and self.class_ is None:
+            raise ValueError(
+                f"defect {self.defect_id}: outcome 'reclassified' needs the new 'class'"
+            )
+        if self.outcome != "reclassified" and self.class_ is not None:
+            raise ValueError(
+                f"defect {self.defect_id}: 'class' ({self.class_!r}) is only taken with outcome "
+                f"'reclassified', received outcome {self.outcome!r}"
+            )
+        return self
+
+
+class MissedDefect(_Model):
+    """A defect the model did not report, drawn by the operator."""
+
+    bbox: Box
+    class_: str = Field(alias="class")
+
+
+class ReviewBody(_Model):
+    """What an operator sends: an outcome per reported defect and the defects it missed.
+
+    Defects without an outcome are left unreviewed (they count in no rate).
+    """
+
+    defects: list[DefectOutcome] = Field(default_factory=list)
+    missed: list[MissedDefect] = Field(default_factory=list)
+
+    @field_validator("defects")
+    @classmethod
+    def _one_outcome_per_defect(cls, outcomes: list[DefectOutcome]) -> list[DefectOutcome]:
+        seen: set[int] = set()
+        for o in outcomes:
+            if o.defect_id in seen:
+                raise ValueError(f"defect_id {o.defect_id} has two outcomes; expected one")
+            seen.add(o.defect_id)
+        return outcomes
+
+    def canonical(self) -> dict[str, Any]:
+        """The body with its lists in a fixed order, so equal reviews compare equal."""
+        return {
+            "defects": [o.model_dump(by_alias=True, exclude_none=True)
+                        for o in sorted(self.defects, key=lambda o: o.defect_id)],
+            "missed": [m.model_dump(by_alias=True)
+                       for m in sorted(self.missed, key=lambda m: (m.bbox, m.class_))],
+        }
+
+    def digest(self) -> str:
+        """sha256 of the canonical JSON: equal for a resend of the same review."""
+        text = json.dumps(self.canonical(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()
+
+
+class Review(_Model):
+    """One stored review (every distinct one is kept; the inspection points at the latest)."""
+
+    id: str = Field(pattern="^" + id_pattern(REVIEW_PREFIX).pattern + "$")
+    inspection_id: str
+    reviewer: str
+    created_at: UtcDatetime
+    digest: str
+    body: ReviewBody
+
+
+class ReviewedInspection(NamedTuple):
+    """A reviewed inspection with its current review (for the training export)."""
+
+    inspection: Inspection
+    review: Review
+
+
+class InspectionFilter(_Model):
+    """Filters of :meth:`RecordStore.query` and :meth:`RecordStore.iter_export`.
+
+    ``since`` is inclusive, ``until`` exclusive; ``None`` fields do not filter.
+    """
+
+    since: UtcDatetime | None = None
+    until: UtcDatetime | None = None
+    verdict: Verdict | None = None
+    product: str | None = None
+    serial: str | None = None
+    line: str | None = None
+    station: str | None = None
+    reviewed: bool | None = None
+
+
+class Page(NamedTuple):
+    """One page of :meth:`RecordStore.query`; ``next_cursor`` is ``None`` on the last page."""
+
+    items: list[Inspection]
+    next_cursor: str | None
+
+
+class TimeBucket(_Model):
+    """Boards inspected in one hour (or day) starting at ``start``."""
+
+    start: dt.datetime
+    boards: int
+    failed: int
+    fail_rate: float | None
+
+
+class ClassStats(_Model):
+    """Review outcomes of the calls the model made of one class (current reviews only).
+
+    ``false_call_rate`` is ``false_calls / reviewed_calls``; ``None`` with no reviewed call.
+    ``missed`` counts defects of this class the operator drew because the model missed them.
+    """
+
+    class_: str = Field(alias="class")
+    reviewed_calls: int
+    confirmed: int
+    false_calls: int
+    reclassified: int
+    missed: int
+    false_call_rate: float | None
+
+
+class Stats(_Model):
+    """The dashboard's figures for the inspections made in ``[since, until)``."""
+
+    since: dt.datetime
+    until: dt.datetime
+    bucket: Literal["hour", "day"]
+    boards: int
+    failed: int
+    fail_rate: float | None
+    reviewed: int
+    buckets: list[TimeBucket]
+    classes: list[ClassStats]
+
+
+def rate(part: int, whole: int) -> float | None:
+    """``part / whole``, or ``None`` when there is nothing to divide."""
+    return part / whole if whole else None
+
+
+def ordered_classes(class_names: Sequence[str], seen: Sequence[str]) -> list[str]:
+    """``class_names`` in their order, then any other class seen (e.g. of an older model)."""
+    extra = sorted(set(seen) - set(class_names))
+    return [*class_names, *extra]

@@ -1,0 +1,54 @@
+"""The one server harness of the tests and benchmarks (``pcb_inspect.testing.server``).
+
+Its mechanics are checked on a plain ``python -m http.server``, which starts in a second; the
+service itself goes through it in every ``slow`` test.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from pcb_inspect.testing.server import TEST_ENV, running_server, server_env, start_server
+
+HTTP_SERVER = (sys.executable, "-m", "http.server", "{port}", "--bind", "127.0.0.1")
+
+
+def test_a_shell_pcb_variable_never_reaches_the_server(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PCB_TILE_OVERLAP", "3")
+    monkeypatch.setenv("PCB_API_KEYS", "from-the-shell")
+    env = server_env(Path("m.keras"), 8123, api_keys="k", max_batch_size=4)
+    pcb = {k: v for k, v in env.items() if k.startswith("PCB_")}
+    assert "PCB_TILE_OVERLAP" not in pcb
+    assert pcb["PCB_API_KEYS"] == "k" and pcb["PCB_MAX_BATCH_SIZE"] == "4"
+    assert (pcb["PCB_HOST"], pcb["PCB_PORT"], pcb["PCB_WEIGHTS_PATH"]) == (
+        "127.0.0.1", "8123", "m.keras")
+    # Golden boards go to a folder of the port, never to the repository's ./data.
+    assert pcb["PCB_DATA_DIR"].endswith("pcb-data-8123")
+
+
+def test_tests_pin_the_cpu_and_benchmarks_do_not() -> None:
+    pinned = server_env(None, 1)
+    assert {k: pinned[k] for k in TEST_ENV} == dict(TEST_ENV)
+    machine = server_env(None, 1, base={})
+    assert not set(TEST_ENV) & {k for k in machine if k.startswith("PCB_")}
+    assert "PCB_WEIGHTS_PATH" not in machine  # None: the service's default model
+
+
+def test_running_server_is_ready_inside_and_stopped_after(tmp_path: Path) -> None:
+    with running_server(None, tmp_path, 30, argv=HTTP_SERVER, ready_path="/") as server:
+        assert httpx.get(server.url + "/", timeout=5).status_code == 200
+        assert server.pid == server.proc.pid
+    assert server.proc.returncode is not None
+    assert server.log_path.parent == tmp_path
+
+
+def test_a_server_that_exits_fails_with_its_log(tmp_path: Path) -> None:
+    argv = (sys.executable, "-c", "import sys; print('no weights here'); sys.exit(3)")
+    server = start_server(None, tmp_path, argv=argv)
+    with pytest.raises(AssertionError, match=r"(?s)exited with 3 before ready.*no weights here"):
+        server.wait_ready(30)
+    assert server.stop() == 3
