@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI
 
 from app.api.routes import golden, health, metrics, model, predict, ui
-from app.core.config import Settings, get_settings
+from app.core.config import AUTO_BATCH_CAP, AUTO_BATCH_CAP_GPU, Settings, get_settings
 from app.core.errors import install_error_handlers
 from app.core.metrics import MODEL_INFO, PAIR_MODEL_INFO
 from app.core.middleware import BodyLimitMiddleware, RequestContextMiddleware
@@ -112,9 +112,8 @@ async def _load_models(state: ServiceState) -> tuple[Inferencer, Inferencer | No
                 seconds = await asyncio.to_thread(model.warm_up)
                 logger.info("%s model warmed up in %.2f s", model.mode, seconds)
                 if settings.max_batch_size == "auto":
-                    per_tile = await asyncio.to_thread(
-                        model.calibrate_batch_size, settings.batch_size_cap
-                    )
+                    cap = AUTO_BATCH_CAP_GPU if model.device == "gpu" else AUTO_BATCH_CAP
+                    per_tile = await asyncio.to_thread(model.calibrate_batch_size, cap)
                     logger.info(
                         "%s model: batch size %d (PCB_MAX_BATCH_SIZE=auto; s per tile: %s)",
                         model.mode, model.max_batch_size,

@@ -1,54 +1,113 @@
-"""Peak memory of the server on a very large board.
+"""A very large board at the default settings: its peak memory, its time, and a flood of them.
 
     python -m bench.big_board --size 8000
 
-Starts the real server, sends one 640 x 640 board (warm), reads the peak resident memory,
-sends one ``size`` x ``size`` board, and reads it again. Tiles are extracted one batch at a
-time and stitched into 5 bytes a pixel, so the growth is about the decoded image plus those
-maps, not the model's activations for every tile at once.
+Starts the real server with its defaults (both models, ``PCB_PRECISION=auto``,
+``PCB_MAX_BATCH_SIZE=auto``) and sends:
+
+1. ten 640 x 640 boards one at a time: the time of one tile through the server, warm;
+2. one ``size`` x ``size`` board, with the process's peak resident memory reset just before
+   (``/proc/<pid>/clear_refs``), so the peak is this board's and not warm-up's; its time is
+   compared with ``tiles x`` the per-tile time of step 1 (goal: at most 1.1x);
+3. ``--flood`` such boards at once (default 4): the memory budget admits what fits and
+   refuses the rest with 503 + Retry-After, so the peak stays bounded instead of growing with
+   the flood. The admitted ones are dropped (the client leaves) once the refusals are in.
+
+The bytes a board pixel costs in flight (``BYTES_PER_PIXEL`` in ``app/services/admission.py``)
+are the growth of step 2 over the pixels.
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
+import statistics
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 
-from bench.common import bench_server, board_png
-from bench.run_bench import peak_rss_mb
+from bench.common import bench_server, board_png, memory_mb
+
+
+def reset_peak(pid: int) -> None:
+    """Resets the process's peak resident memory (VmHWM) to its current resident memory."""
+    Path(f"/proc/{pid}/clear_refs").write_text("5")
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Prints a JSON line with the peak RSS before and after the big board."""
+    """Prints one JSON line with the measurements."""
     from app.core.config import DEFAULT_WEIGHTS
 
     p = argparse.ArgumentParser(prog="python -m bench.big_board", description=__doc__)
     p.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS)
     p.add_argument("--size", type=int, default=8000)
+    p.add_argument("--flood", type=int, default=4, help="large boards sent at once (0: none)")
     args = p.parse_args(argv)
     big = board_png(args.size, seed=9)
-    with bench_server(args.weights, request_timeout_s=3600) as server:
-        httpx.post(server.url + "/predict?mask=none", timeout=300,
-                   files={"file": ("warm.png", board_png(640), "image/png")}).raise_for_status()
-        before = peak_rss_mb(server.pid)
+    small = board_png(640, seed=1)
+    result: dict[str, Any] = {"size": args.size, "upload_mb": round(len(big) / 1e6, 2)}
+    with bench_server(args.weights) as server:
+        url = server.url + "/predict?mask=none"
+        model = httpx.get(server.url + "/v1/model").json()
+        result["precision"] = model["precision"]
+        result["max_batch_size"] = model["batching"]["max_batch_size"]
+        times = []
+        for _ in range(10):
+            started = time.perf_counter()
+            httpx.post(url, timeout=300,
+                       files={"file": ("s.png", small, "image/png")}).raise_for_status()
+            times.append(time.perf_counter() - started)
+        per_tile = statistics.median(times[2:])
+        rss_before = memory_mb(server.pid)
+        reset_peak(server.pid)
         started = time.perf_counter()
-        r = httpx.post(server.url + "/predict?mask=none", timeout=3600,
-                       files={"file": ("big.png", big, "image/png")})
+        r = httpx.post(url, timeout=3600, files={"file": ("big.png", big, "image/png")})
         seconds = time.perf_counter() - started
         r.raise_for_status()
-        after = peak_rss_mb(server.pid)
-    result = {
-        "size": args.size, "upload_mb": round(len(big) / 1e6, 1),
-        "tiles": r.json()["params"]["tiles"],
-        "seconds": round(seconds, 1), "peak_rss_after_640_mb": round(before, 1),
-        "peak_rss_after_big_mb": round(after, 1), "growth_mb": round(after - before, 1),
-        "stitch_buffers_mb": round(args.size**2 * 5 / 1e6, 1),
-    }
+        tiles = int(r.json()["params"]["tiles"])
+        peak = memory_mb(server.pid, "VmHWM")
+        result.update({
+            "tiles": tiles, "seconds": round(seconds, 1),
+            "per_tile_s_640": round(per_tile, 3),
+            "time_over_tiles_x_per_tile": round(seconds / (tiles * per_tile), 3),
+            "rss_before_mb": round(rss_before, 1), "peak_rss_mb": round(peak, 1),
+            "bytes_per_pixel": round((peak - rss_before) * 2**20 / args.size**2, 1),
+        })
+        if args.flood:
+            result["flood"] = flood(server.url, server.pid, big, args.flood)
     print(json.dumps(result))
     return 0
+
+
+def flood(base: str, pid: int, body: bytes, n: int) -> dict[str, Any]:
+    """Sends ``n`` large boards at once; returns the statuses and the peak memory."""
+    reset_peak(pid)
+    statuses: list[int] = []
+    retry_after: list[str | None] = []
+
+    def send(client: httpx.Client) -> None:
+        try:
+            r = client.post(base + "/predict?mask=none",
+                            files={"file": ("big.png", body, "image/png")})
+        except httpx.ReadTimeout:  # admitted and still running: dropped below
+            return
+        statuses.append(r.status_code)
+        retry_after.append(r.headers.get("Retry-After"))
+
+    # A short read timeout: the refusals come back within seconds, the admitted boards would
+    # take minutes; leaving drops their work (the server watches for the client going away).
+    with httpx.Client(timeout=httpx.Timeout(30.0, connect=10.0)) as client, \
+            concurrent.futures.ThreadPoolExecutor(n) as pool:
+        list(pool.map(lambda _: send(client), range(n)))
+    time.sleep(3)
+    return {
+        "sent": n, "statuses": sorted(statuses), "retry_after": retry_after,
+        "running_past_30s": n - len(statuses),
+        "peak_rss_mb": round(memory_mb(pid, "VmHWM"), 1),
+    }
 
 
 if __name__ == "__main__":

@@ -432,3 +432,48 @@ def test_every_deploy_file_is_used_by_a_kustomization() -> None:
     unused = [p for p in DEPLOY.rglob("*") if p.is_file() and p.name != "kustomization.yaml"
               and p.resolve() not in listed]
     assert not unused, f"not used by any kustomization: {unused}"
+
+
+# --- memory: the budget's arithmetic against the pod's limit ----------------------------------
+
+_UNITS = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "K": 10**3, "M": 10**6,
+          "G": 10**9, "": 1}
+
+
+def quantity_bytes(value: str | int) -> int:
+    """A Kubernetes memory quantity (``6Gi``, ``512M``, ``1073741824``) in bytes."""
+    number, unit = re.fullmatch(r"(\d+(?:\.\d+)?)([KMGT]i?)?", str(value)).groups("")  # type: ignore[union-attr]
+    return int(float(number) * _UNITS[unit])
+
+
+def test_quantity_bytes() -> None:
+    assert quantity_bytes("6Gi") == 6 * 2**30 and quantity_bytes("512M") == 512 * 10**6
+    assert quantity_bytes(1024) == 1024
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_memory_budget_fits_the_pod_limit(overlay: str) -> None:
+    """What the service can hold at once, at the settings the overlay gives it: its fixed part
+    (TensorFlow, both models, their batches' activations) plus the largest memory budget of
+    boards in flight, must stay under the container's memory limit, or a flood of large boards
+    would get the pod OOM-killed instead of 503s."""
+    from app.core.config import Settings
+    from app.services.admission import BYTES_PER_PIXEL, FIXED_MEMORY_BYTES
+
+    docs = render(overlay)
+    limit = quantity_bytes(_container(docs)["resources"]["limits"]["memory"])
+    env: dict[str, str] = {}
+    for config in (d for d in docs if d["kind"] == "ConfigMap"):
+        env.update(config.get("data", {}))
+    fields = {k.removeprefix("PCB_").lower(): v for k, v in env.items()
+              if k in ("PCB_MAX_INFLIGHT_PIXELS", "PCB_MAX_IMAGE_PIXELS")}
+    settings = Settings(**fields)  # the overlay's values, else the service's defaults
+    needed = FIXED_MEMORY_BYTES + settings.max_inflight_pixels * BYTES_PER_PIXEL
+    if "nvidia.com/gpu" in _container(docs)["resources"]["limits"]:
+        needed += 2 * 2**30  # CUDA's libraries in host memory (deployment-gpu.yaml)
+    assert needed <= 0.9 * limit, (
+        f"{overlay}: fixed {FIXED_MEMORY_BYTES / 2**30:.2f} GiB + "
+        f"{settings.max_inflight_pixels:,} px x {BYTES_PER_PIXEL} B = {needed / 2**30:.2f} GiB, "
+        f"over 90% of the memory limit {limit / 2**30:.2f} GiB: lower PCB_MAX_INFLIGHT_PIXELS")
+    # And the largest board accepted fits alone.
+    assert settings.max_image_pixels <= settings.max_inflight_pixels

@@ -8,19 +8,60 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, PrivateAttr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from app.core.model_files import default_card_path
 
 #: The weights shipped in the repository, used when ``PCB_WEIGHTS_PATH`` is not set.
 DEFAULT_WEIGHTS = Path(__file__).resolve().parents[2] / "weights" / "pcb_defect_unet.keras"
-#: The largest batch ``PCB_MAX_BATCH_SIZE=auto`` tries at warm-up.
-AUTO_BATCH_CAP = 8
+#: The largest batch ``PCB_MAX_BATCH_SIZE=auto`` tries at warm-up on a CPU (beyond 2 a batch
+#: gained nothing on the 2-core Intel AMX and AMD machines measured, README "Benchmarks", while
+#: each tile of it holds 150-300 MB of activations), and on a GPU, where larger batches pay and
+#: the activations are in the GPU's memory.
+AUTO_BATCH_CAP = 2
+AUTO_BATCH_CAP_GPU = 16
 #: File name of the golden-board (pair) model, looked for beside the single model's weights
 #: when ``PCB_PAIR_WEIGHTS_PATH`` is not set: in the repository that is
 #: ``weights/pcb_pair_unet.keras``, in the image ``/app/weights/...``, in compose ``/models/...``.
 DEFAULT_PAIR_WEIGHTS_NAME = "pcb_pair_unet.keras"
+
+#: What a key may do, each role including the ones before it: ``inspect`` (inspections and the
+#: model's metadata), ``review`` (also reading records and reviewing them), ``admin`` (also
+#: golden boards, exports and deleting records).
+Role = Literal["inspect", "review", "admin"]
+ROLES: tuple[Role, ...] = ("inspect", "review", "admin")
+
+
+class ApiKey(BaseModel):
+    """One accepted API key: who holds it (recorded as the reviewer) and what it may do."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(min_length=1, max_length=128)
+    role: Role = "inspect"
+    key: str = Field(min_length=1, repr=False)
+
+
+def _compact_key(entry: str) -> Any:
+    """``name:role:key`` as an :class:`ApiKey` mapping; any other string is an old-form key.
+
+    Only a known role in the middle makes it the compact form, so an old key that happens to
+    contain colons keeps working as it did.
+    """
+    name, sep, rest = entry.partition(":")
+    role, sep2, key = rest.partition(":")
+    if sep and sep2 and role in ROLES and name.strip() and key:
+        return {"name": name.strip(), "role": role, "key": key}
+    return entry
 
 
 class Settings(BaseSettings):
@@ -62,10 +103,11 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     # NoDecode: the environment value is parsed below, so that the way most operators set one
     # key (PCB_API_KEYS=secret) works as well as a JSON list or a comma-separated one.
-    api_keys: Annotated[list[str], NoDecode] = Field(
+    api_keys: Annotated[list[str | ApiKey], NoDecode] = Field(
         default_factory=list,
-        description="Accepted API keys (a JSON list, comma-separated, or one key); empty "
-                    "turns auth off. Several allow rotation.",
+        description="Accepted API keys; empty turns auth off. Old form (role inspect): one "
+        "key, 'k1,k2' or a JSON list of strings. With a name and a role: 'name:role:key,...' "
+        "or a JSON list of {\"name\", \"role\", \"key\"}; roles: inspect, review, admin.",
     )
     shutdown_grace_s: float = Field(
         20.0, gt=0, description="How long in-flight work may finish after SIGTERM."
@@ -97,8 +139,8 @@ class Settings(BaseSettings):
     max_batch_size: Annotated[int, Field(ge=1, le=256)] | Literal["auto"] = Field(
         "auto",
         description="Tiles per model call, at most. auto: measured at warm-up, the smallest "
-        "of 1, 2, 4, 8 within 3% of the fastest per tile (on a CPU every tile of a batch holds "
-        "150-300 MB of activations while a larger batch gains little).",
+        "of 1, 2 (CPU) or 1..16 (GPU) within 3% of the fastest per tile (on a CPU every tile "
+        "of a batch holds 150-300 MB of activations while a larger batch gains little).",
     )
     max_wait_ms: float = Field(
         3.0, ge=0, le=1000, description="How long a model call waits to fill its batch."
@@ -120,7 +162,7 @@ class Settings(BaseSettings):
 
     @property
     def batch_size_cap(self) -> int:
-        """The largest batch: the setting, or 8 with ``auto`` (then calibrated below it)."""
+        """The largest batch: the setting, or the CPU's cap with ``auto`` (then calibrated)."""
         return AUTO_BATCH_CAP if self.max_batch_size == "auto" else self.max_batch_size
 
     def request_timeout_for(self, tiles: int) -> float:
@@ -155,30 +197,57 @@ class Settings(BaseSettings):
         256.0, ge=0, description="Memory bound of the cache of decoded golden boards (MiB)."
     )
 
+    # --- inspection records (issue 13) ------------------------------------------------------
+    records: bool = Field(True, description="Record every inspection; false: none at all.")
+    database_url: str | None = Field(
+        None,
+        description="Records database; unset: SQLite records.db in PCB_DATA_DIR (migrated at "
+        "startup). postgresql+psycopg://... for several replicas (run `pcb-inspect db upgrade`).",
+    )
+    keep_images: Literal["none", "failed", "all"] = Field(
+        "failed", description="Which boards' images are kept (under images/ in PCB_DATA_DIR)."
+    )
+    image_retention_days: float = Field(
+        30.0, ge=0, description="Kept images older than this are removed."
+    )
+    image_retention_mb: float = Field(
+        2048.0, ge=0, description="Kept images beyond this total (MiB) are removed, oldest first."
+    )
+
     # Whether the pair weights path is the default one (then a missing file is only a warning).
     _pair_weights_default: bool = PrivateAttr(False)
 
     @field_validator("api_keys", mode="before")
     @classmethod
     def _parse_keys(cls, value: Any) -> Any:
-        if not isinstance(value, str):
-            return value
-        text = value.strip()
-        if text.startswith("["):
+        if isinstance(value, str):
+            text = value.strip()
+            if not text.startswith("["):
+                return [_compact_key(k.strip()) for k in text.split(",")] if text else []
             try:
-                return json.loads(text)
+                value = json.loads(text)
             except json.JSONDecodeError as exc:
                 raise ValueError(
                     f"PCB_API_KEYS looks like a JSON list but is not valid JSON ({exc.msg}); "
                     "expected e.g. '[\"key1\", \"key2\"]', 'key1,key2' or one key"
                 ) from None
-        return [k.strip() for k in text.split(",")] if text else []
+        if isinstance(value, list):
+            return [_key_object(i, v) if isinstance(v, dict) else v
+                    for i, v in enumerate(value, start=1)]
+        return value
 
     @field_validator("api_keys")
     @classmethod
-    def _no_empty_keys(cls, keys: list[str]) -> list[str]:
-        if any(not k.strip() for k in keys):
+    def _no_empty_keys(cls, keys: list[str | ApiKey]) -> list[str | ApiKey]:
+        # Strings inside a JSON list may use the compact form too.
+        keys = [_as_key(k) for k in keys]
+        if any(not (k.key if isinstance(k, ApiKey) else k).strip() for k in keys):
             raise ValueError("api_keys must not contain empty keys")
+        names = [k.name for k in _entries(keys)]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            # The name is what a review records as its reviewer: it must tell keys apart.
+            raise ValueError(f"api_keys: key names must be unique; {twice} appear twice")
         return keys
 
     @model_validator(mode="after")
@@ -223,6 +292,11 @@ class Settings(BaseSettings):
         """Whether requests must carry an API key."""
         return bool(self.api_keys)
 
+    @property
+    def key_entries(self) -> list[ApiKey]:
+        """Every accepted key with its name and role (old-form keys: ``key-N``, ``inspect``)."""
+        return _entries(self.api_keys)
+
     def effective_intra_op_threads(self) -> int:
         """Intra-op threads to give TF: the setting, or the cores this process may use."""
         if self.intra_op_threads:
@@ -230,6 +304,33 @@ class Settings(BaseSettings):
         return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
             os.cpu_count() or 1
         )
+
+
+def _key_object(index: int, entry: dict[str, Any]) -> ApiKey:
+    # Checked here, not left to the union: pydantic would report the entry as "not a valid
+    # string" (the first member of str | ApiKey) instead of what is wrong with it.
+    try:
+        return ApiKey.model_validate(entry)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err["loc"]) or "entry"
+        shown = f" {err['input']!r}" if field in ("name", "role") else ""
+        raise ValueError(
+            f"PCB_API_KEYS entry {index}: {field}{shown}: {err['msg']}; expected "
+            '{"name": "...", "role": "inspect"|"review"|"admin", "key": "..."}'
+        ) from None
+
+
+def _as_key(entry: str | ApiKey) -> str | ApiKey:
+    compact = _compact_key(entry) if isinstance(entry, str) else entry
+    return ApiKey(**compact) if isinstance(compact, dict) else compact
+
+
+def _entries(keys: list[str | ApiKey]) -> list[ApiKey]:
+    # The name of an old-form key is its position, never the key itself (names are logged
+    # and stored with reviews).
+    return [k if isinstance(k, ApiKey) else ApiKey(name=f"key-{i}", role="inspect", key=k)
+            for i, k in enumerate(keys, start=1)]
 
 
 @lru_cache

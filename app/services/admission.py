@@ -17,9 +17,15 @@ import dataclasses
 from collections.abc import Iterator
 
 #: Bytes of memory a board pixel costs while the board is in flight (decoded board 1, stitched
-#: maps 7, defect mask and connected-component labels up to 6, class map 1), rounded up from the
-#: growth measured on an 8000 x 8000 board. ``deploy/`` sizes its memory limit with it.
-BYTES_PER_PIXEL = 16
+#: maps 7; once those are freed, defect mask and labels 6 and the class map 1), rounded up from
+#: the 10.3 B measured on an 8000 x 8000 board (``python -m bench.big_board``).
+BYTES_PER_PIXEL = 12
+
+#: Memory of the service before any board: TensorFlow, both models and their batches'
+#: activations, at the worst CPU default (float32 at batch 2, about 1.7 GB; bfloat16 about 1.3
+#: GB), from ``rss_before_mb`` of ``python -m bench.big_board``, rounded up. ``deploy/`` sizes
+#: its memory limit with it and :data:`BYTES_PER_PIXEL` (a test checks the arithmetic).
+FIXED_MEMORY_BYTES = 2 * 2**30
 
 #: The formats a board may come in store at most this many bytes a pixel (16-bit RGBA); so a
 #: body of ``n`` bytes holds at least ``n / MAX_ENCODED_BYTES_PER_PIXEL`` pixels, which lets a
