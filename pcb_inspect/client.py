@@ -383,6 +383,11 @@ class _Client:
         """Seconds to wait before retry number ``attempt + 1`` (:meth:`RetryPolicy.delay`)."""
         return self.policy.delay(attempt, retry_after)
 
+    def _http_args(self, timeout: float, max_connections: int) -> dict[str, Any]:
+        """What the sync and the async httpx client are built with."""
+        return {"base_url": self.base_url, "timeout": timeout, "headers": self._headers(),
+                "limits": httpx.Limits(max_connections=max_connections)}
+
     def _headers(self) -> dict[str, str]:
         headers = {"User-Agent": _USER_AGENT}
         if self.api_key:
@@ -606,13 +611,7 @@ class InspectClient(_Client):
         policy = RetryPolicy(retries, backoff, max_backoff, rng or random.Random())
         super().__init__(base_url, api_key, timeout, policy)
         self._sleep = sleep if sleep is not None else time.sleep
-        self._http = httpx.Client(
-            base_url=self.base_url,
-            timeout=timeout,
-            headers=self._headers(),
-            limits=httpx.Limits(max_connections=max_connections),
-            transport=transport,
-        )
+        self._http = httpx.Client(**self._http_args(timeout, max_connections), transport=transport)
 
     def __enter__(self) -> InspectClient:
         return self
@@ -663,11 +662,7 @@ class AsyncInspectClient(_Client):
         super().__init__(base_url, api_key, timeout, policy)
         self._sleep = sleep if sleep is not None else asyncio.sleep
         self._http = httpx.AsyncClient(
-            base_url=self.base_url,
-            timeout=timeout,
-            headers=self._headers(),
-            limits=httpx.Limits(max_connections=max_connections),
-            transport=transport,
+            **self._http_args(timeout, max_connections), transport=transport
         )
 
     async def __aenter__(self) -> AsyncInspectClient:

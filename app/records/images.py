@@ -22,11 +22,12 @@ import hashlib
 import logging
 import os
 import re
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
+
+from app.core.files import write_atomic
 
 __all__ = ["KeepPolicy", "RetentionResult", "StoredImage", "ImageStore", "extension_for"]
 
@@ -131,17 +132,7 @@ class ImageStore:
                 os.utime(path)
                 return StoredImage(rel, digest, len(data))
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".partial")
-        try:
-            with os.fdopen(fd, "wb") as out:
-                out.write(data)
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
+        write_atomic(path, (data,))
         return StoredImage(rel, digest, len(data))
 
     def path_of(self, rel: str) -> Path:

@@ -28,7 +28,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -36,6 +35,8 @@ from typing import Any, BinaryIO
 
 import cv2
 import numpy as np
+
+from app.core.files import fsync_dir, write_atomic
 
 logger = logging.getLogger("pcb_inspect.golden")
 
@@ -174,7 +175,8 @@ class GoldenStore:
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             existed = path.exists()
-            self._write_atomic(path, (header, b"\n", png))
+            write_atomic(path, (header, b"\n", png), prefix=_PARTIAL_PREFIX,
+                         suffix=_PARTIAL_SUFFIX)
         except OSError as exc:
             raise GoldenStoreError(
                 f"cannot store the golden board of {product!r} in {self.root}: {exc}"
@@ -186,33 +188,6 @@ class GoldenStore:
         else:
             self._forget(product)
         return board, not existed
-
-    def _write_atomic(self, path: Path, chunks: tuple[bytes, ...]) -> None:
-        # Same folder as the target, so os.replace is a rename within one filesystem
-        # (atomic), never a copy across devices.
-        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=_PARTIAL_PREFIX, suffix=_PARTIAL_SUFFIX)
-        try:
-            # mkstemp creates 0600; other replicas may run as another user of the group.
-            os.fchmod(fd, 0o644)
-            with os.fdopen(fd, "wb") as f:
-                for chunk in chunks:
-                    f.write(chunk)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-        self._fsync_dir()
-
-    def _fsync_dir(self) -> None:
-        # Makes the rename (or unlink) durable; without it a power cut can undo it.
-        dir_fd = os.open(self.root, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
 
     def delete(self, product: str) -> None:
         """Removes ``product``'s board.
@@ -231,7 +206,7 @@ class GoldenStore:
             ) from exc
         self._forget(product)
         with contextlib.suppress(OSError):
-            self._fsync_dir()
+            fsync_dir(self.root)
 
     def sweep_partials(self, max_age_s: float = 3600.0) -> int:
         """Removes temporary files older than ``max_age_s`` left by killed writers.
