@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 
-from app.api.routes import golden, health, metrics, model, predict, ui
+from app.api.routes import golden, health, inspections, metrics, model, predict, stats, ui
 from app.core.config import AUTO_BATCH_CAP, AUTO_BATCH_CAP_GPU, Settings, get_settings
 from app.core.errors import install_error_handlers
 from app.core.metrics import MODEL_INFO, PAIR_MODEL_INFO
@@ -21,6 +21,7 @@ from app.core.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from app.inference.batcher import DynamicBatcher
 from app.inference.inferencer import Inferencer, ModelLoadError, check_weights_file
 from app.services.inspection import InspectionService
+from app.services.records import running_records
 from app.services.state import ServiceState
 
 logger = logging.getLogger("pcb_inspect")
@@ -124,6 +125,23 @@ async def _load_models(state: ServiceState) -> tuple[Inferencer, Inferencer | No
 
 @contextlib.asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Opens the inspection records, then serves the models; stops in the reverse order, so
+    that the boards still in flight at shutdown are recorded."""
+    state: ServiceState = app.state.service
+    async with running_records(state, app.state.inspections) as records:
+        app.state.records = records
+        try:
+            async with serve_models(app):
+                if records is not None:
+                    records.use_classes(*(m.inferencer.card.classes
+                                          for m in (state.model, state.pair_model) if m))
+                yield
+        finally:
+            app.state.records = None
+
+
+@contextlib.asynccontextmanager
+async def serve_models(app: FastAPI) -> AsyncIterator[None]:
     """Loads and warms the models, starts their batchers; on shutdown drains and stops them."""
     state: ServiceState = app.state.service
     settings = state.settings
@@ -195,13 +213,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     state = ServiceState(settings)
     app.state.service = state
-    # Its ``on_result`` hooks see every finished inspection.
+    # Its ``on_result`` hooks see every finished inspection (the records add theirs).
     app.state.inspections = InspectionService(state)
+    #: The ``RecordsService`` while the lifespan runs with PCB_RECORDS on; else ``None``.
+    app.state.records = None
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestContextMiddleware)
     for router in (
-        health.router, metrics.router, model.router, predict.router, golden.router, ui.router
+        health.router, metrics.router, model.router, predict.router, golden.router,
+        inspections.router, stats.router, ui.router,
     ):
         app.include_router(router)
     return app

@@ -149,6 +149,30 @@ def _check_data_dir(data_dir: Path) -> None:
         )
 
 
+def _check_records(settings: Any) -> None:
+    # A records database that another version migrated (or nobody did) is said at once, not
+    # after the models have loaded. The embedded default is migrated by the lifespan, and a
+    # database that does not answer yet is the lifespan's to judge (it spools meanwhile).
+    if not settings.records or settings.database_url is None:
+        return
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from app.records import SchemaError, check_schema, make_engine
+
+    try:
+        engine = make_engine(settings.database_url)
+    except (ValueError, ImportError, SQLAlchemyError) as exc:
+        raise StartupError(f"invalid setting PCB_DATABASE_URL: {exc}") from None
+    try:
+        check_schema(engine)
+    except SchemaError as exc:
+        raise StartupError(str(exc)) from None
+    except SQLAlchemyError:
+        pass
+    finally:
+        engine.dispose()
+
+
 def _check_listen(host: str, port: int) -> None:
     # uvicorn binds only after the models have loaded, which takes a while: a port that is
     # taken is better said at once. (Bound as uvicorn binds it, then let go.)
@@ -189,6 +213,7 @@ def preflight(settings: Any) -> None:
                 f"{card.input.tile_size} of model card {path}"
             )
     _check_data_dir(settings.data_dir)
+    _check_records(settings)
     _check_listen(settings.host, settings.port)
 
 

@@ -19,6 +19,9 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "predict": ("pcb_inspect.client_cli", "inspect image files through a running service"),
     "batch": ("pcb_inspect.client_cli", "upload a folder of boards through the batch endpoint"),
     "golden": ("pcb_inspect.client_cli", "store, list, get or delete golden (reference) boards"),
+    "db": ("app.records.cli", "the inspection-records database: upgrade, current"),
+    "export-reviews": ("app.services.review_export",
+                       "write the reviewed boards as a DeepPCB-format training folder"),
 }
 
 
@@ -46,6 +49,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     name = argv[0]
     module = _load(name)
+    # A module with main_<name>(argv) parses its own arguments (e.g. `db` and its actions).
+    own_main = getattr(module, f"main_{name}", None)
+    if own_main is not None:
+        return int(own_main(argv[1:]))
     sub_parser = argparse.ArgumentParser(prog=f"pcb-inspect {name}")
     build = getattr(module, f"build_{name}_parser", None) or module.build_parser  # type: ignore[attr-defined]
     args = build(sub_parser).parse_args(argv[1:])

@@ -30,7 +30,8 @@ class TrainConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    data: Path
+    #: The DeepPCB-format folder, or several (e.g. DeepPCB and `pcb-inspect export-reviews`).
+    data: Path | list[Path]
     out: Path
     max_minutes: float
     epochs: int
@@ -49,6 +50,17 @@ class TrainConfig(BaseModel):
     seed: int
     cache: Path | None
     verbose: int
+
+    @field_validator("data", mode="before")
+    @classmethod
+    def _one_folder_as_before(cls, value: object) -> object:
+        # One folder stays one path, so a single-folder run's config.json reads as it did.
+        return value[0] if isinstance(value, list) and len(value) == 1 else value
+
+    @property
+    def folders(self) -> list[Path]:
+        """The data folders, in the order given."""
+        return list(self.data) if isinstance(self.data, list) else [self.data]
 
     @field_validator("cache", mode="before")
     @classmethod
@@ -74,7 +86,8 @@ class TrainConfig(BaseModel):
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     """Adds the training arguments to ``parser`` (or a new one) and returns it."""
     p = parser or argparse.ArgumentParser(prog="pcb-inspect train", description=__doc__)
-    p.add_argument("--data", required=True, type=Path, help="DeepPCB-format folder")
+    p.add_argument("--data", required=True, type=Path, action="extend", nargs="+",
+                   help="DeepPCB-format folder; several: --data A B or --data A --data B")
     p.add_argument("--out", required=True, type=Path, help="run folder (checkpoints, logs)")
     p.add_argument("--max-minutes", type=float, default=60.0, help="wall-time budget")
     p.add_argument("--epochs", type=int, default=1000, help="upper bound on epochs")
@@ -224,7 +237,13 @@ def run_split(config: TrainConfig) -> tuple[list[Sample], list[Sample]]:
     """
     from training.data import read_split, split_train_val
 
-    samples = read_split(config.data)
+    samples = [s for folder in config.folders for s in read_split(folder)]
+    seen: dict[str, Path] = {}
+    for s in samples:
+        # The split and the cache are keyed by board: two folders' boards must differ.
+        if seen.setdefault(s.key, s.test_path) != s.test_path:
+            raise ValueError(f"board {s.key} is in two data folders ({seen[s.key]} and "
+                             f"{s.test_path}); expected each board once")
     path = config.out / SPLIT_NAME
     if not path.is_file():
         return split_train_val(samples, config.val_fraction, config.seed)

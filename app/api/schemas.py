@@ -8,7 +8,6 @@ inspection service's results.
 from __future__ import annotations
 
 import base64
-import dataclasses
 from typing import Any, Literal
 
 from pydantic import (
@@ -19,7 +18,10 @@ from pydantic import (
     model_serializer,
 )
 
+from app.inference.defects import Summary
 from app.inference.encoding import encode_mask_png, encode_rle
+from app.records import Inspection as InspectionRecordOut
+from app.records import Review
 from app.services.inspection import BatchItem, Inspection
 
 MaskEncoding = Literal["png", "rle", "none"]
@@ -80,15 +82,6 @@ class DefectOut(BaseModel):
     centroid: list[float] = Field(description="[x, y] in pixels.")
 
 
-class SummaryOut(BaseModel):
-    defect_count: int
-    defect_area_px: int
-    defect_area_mm2: float
-    defect_area_ratio: float
-    by_class: dict[str, int]
-    verdict: Literal["pass", "fail"]
-
-
 class ParamsOut(BaseModel):
     """The rules applied to this board (the request's, else the settings', else the card's)."""
 
@@ -109,10 +102,17 @@ class MaskOut(BaseModel):
 
 
 class PredictionOut(BaseModel):
+    inspection_id: str | None = Field(
+        None,
+        description="The board's record (GET /v1/inspections/{id}); null when records are "
+        "off (PCB_RECORDS=false) or this board could not be recorded.",
+    )
     image: ImageInfo
     model: ModelRef
     defects: list[DefectOut]
-    summary: SummaryOut
+    # The post-processing's own dataclass: pydantic validates it as it is, so the summary is
+    # defined once.
+    summary: Summary
     mask: MaskOut | None = None
     params: ParamsOut
     timings_ms: dict[str, float] = Field(
@@ -139,6 +139,7 @@ class PredictionOut(BaseModel):
             )
         reference = inspection.reference
         return cls(
+            inspection_id=inspection.record_id,
             image=ImageInfo(width=result.width, height=result.height),
             model=ModelRef(
                 name=inferencer.card.name,
@@ -152,7 +153,7 @@ class PredictionOut(BaseModel):
                 )
                 for d in result.defects
             ],
-            summary=SummaryOut(**dataclasses.asdict(result.summary)),
+            summary=result.summary,
             mask=mask_out,
             params=ParamsOut(
                 threshold=config.threshold,
@@ -260,3 +261,16 @@ class GoldenBoardOut(BaseModel):
 class GoldenBoardListOut(BaseModel):
     count: int
     boards: list[GoldenBoardOut]
+
+
+class InspectionPageOut(BaseModel):
+    items: list[InspectionRecordOut] = Field(description="Newest first.")
+    next_cursor: str | None = Field(
+        description="Pass as ?cursor= for the next page (same filters); null on the last page."
+    )
+
+
+class InspectionDetailOut(InspectionRecordOut):
+    reviews: list[Review] = Field(
+        description="Every distinct review of the board, oldest first; the last is current."
+    )

@@ -217,6 +217,12 @@ class Settings(BaseSettings):
     # Whether the pair weights path is the default one (then a missing file is only a warning).
     _pair_weights_default: bool = PrivateAttr(False)
 
+    @field_validator("database_url", mode="before")
+    @classmethod
+    def _empty_url_is_unset(cls, value: Any) -> Any:
+        # compose passes PCB_DATABASE_URL=${PCB_DATABASE_URL:-}: empty means the default.
+        return None if isinstance(value, str) and not value.strip() else value
+
     @field_validator("api_keys", mode="before")
     @classmethod
     def _parse_keys(cls, value: Any) -> Any:

@@ -57,3 +57,26 @@ IN_FLIGHT_IMAGES = Gauge(
 # precision_requested (PCB_PRECISION: auto or a precision).
 MODEL_INFO = Info("pcb_model", "The model being served.")
 PAIR_MODEL_INFO = Info("pcb_pair_model", "The golden-board (pair) model, when one is served.")
+
+# --- inspection records and reviews (issue 13) ---------------------------------------------
+RECORDS = Counter(
+    "pcb_records_total",
+    "Inspection records made, by where they went: 'db' (committed), 'spool' (fsynced to the "
+    "local spool while the database is down; replayed later) or 'lost' (neither worked).",
+    ["sink"],
+)
+RECORDS_SPOOLED = Gauge(
+    "pcb_records_spooled", "Records waiting in the local spool for the database."
+)
+REVIEWS = Counter(
+    "pcb_reviews_total",
+    "Operator review outcomes of new reviews, by outcome (confirmed, false_call, "
+    "reclassified, missed) and by the class the model called (the drawn class for missed).",
+    ["outcome", "class"],
+)
+FALSE_CALL_RATE = Gauge(
+    "pcb_false_call_rate",
+    "Share of the model's reviewed calls of a class marked false_call, over the boards of the "
+    "last 7 days (current reviews); updated after each review.",
+    ["class"],
+)

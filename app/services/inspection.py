@@ -38,6 +38,7 @@ from app.inference.imaging import declared_pixels
 from app.inference.inferencer import Inferencer, InferenceResult
 from app.inference.postprocess import PostprocessConfig
 from app.services.admission import BudgetExceededError
+from app.services.board_meta import META_FIELDS, BoardMeta, with_form
 from app.services.references import (
     Reference,
     check_product_param,
@@ -46,7 +47,7 @@ from app.services.references import (
 )
 from app.services.running import run_board
 from app.services.state import ServedModel, ServiceState
-from app.services.uploads import Upload, decode_or_error, read_upload_fields, read_uploads
+from app.services.uploads import Upload, decode_or_error, read_upload_form
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,6 +107,10 @@ class Inspection:
     upload: Upload
     #: The decoded board (``(H, W)`` uint8), for the overlay.
     pixels: np.ndarray
+    #: The board's metadata (query parameters and form fields), for its record.
+    meta: BoardMeta = BoardMeta()
+    #: Its record's id, set by the recording hook; ``None`` when nothing was recorded.
+    record_id: str | None = None
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -119,8 +124,9 @@ class BatchItem:
 
 
 #: Called with every finished inspection, in :meth:`InspectionService.finish`; an exception
-#: fails that board's inspection.
-ResultHook = Callable[[Inspection], Awaitable[None]]
+#: fails that board's inspection. A hook may return the inspection with what it added (the
+#: record's id), which the next hooks and the response then see.
+ResultHook = Callable[[Inspection], Awaitable[Inspection | None]]
 
 
 class InspectionService:
@@ -157,17 +163,25 @@ class InspectionService:
 
     # ----------------------------------------------------------------------- the requests
     async def inspect(
-        self, request: Request, model: ServedModel, rules: RuleParams, product: str | None
+        self, request: Request, model: ServedModel, rules: RuleParams, product: str | None,
+        meta: BoardMeta | None = None,
     ) -> Inspection:
         """Inspects the one board of a ``/predict`` request (field ``file`` or a raw body),
-        against the golden board of the field ``template`` or of ``product`` if given.
+        against the golden board of the field ``template`` or of ``product`` (the query's or
+        the form field's) if given. ``meta``: the query's board metadata.
 
         Raises:
             ApiError: The request's error (its status, code and message).
         """
         check_product_param(product)
         self._check_body_fits(request)
-        uploads, extra = await read_upload_fields(request, self.settings, "file", ("template",))
+        form = await read_upload_form(
+            request, self.settings, "file", ("template",), META_FIELDS
+        )
+        uploads, extra = form.uploads, form.extra
+        meta = with_form(meta or BoardMeta(product=product), form.texts)
+        product = meta.product
+        check_product_param(product)
         if len(uploads) > 1:
             raise ApiError(
                 400, "too_many_files",
@@ -203,14 +217,16 @@ class InspectionService:
             )
             return await self.finish(
                 Inspection(result, model.inferencer, config, reference, uploads[0],
-                           decoded.pixels)
+                           decoded.pixels, meta)
             )
 
     async def inspect_batch(
-        self, request: Request, model: ServedModel, rules: RuleParams, product: str | None
+        self, request: Request, model: ServedModel, rules: RuleParams, product: str | None,
+        meta: BoardMeta | None = None,
     ) -> list[BatchItem]:
         """Inspects the boards of a ``/predict/batch`` request (field ``files``), each on its
-        own: a board's own failure is its item's error, and never fails the others.
+        own: a board's own failure is its item's error, and never fails the others. ``meta``
+        (the query's and the form's) goes with every board of the batch.
 
         Raises:
             ApiError: What fails the whole request (the product, the upload).
@@ -222,8 +238,15 @@ class InspectionService:
             # (or without a pair model) fails at once, not after every file has arrived.
             model = self.pair_model()
             reference = await stored_reference(self.state.golden, product)
+        form = await read_upload_form(request, self.settings, "files", texts=META_FIELDS)
+        uploads = form.uploads
+        meta = with_form(meta or BoardMeta(product=product), form.texts)
+        if product is None and meta.product is not None:
+            # The product came as a form field: the same golden board as ?product= would.
+            check_product_param(meta.product)
+            model = self.pair_model()
+            reference = await stored_reference(self.state.golden, meta.product)
         config = rules.config(model.inferencer, self.settings)
-        uploads = await read_uploads(request, self.settings, "files")
 
         async def one(index: int, upload: Upload) -> BatchItem:
             try:
@@ -234,7 +257,7 @@ class InspectionService:
                     )
                     inspection = await self.finish(
                         Inspection(result, model.inferencer, config, reference, upload,
-                                   decoded.pixels)
+                                   decoded.pixels, meta)
                     )
             except ApiError as exc:
                 # Counted here: the exception handler that counts the others never sees it.
@@ -254,7 +277,7 @@ class InspectionService:
         for defect in result.defects:
             DEFECTS.labels(class_name=defect.class_name).inc()
         for hook in self.on_result:
-            await hook(inspection)
+            inspection = await hook(inspection) or inspection
         return inspection
 
     # ----------------------------------------------------------------- the memory budget

@@ -29,6 +29,9 @@ class Reference:
     product: str | None
     sha256: str
     pixels: np.ndarray
+    #: The uploaded file's bytes (``source == "upload"``), kept with the board's image when
+    #: that is kept, so a review export can pair the two; ``None`` for a stored golden board.
+    data: bytes | None = None
 
 
 def check_product_param(product: str | None) -> None:
@@ -68,4 +71,4 @@ async def uploaded_reference(upload: Upload, settings: Settings) -> Reference:
     """
     decoded = await decode_or_error(upload, settings, "template")
     sha256 = hashlib.sha256(upload.data).hexdigest()
-    return Reference("upload", None, sha256, decoded.pixels)
+    return Reference("upload", None, sha256, decoded.pixels, upload.data)

@@ -28,6 +28,16 @@ class Upload:
     data: bytes
 
 
+@dataclasses.dataclass(frozen=True)
+class UploadForm:
+    """What :func:`read_upload_form` read: the files of each field and the named text fields
+    (empty for a raw image body)."""
+
+    uploads: list[Upload]
+    extra: dict[str, list[Upload]]
+    texts: dict[str, list[str]]
+
+
 async def _read_form(request: Request, settings: Settings) -> Any:
     try:
         return await request.form(
@@ -65,10 +75,22 @@ async def read_upload_fields(
     Raises:
         ApiError: 400 for a missing part, 413 past a limit, 415 for another content type.
     """
+    form = await read_upload_form(request, settings, field, optional)
+    return form.uploads, form.extra
+
+
+async def read_upload_form(
+    request: Request, settings: Settings, field: str, optional: tuple[str, ...] = (),
+    texts: tuple[str, ...] = (),
+) -> UploadForm:
+    """:func:`read_upload_fields`, and the values of the multipart text fields ``texts``
+    (board metadata sent as form fields)."""
     content_type = request.headers.get("content-type", "").lower()
     if content_type.startswith("multipart/form-data"):
         form = await _read_form(request, settings)
         try:
+            values = {name: [v for v in form.getlist(name) if isinstance(v, str)]
+                      for name in texts}
             by_field: dict[str, list[Upload]] = {}
             for name in (field, *optional):
                 parts = [p for p in form.getlist(name) if isinstance(p, UploadFile)]
@@ -79,14 +101,15 @@ async def read_upload_fields(
                 raise ApiError(
                     400, "missing_file", f"No image in the multipart field '{field}'.{got}"
                 )
-            return by_field.pop(field), by_field
+            return UploadForm(by_field.pop(field), by_field, values)
         finally:
             # Nothing else closes a form read by hand: its spooled temp files would leak.
             await form.close()
     if field == "file" and (
         content_type.startswith("image/") or content_type == "application/octet-stream"
     ):
-        return [Upload(None, await request.body())], {name: [] for name in optional}
+        return UploadForm([Upload(None, await request.body())],
+                          {name: [] for name in optional}, {name: [] for name in texts})
     allowed = "multipart/form-data" + (" or image/*" if field == "file" else "")
     raise ApiError(
         415,

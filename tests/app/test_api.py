@@ -79,7 +79,8 @@ def mask_of(body: dict[str, Any]) -> np.ndarray:
 def check_result(body: dict[str, Any], width: int, height: int) -> None:
     """Every field of one board's result, and their consistency with each other."""
     assert set(body) == {
-        "image", "model", "defects", "summary", "mask", "params", "timings_ms", "reference"
+        "inspection_id", "image", "model", "defects", "summary", "mask", "params",
+        "timings_ms", "reference",
     }
     assert body["reference"] is None  # sent alone: the single-image model, no golden board
     assert body["image"] == {"width": width, "height": height}

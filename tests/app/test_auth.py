@@ -3,6 +3,7 @@ probes do not."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,8 +20,9 @@ BOARD = board_png(64, 64, seed=1)
 
 @pytest.fixture(scope="module")
 def client(tiny_weights: Path) -> Iterator[TestClient]:
-    # Two keys: during a rotation both the old and the new key are accepted.
-    with app_client(tiny_weights, api_keys=["k1", "k2"]) as c:
+    # Two keys: during a rotation both the old and the new key are accepted. The old form
+    # means role inspect; golden boards are changed with the admin key (compact form).
+    with app_client(tiny_weights, api_keys=["k1", "k2", "ops:admin:k-admin"]) as c:
         yield c
 
 
@@ -76,11 +78,16 @@ def test_x_api_key_second_key_works(client: TestClient) -> None:
 
 def test_golden_boards_work_with_a_key(client: TestClient) -> None:
     key = {"authorization": "Bearer k1"}
+    admin = {"x-api-key": "k-admin"}
+    # Storing or removing a golden board takes the admin role; reading any valid key.
+    assert_error(client.put("/v1/golden-boards/p1", headers=key,
+                            files={"file": ("g.png", BOARD, "image/png")}), 403, "forbidden")
     put = client.put("/v1/golden-boards/p1", files={"file": ("g.png", BOARD, "image/png")},
-                     headers=key)
+                     headers=admin)
     assert put.status_code == 201, put.text[:300]
     assert client.get("/v1/golden-boards/p1", headers=key).status_code == 200
-    assert client.delete("/v1/golden-boards/p1", headers={"x-api-key": "k2"}).status_code == 204
+    assert_error(client.delete("/v1/golden-boards/p1", headers={"x-api-key": "k2"}), 403)
+    assert client.delete("/v1/golden-boards/p1", headers=admin).status_code == 204
 
 
 def test_scheme_is_case_insensitive(client: TestClient) -> None:
@@ -138,4 +145,43 @@ def test_malformed_json_keys_name_the_setting(
 ) -> None:
     monkeypatch.setenv("PCB_API_KEYS", '["k1", ')
     with pytest.raises(ValidationError, match="PCB_API_KEYS looks like a JSON list"):
+        Settings(weights_path=tiny_weights)
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ("secret", [("key-1", "inspect")]),
+        ("st-3:review:abc, k9", [("st-3", "review"), ("key-2", "inspect")]),
+        ('[{"name": "boss", "role": "admin", "key": "s3cr3t-1"}, "line:inspect:s3cr3t-2", '
+         '"s3cr3t-3"]',
+         [("boss", "admin"), ("line", "inspect"), ("key-3", "inspect")]),
+        # A colon alone does not make the compact form: only a known role in the middle.
+        ("a:b:c", [("key-1", "inspect")]),
+    ],
+)
+def test_api_keys_with_names_and_roles(
+    monkeypatch: pytest.MonkeyPatch, tiny_weights: Path, env: str,
+    expected: list[tuple[str, str]],
+) -> None:
+    monkeypatch.setenv("PCB_API_KEYS", env)
+    entries = Settings(weights_path=tiny_weights).key_entries
+    assert [(e.name, e.role) for e in entries] == expected
+    # The key is never part of an entry's repr (it ends up in logs).
+    assert all(e.key not in repr(e) for e in entries)
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ('[{"name": "a", "role": "boss", "key": "x"}]', "entry 1: role 'boss'"),
+        ("a:review:k1,a:admin:k2", "names must be unique"),
+        ('[{"name": "a", "key": ""}]', "entry 1: key"),
+    ],
+)
+def test_bad_named_keys_are_refused_by_what_is_wrong(
+    monkeypatch: pytest.MonkeyPatch, tiny_weights: Path, env: str, message: str
+) -> None:
+    monkeypatch.setenv("PCB_API_KEYS", env)
+    with pytest.raises(ValidationError, match=re.escape(message)):
         Settings(weights_path=tiny_weights)

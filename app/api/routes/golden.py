@@ -11,7 +11,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
-from app.api.deps import AuthDep, SettingsDep, StoreDep
+from app.api.deps import AdminAuth, AuthDep, SettingsDep, StoreDep
 from app.api.openapi import BINARY, error_responses, upload_doc
 from app.api.schemas import GoldenBoardListOut, GoldenBoardOut
 from app.core.errors import ApiError
@@ -28,7 +28,7 @@ from app.services.uploads import decode_or_error, read_uploads
 router = APIRouter(prefix="/v1/golden-boards", tags=["golden boards"], dependencies=[AuthDep])
 
 _ERRORS = error_responses(401, 404, 422, 500)
-_UPLOAD_ERRORS = error_responses(400, 401, 413, 415, 422, 500)
+_UPLOAD_ERRORS = error_responses(400, 401, 403, 413, 415, 422, 500)
 _UPLOAD_DOC = upload_doc({"file": BINARY}, required=["file"], raw_types=("image/png",))
 
 
@@ -66,6 +66,9 @@ def _out(board: GoldenBoard) -> GoldenBoardOut:
     summary="Store or replace the golden board of a product",
     response_model=GoldenBoardOut,
     status_code=201,
+    # Storing or removing a golden board changes what every later inspection of the product
+    # is compared with: an administrator's act, not a station's.
+    dependencies=[AdminAuth],
     responses={**_UPLOAD_ERRORS, 200: {"model": GoldenBoardOut, "description": "Replaced."},
                201: {"description": "Stored (new product)."}},
     openapi_extra=_UPLOAD_DOC,
@@ -129,7 +132,8 @@ async def get_golden_board(
     summary="Remove the golden board of a product",
     status_code=204,
     response_class=Response,
-    responses=_ERRORS,
+    dependencies=[AdminAuth],
+    responses={**_ERRORS, **error_responses(403)},
 )
 async def delete_golden_board(product: str, store: StoreDep) -> Response:
     """Removes ``product``'s golden board; inspections with ``?product=`` then get 404."""

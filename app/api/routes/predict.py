@@ -9,7 +9,7 @@ Only the HTTP is here; :class:`app.services.inspection.InspectionService` does t
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
@@ -20,6 +20,7 @@ from app.api.openapi import BINARY, error_responses, upload_doc
 from app.api.schemas import BatchOut, PredictionOut
 from app.inference.encoding import encode_mask_png
 from app.inference.render import render_overlay
+from app.services.board_meta import BoardMeta, query_meta
 from app.services.inspection import RuleParams
 
 router = APIRouter(prefix="/predict", tags=["inspection"], dependencies=[AuthDep])
@@ -36,10 +37,42 @@ ProductParam = Annotated[
     str | None,
     Query(
         description="Compare with the stored golden board of this product "
-        "(PUT /v1/golden-boards/{product}); uses the golden-board (pair) model.",
+        "(PUT /v1/golden-boards/{product}); uses the golden-board (pair) model. Also the "
+        "record's product (the form field 'product' means the same).",
         max_length=200,
     ),
 ]
+
+
+def _meta_param(what: str) -> Any:
+    return Query(
+        description=f"The board's {what}, kept in its record (or the form field of this name).",
+        min_length=1, max_length=128,
+    )
+
+
+SerialParam = Annotated[str | None, _meta_param("serial number")]
+LineParam = Annotated[str | None, _meta_param("production line")]
+StationParam = Annotated[str | None, _meta_param("inspection station")]
+TagsParam = Annotated[
+    list[str] | None,
+    Query(description="Tags of the record: repeat the parameter or separate with commas "
+          "(at most 32, each 1-128 characters; also the form field 'tags')."),
+]
+
+
+def get_meta(
+    product: ProductParam = None,
+    serial: SerialParam = None,
+    line: LineParam = None,
+    station: StationParam = None,
+    tags: TagsParam = None,
+) -> BoardMeta:
+    """The board metadata of a request's query (422 ``invalid_metadata`` for a bad value)."""
+    return query_meta(serial, line, station, product, tags)
+
+
+MetaDep = Annotated[BoardMeta, Depends(get_meta)]
 
 
 PxPerMmParam = Annotated[
@@ -69,6 +102,15 @@ def get_rules(
 
 RulesDep = Annotated[RuleParams, Depends(get_rules)]
 
+#: The board metadata as multipart text fields (the query parameters of the same names work
+#: for every body; these only in a multipart one).
+_META_FIELDS = {
+    **{name: {"type": "string", "maxLength": 128, "description": f"The board's {name}."}
+       for name in ("serial", "line", "station")},
+    "product": {"type": "string", "maxLength": 200,
+                "description": "As ?product=: the stored golden board, and the record's product."},
+    "tags": {"type": "string", "description": "Comma-separated tags of the record."},
+}
 _UPLOAD_DOC = upload_doc(
     {
         "file": BINARY,
@@ -77,11 +119,14 @@ _UPLOAD_DOC = upload_doc(
             "description": "Optional golden board of the same design; the "
             "board is then compared with it by the pair model.",
         },
+        **_META_FIELDS,
     },
     required=["file"],
     raw_types=("image/png", "image/jpeg", "image/bmp", "image/tiff"),
 )
-_BATCH_DOC = upload_doc({"files": {"type": "array", "items": BINARY}}, required=["files"])
+_BATCH_DOC = upload_doc(
+    {"files": {"type": "array", "items": BINARY}, **_META_FIELDS}, required=["files"]
+)
 _ERRORS = error_responses(400, 401, 404, 413, 415, 422, 500, 503, 504)
 
 
@@ -102,9 +147,11 @@ def _wants_png(request: Request) -> bool:
 )
 async def predict(
     request: Request,
+    response: Response,
     model: ModelDep,
     inspections: InspectionsDep,
     rules: RulesDep,
+    meta: MetaDep,
     mask: MaskParam = "png",
     render: RenderParam = "none",
     product: ProductParam = None,
@@ -118,20 +165,26 @@ async def predict(
     With a golden board, either the multipart field ``template`` or ``?product=`` (a board
     stored with ``PUT /v1/golden-boards/{product}``), the golden-board (pair) model compares
     the board with it; the result then has a ``reference`` block with the alignment.
+
+    The board is recorded before the answer is sent: its ``inspection_id`` is in the JSON and
+    in the ``X-Inspection-ID`` header (PNG answers too). ``serial``, ``line``, ``station``,
+    ``product`` and ``tags`` (query parameters or form fields) go into the record.
     """
     async with inspections.request_in_flight():
-        done = await inspections.inspect(request, model, rules, product)
+        done = await inspections.inspect(request, model, rules, product, meta)
         result = done.result
+        headers = {"X-Inspection-ID": done.record_id} if done.record_id else {}
         # Encoding a large board's mask or overlay takes a while: keep it off the event loop.
         if render == "overlay":
             png = await run_in_threadpool(
                 render_overlay, done.pixels, result.class_map, result.defects,
                 done.inferencer.card.classes,
             )
-            return Response(png, media_type="image/png")
+            return Response(png, media_type="image/png", headers=headers)
         if _wants_png(request):
             png = await run_in_threadpool(encode_mask_png, result.class_map)
-            return Response(png, media_type="image/png")
+            return Response(png, media_type="image/png", headers=headers)
+        response.headers.update(headers)
         return await run_in_threadpool(PredictionOut.of, done, mask)
 
 
@@ -147,6 +200,7 @@ async def predict_batch(
     model: ModelDep,
     inspections: InspectionsDep,
     rules: RulesDep,
+    meta: MetaDep,
     mask: MaskParam = "none",
     product: ProductParam = None,
 ) -> BatchOut:
@@ -156,7 +210,10 @@ async def predict_batch(
     image never fails the others. The tiles of all images share the model's batches. With
     ``?product=`` every board is compared with that product's stored golden board (pair
     model); a board that does not align gets its own 422 ``alignment_failed``.
+
+    Each board is recorded on its own, with the request's metadata; its ``inspection_id`` is
+    in its ``result``.
     """
     async with inspections.request_in_flight():
-        items = await inspections.inspect_batch(request, model, rules, product)
+        items = await inspections.inspect_batch(request, model, rules, product, meta)
         return await run_in_threadpool(BatchOut.of, items, mask)

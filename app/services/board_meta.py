@@ -1,0 +1,94 @@
+"""Board metadata (``serial``, ``line``, ``station``, ``product``, ``tags``): what an inspection
+record is found by later, sent as query parameters or multipart form fields.
+
+``product`` is also the golden board a board is compared with (``?product=``): the form field
+means the same as the query parameter, so one name never means two things.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+
+from app.core.errors import ApiError
+
+#: The multipart text fields read as metadata.
+META_FIELDS: tuple[str, ...] = ("serial", "line", "station", "product", "tags")
+#: Longest value (the records' indexed columns hold this much) and most tags per board.
+MAX_CHARS = 128
+MAX_TAGS = 32
+
+
+@dataclasses.dataclass(frozen=True)
+class BoardMeta:
+    """A board's metadata; ``None`` (or no tags): not given."""
+
+    serial: str | None = None
+    line: str | None = None
+    station: str | None = None
+    product: str | None = None
+    tags: tuple[str, ...] = ()
+
+
+def _invalid(message: str) -> ApiError:
+    return ApiError(422, "invalid_metadata", message)
+
+
+def check_text(name: str, value: str) -> str:
+    """One metadata value: 1 to 128 characters, no control characters (PostgreSQL refuses a
+    NUL in text, which would leave the record unstorable). 422 ``invalid_metadata``."""
+    if not 1 <= len(value) <= MAX_CHARS:
+        raise _invalid(f"{name}: expected 1 to {MAX_CHARS} characters, received "
+                       f"{len(value)} ({value[:40]!r}{'...' if len(value) > 40 else ''})")
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise _invalid(f"{name}: control characters are not accepted, received {value!r}")
+    return value
+
+
+def split_tags(values: Sequence[str]) -> tuple[str, ...]:
+    """Tags from repeated values, each possibly comma-separated; blanks dropped, duplicates
+    once, in the order given. 422 past 32 tags or for a bad tag."""
+    tags: dict[str, None] = {}
+    for value in values:
+        for tag in value.split(","):
+            if tag.strip():
+                tags[check_text("tags", tag.strip())] = None
+    if len(tags) > MAX_TAGS:
+        raise _invalid(f"tags: at most {MAX_TAGS} tags per board, received {len(tags)}")
+    return tuple(tags)
+
+
+def query_meta(serial: str | None = None, line: str | None = None,
+               station: str | None = None, product: str | None = None,
+               tags: Sequence[str] | None = None) -> BoardMeta:
+    """The metadata of a request's query, checked (but ``product``: see below)."""
+    def checked(name: str, value: str | None) -> str | None:
+        return None if value is None else check_text(name, value)
+
+    return BoardMeta(
+        serial=checked("serial", serial), line=checked("line", line),
+        # The product is checked as a golden-board id (stricter) by the inspection service.
+        station=checked("station", station), product=product,
+        tags=split_tags(tags or ()),
+    )
+
+
+def with_form(meta: BoardMeta, form: Mapping[str, list[str]]) -> BoardMeta:
+    """``meta`` (from the query) completed with the multipart form's metadata fields.
+
+    A field given in both must have the same value: which one was meant cannot be guessed.
+    Tags from both are kept.
+    """
+    values: dict[str, str | None] = {}
+    for name in ("serial", "line", "station", "product"):
+        given = form.get(name, [])
+        if len(given) > 1:
+            raise _invalid(f"{name}: one value per request, received {len(given)} form fields")
+        query = getattr(meta, name)
+        value = check_text(name, given[0]) if given else None
+        if value is not None and query is not None and value != query:
+            raise _invalid(f"{name}: the query says {query!r} and the form field {value!r}; "
+                           "send it once")
+        values[name] = query if value is None else value
+    tags = split_tags([*meta.tags, *form.get("tags", [])])
+    return BoardMeta(**values, tags=tags)

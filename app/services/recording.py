@@ -1,0 +1,133 @@
+"""The recording hook: every finished board becomes an inspection record, durable before its
+answer is sent (an ``on_result`` hook of :class:`app.services.inspection.InspectionService`).
+
+Recording never fails an inspection: a record the database cannot take goes to the spool
+(:class:`app.records.Recorder`), and anything else that goes wrong is logged and answered with
+no ``inspection_id`` (the one case where a 200 carries no record, so no client is handed an id
+that does not exist).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import logging
+
+from app.core.metrics import RECORDS, RECORDS_SPOOLED
+from app.records import (
+    DefectRecord,
+    ImageStore,
+    InspectionRecord,
+    Recorder,
+    Reference,
+    Rules,
+)
+from app.services.golden_store import GoldenStore, GoldenStoreError, UnknownProductError
+from app.services.inspection import Inspection
+
+logger = logging.getLogger("pcb_inspect.records")
+
+
+def build_record(inspection: Inspection, image_path: str | None) -> InspectionRecord:
+    """The record of one finished board (its image kept at ``image_path``, or not kept)."""
+    result, inferencer, config = inspection.result, inspection.inferencer, inspection.config
+    meta, data = inspection.meta, inspection.upload.data
+    reference = inspection.reference
+    return InspectionRecord(
+        serial=meta.serial, line=meta.line, station=meta.station, product=meta.product,
+        tags=list(meta.tags),
+        image_sha256=hashlib.sha256(data).hexdigest(), image_bytes=len(data),
+        width=result.width, height=result.height, image_path=image_path,
+        model_name=inferencer.card.name, model_version=inferencer.card.version,
+        model_mode=inferencer.mode, weights_sha256=inferencer.weights_sha256,
+        rules=Rules(
+            threshold=config.threshold, min_area_px=config.min_area_px,
+            min_confidence=config.min_confidence, pixels_per_mm=config.pixels_per_mm,
+            fail_rule=config.fail_rule, fail_min_count=config.fail_min_count,
+            fail_min_area_mm2=config.fail_min_area_mm2,
+        ),
+        verdict=result.summary.verdict,
+        defects=[
+            DefectRecord.model_validate({
+                "id": d.id, "class": d.class_name, "confidence": min(1.0, d.confidence),
+                "bbox": d.bbox, "area_px": d.area_px, "area_mm2": d.area_mm2,
+                "centroid": d.centroid,
+            })
+            for d in result.defects
+        ],
+        reference=None if reference is None else Reference(
+            source=reference.source, product=reference.product, sha256=reference.sha256,
+            alignment=None if result.alignment is None else result.alignment.as_dict(),
+        ),
+    )
+
+
+class RecordingHook:
+    """Keeps the board's image by policy and records the board; returns the inspection with
+    its ``record_id``.
+
+    Args:
+        recorder: Where records go (database, else spool).
+        images: The kept images (``PCB_KEEP_IMAGES``).
+        golden: The golden boards, whose compared version is kept beside a kept board.
+    """
+
+    def __init__(self, recorder: Recorder, images: ImageStore, golden: GoldenStore) -> None:
+        self.recorder = recorder
+        self.images = images
+        self.golden = golden
+
+    async def __call__(self, inspection: Inspection) -> Inspection:
+        # A commit or an fsync: off the event loop, and awaited, so the record is durable
+        # before the answer that carries its id.
+        record_id = await asyncio.to_thread(self.record, inspection)
+        return dataclasses.replace(inspection, record_id=record_id)
+
+    def record(self, inspection: Inspection) -> str | None:
+        """Records ``inspection`` (blocking); its id, or ``None`` when it could not be."""
+        try:
+            record = build_record(inspection, self._keep(inspection))
+        except Exception:  # a record that cannot be built must not fail the inspection
+            logger.exception("inspection not recorded: its record could not be built")
+            RECORDS.labels(sink="lost").inc()
+            return None
+        stored = self.recorder.record(record)
+        RECORDS.labels(sink=stored.stored).inc()
+        if stored.stored == "spool":
+            RECORDS_SPOOLED.inc()
+        return None if stored.stored == "lost" else stored.inspection_id
+
+    def _keep(self, inspection: Inspection) -> str | None:
+        """Keeps the image if the policy says so (and the golden board it was compared with,
+        for the training export); its path, or ``None``. A full disk loses the image, not the
+        record."""
+        verdict = inspection.result.summary.verdict
+        if not self.images.should_keep(verdict):
+            return None
+        try:
+            kept = self.images.put(inspection.upload.data)
+            self._keep_reference(inspection)
+        except OSError as exc:
+            logger.error("board image not kept (%s): recording the board without it", exc)
+            return None
+        return kept.path
+
+    def _keep_reference(self, inspection: Inspection) -> None:
+        reference = inspection.reference
+        if reference is None:
+            return
+        if reference.data is not None:
+            self.images.put(reference.data)
+            return
+        if reference.product is None:
+            return
+        try:
+            board, png = self.golden.png(reference.product)
+        except (GoldenStoreError, UnknownProductError) as exc:
+            logger.warning("golden board of %r not kept with its board: %s",
+                           reference.product, exc)
+            return
+        # Only the version the board was compared with: it may have been replaced meanwhile.
+        if board.sha256 == reference.sha256:
+            self.images.put(png)
