@@ -1,13 +1,12 @@
 // The inspection page: pick or drop a board image, POST it to /predict, draw the result.
 // Optionally against a golden board: one uploaded with each request ("template") or one
 // stored on the service ("product"), never both.
-// Plain JS, no framework, no network access beyond this service.
+// Plain JS, no framework, no network access beyond this service. What it shares with the
+// review page (the API key, the error box, class colours, box labels) is common.js's PCB.
 "use strict";
 
 (() => {
-  const KEY_STORAGE = "pcb-inspect.api-key";
   const MASK_ALPHA = 0.65; // as render.py: 35 % board + 65 % class colour
-  const FALLBACK_COLOR = "#808080";
 
   const $ = (id) => document.getElementById(id);
   const ui = {
@@ -19,15 +18,11 @@
     refClear: $("ref-clear"),
     product: $("product"),
     productHelp: $("product-help"),
-    apiKey: $("api-key"),
     threshold: $("threshold"),
     minArea: $("min-area"),
     pxPerMm: $("px-per-mm"),
     status: $("status"),
     error: $("error"),
-    errorStatus: $("error-status"),
-    errorCode: $("error-code"),
-    errorMessage: $("error-message"),
     results: $("results"),
     verdict: $("verdict"),
     boardName: $("board-name"),
@@ -46,35 +41,12 @@
     noDefects: $("no-defects"),
   };
 
-  // Class colours in class-id order, from the server (generated from render.py's palette).
-  let palette = [];
-  const palettePromise = fetch("/static/palette.json")
-    .then((r) => (r.ok ? r.json() : { colors: [] }))
-    .then((p) => { palette = p.colors || []; })
-    .catch(() => { palette = []; });
-
   // What is on screen, kept to redraw with a highlighted defect.
   let view = null;
   let busy = false;
   // The uploaded golden board (a File), or null. A stored one is ui.product's value instead.
   let referenceFile = null;
   const REF_NONE = ui.refState.textContent.replace(/\s+/g, " ").trim();
-
-  function colorOf(classes, name) {
-    const k = classes.indexOf(name);
-    return (k >= 0 && palette[k % palette.length]) || FALLBACK_COLOR;
-  }
-
-  function hexToRgb(hex) {
-    const n = parseInt(hex.slice(1), 16);
-    return [(n >> 16) & 255, (n >> 8) & 255, n & 255];
-  }
-
-  // Black or white text, whichever reads better on the class colour.
-  function textOn(hex) {
-    const [r, g, b] = hexToRgb(hex);
-    return 0.299 * r + 0.587 * g + 0.114 * b > 150 ? "#000" : "#fff";
-  }
 
   function setState(state) {
     document.body.dataset.state = state;
@@ -85,11 +57,9 @@
     ui.status.textContent = text;
   }
 
+  // The error box (a 401 opens the settings), the status line, and the page's state.
   function showError(status, code, message) {
-    ui.errorStatus.textContent = status ? `HTTP ${status}` : "No response";
-    ui.errorCode.textContent = code;
-    ui.errorMessage.textContent = message;
-    ui.error.hidden = false;
+    PCB.showError(status, code, message);
     say(`Error: ${code}: ${message}`);
     setState("error");
   }
@@ -133,9 +103,9 @@
     const chosen = ui.product.value;
     let boards;
     try {
-      const resp = await fetch("/v1/golden-boards", { headers: authHeaders() });
+      const resp = await fetch("/v1/golden-boards", { headers: PCB.authHeaders() });
       if (!resp.ok) {
-        const [code, message] = await errorOf(resp);
+        const [code, message] = await PCB.errorOf(resp);
         ui.productHelp.textContent =
           `Stored golden boards could not be listed (HTTP ${resp.status} ${code}: ${message})`;
         return;
@@ -172,25 +142,11 @@
     return params;
   }
 
-  function authHeaders() {
-    const key = ui.apiKey.value.trim();
-    return key ? { "X-API-Key": key } : {};
-  }
-
   async function post(file, params) {
     const form = new FormData();
     form.append("file", file, file.name);
     if (referenceFile) form.append("template", referenceFile, referenceFile.name);
-    return fetch(`/predict?${params}`, { method: "POST", body: form, headers: authHeaders() });
-  }
-
-  // Reads an API error body; falls back to the status line when a proxy answered instead.
-  async function errorOf(resp) {
-    try {
-      const body = await resp.json();
-      if (body && body.error) return [body.error.code, body.error.message];
-    } catch (_) { /* not JSON */ }
-    return [`http_${resp.status}`, resp.statusText || "The service answered with an error."];
+    return fetch(`/predict?${params}`, { method: "POST", body: form, headers: PCB.authHeaders() });
   }
 
   async function inspect(file) {
@@ -213,14 +169,13 @@
         return;
       }
       if (!resp.ok) {
-        const [code, message] = await errorOf(resp);
+        const [code, message] = await PCB.errorOf(resp);
         showError(resp.status, code, message);
-        if (resp.status === 401) ui.apiKey.closest("details").open = true;
         if (code === "unknown_product") loadProducts(); // deleted meanwhile: refresh the list
         return;
       }
       const result = await resp.json();
-      await palettePromise;
+      await PCB.paletteReady;
       await show(file, result, sent);
     } finally {
       busy = false;
@@ -247,7 +202,7 @@
     ctx.drawImage(maskBitmap, 0, 0);
     const img = ctx.getImageData(0, 0, width, height);
     const px = img.data;
-    const rgb = classes.map((name) => hexToRgb(colorOf(classes, name)));
+    const rgb = classes.map((name) => PCB.hexToRgb(PCB.colorOf(classes, name)));
     const alpha = Math.round(255 * MASK_ALPHA);
     for (let i = 0; i < px.length; i += 4) {
       const k = px[i];
@@ -369,10 +324,7 @@
       cells.forEach((text, i) => {
         const td = document.createElement("td");
         if (i === 1) {
-          const sw = document.createElement("span");
-          sw.className = "swatch";
-          sw.style.background = colorOf(classes, d.class);
-          td.append(sw, document.createTextNode(d.class));
+          td.append(PCB.swatch(PCB.colorOf(classes, d.class)), document.createTextNode(d.class));
         } else {
           td.textContent = text;
         }
@@ -395,10 +347,7 @@
     const items = classes.map((name) => {
       const span = document.createElement("span");
       span.className = "legend-item";
-      const sw = document.createElement("span");
-      sw.className = "swatch";
-      sw.style.background = colorOf(classes, name);
-      span.append(sw, document.createTextNode(name));
+      span.append(PCB.swatch(PCB.colorOf(classes, name)), document.createTextNode(name));
       return span;
     });
     ui.legend.replaceChildren(...items);
@@ -421,37 +370,20 @@
     canvas.height = height;
     ctx.drawImage(board, 0, 0);
     if (layer) ctx.drawImage(layer, 0, 0);
-    // Line widths and fonts in screen pixels, whatever the image's size on screen.
-    // object-fit: contain letterboxes the canvas: the tighter side sets the on-screen scale.
-    const scale = Math.max(width / Math.max(1, canvas.clientWidth || width),
-      height / Math.max(1, canvas.clientHeight || height));
-    const line = Math.max(1, 2 * scale);
-    const font = Math.max(10, Math.round(14 * scale));
-    ctx.font = `bold ${font}px system-ui, sans-serif`;
-    ctx.textBaseline = "top";
+    const p = PCB.pen(ctx, width, height);
+    const { line } = p;
     for (const d of result.defects) {
-      const color = colorOf(classes, d.class);
+      const color = PCB.colorOf(classes, d.class);
       const [x0, y0, x1, y1] = d.bbox;
       const hot = highlight === d.id;
-      ctx.lineWidth = hot ? line * 2.5 : line;
-      ctx.strokeStyle = color;
-      ctx.strokeRect(x0 - 2, y0 - 2, x1 - x0 + 3, y1 - y0 + 3);
+      PCB.strokeBox(ctx, p, d.bbox, color, hot);
       if (hot) {
         ctx.strokeStyle = "#fff";
         ctx.lineWidth = line;
         ctx.strokeRect(x0 - 2 - 2 * line, y0 - 2 - 2 * line, x1 - x0 + 3 + 4 * line,
           y1 - y0 + 3 + 4 * line);
       }
-      const label = `${d.id} ${d.class} ${d.confidence.toFixed(2)}`;
-      const tw = ctx.measureText(label).width + 6;
-      const th = font + 4;
-      let lx = Math.min(Math.max(0, x0 - 2), Math.max(0, width - tw));
-      let ly = y0 - 2 - th - line;
-      if (ly < 0) ly = Math.min(y1 + 2 + line, height - th); // no room above: below the box
-      ctx.fillStyle = color;
-      ctx.fillRect(lx, ly, tw, th);
-      ctx.fillStyle = textOn(color);
-      ctx.fillText(label, lx + 3, ly + 2);
+      PCB.drawLabel(ctx, p, d.bbox, color, `${d.id} ${d.class} ${d.confidence.toFixed(2)}`);
     }
     canvas.dataset.rendered = "true";
   }
@@ -525,16 +457,8 @@
   window.addEventListener("dragover", (e) => e.preventDefault());
   window.addEventListener("drop", (e) => e.preventDefault());
 
-  ui.apiKey.value = sessionStorage.getItem(KEY_STORAGE) || "";
-  let listTimer = null;
-  ui.apiKey.addEventListener("input", () => {
-    const key = ui.apiKey.value.trim();
-    if (key) sessionStorage.setItem(KEY_STORAGE, key);
-    else sessionStorage.removeItem(KEY_STORAGE);
-    // A new key may see the list the old one could not: list again once typing pauses.
-    clearTimeout(listTimer);
-    listTimer = setTimeout(loadProducts, 400);
-  });
+  // A new key may see the list the old one could not: list again once typing pauses.
+  PCB.keepApiKey(400, loadProducts);
   loadProducts();
   // Canvas line widths depend on the size on screen.
   window.addEventListener("resize", () => draw());

@@ -12,7 +12,6 @@ from __future__ import annotations
 import io
 import os
 import re
-import shutil
 import tempfile
 from collections.abc import Iterator
 from html.parser import HTMLParser
@@ -22,6 +21,8 @@ from typing import Any
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from helpers.browser import SCREENSHOT_MAX_BYTES, collect_problems, save_screenshot
+from helpers.browser import browser as browser  # noqa: F401 - the module's fixture
 from helpers.live_server import live_server_running
 from helpers.server import ServerProcess
 
@@ -38,11 +39,6 @@ SCREENSHOT = Path(
     os.environ.get("PCB_SCREENSHOT_OUT")
     or Path(tempfile.gettempdir()) / "pcb-inspect-inspection-page.png"
 )
-SCREENSHOT_MAX_BYTES = 300 * 1024
-CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]
 
 
 # --- what the app serves (fast) --------------------------------------------------------------
@@ -61,19 +57,31 @@ def test_page_and_assets_are_served_without_the_model(client: TestClient) -> Non
     assert page.headers["content-type"].startswith("text/html")
     csp = page.headers["content-security-policy"]
     assert "script-src 'self'" in csp and "connect-src 'self'" in csp
-    assets = [a for a in re.findall(r'(?:src|href)="([^"]+)"', page.text) if a != "data:,"]
-    assert sorted(assets) == ["/static/app.js", "/static/style.css"]
-    for asset, media in (("/static/app.js", "text/javascript"), ("/static/style.css", "text/css")):
+    # What the page loads (links to the other pages are not assets): the shared script before
+    # the page's own, which uses it.
+    assets = [
+        a for a in re.findall(r'<(?:script|link)\b[^>]*?(?:src|href)="([^"]+)"', page.text)
+        if a != "data:,"
+    ]
+    assert sorted(assets) == ["/static/app.js", "/static/common.js", "/static/style.css"]
+    assert assets.index("/static/common.js") < assets.index("/static/app.js")
+    for asset, media in (("/static/common.js", "text/javascript"),
+                         ("/static/app.js", "text/javascript"), ("/static/style.css", "text/css")):
         response = client.get(asset)
         assert response.status_code == 200, asset
         assert response.headers["content-type"].startswith(media), asset
+        assert response.headers["x-content-type-options"] == "nosniff", asset
+        assert response.headers["cache-control"] == "no-cache", asset
         assert response.text == (STATIC / asset.rsplit("/", 1)[1]).read_text()
     assert client.get("/static/secret.py").status_code == 404
     assert client.get("/static/../main.py").status_code == 404
 
 
 def test_nothing_is_loaded_from_another_origin() -> None:
-    for name in ("index.html", "app.js", "style.css"):
+    names = sorted(p.name for p in STATIC.iterdir() if p.suffix in (".html", ".js", ".css"))
+    pages = {"index.html", "app.js", "review.html", "review.js", "common.js", "style.css"}
+    assert pages <= set(names)
+    for name in names:
         text = (STATIC / name).read_text()
         assert not re.search(r"(https?:)?//[a-z0-9.-]+\.[a-z]{2,}", text, re.IGNORECASE), (
             f"{name} refers to another origin; every asset must be served by the app"
@@ -152,37 +160,11 @@ def test_page_has_an_optional_golden_board_zone_and_a_product_picker() -> None:
 # --- the page in a browser (slow) ------------------------------------------------------------
 
 
-def _chromium() -> str | None:
-    for candidate in (os.environ.get("PCB_CHROMIUM"), "/usr/bin/chromium",
-                      shutil.which("chromium"), shutil.which("chromium-browser")):
-        if candidate and Path(candidate).exists():
-            return candidate
-    return None
-
-
 @pytest.fixture(scope="module")
 def server(tiny_weights: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     weights = Path(os.environ.get("PCB_UI_WEIGHTS") or tiny_weights)
     with live_server_running(weights, tmp_path_factory.mktemp("ui_server")) as running:
         yield running
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    executable = _chromium()
-    if executable is None:
-        pytest.skip(
-            "Chromium not found at /usr/bin/chromium (nor $PCB_CHROMIUM, nor on PATH); "
-            "install it with: apt-get install -y chromium"
-        )
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
-        try:
-            yield browser
-        finally:
-            browser.close()
 
 
 def _api(server: ServerProcess, data: bytes, name: str, **params: Any) -> httpx.Response:
@@ -203,20 +185,7 @@ def _pick_params(server: ServerProcess, data: bytes) -> dict[str, Any]:
 
 
 def _save_screenshot(page: Any) -> None:
-    from PIL import Image
-
-    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-    png = page.screenshot(full_page=False)
-    image = Image.open(io.BytesIO(png)).convert("RGB")
-    out = io.BytesIO()
-    image.save(out, format="PNG", optimize=True)
-    if out.tell() > SCREENSHOT_MAX_BYTES:
-        # The noisy board image is what makes it big; 256 colours keep the page crisp.
-        out = io.BytesIO()
-        image.quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(
-            out, format="PNG", optimize=True
-        )
-    SCREENSHOT.write_bytes(out.getvalue())
+    save_screenshot(page, SCREENSHOT)
 
 
 @pytest.mark.slow
@@ -232,9 +201,7 @@ def test_inspection_page_end_to_end(
     # Subscribe to file choosers now: interception is switched on asynchronously when the
     # first listener appears, and a chooser opened in that window would be missed.
     page.on("filechooser", lambda chooser: None)
-    problems: list[str] = []
-    page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
-    page.on("console", lambda msg: problems.append(msg.text) if msg.type == "error" else None)
+    problems = collect_problems(page)
     sent_keys: list[str | None] = []
     page.on("request", lambda req: sent_keys.append(req.headers.get("x-api-key"))
             if "/predict" in req.url else None)
@@ -362,9 +329,7 @@ def test_inspection_against_a_golden_board(
 
     page = browser.new_page(viewport={"width": 1440, "height": 960})
     page.on("filechooser", lambda chooser: None)  # see test_inspection_page_end_to_end
-    problems: list[str] = []
-    page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
-    page.on("console", lambda msg: problems.append(msg.text) if msg.type == "error" else None)
+    problems = collect_problems(page)
     page.goto(pair_server.url + "/")
     # The picker lists the stored board; the golden zone follows the board's in Tab order.
     page.wait_for_selector('#product option[value="A17-top"]', state="attached")
