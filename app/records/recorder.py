@@ -9,17 +9,8 @@ timeout. ``replay()`` (at startup, then every few seconds from :meth:`Recorder.s
 spooled records into the database; a record's primary key is its inspection id and inserts
 skip existing ids, so replaying a record twice stores it once.
 
-The spool lives in ``<data_dir>/spool/``, one file per host (``records.<host>.jsonl``), since
-the data directory may be shared by replicas. Appends and the replay's hand-over take an
-exclusive ``flock`` on the file, so another replica replaying a dead replica's spool never
-truncates a line that is being written.
-
-Replay hands the spool over before touching the database: under the lock it copies the lines
-to ``<name>.<id>.replaying`` (fsynced, then renamed into place), truncates the spool and lets
-go, so ``record()`` never waits for a slow replay. The ``.replaying`` file is deleted once all
-of its records are in; a crash in between leaves it to the next replay (its records may then
-be inserted twice, which stores them once). At every moment each acknowledged record is in the
-database or in a fsynced file.
+The spool files (one per host, ``flock``-ed appends, the replay's hand-over) are handled by
+:mod:`app.records.spool`.
 """
 
 from __future__ import annotations
@@ -27,39 +18,32 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import fcntl
 import logging
-import os
-import re
-import socket
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from pydantic import ValidationError
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, SQLAlchemyError
 
-from app.records.ids import new_id
+from app.records import spool
 from app.records.schemas import InspectionRecord
+from app.records.spool import (
+    REJECTED_SUFFIX,
+    REPLAYING_SUFFIX,
+    SPOOL_SUFFIX,
+    iter_spool_records,
+    spool_name,
+)
 from app.records.store import RecordStore
 
-__all__ = ["RecordResult", "Recorder", "ReplayResult", "spool_name"]
+__all__ = ["RecordResult", "Recorder", "ReplayResult", "iter_spool_records", "spool_name"]
 
 logger = logging.getLogger("pcb_inspect.records")
 
-SPOOL_SUFFIX = ".jsonl"
-REPLAYING_SUFFIX = ".replaying"
-REJECTED_SUFFIX = ".rejected"
 #: Records inserted per transaction by replay().
 _REPLAY_BATCH = 500
-
-
-def spool_name(host: str | None = None) -> str:
-    """The spool file name of this host: ``records.<host>.jsonl``."""
-    host = re.sub(r"[^A-Za-z0-9._-]", "_", host or socket.gethostname()) or "host"
-    return f"records.{host}{SPOOL_SUFFIX}"
 
 
 @dataclass(frozen=True)
@@ -168,39 +152,14 @@ class Recorder:
         self._degraded.set()
 
     def _append(self, lines: list[bytes]) -> None:
-        if any(b"\n" in line for line in lines):
-            raise ValueError("a spooled record must be one line")
-        data = b"".join(line + b"\n" for line in lines)
         with self._spool_lock:
-            created = not self.spool_path.exists()
-            fd = os.open(self.spool_path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
-                size = os.fstat(fd).st_size
-                # A process killed mid-append leaves a line without its newline: end it, or
-                # the first record here would be glued to it and both lost.
-                if size and os.pread(fd, 1, size - 1) != b"\n":
-                    data = b"\n" + data
-                _write_all(fd, data)
-                os.fsync(fd)
-            finally:
-                os.close(fd)  # also releases the flock
-            if created:
-                _fsync_dir(self.spool_dir)
+            spool.append(self.spool_path, lines)
 
     # --- replay --------------------------------------------------------------------------
 
     def pending(self) -> int:
         """Records waiting in this folder's spool and replay files (a gauge for metrics)."""
-        n = 0
-        for path in self._spool_files():
-            with contextlib.suppress(FileNotFoundError):
-                n += sum(1 for line in path.read_bytes().split(b"\n") if line.strip())
-        return n
-
-    def _spool_files(self) -> list[Path]:
-        return sorted([*self.spool_dir.glob("*" + SPOOL_SUFFIX),
-                       *self.spool_dir.glob("*" + REPLAYING_SUFFIX)])
+        return spool.count_records(spool.spool_files(self.spool_dir))
 
     def replay(self) -> ReplayResult:
         """Inserts every spooled record (this host's and any other's in the folder).
@@ -234,55 +193,14 @@ class Recorder:
         """Moves the content of spool ``path`` to a new ``.replaying`` file, atomically."""
         lock = self._spool_lock if path == self.spool_path else contextlib.nullcontext()
         with lock:
-            try:
-                fd = os.open(path, os.O_RDWR)
-            except FileNotFoundError:
-                return
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
-                size = os.fstat(fd).st_size
-                if size == 0:
-                    return
-                data = os.pread(fd, size, 0)
-                target = path.with_name(f"{path.stem}.{new_id('')}{REPLAYING_SUFFIX}")
-                tmp = target.with_suffix(".tmp")
-                with open(tmp, "wb") as out:
-                    out.write(data)
-                    out.flush()
-                    os.fsync(out.fileno())
-                os.replace(tmp, target)
-                _fsync_dir(self.spool_dir)
-                # Only now, with the copy durable, may the spool be emptied.
-                os.ftruncate(fd, 0)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            spool.hand_over(path)
 
     def _replay_file(self, path: Path) -> ReplayResult:
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:  # another replica finished it
+        read = spool.read_records(path)
+        if read is None:  # another replica finished it
             return ReplayResult()
-        lines = data.split(b"\n")
-        # A last line without its newline was being written when the writer died: its
-        # record() never returned, so no caller was told it was recorded.
-        torn = lines.pop() if lines else b""
-        if torn.strip():
-            logger.warning("spool %s ends in a partial line (%d bytes, a writer killed "
-                           "mid-append): skipped", path, len(torn))
-        records: list[InspectionRecord] = []
-        bad: list[bytes] = []
-        unparsable = 0
-        for line in lines:
-            if not line.strip():
-                continue
-            try:
-                records.append(InspectionRecord.model_validate_json(line))
-            except ValidationError as exc:
-                logger.error("spool %s: a line is not a record (%s): moved to %s", path,
-                             exc.errors()[0]["msg"], REJECTED_SUFFIX)
-                bad.append(line)
-                unparsable += 1
+        records, bad = read
+        unparsable = len(bad)
         inserted = 0
         for i in range(0, len(records), _REPLAY_BATCH):
             batch = records[i:i + _REPLAY_BATCH]
@@ -299,15 +217,7 @@ class Recorder:
                         logger.error("spool %s: the database refuses record %s (%s): moved "
                                      "to %s", path, rec.id, _describe(exc), REJECTED_SUFFIX)
                         bad.append(rec.model_dump_json(by_alias=True).encode())
-        if bad:
-            rejected = self.spool_dir / (spool_name() + REJECTED_SUFFIX)
-            with open(rejected, "ab") as out:
-                out.write(b"".join(b + b"\n" for b in bad))
-                out.flush()
-                os.fsync(out.fileno())
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
-        _fsync_dir(self.spool_dir)
+        spool.finish(path, bad)
         refused = len(bad) - unparsable
         return ReplayResult(inserted, len(records) - refused - inserted, len(bad), 0)
 
@@ -348,26 +258,3 @@ def _astuple(r: ReplayResult) -> tuple[int, int, int, int]:
 def _describe(exc: BaseException) -> str:
     text = str(exc).splitlines()[0] if str(exc) else ""
     return f"{type(exc).__name__}: {text}"[:300]
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
-
-
-def _fsync_dir(folder: Path) -> None:
-    # The new name of a file is durable only once its directory is.
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def iter_spool_records(path: Path) -> Iterator[InspectionRecord]:
-    """The complete records in a spool or replay file (for tests and inspection by hand)."""
-    for line in path.read_bytes().split(b"\n"):
-        if line.strip():
-            with contextlib.suppress(ValidationError):
-                yield InspectionRecord.model_validate_json(line)

@@ -3,6 +3,8 @@
 Every method runs its own short transaction and may be called from several threads at once
 (each takes a pooled connection). The async routes call it through a thread
 (``anyio.to_thread`` / ``asyncio.to_thread``), as :class:`app.records.recorder.Recorder` does.
+The reviews' checks and the dashboard's numbers are in :mod:`app.records.reviews` and
+:mod:`app.records.stats`.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ import binascii
 import datetime as dt
 import json
 import logging
-from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, Literal
@@ -21,12 +22,9 @@ from sqlalchemy import (
     ColumnElement,
     Engine,
     String,
-    and_,
-    case,
     delete,
     func,
     literal,
-    literal_column,
     select,
     text,
     true,
@@ -38,18 +36,10 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.records.db import WRITE, display_url, make_engine
-from app.records.errors import (
-    InvalidBoxError,
-    InvalidCursorError,
-    UnknownClassError,
-    UnknownDefectError,
-    UnknownInspectionError,
-)
-from app.records.ids import REVIEW_PREFIX, new_id
+from app.records.errors import InvalidCursorError, UnknownInspectionError
 from app.records.models import InspectionRow, ReviewRow, UTCDateTime
+from app.records.reviews import add_review, review_history, review_of
 from app.records.schemas import (
-    Box,
-    ClassStats,
     Inspection,
     InspectionFilter,
     InspectionRecord,
@@ -58,11 +48,8 @@ from app.records.schemas import (
     ReviewBody,
     ReviewedInspection,
     Stats,
-    TimeBucket,
-    ordered_classes,
-    rate,
-    utcnow,
 )
+from app.records.stats import compute_stats
 
 __all__ = ["MAX_PAGE", "RecordStore"]
 
@@ -70,7 +57,6 @@ logger = logging.getLogger("pcb_inspect.records")
 
 #: The largest page :meth:`RecordStore.query` returns.
 MAX_PAGE = 1000
-_BUCKETS: dict[str, dt.timedelta] = {"hour": dt.timedelta(hours=1), "day": dt.timedelta(days=1)}
 
 
 class RecordStore:
@@ -255,41 +241,15 @@ class RecordStore:
             body = ReviewBody.model_validate(body)
         if not reviewer or len(reviewer) > 128:
             raise ValueError(f"reviewer must be 1 to 128 characters, received {reviewer!r}")
-        digest = body.digest()
         with self._writing() as session:
-            # FOR UPDATE (PostgreSQL) serialises reviews of one board, so two identical
-            # resends racing each other still store one row; SQLite's BEGIN IMMEDIATE does.
-            row = session.scalars(
-                select(InspectionRow).where(InspectionRow.id == inspection_id).with_for_update()
-            ).one_or_none()
-            if row is None:
-                raise UnknownInspectionError(inspection_id)
-            _validate_review(body, row, class_names)
-            if row.review_id is not None:
-                current = session.get(ReviewRow, row.review_id)
-                if current is not None and current.digest == digest \
-                        and current.reviewer == reviewer:
-                    return _review(current), False
-            new = ReviewRow(id=new_id(REVIEW_PREFIX), inspection_id=inspection_id,
-                            reviewer=reviewer, created_at=utcnow(), digest=digest,
-                            body=body.canonical())
-            session.add(new)
-            row.reviewed = True
-            row.review_id = new.id
-            return _review(new), True
+            return add_review(session, inspection_id, reviewer, body, class_names)
 
     def reviews(self, inspection_id: str) -> list[Review]:
         """The review history of an inspection, oldest first (the last is the current one).
         :class:`UnknownInspectionError` if there is no such inspection.
         """
         with self._read() as session:
-            if session.get(InspectionRow, inspection_id) is None:
-                raise UnknownInspectionError(inspection_id)
-            rows = session.scalars(
-                select(ReviewRow).where(ReviewRow.inspection_id == inspection_id)
-                .order_by(ReviewRow.created_at, ReviewRow.id)
-            )
-            return [_review(r) for r in rows]
+            return review_history(session, inspection_id)
 
     def reviewed_for_export(self, *, batch_size: int = 200) -> Iterator[ReviewedInspection]:
         """Every reviewed inspection whose image is kept, with its current review, oldest
@@ -306,7 +266,7 @@ class RecordStore:
             with self._read() as session:
                 batch = [(i, r) for i, r in session.execute(stmt)]
             for ins, rev in batch:
-                yield ReviewedInspection(_inspection(ins), _review(rev))
+                yield ReviewedInspection(_inspection(ins), review_of(rev))
             if len(batch) < batch_size:
                 return
             last_id = batch[-1][0].id
@@ -324,85 +284,10 @@ class RecordStore:
         defect (not a false call) of another class. Buckets are UTC hours (or days), every one
         in the range listed, empty ones with zeros.
         """
-        if bucket not in _BUCKETS:
-            raise ValueError(f"bucket must be 'hour' or 'day', received {bucket!r}")
-        since = _aware(since, "since")
-        until = utcnow() if until is None else _aware(until, "until")
-        in_range = and_(InspectionRow.created_at >= since, InspectionRow.created_at < until)
-        key = self._bucket_key(bucket)
-        failed = func.sum(case((InspectionRow.verdict == "fail", 1), else_=0))
-        stmt = (select(key.label("b"), func.count(), failed)
-                .where(in_range).group_by(literal_column("b")))
-        reviewed_stmt = (select(InspectionRow.defects, ReviewRow.body)
-                         .join(ReviewRow, ReviewRow.id == InspectionRow.review_id)
-                         .where(in_range, InspectionRow.reviewed == true()))
-        with self._read() as session:
-            counts = {_parse_bucket(b): (int(n), int(f or 0))
-                      for b, n, f in session.execute(stmt)}
-            reviewed = list(session.execute(reviewed_stmt))
-
-        buckets = []
-        step = _BUCKETS[bucket]
-        start = _floor(since, bucket)
-        while start < until:
-            n, f = counts.pop(start, (0, 0))
-            buckets.append(TimeBucket(start=start, boards=n, failed=f, fail_rate=rate(f, n)))
-            start += step
-        assert not counts, f"buckets outside [{since}, {until}): {sorted(counts)}"
-
-        outcomes: Counter[tuple[str, str]] = Counter()
-        for defects, review in reviewed:
-            called = {d["id"]: d["class"] for d in defects}
-            for o in review.get("defects", []):
-                cls = called.get(o["defect_id"])
-                if cls is not None:
-                    outcomes[(cls, o["outcome"])] += 1
-            for m in review.get("missed", []):
-                outcomes[(m["class"], "missed")] += 1
-        classes = []
-        for cls in ordered_classes(class_names, [c for c, _ in outcomes]):
-            confirmed, false_calls, reclassified = (
-                outcomes[(cls, "confirmed")], outcomes[(cls, "false_call")],
-                outcomes[(cls, "reclassified")])
-            calls = confirmed + false_calls + reclassified
-            classes.append(ClassStats.model_validate({
-                "class": cls, "reviewed_calls": calls, "confirmed": confirmed,
-                "false_calls": false_calls, "reclassified": reclassified,
-                "missed": outcomes[(cls, "missed")], "false_call_rate": rate(false_calls, calls),
-            }))
-        boards = sum(b.boards for b in buckets)
-        failed_total = sum(b.failed for b in buckets)
-        return Stats(since=since, until=until, bucket=bucket, boards=boards,
-                     failed=failed_total, fail_rate=rate(failed_total, boards),
-                     reviewed=len(reviewed), buckets=buckets, classes=classes)
-
-    def _bucket_key(self, bucket: str) -> ColumnElement[str]:
-        col = InspectionRow.created_at
-        if self._dialect == "postgresql":
-            # timezone('UTC', timestamptz) gives the UTC wall time, whatever the session zone.
-            return func.to_char(func.date_trunc(bucket, func.timezone("UTC", col)),
-                                'YYYY-MM-DD"T"HH24:00:00')
-        # SQLite stores naive UTC text; strftime reads it as UTC.
-        fmt = "%Y-%m-%dT%H:00:00" if bucket == "hour" else "%Y-%m-%dT00:00:00"
-        return func.strftime(fmt, col)
+        return compute_stats(self._read, self._dialect, since, until, bucket, class_names)
 
 
 # --- helpers ------------------------------------------------------------------------------
-
-
-def _aware(value: dt.datetime, name: str) -> dt.datetime:
-    if value.tzinfo is None or value.utcoffset() is None:
-        raise ValueError(f"{name} must be timezone-aware, received naive {value.isoformat()}")
-    return value.astimezone(dt.UTC)
-
-
-def _floor(t: dt.datetime, bucket: str) -> dt.datetime:
-    t = t.astimezone(dt.UTC).replace(minute=0, second=0, microsecond=0)
-    return t.replace(hour=0) if bucket == "day" else t
-
-
-def _parse_bucket(value: str) -> dt.datetime:
-    return dt.datetime.fromisoformat(value).replace(tzinfo=dt.UTC)
 
 
 def _conditions(filters: InspectionFilter | None) -> list[ColumnElement[bool]]:
@@ -460,47 +345,3 @@ _ROW_FIELDS = tuple(k for k in Inspection.model_fields)
 
 def _inspection(row: InspectionRow) -> Inspection:
     return Inspection.model_validate({name: getattr(row, name) for name in _ROW_FIELDS})
-
-
-def _review(row: ReviewRow) -> Review:
-    return Review(id=row.id, inspection_id=row.inspection_id, reviewer=row.reviewer,
-                  created_at=row.created_at, digest=row.digest,
-                  body=ReviewBody.model_validate(row.body))
-
-
-def _validate_review(body: ReviewBody, row: InspectionRow, class_names: Sequence[str]) -> None:
-    called = {d["id"]: d["class"] for d in row.defects}
-    known = list(class_names)
-    for i, o in enumerate(body.defects):
-        if o.defect_id not in called:
-            raise UnknownDefectError(
-                ("defects", i, "defect_id"), o.defect_id,
-                f"inspection {row.id} has no defect {o.defect_id}; its defect ids are "
-                f"{sorted(called)}")
-        if o.outcome == "reclassified":
-            assert o.class_ is not None  # the schema requires it
-            _check_class(("defects", i, "class"), o.class_, known)
-            if o.class_ == called[o.defect_id]:
-                raise UnknownClassError(
-                    ("defects", i, "class"), o.class_,
-                    f"defect {o.defect_id} is reclassified as {o.class_!r}, the class the "
-                    "model gave it; expected another class, or outcome 'confirmed'")
-    for i, m in enumerate(body.missed):
-        _check_class(("missed", i, "class"), m.class_, known)
-        _check_box(("missed", i, "bbox"), m.bbox, row.width, row.height)
-
-
-def _check_class(loc: tuple[str | int, ...], value: str, known: list[str]) -> None:
-    if value not in known:
-        raise UnknownClassError(loc, value,
-                                f"unknown class {value!r}; expected one of {known}")
-
-
-def _check_box(loc: tuple[str | int, ...], box: Box, width: int, height: int) -> None:
-    x0, y0, x1, y1 = box
-    if not (0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height):
-        raise InvalidBoxError(
-            loc, list(box),
-            f"box {list(box)} is outside the {width}x{height} image or has no area; expected "
-            f"[x_min, y_min, x_max, y_max] with 0 <= x_min < x_max <= {width} and "
-            f"0 <= y_min < y_max <= {height}")

@@ -11,15 +11,15 @@ writer killed mid-way leaves only a ``.tmp-*.partial`` file, which no reader loo
 
 Several replicas may share the folder (a ReadWriteMany volume): nothing is held in memory
 that another replica's write could make stale. Decoded boards are cached (LRU, bounded in
-bytes), but every read first re-reads the file's header and uses the cached pixels only when
-the sha256 there still matches, so a replacement by another replica is seen at once.
+bytes: :mod:`app.services.golden_cache`), but every read first re-reads the file's header and
+uses the cached pixels only when the sha256 there still matches, so a replacement by another
+replica is seen at once.
 
 No TensorFlow here; OpenCV encodes and decodes the PNGs.
 """
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import dataclasses
 import datetime as dt
@@ -28,7 +28,6 @@ import json
 import logging
 import os
 import re
-import threading
 import time
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -37,6 +36,7 @@ import cv2
 import numpy as np
 
 from app.core.files import fsync_dir, write_atomic
+from app.services.golden_cache import BoardCache
 
 logger = logging.getLogger("pcb_inspect.golden")
 
@@ -95,12 +95,6 @@ class GoldenBoard:
         }
 
 
-@dataclasses.dataclass
-class _Cached:
-    sha256: str
-    pixels: np.ndarray
-
-
 def check_product(product: str) -> str:
     """Returns ``product`` if it is a valid id.
 
@@ -137,9 +131,7 @@ class GoldenStore:
             raise ValueError(f"cache_bytes must be >= 0. Received: {cache_bytes}")
         self.root = Path(root)
         self.cache_bytes = int(cache_bytes)
-        self._cache: collections.OrderedDict[str, _Cached] = collections.OrderedDict()
-        self._cached_bytes = 0
-        self._lock = threading.Lock()
+        self._cache = BoardCache(self.cache_bytes)
 
     # ------------------------------------------------------------------------------ paths
     def path_of(self, product: str) -> Path:
@@ -184,9 +176,9 @@ class GoldenStore:
         # The board just written is what the next inspection of this product will want; a
         # copy, since the caller keeps its array.
         if pixels.nbytes <= self.cache_bytes:
-            self._remember(product, board.sha256, pixels.copy())
+            self._cache.remember(product, board.sha256, pixels.copy())
         else:
-            self._forget(product)
+            self._cache.forget(product)
         return board, not existed
 
     def delete(self, product: str) -> None:
@@ -204,7 +196,7 @@ class GoldenStore:
             raise GoldenStoreError(
                 f"cannot delete the golden board of {product!r} in {self.root}: {exc}"
             ) from exc
-        self._forget(product)
+        self._cache.forget(product)
         with contextlib.suppress(OSError):
             fsync_dir(self.root)
 
@@ -273,11 +265,9 @@ class GoldenStore:
             # Header and body come from one open file, i.e. one version of it, even if
             # another replica replaces the file meanwhile.
             board = _read_header(f, path)
-            with self._lock:
-                cached = self._cache.get(product)
-                if cached is not None and cached.sha256 == board.sha256:
-                    self._cache.move_to_end(product)
-                    return board, cached.pixels
+            cached = self._cache.get(product, board.sha256)
+            if cached is not None:
+                return board, cached
             png = _read_png(f, board, path)
         decoded = cv2.imdecode(np.frombuffer(png, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
         if decoded is None or decoded.ndim != 2 or decoded.dtype != np.uint8 or (
@@ -287,7 +277,7 @@ class GoldenStore:
                 f"golden board file {path} holds a PNG that is not the {board.width}x"
                 f"{board.height} 8-bit grayscale board its header describes"
             )
-        return board, self._remember(product, board.sha256, decoded)
+        return board, self._cache.remember(product, board.sha256, decoded)
 
     def _open(self, product: str) -> BinaryIO:
         path = self.path_of(product)
@@ -299,35 +289,10 @@ class GoldenStore:
             raise GoldenStoreError(f"cannot read golden board file {path}: {exc}") from exc
 
     # ------------------------------------------------------------------------------- cache
-    def _remember(self, product: str, sha256: str, pixels: np.ndarray) -> np.ndarray:
-        """Caches ``pixels`` (which the store now owns) and returns them read-only."""
-        # Shared between concurrent requests: nobody may write into it.
-        frozen = pixels
-        frozen.flags.writeable = False
-        if frozen.nbytes > self.cache_bytes:
-            self._forget(product)
-            return frozen
-        with self._lock:
-            old = self._cache.pop(product, None)
-            if old is not None:
-                self._cached_bytes -= old.pixels.nbytes
-            self._cache[product] = _Cached(sha256, frozen)
-            self._cached_bytes += frozen.nbytes
-            while self._cached_bytes > self.cache_bytes:
-                _, evicted = self._cache.popitem(last=False)
-                self._cached_bytes -= evicted.pixels.nbytes
-        return frozen
-
-    def _forget(self, product: str) -> None:
-        with self._lock:
-            old = self._cache.pop(product, None)
-            if old is not None:
-                self._cached_bytes -= old.pixels.nbytes
-
     @property
     def cached_bytes(self) -> int:
         """Bytes of decoded boards held in memory now."""
-        return self._cached_bytes
+        return self._cache.nbytes
 
 
 def _read_header(f: BinaryIO, path: Path) -> GoldenBoard:

@@ -4,103 +4,24 @@ A board sent alone goes to the single-image model. A board sent with a golden bo
 multipart field ``template``, or ``?product=`` for a stored one) goes to the pair model,
 which compares the two after registering the golden board onto the board.
 
-Only the HTTP is here; :class:`app.services.inspection.InspectionService` does the work.
+Only the HTTP is here; :class:`app.services.inspection.InspectionService` does the work, and
+:mod:`app.api.params` has the query parameters (result form, board metadata, rules).
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
-
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import AuthDep, InspectionsDep, ModelDep
 from app.api.openapi import BINARY, error_responses, upload_doc
+from app.api.params import MaskParam, MetaDep, ProductParam, RenderParam, RulesDep
 from app.api.schemas import BatchOut, PredictionOut
 from app.inference.encoding import encode_mask_png
 from app.inference.render import render_overlay
-from app.services.board_meta import BoardMeta, query_meta
-from app.services.inspection import RuleParams
 
 router = APIRouter(prefix="/predict", tags=["inspection"], dependencies=[AuthDep])
-
-MaskParam = Annotated[
-    Literal["png", "rle", "none"],
-    Query(description="How the mask comes back: base64 PNG, COCO RLE, or not at all."),
-]
-RenderParam = Annotated[
-    Literal["none", "overlay"],
-    Query(description="'overlay' returns a PNG of the board with masks, boxes and a legend."),
-]
-ProductParam = Annotated[
-    str | None,
-    Query(
-        description="Compare with the stored golden board of this product "
-        "(PUT /v1/golden-boards/{product}); uses the golden-board (pair) model. Also the "
-        "record's product (the form field 'product' means the same).",
-        max_length=200,
-    ),
-]
-
-
-def _meta_param(what: str) -> Any:
-    return Query(
-        description=f"The board's {what}, kept in its record (or the form field of this name).",
-        min_length=1, max_length=128,
-    )
-
-
-SerialParam = Annotated[str | None, _meta_param("serial number")]
-LineParam = Annotated[str | None, _meta_param("production line")]
-StationParam = Annotated[str | None, _meta_param("inspection station")]
-TagsParam = Annotated[
-    list[str] | None,
-    Query(description="Tags of the record: repeat the parameter or separate with commas "
-          "(at most 32, each 1-128 characters; also the form field 'tags')."),
-]
-
-
-def get_meta(
-    product: ProductParam = None,
-    serial: SerialParam = None,
-    line: LineParam = None,
-    station: StationParam = None,
-    tags: TagsParam = None,
-) -> BoardMeta:
-    """The board metadata of a request's query (422 ``invalid_metadata`` for a bad value)."""
-    return query_meta(serial, line, station, product, tags)
-
-
-MetaDep = Annotated[BoardMeta, Depends(get_meta)]
-
-
-PxPerMmParam = Annotated[
-    float | None, Query(gt=0, le=100000, description="Scan resolution; default: model card's.")
-]
-MinAreaParam = Annotated[
-    int | None, Query(ge=0, le=10**9, description="Drop defects smaller than this (pixels).")
-]
-MinConfidenceParam = Annotated[
-    float | None,
-    Query(ge=0, le=1, description="Drop defects less confident than this; default: card's."),
-]
-ThresholdParam = Annotated[
-    float | None, Query(ge=0, le=1, description="Confidence cut; default: model card's.")
-]
-
-
-def get_rules(
-    threshold: ThresholdParam = None,
-    min_area_px: MinAreaParam = None,
-    pixels_per_mm: PxPerMmParam = None,
-    min_confidence: MinConfidenceParam = None,
-) -> RuleParams:
-    """The post-processing parameters of a request's query."""
-    return RuleParams(threshold, min_area_px, pixels_per_mm, min_confidence)
-
-
-RulesDep = Annotated[RuleParams, Depends(get_rules)]
 
 #: The board metadata as multipart text fields (the query parameters of the same names work
 #: for every body; these only in a multipart one).
