@@ -308,12 +308,12 @@ class InspectionService:
             budget.check(cost)
         except BudgetExceededError as exc:
             raise _over_budget(exc) from None
-        with budget.admit(cost):
-            INFLIGHT_PIXELS.set(budget.in_flight)
-            try:
+        try:
+            with budget.admit(cost):
+                INFLIGHT_PIXELS.set(budget.in_flight)
                 yield
-            finally:
-                INFLIGHT_PIXELS.set(budget.in_flight - cost)
+        finally:
+            INFLIGHT_PIXELS.set(budget.in_flight)  # the budget's own count, after the release
 
     # ------------------------------------------------------------------- models, references
     def pair_model(self) -> ServedModel:

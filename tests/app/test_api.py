@@ -26,9 +26,8 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from app.inference.encoding import decode_rle
-from app.inference.inferencer import Inferencer
 from pcb_inspect.classes import CLASS_NAMES
-from tests.helpers.app import app_client, assert_error, read_png, tiny_settings
+from tests.helpers.app import app_client, assert_error, defect_cut, read_png
 from tests.helpers.boards import board_png, encode, make_board
 
 MAX_BATCH_FILES = 4
@@ -43,9 +42,7 @@ SUMMARY_KEYS = {
 @pytest.fixture(scope="module")
 def cut(tiny_weights: Path) -> float:
     """The 90th percentile of the tiny model's foreground confidence on BOARD."""
-    inferencer = Inferencer.from_settings(tiny_settings(tiny_weights))
-    fg = inferencer.forward(make_board(64, 64, seed=1)[None, ..., None])[0]
-    return round(float(np.quantile(fg, 0.9)), 6)
+    return defect_cut(tiny_weights)
 
 
 @pytest.fixture(scope="module")

@@ -29,13 +29,12 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from app.inference.inferencer import Inferencer
 from app.records import CSV_COLUMNS
 from pcb_inspect.classes import CLASS_NAMES
 from pcb_inspect.cli import main as cli_main
 from pcb_inspect.synth import make_board as synth_board
-from tests.helpers.app import app_client, assert_error, tiny_settings
-from tests.helpers.boards import board_png, encode, make_board
+from tests.helpers.app import app_client, assert_error, defect_cut, tiny_settings
+from tests.helpers.boards import board_png, encode
 from tests.helpers.server import REPO_ROOT, ServerProcess, free_port, running_server, server_env
 
 BOARD = board_png(64, 64, seed=1)
@@ -52,9 +51,7 @@ ADMIN = {"authorization": "Bearer k-admin"}
 @pytest.fixture(scope="module")
 def cut(tiny_weights: Path) -> float:
     """A confidence cut at which the tiny model finds several defects on BOARD."""
-    inferencer = Inferencer.from_settings(tiny_settings(tiny_weights))
-    fg = inferencer.forward(make_board(64, 64, seed=1)[None, ..., None])[0]
-    return round(float(np.quantile(fg, 0.9)), 6)
+    return defect_cut(tiny_weights)
 
 
 @pytest.fixture(scope="module")

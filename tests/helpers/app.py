@@ -45,6 +45,17 @@ def app_client(weights: Path, **overrides: Any) -> Iterator[TestClient]:
         yield client
 
 
+def defect_cut(weights: Path) -> float:
+    """The 90th percentile of the tiny model's foreground confidence on the 64 x 64 board of
+    seed 1: a threshold at which it finds several defects there."""
+    from app.inference.inferencer import Inferencer
+    from tests.helpers.boards import make_board
+
+    inferencer = Inferencer.from_settings(tiny_settings(weights))
+    fg = inferencer.forward(make_board(64, 64, seed=1)[None, ..., None])[0]
+    return round(float(np.quantile(fg, 0.9)), 6)
+
+
 def service_state(app: FastAPI) -> ServiceState:
     """The app's ``ServiceState``."""
     state: ServiceState = app.state.service
