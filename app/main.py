@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI
 
 from app.api.routes import golden, health, inspections, metrics, model, predict, stats, ui
-from app.core.config import AUTO_BATCH_CAP, AUTO_BATCH_CAP_GPU, Settings, get_settings
+from app.core.config import Settings, get_settings
 from app.core.errors import install_error_handlers
 from app.core.metrics import MODEL_INFO, PAIR_MODEL_INFO
 from app.core.middleware import BodyLimitMiddleware, RequestContextMiddleware
@@ -84,10 +84,11 @@ def _batcher(inferencer: Inferencer, settings: Settings) -> DynamicBatcher:
         max_batch_size=inferencer.max_batch_size,
         max_wait_s=settings.max_wait_ms / 1e3,
         max_queue=max(settings.max_queue_tiles, inferencer.max_batch_size),
+        concurrency=settings.concurrency_for(inferencer.device),
     )
 
 
-def _model_labels(inferencer: Inferencer) -> dict[str, str]:
+def _model_labels(inferencer: Inferencer, batcher: DynamicBatcher) -> dict[str, str]:
     return {
         "name": inferencer.card.name,
         "version": inferencer.card.version,
@@ -96,6 +97,7 @@ def _model_labels(inferencer: Inferencer) -> dict[str, str]:
         "precision": inferencer.precision,
         "precision_requested": inferencer.precision_requested,
         "max_batch_size": str(inferencer.max_batch_size),
+        "model_concurrency": str(batcher.concurrency),
     }
 
 
@@ -106,20 +108,25 @@ async def _load_models(state: ServiceState) -> tuple[Inferencer, Inferencer | No
     inferencer = await asyncio.to_thread(Inferencer.from_settings, settings)
     state.not_ready_reason = "loading the golden-board model"
     pair, why_no_pair = await asyncio.to_thread(load_pair_model, settings)
+    models = [m for m in (inferencer, pair) if m is not None]
+    if settings.max_batch_size == "auto":
+        for model in models:
+            # Until warm-up measures it (or without warm-up): the cap keeps the tiles in the
+            # model at once within what the memory budget assumes.
+            model.max_batch_size = min(model.max_batch_size, settings.auto_batch_cap(model.device))
     if settings.warmup:
         state.not_ready_reason = "warming up"
-        for model in (inferencer, pair):
-            if model is not None:
-                seconds = await asyncio.to_thread(model.warm_up)
-                logger.info("%s model warmed up in %.2f s", model.mode, seconds)
-                if settings.max_batch_size == "auto":
-                    cap = AUTO_BATCH_CAP_GPU if model.device == "gpu" else AUTO_BATCH_CAP
-                    per_tile = await asyncio.to_thread(model.calibrate_batch_size, cap)
-                    logger.info(
-                        "%s model: batch size %d (PCB_MAX_BATCH_SIZE=auto; s per tile: %s)",
-                        model.mode, model.max_batch_size,
-                        ", ".join(f"{n}: {t:.3f}" for n, t in per_tile.items()),
-                    )
+        for model in models:
+            seconds = await asyncio.to_thread(model.warm_up)
+            logger.info("%s model warmed up in %.2f s", model.mode, seconds)
+            cap = settings.auto_batch_cap(model.device)
+            if settings.max_batch_size == "auto" and cap > 1:
+                per_tile = await asyncio.to_thread(model.calibrate_batch_size, cap)
+                logger.info(
+                    "%s model: batch size %d (PCB_MAX_BATCH_SIZE=auto; s per tile: %s)",
+                    model.mode, model.max_batch_size,
+                    ", ".join(f"{n}: {t:.3f}" for n, t in per_tile.items()),
+                )
     return inferencer, pair, why_no_pair
 
 
@@ -167,8 +174,8 @@ async def serve_models(app: FastAPI) -> AsyncIterator[None]:
     if pair is not None:
         pair_batcher = _batcher(pair, settings)
         pair_batcher.start()
-        PAIR_MODEL_INFO.info(_model_labels(pair))
-    MODEL_INFO.info(_model_labels(inferencer))
+        PAIR_MODEL_INFO.info(_model_labels(pair, pair_batcher))
+    MODEL_INFO.info(_model_labels(inferencer, batcher))
     # Temporary files of golden-board writes killed mid-way (this or another replica).
     with contextlib.suppress(OSError):
         await asyncio.to_thread(state.golden.sweep_partials)

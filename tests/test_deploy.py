@@ -477,7 +477,7 @@ def test_the_memory_budget_fits_the_pod_limit(overlay: str) -> None:
     (TensorFlow, both models, their batches' activations) plus the largest memory budget of
     boards in flight, must stay under the container's memory limit, or a flood of large boards
     would get the pod OOM-killed instead of 503s."""
-    from app.core.config import Settings
+    from app.core.config import AUTO_CPU_TILES_IN_FLIGHT, Settings
     from app.services.admission import BYTES_PER_PIXEL, FIXED_MEMORY_BYTES
 
     docs = render(overlay)
@@ -486,8 +486,17 @@ def test_the_memory_budget_fits_the_pod_limit(overlay: str) -> None:
     for config in (d for d in docs if d["kind"] == "ConfigMap"):
         env.update(config.get("data", {}))
     fields = {k.removeprefix("PCB_").lower(): v for k, v in env.items()
-              if k in ("PCB_MAX_INFLIGHT_PIXELS", "PCB_MAX_IMAGE_PIXELS")}
+              if k in ("PCB_MAX_INFLIGHT_PIXELS", "PCB_MAX_IMAGE_PIXELS", "PCB_MAX_BATCH_SIZE",
+                       "PCB_MODEL_CONCURRENCY", "PCB_DEVICE")}
     settings = Settings(**fields)  # the overlay's values, else the service's defaults
+    if env.get("PCB_DEVICE", "auto") != "gpu":
+        # The fixed part holds the activations of AUTO_CPU_TILES_IN_FLIGHT tiles on a CPU: a
+        # larger batch or more concurrent calls each add 150-300 MB a tile.
+        batch = (settings.auto_batch_cap("cpu") if settings.max_batch_size == "auto"
+                 else settings.max_batch_size)
+        assert settings.concurrency_for("cpu") * batch <= AUTO_CPU_TILES_IN_FLIGHT, (
+            f"{overlay}: {settings.concurrency_for('cpu')} model calls of {batch} tiles at once, "
+            f"over the {AUTO_CPU_TILES_IN_FLIGHT} tiles FIXED_MEMORY_BYTES allows for")
     needed = FIXED_MEMORY_BYTES + settings.max_inflight_pixels * BYTES_PER_PIXEL
     if "nvidia.com/gpu" in _container(docs)["resources"]["limits"]:
         needed += 2 * 2**30  # CUDA's libraries in host memory (deployment-gpu.yaml)

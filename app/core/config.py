@@ -23,11 +23,14 @@ from app.core.model_files import default_card_path
 
 #: The weights shipped in the repository, used when ``PCB_WEIGHTS_PATH`` is not set.
 DEFAULT_WEIGHTS = Path(__file__).resolve().parents[2] / "weights" / "pcb_defect_unet.keras"
-#: The largest batch ``PCB_MAX_BATCH_SIZE=auto`` tries at warm-up on a CPU (beyond 2 a batch
-#: gained nothing on the 2-core Intel AMX and AMD machines measured, README "Benchmarks", while
-#: each tile of it holds 150-300 MB of activations), and on a GPU, where larger batches pay and
-#: the activations are in the GPU's memory.
+#: Tiles in the model at once on a CPU with the automatic settings: batch size x concurrent
+#: calls. Each tile holds 150-300 MB of activations while it runs, and beyond 2 nothing was
+#: gained on the 2-core Intel AMX and AMD machines measured (README "Benchmarks").
+AUTO_CPU_TILES_IN_FLIGHT = 2
+#: The batch ``PCB_MAX_BATCH_SIZE=auto`` takes before warm-up measures it (and without warm-up).
 AUTO_BATCH_CAP = 2
+#: The largest batch ``auto`` tries on a GPU, where larger batches pay and the activations are
+#: in the GPU's memory.
 AUTO_BATCH_CAP_GPU = 16
 #: File name of the golden-board (pair) model, looked for beside the single model's weights
 #: when ``PCB_PAIR_WEIGHTS_PATH`` is not set: in the repository that is
@@ -145,6 +148,11 @@ class Settings(BaseSettings):
     max_wait_ms: float = Field(
         3.0, ge=0, le=1000, description="How long a model call waits to fill its batch."
     )
+    model_concurrency: Annotated[int, Field(ge=1, le=8)] | Literal["auto"] = Field(
+        "auto",
+        description="Model calls running at once, per model. auto: 2 on a CPU (a call stalls "
+        "whenever other work takes a core; a second call in flight uses that time), 1 on a GPU.",
+    )
     max_queue_tiles: int = Field(
         256, ge=1, description="Tiles waiting for the model, at most; past it: 503."
     )
@@ -162,8 +170,26 @@ class Settings(BaseSettings):
 
     @property
     def batch_size_cap(self) -> int:
-        """The largest batch: the setting, or the CPU's cap with ``auto`` (then calibrated)."""
+        """The batch at load: the setting, or :data:`AUTO_BATCH_CAP` with ``auto`` (then
+        measured at warm-up, :meth:`auto_batch_cap`)."""
         return AUTO_BATCH_CAP if self.max_batch_size == "auto" else self.max_batch_size
+
+    def concurrency_for(self, device: str) -> int:
+        """Model calls at once on ``device``: the setting, or 2 on a CPU and 1 on a GPU."""
+        if self.model_concurrency != "auto":
+            return self.model_concurrency
+        return 1 if device == "gpu" else 2
+
+    def auto_batch_cap(self, device: str) -> int:
+        """The largest batch ``PCB_MAX_BATCH_SIZE=auto`` may choose on ``device``.
+
+        On a CPU the tiles in the model at once stay within :data:`AUTO_CPU_TILES_IN_FLIGHT`
+        (with two concurrent calls: batches of one), which the memory budget's fixed part
+        assumes; on a GPU up to :data:`AUTO_BATCH_CAP_GPU`.
+        """
+        if device == "gpu":
+            return AUTO_BATCH_CAP_GPU
+        return max(1, AUTO_CPU_TILES_IN_FLIGHT // self.concurrency_for(device))
 
     def request_timeout_for(self, tiles: int) -> float:
         """The timeout of a board of ``tiles`` tiles."""

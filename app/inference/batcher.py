@@ -2,8 +2,14 @@
 
 A single worker task takes the first waiting tile, then gathers more until the batch holds
 ``max_batch_size`` tiles or ``max_wait_s`` has passed since that first tile, and runs the
-batch in a dedicated one-thread executor (never the event loop, never the shared threadpool,
-so a slow model call cannot starve request handling or health checks).
+batch in a dedicated executor of ``concurrency`` threads (never the event loop, never the
+shared threadpool, so a slow model call cannot starve request handling or health checks).
+
+Up to ``concurrency`` model calls run at once. On a CPU one call already spreads over every
+core, but its parallel loops wait for their slowest thread: whenever anything else in the
+process (decoding, post-processing, the event loop) takes a core, the call stalls. A second
+call in flight uses that time, so two calls of one tile beat one call of two on 2 cores (README
+"Benchmarks"). On a GPU one call at a time with the larger batch is better.
 """
 
 from __future__ import annotations
@@ -53,9 +59,14 @@ class SubmitTiming:
     def model_s(self) -> float:
         """Seconds in those model calls (whole calls, shared with other requests' tiles).
 
-        The calls run one at a time, so their durations add up without overlap.
+        Calls may overlap (``concurrency`` > 1): time covered by several counts once.
         """
-        return sum(end - start for start, end in self.calls)
+        total, reached = 0.0, float("-inf")
+        for start, end in sorted(self.calls):
+            if end > reached:
+                total += end - max(start, reached)
+                reached = end
+        return total
 
 
 @dataclasses.dataclass
@@ -76,10 +87,16 @@ class DynamicBatcher:
         max_batch_size: Most tiles per model call.
         max_wait_s: Longest a first tile waits for company.
         max_queue: Most tiles waiting at once; admission beyond it raises ``QueueFullError``.
+        concurrency: Most model calls running at once, each in a thread of its own.
     """
 
     def __init__(
-        self, forward: ForwardFn, max_batch_size: int, max_wait_s: float, max_queue: int
+        self,
+        forward: ForwardFn,
+        max_batch_size: int,
+        max_wait_s: float,
+        max_queue: int,
+        concurrency: int = 1,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1. Received: {max_batch_size}")
@@ -95,7 +112,16 @@ class DynamicBatcher:
         self._pending = 0
         self._closed = False
         self._task: asyncio.Task[None] | None = None
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pcb-model")
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be >= 1. Received: concurrency={concurrency}")
+        self.concurrency = concurrency
+        #: Free places for a model call; the worker forms the next batch only once one is free,
+        #: so tiles keep gathering while every call is busy.
+        self._slots = asyncio.Semaphore(concurrency)
+        self._calls: set[asyncio.Task[None]] = set()
+        self._executor = ThreadPoolExecutor(
+            max_workers=concurrency, thread_name_prefix="pcb-model"
+        )
 
     @property
     def pending(self) -> int:
@@ -115,6 +141,8 @@ class DynamicBatcher:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        # The worker cancelled the calls in flight; let them fail their tiles before going on.
+        await asyncio.gather(*self._calls, return_exceptions=True)
         while not self._queue.empty():
             item = self._queue.get_nowait()
             self._release(item)
@@ -208,12 +236,25 @@ class DynamicBatcher:
         return batch
 
     async def _run(self) -> None:
+        try:
+            while True:
+                await self._slots.acquire()
+                batch = await self._next_batch()
+                live = [item for item in batch if not item.future.done()]
+                if not live:
+                    self._slots.release()
+                    continue
+                call = asyncio.get_running_loop().create_task(self._call(live))
+                self._calls.add(call)
+                call.add_done_callback(self._calls.discard)
+        finally:
+            for call in list(self._calls):
+                call.cancel()
+
+    async def _call(self, live: list[_Item]) -> None:
+        """Runs one batch in the executor and hands each tile its outputs; frees its slot."""
         loop = asyncio.get_running_loop()
-        while True:
-            batch = await self._next_batch()
-            live = [item for item in batch if not item.future.done()]
-            if not live:
-                continue
+        try:
             started = time.perf_counter()
             for item in live:
                 QUEUE_WAIT.observe(started - item.enqueued)
@@ -230,7 +271,7 @@ class DynamicBatcher:
                 for item in live:
                     if not item.future.done():
                         item.future.set_exception(ModelCallError(f"model call failed: {exc}"))
-                continue
+                return
             finished = time.perf_counter()
             MODEL_COMPUTE.observe(finished - started)
             BATCH_SIZE.observe(len(live))
@@ -239,3 +280,5 @@ class DynamicBatcher:
                 item.ran = (started, finished)
                 if not item.future.done():
                     item.future.set_result(tuple(out[i] for out in outputs))
+        finally:
+            self._slots.release()

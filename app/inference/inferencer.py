@@ -8,36 +8,36 @@ summary and mask). It returns typed results, never raw tensors.
 from __future__ import annotations
 
 import asyncio
-import collections
 import dataclasses
 import logging
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
 from app.core.config import Settings
-from app.inference.card import ModelCard, ModelCardError, default_card_path, load_card
+from app.inference.card import ModelCard
+from app.inference.forward import build_forward, seconds_per_tile
 from app.inference.loading import (
     POLICIES,
     ModelLoadError,
     check_weights_file,
     configure_tensorflow,
     load_keras_model,
+    load_model_and_card,
     sha256_of,
     with_policy,
 )
+from app.inference.pipeline import BoardRun, InferenceResult, RunTiles, run_chunks
 from app.inference.postprocess import (
-    Defect,
     PostprocessConfig,
-    Summary,
     describe_defects,
     gather_defect_pixels,
 )
 from app.inference.precision import read_cpu_flags, resolve_precision
-from app.inference.tiling import Stitcher, Tile, extract_tiles, plan_tiles
+from app.inference.tiling import Stitcher, Tile, chunk_tiles, plan_tiles
 from pcb_inspect.registration import Alignment
 from pcb_inspect.registration import register as register_pair
 
@@ -51,38 +51,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger("pcb_inspect.inferencer")
-
-#: Chunks of one board in the batcher at once. One would leave the model idle while the board's
-#: next chunk is cut and the last one stitched; more than three would let a large board fill the
-#: queue ahead of small boards that arrive after it (each waits behind at most this many chunks).
-CHUNKS_IN_FLIGHT = 3
-
-
-class RunTiles(Protocol):
-    """Runs ``(n, T, T, C)`` uint8 tiles through the model (the batcher's ``submit``).
-
-    ``admit=False`` marks the later chunks of a board that was already admitted: they are not
-    refused for a full queue, so a board is never dropped after part of it was computed.
-    """
-
-    async def __call__(self, tiles: np.ndarray, *, admit: bool = True) -> tuple[np.ndarray, ...]:
-        """The model's ``(fg, cls, cls_p)`` for these tiles."""
-        ...
-
-
-@dataclasses.dataclass(frozen=True)
-class InferenceResult:
-    """What one board's inspection found."""
-
-    width: int
-    height: int
-    defects: list[Defect]
-    summary: Summary
-    class_map: np.ndarray  # (H, W) uint8: 0 background, k the k-th class
-    tiles: int
-    timings_ms: dict[str, float]
-    #: Where the reference sat relative to the board (pair model only).
-    alignment: Alignment | None = None
 
 
 class Inferencer:
@@ -114,8 +82,6 @@ class Inferencer:
         max_batch_size: int = 8,
         precision_requested: str | None = None,
     ) -> None:
-        import tensorflow as tf
-
         if precision not in POLICIES:
             raise ValueError(f"precision must be one of {list(POLICIES)}. Received: {precision}")
         policy = POLICIES[precision]
@@ -140,27 +106,7 @@ class Inferencer:
         # reference; its tiles carry them as two channels of one array.
         self.pair = len(self.model.inputs) == 2
         self.channels = 2 if self.pair else 1
-        signature = [
-            tf.TensorSpec([None, self.tile, self.tile, self.channels], tf.uint8, name="tiles")
-        ]
-
-        def forward_graph(tiles: Any) -> tuple[Any, Any, Any]:
-            probs = self._call_model(tf.cast(tiles, tf.float32))
-            probs = tf.cast(probs, tf.float32)
-            fg = 1.0 - probs[..., 0]
-            defect_probs = probs[..., 1:]
-            cls = tf.cast(tf.argmax(defect_probs, axis=-1) + 1, tf.uint8)
-            # P(cls | defect): how sure the model is of the class among the defect classes,
-            # for post-processing's class vote. Where all defect classes have probability 0
-            # no class is preferred: 1/K. float16 keeps the stitched board map at 2 B/pixel.
-            total = tf.reduce_sum(defect_probs, axis=-1)
-            top = tf.reduce_max(defect_probs, axis=-1)
-            uniform = 1.0 / float(defect_probs.shape[-1])
-            cls_p = tf.where(total > 0, tf.math.divide_no_nan(top, total), uniform)
-            return fg, cls, tf.cast(cls_p, tf.float16)
-
-        # Fixed signature: one trace for any batch size, so no request retraces the graph.
-        self._forward = tf.function(forward_graph, input_signature=signature)
+        self._forward = build_forward(self._call_model, self.tile, self.channels)
 
     def _call_model(self, x: Any) -> Any:
         if self.pair:
@@ -207,30 +153,18 @@ class Inferencer:
         """
         device = configure_tensorflow(device, intra_op_threads, inter_op_threads)
         weights_path = Path(weights_path)
-        card_path = Path(card_path) if card_path is not None else default_card_path(weights_path)
-        try:
-            card = load_card(card_path)
-        except ModelCardError as exc:
-            raise ModelLoadError(str(exc)) from None
-        model = load_keras_model(weights_path)
-        outputs = model.output_shape[-1]
-        if outputs != len(card.classes) + 1:
-            raise ModelLoadError(
-                f"weights file {weights_path} outputs {outputs} channels, but its card "
-                f"{card_path} lists {len(card.classes)} classes (expected classes + background)"
-            )
-        mode = "pair" if len(model.inputs) == 2 else "single"
-        if mode != card.mode:
-            raise ModelLoadError(
-                f"weights file {weights_path} is a {mode} model, but its card {card_path} says "
-                f"mode={card.mode!r}"
-            )
+        model, card = load_model_and_card(weights_path, card_path)
         resolved = resolve_precision(
             precision, device, card, read_cpu_flags() if cpu_flags is None else cpu_flags
         )
         if resolved != precision:
-            logger.info("%s model %s: precision %s resolves to %s", mode, card.name, precision,
-                        resolved)
+            logger.info(
+                "%s model %s: precision %s resolves to %s",
+                card.mode,
+                card.name,
+                precision,
+                resolved,
+            )
         return cls(
             model,
             card,
@@ -276,25 +210,12 @@ class Inferencer:
         both cores busy, so a larger batch gains at most a few per cent while every tile of it
         holds about 150 MB (bfloat16) to 300 MB (float32) of activations at once; on a GPU the
         larger batch pays. The smallest batch that is as fast keeps memory and the wait for
-        company low. Each candidate runs once untimed (oneDNN plans each new shape) and then
-        twice timed; the faster run counts. Call after :meth:`warm_up`.
+        company low. Call after :meth:`warm_up`.
 
         Returns:
             Seconds per tile of each candidate batch size.
         """
-        if cap < 1:
-            raise ValueError(f"cap must be >= 1. Received: cap={cap}")
-        candidates = [1 << k for k in range(cap.bit_length()) if 1 << k <= cap]
-        per_tile: dict[int, float] = {}
-        for n in candidates:
-            tiles = np.full((n, self.tile, self.tile, self.channels), 255, dtype=np.uint8)
-            self.forward(tiles)
-            runs = []
-            for _ in range(2):
-                started = time.perf_counter()
-                self.forward(tiles)
-                runs.append(time.perf_counter() - started)
-            per_tile[n] = min(runs) / n
+        per_tile = seconds_per_tile(self.forward, self.tile, self.channels, cap)
         best = min(per_tile.values())
         self.max_batch_size = min(n for n, t in per_tile.items() if t <= best * (1 + tolerance))
         return per_tile
@@ -312,18 +233,8 @@ class Inferencer:
     def tile_chunks(
         self, pixels: np.ndarray, tiles: list[Tile], reference: np.ndarray | None = None
     ) -> Iterator[tuple[list[Tile], np.ndarray]]:
-        """Yields ``(tiles, pixels of those tiles)`` a batch at a time, so memory stays bounded.
-
-        With a (registered) ``reference`` its tiles are the second channel.
-        """
-        for start in range(0, len(tiles), self.max_batch_size):
-            chunk = tiles[start : start + self.max_batch_size]
-            arrays = extract_tiles(pixels, chunk, self.tile)
-            if reference is not None:
-                arrays = np.concatenate(
-                    [arrays, extract_tiles(reference, chunk, self.tile)], axis=-1
-                )
-            yield chunk, arrays
+        """:func:`~app.inference.tiling.chunk_tiles` at this model's tile and batch size."""
+        return chunk_tiles(pixels, tiles, self.tile, self.max_batch_size, reference)
 
     def register(
         self, pixels: np.ndarray, reference: np.ndarray | None
@@ -367,9 +278,7 @@ class Inferencer:
         they and the labelling's own maps would otherwise be held at once.
         """
         started = time.perf_counter()
-        pixels = gather_defect_pixels(
-            stitcher.fg, stitcher.cls, stitcher.cls_p, config.threshold
-        )
+        pixels = gather_defect_pixels(stitcher.fg, stitcher.cls, stitcher.cls_p, config.threshold)
         stitcher.release()
         result = describe_defects(pixels, self.card.classes, config)
         timings["post_process"] = (time.perf_counter() - started) * 1e3
@@ -408,51 +317,18 @@ class Inferencer:
     ) -> InferenceResult:
         """Inspects one board, sending its tiles through ``run_tiles`` (the batcher).
 
-        Up to :data:`CHUNKS_IN_FLIGHT` chunks of the board wait in the batcher at once, so
-        the model never waits for this board's next chunk to be cut or its last one to be
-        stitched, and small boards that arrive meanwhile are never more than that many chunks
-        behind. Only the first chunk can be refused (queue full): once a board is admitted,
-        its later chunks go in without the check, so it is never dropped half computed.
-
-        Registration, tile extraction, stitching and post-processing run in worker threads,
-        not on the event loop: on a large board they take seconds, and health probes must not
-        wait. Cancelling this coroutine (timeout, client gone) cancels every chunk in flight.
+        The chunks go through :func:`~app.inference.pipeline.run_chunks` (a few in flight at
+        once, only the first refusable). Registration, tile extraction, stitching and
+        post-processing run in worker threads, not on the event loop: on a large board they
+        take seconds, and health probes must not wait.
         """
         board = await asyncio.to_thread(self._begin, pixels, reference)
-        chunks = self.tile_chunks(pixels, board.tiles, board.warped)
-        in_flight: collections.deque[tuple[list[Tile], asyncio.Future[Any]]] = (
-            collections.deque()
-        )
         started = time.perf_counter()
-        try:
-            while True:
-                while len(in_flight) < CHUNKS_IN_FLIGHT:
-                    item = await asyncio.to_thread(next, chunks, None)
-                    if item is None:
-                        break
-                    chunk, arrays = item
-                    first = not in_flight and not board.stitched
-                    submitted = asyncio.ensure_future(run_tiles(arrays, admit=first))
-                    in_flight.append((chunk, submitted))
-                    if first:
-                        # Let the batcher decide on the board before any later chunk goes in:
-                        # its admission check runs before the submission first suspends.
-                        await asyncio.sleep(0)
-                        if submitted.done():
-                            submitted.result()
-                if not in_flight:
-                    break
-                chunk, future = in_flight[0]
-                outputs = await future
-                in_flight.popleft()
-                await asyncio.to_thread(board.stitch, chunk, outputs)
-        finally:
-            for _, pending in in_flight:
-                pending.cancel()
+        await run_chunks(board, self.tile_chunks(pixels, board.tiles, board.warped), run_tiles)
         board.timings["forward"] = (time.perf_counter() - started) * 1e3
         return await asyncio.to_thread(self._finish, board, config)
 
-    def _begin(self, pixels: np.ndarray, reference: np.ndarray | None) -> _Board:
+    def _begin(self, pixels: np.ndarray, reference: np.ndarray | None) -> BoardRun:
         """Plans the tiles, registers the reference (pair model), allocates the stitcher."""
         timings: dict[str, float] = {}
         started = time.perf_counter()
@@ -465,28 +341,8 @@ class Inferencer:
         timings["pre_process"] = (time.perf_counter() - started) * 1e3 - timings.get(
             "register", 0.0
         )
-        return _Board(tiles, warped, alignment, stitcher, timings)
+        return BoardRun(tiles, warped, alignment, stitcher, timings)
 
-    def _finish(self, board: _Board, config: PostprocessConfig) -> InferenceResult:
+    def _finish(self, board: BoardRun, config: PostprocessConfig) -> InferenceResult:
         result = self.post_process(board.stitcher, config, len(board.tiles), board.timings)
         return dataclasses.replace(result, alignment=board.alignment)
-
-
-@dataclasses.dataclass
-class _Board:
-    """One board on its way through the model: its plan, reference and stitched maps."""
-
-    tiles: list[Tile]
-    warped: np.ndarray | None
-    alignment: Alignment | None
-    stitcher: Stitcher
-    timings: dict[str, float]
-    #: Tiles stitched so far.
-    stitched: int = 0
-
-    def stitch(self, chunk: list[Tile], outputs: tuple[np.ndarray, ...]) -> None:
-        """Writes a chunk's model outputs ``(fg, cls, cls_p)`` into the board's maps."""
-        fg, cls, cls_p = outputs
-        for i, tile in enumerate(chunk):
-            self.stitcher.add(tile, fg[i], cls[i], cls_p[i])
-        self.stitched += len(chunk)

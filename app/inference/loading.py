@@ -12,6 +12,8 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+from app.inference.card import ModelCard, ModelCardError, default_card_path, load_card
+
 logger = logging.getLogger("pcb_inspect.inferencer")
 
 #: Keras dtype policy of each precision (``None``: the model as saved, float32).
@@ -118,3 +120,36 @@ def load_keras_model(weights_path: Path) -> Any:
     except Exception as exc:  # Keras raises many types for a bad archive
         reason = " ".join(str(exc).split())[:300]
         raise ModelLoadError(f"weights file {path} could not be loaded: {reason}") from None
+
+
+def load_model_and_card(weights_path: Path, card_path: Path | None = None) -> tuple[Any, ModelCard]:
+    """Loads a model and its card and checks that they describe the same model.
+
+    Args:
+        weights_path: The ``.keras`` file.
+        card_path: Its model card; ``None``: :func:`default_card_path`.
+
+    Raises:
+        ModelLoadError: One line naming the file and what is wrong: a bad card, bad weights,
+            a class count or a mode (single/pair) that the card and the weights disagree on.
+    """
+    weights_path = Path(weights_path)
+    card_path = Path(card_path) if card_path is not None else default_card_path(weights_path)
+    try:
+        card = load_card(card_path)
+    except ModelCardError as exc:
+        raise ModelLoadError(str(exc)) from None
+    model = load_keras_model(weights_path)
+    outputs = model.output_shape[-1]
+    if outputs != len(card.classes) + 1:
+        raise ModelLoadError(
+            f"weights file {weights_path} outputs {outputs} channels, but its card "
+            f"{card_path} lists {len(card.classes)} classes (expected classes + background)"
+        )
+    mode = "pair" if len(model.inputs) == 2 else "single"
+    if mode != card.mode:
+        raise ModelLoadError(
+            f"weights file {weights_path} is a {mode} model, but its card {card_path} says "
+            f"mode={card.mode!r}"
+        )
+    return model, card

@@ -13,7 +13,7 @@ time), and ``Stitcher`` holds only the three full-size output maps (7 bytes per 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -207,9 +207,7 @@ class Stitcher:
     def release(self) -> None:
         """Frees the three maps (7 bytes a pixel); the stitcher is unusable afterwards."""
         empty = np.zeros((0, 0), dtype=np.uint8)
-        self._fg, self._cls, self._cls_p = empty.astype(np.float32), empty, empty.astype(
-            np.float16
-        )
+        self._fg, self._cls, self._cls_p = empty.astype(np.float32), empty, empty.astype(np.float16)
 
     @property
     def fg(self) -> np.ndarray:
@@ -225,6 +223,26 @@ class Stitcher:
     def cls_p(self) -> np.ndarray:
         """The stitched ``(H, W)`` float16 P(class | defect) (0 where no tile wrote)."""
         return self._cls_p
+
+
+def chunk_tiles(
+    image: np.ndarray,
+    tiles: Sequence[Tile],
+    tile: int,
+    batch: int,
+    reference: np.ndarray | None = None,
+) -> Iterator[tuple[list[Tile], np.ndarray]]:
+    """Yields ``(tiles, pixels of those tiles)`` ``batch`` tiles at a time.
+
+    Only one chunk's pixels exist at once, so memory stays bounded on a large board. With a
+    (registered) ``reference`` its tiles are the second channel.
+    """
+    for start in range(0, len(tiles), batch):
+        chunk = list(tiles[start : start + batch])
+        arrays = extract_tiles(image, chunk, tile)
+        if reference is not None:
+            arrays = np.concatenate([arrays, extract_tiles(reference, chunk, tile)], axis=-1)
+        yield chunk, arrays
 
 
 def _is_int(value: object) -> bool:

@@ -72,6 +72,7 @@ async def model_info(model: ModelDep, state: StateDep) -> ModelInfoOut:
         batching={
             "max_batch_size": batcher.max_batch_size,
             "max_wait_ms": batcher.max_wait_s * 1e3,
+            "model_concurrency": batcher.concurrency,
             "max_queue_tiles": batcher.max_queue,
         },
         models=models,

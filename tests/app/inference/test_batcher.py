@@ -23,6 +23,7 @@ from app.inference.batcher import (
     DynamicBatcher,
     ModelCallError,
     QueueFullError,
+    SubmitTiming,
 )
 
 T = 4  # tile side: the batcher is size-agnostic, small tiles keep the tests fast
@@ -295,3 +296,94 @@ def test_rejects_inconsistent_limits() -> None:
         DynamicBatcher(RecordingForward(), max_batch_size=0, max_wait_s=0, max_queue=4)
     with pytest.raises(ValueError, match="max_queue"):
         DynamicBatcher(RecordingForward(), max_batch_size=8, max_wait_s=0, max_queue=4)
+    with pytest.raises(ValueError, match="Received: concurrency=0"):
+        DynamicBatcher(RecordingForward(), max_batch_size=1, max_wait_s=0, max_queue=4,
+                       concurrency=0)
+
+
+# --- concurrent model calls -----------------------------------------------------------------
+
+
+class OverlapForward(RecordingForward):
+    """Counts the calls running at once; each call holds ``hold`` s or until ``release``."""
+
+    def __init__(self, hold: float = 0.3) -> None:
+        super().__init__()
+        self.hold = hold
+        self.lock = threading.Lock()
+        self.running = 0
+        self.most = 0
+        self.release = threading.Event()
+        self.two_running = threading.Event()
+
+    def __call__(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        with self.lock:
+            self.running += 1
+            self.most = max(self.most, self.running)
+            if self.running == 2:
+                self.two_running.set()
+        try:
+            self.release.wait(self.hold)  # held, so that calls overlap
+            return super().__call__(x)
+        finally:
+            with self.lock:
+                self.running -= 1
+
+
+@pytest.mark.parametrize("concurrency", [1, 2, 3])
+def test_model_calls_at_once_never_exceed_concurrency(concurrency: int) -> None:
+    forward = OverlapForward()
+    sent = [tiles(1, 10 * i) for i in range(6)]
+
+    async def test(b: DynamicBatcher) -> list[Any]:
+        return await asyncio.gather(*(b.submit(x) for x in sent))
+
+    results = run(test, forward, max_batch_size=1, max_wait_s=0, concurrency=concurrency)
+    # Six one-tile batches with each call held 0.3 s: as many run at once as allowed.
+    assert forward.most == concurrency
+    assert forward.sizes == [1] * 6
+    for result, x in zip(results, sent, strict=True):
+        assert_routed(result, x)
+
+
+def test_tiles_keep_gathering_while_every_call_is_busy() -> None:
+    forward = OverlapForward(hold=10)
+
+    async def test(b: DynamicBatcher) -> None:
+        first = []
+        for i in range(2):  # one at a time, so each is a call of its own
+            first.append(asyncio.ensure_future(b.submit(tiles(1, i))))
+            while forward.running <= i:
+                await asyncio.sleep(0.01)
+        assert forward.two_running.is_set()
+        # Both calls busy: these four wait together and go as one batch when a call ends.
+        later = [asyncio.ensure_future(b.submit(tiles(1, 50 + i))) for i in range(4)]
+        await asyncio.sleep(0.05)
+        forward.release.set()
+        await asyncio.gather(*first, *later)
+
+    run(test, forward, max_batch_size=4, max_wait_s=0, concurrency=2)
+    assert sorted(forward.sizes) == [1, 1, 4]
+
+
+def test_close_with_two_calls_in_flight_fails_both() -> None:
+    gate = threading.Event()
+    forward = RecordingForward(gate=gate)
+
+    async def test(b: DynamicBatcher) -> None:
+        in_calls = [asyncio.ensure_future(b.submit(tiles(1, i))) for i in range(2)]
+        while len(forward.batches) < 2:
+            await asyncio.sleep(0.01)
+        threading.Timer(0.2, gate.set).start()
+        await b.close()
+        for call in in_calls:
+            with pytest.raises(BatcherClosedError):
+                await call
+
+    run(test, forward, max_batch_size=1, max_wait_s=0, concurrency=2)
+
+
+def test_overlapping_calls_count_once_in_model_time() -> None:
+    timing = SubmitTiming(calls={(0.0, 1.0), (0.5, 1.5), (3.0, 4.0), (3.2, 3.4)})
+    # [0, 1.5] and [3, 4]: 1.5 s + 1 s, not the 3.2 s the four durations add up to.
+    assert timing.model_s == pytest.approx(2.5)

@@ -260,7 +260,7 @@ def test_class_count_mismatch(model_dir: Path) -> None:
 def test_large_board_keeps_a_few_chunks_in_flight_and_small_boards_flow(
     inferencer: Inferencer,
 ) -> None:
-    from app.inference.inferencer import CHUNKS_IN_FLIGHT
+    from app.inference.pipeline import CHUNKS_IN_FLIGHT
 
     big = make_board(400, 400, seed=5)  # 64 px tiles: many chunks of max_batch_size tiles
     smalls = [make_board(64, 64, seed=10 + i) for i in range(6)]
