@@ -54,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         model = httpx.get(server.url + "/v1/model").json()
         result["precision"] = model["precision"]
         result["max_batch_size"] = model["batching"]["max_batch_size"]
+        result["model_concurrency"] = model["batching"]["model_concurrency"]
         times = []
         for _ in range(10):
             started = time.perf_counter()

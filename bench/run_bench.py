@@ -127,11 +127,13 @@ def markdown(report: dict[str, Any]) -> str:
             lines.append(f"| {name} | {r['mode']} | {r['clients']} | {r['throughput_rps']:.2f} | "
                          f"{r['p50_ms']:.0f} | {r['p95_ms']:.0f} | {r['p99_ms']:.0f} | "
                          f"{r['statuses']} |")
-    lines += ["", "| server (precision) | ready after s | RSS after warm-up MB | batch (auto) |",
-              "|---|---:|---:|---:|"]
+    lines += ["", "| server (precision) | ready after s (both models) | RSS after warm-up MB "
+              "| peak RSS MB | batch (auto) | model calls at once (auto) |",
+              "|---|---:|---:|---:|---:|---:|"]
     for name, s in report["startup"].items():
         lines.append(f"| {name} | {s['ready_s']:.1f} | {s['rss_mb']:.0f} | "
-                     f"{s['max_batch_size']} |")
+                     f"{s['peak_rss_mb']:.0f} | {s['max_batch_size']} | "
+                     f"{s['model_concurrency']} |")
     t = report["targets"]
     lines += [
         "",
@@ -162,6 +164,7 @@ def server_run(weights: Path, body: bytes, plan: list[tuple[int, int]],
         info = httpx.get(server.url + "/v1/model").json()
         startup = {"ready_s": round(ready, 1), "rss_mb": round(memory_mb(server.pid), 1),
                    "max_batch_size": info["batching"]["max_batch_size"],
+                   "model_concurrency": info["batching"]["model_concurrency"],
                    "precision": info["precision"]}
         rows = [{**r, "mode": "single"} for r in serve_load(server.url, body, plan)]
         if any(m["mode"] == "pair" for m in info["models"]) and pair_plan:

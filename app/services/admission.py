@@ -21,10 +21,11 @@ from collections.abc import Iterator
 #: the 10.3 B measured on an 8000 x 8000 board (``python -m bench.big_board``).
 BYTES_PER_PIXEL = 12
 
-#: Memory of the service before any board: TensorFlow, both models and their batches'
-#: activations, at the worst CPU default (float32 at batch 2, about 1.7 GB; bfloat16 about 1.3
-#: GB), from ``rss_before_mb`` of ``python -m bench.big_board``, rounded up. ``deploy/`` sizes
-#: its memory limit with it and :data:`BYTES_PER_PIXEL` (a test checks the arithmetic).
+#: Memory of the service before any board: TensorFlow, both models and the activations of the
+#: tiles in the model at once, at the worst CPU default (float32, two tiles: ``AUTO_CPU_TILES_IN_
+#: FLIGHT``; peak 1.73 GB under ``python -m bench.run_bench``'s whole load plan with both
+#: models, bfloat16 1.47 GB), rounded up. ``deploy/`` sizes its memory limit with it and
+#: :data:`BYTES_PER_PIXEL` (a test checks the arithmetic and the tiles in flight).
 FIXED_MEMORY_BYTES = 2 * 2**30
 
 #: The formats a board may come in store at most this many bytes a pixel (16-bit RGBA); so a
