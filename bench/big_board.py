@@ -15,6 +15,10 @@ Starts the real server with its defaults (both models, ``PCB_PRECISION=auto``,
 
 The bytes a board pixel costs in flight (``BYTES_PER_PIXEL`` in ``app/services/admission.py``)
 are the growth of step 2 over the pixels.
+
+``--mode pair`` does the same through the golden-board model: each board is first stored as
+its own product's golden board, so every request registers a full-size reference (the budget
+counts a pair board twice).
 """
 
 from __future__ import annotations
@@ -45,12 +49,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS)
     p.add_argument("--size", type=int, default=8000)
     p.add_argument("--flood", type=int, default=4, help="large boards sent at once (0: none)")
+    p.add_argument("--mode", choices=("single", "pair"), default="single",
+                   help="the model: the board alone, or against its golden board")
     args = p.parse_args(argv)
     big = board_png(args.size, seed=9)
     small = board_png(640, seed=1)
-    result: dict[str, Any] = {"size": args.size, "upload_mb": round(len(big) / 1e6, 2)}
+    result: dict[str, Any] = {"size": args.size, "mode": args.mode,
+                              "upload_mb": round(len(big) / 1e6, 2)}
     with bench_server(args.weights) as server:
         url = server.url + "/predict?mask=none"
+        small_url = big_url = url
+        if args.mode == "pair":
+            for product, body in (("small", small), ("big", big)):
+                httpx.put(f"{server.url}/v1/golden-boards/{product}", content=body, timeout=300,
+                          headers={"Content-Type": "image/png"}).raise_for_status()
+            small_url, big_url = url + "&product=small", url + "&product=big"
         model = httpx.get(server.url + "/v1/model").json()
         result["precision"] = model["precision"]
         result["max_batch_size"] = model["batching"]["max_batch_size"]
@@ -58,14 +71,14 @@ def main(argv: list[str] | None = None) -> int:
         times = []
         for _ in range(10):
             started = time.perf_counter()
-            httpx.post(url, timeout=300,
+            httpx.post(small_url, timeout=300,
                        files={"file": ("s.png", small, "image/png")}).raise_for_status()
             times.append(time.perf_counter() - started)
         per_tile = statistics.median(times[2:])
         rss_before = memory_mb(server.pid)
         reset_peak(server.pid)
         started = time.perf_counter()
-        r = httpx.post(url, timeout=3600, files={"file": ("big.png", big, "image/png")})
+        r = httpx.post(big_url, timeout=3600, files={"file": ("big.png", big, "image/png")})
         seconds = time.perf_counter() - started
         r.raise_for_status()
         tiles = int(r.json()["params"]["tiles"])
@@ -78,12 +91,12 @@ def main(argv: list[str] | None = None) -> int:
             "bytes_per_pixel": round((peak - rss_before) * 2**20 / args.size**2, 1),
         })
         if args.flood:
-            result["flood"] = flood(server.url, server.pid, big, args.flood)
+            result["flood"] = flood(big_url, server.pid, big, args.flood)
     print(json.dumps(result))
     return 0
 
 
-def flood(base: str, pid: int, body: bytes, n: int) -> dict[str, Any]:
+def flood(url: str, pid: int, body: bytes, n: int) -> dict[str, Any]:
     """Sends ``n`` large boards at once; returns the statuses and the peak memory."""
     reset_peak(pid)
     statuses: list[int] = []
@@ -91,8 +104,7 @@ def flood(base: str, pid: int, body: bytes, n: int) -> dict[str, Any]:
 
     def send(client: httpx.Client) -> None:
         try:
-            r = client.post(base + "/predict?mask=none",
-                            files={"file": ("big.png", body, "image/png")})
+            r = client.post(url, files={"file": ("big.png", body, "image/png")})
         except httpx.ReadTimeout:  # admitted and still running: dropped below
             return
         statuses.append(r.status_code)

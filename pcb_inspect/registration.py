@@ -13,12 +13,14 @@ Method (OpenCV, no TensorFlow):
 2. Phase correlation (``cv2.phaseCorrelate``) finds the translation; it is robust to the
    few pixels that defects change and has no local minima.
 3. ECC (``cv2.findTransformECC``, Euclidean motion) refines translation and rotation from
-   there, on the downscaled images and then at full resolution near the solution.
+   there, on the downscaled images and then near the solution at full resolution, or on a
+   board over :data:`REFINE_MAX_PIXELS` at the scale that has that many pixels: ECC holds
+   about 60 bytes a pixel, which on an 8000 x 8000 board would be 4 GB.
 4. The score is the normalised cross-correlation of the board and the warped reference over
-   the pixels both cover. A pair that is not the same design (another product, turned 90
-   degrees, the wrong side) scores far below :data:`MIN_SCORE` and is refused with
-   :class:`AlignmentError` rather than compared: comparing it would paint the whole board as
-   defects.
+   the pixels both cover, on the grid of step 3. A pair that is not the same design (another
+   product, turned 90 degrees, the wrong side) scores far below :data:`MIN_SCORE` and is
+   refused with :class:`AlignmentError` rather than compared: comparing it would paint the
+   whole board as defects.
 """
 
 from __future__ import annotations
@@ -43,6 +45,12 @@ FLAT_STD = 12.0
 GOOD_SCORE = 0.9
 #: Longest side at which the coarse estimate runs; larger boards are downscaled for it.
 MAX_SIDE = 1024
+#: Most pixels the fine estimate and the score work on; larger boards are refined at the scale
+#: that has this many (an 8000 x 8000 board at a quarter of its side). ECC is accurate to a
+#: tenth of a pixel or better where it runs, so that is within half a pixel of the board; the
+#: memory registration needs stays about 0.3 GB whatever the board's size (README
+#: "Benchmarks").
+REFINE_MAX_PIXELS = 4 * 2**20
 #: Largest rotation that registration will report as a match, in degrees.
 MAX_ROTATION_DEG = 5.0
 
@@ -85,8 +93,11 @@ class Alignment:
 def _fit_to(reference: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """Crops or pads ``reference`` (top-left anchored) to ``shape``, padding with its median."""
     h, w = shape
-    out = np.full((h, w), np.median(reference), dtype=reference.dtype)
     rh, rw = min(h, reference.shape[0]), min(w, reference.shape[1])
+    if (rh, rw) == (h, w):
+        # No padding: a view, not a copy (64 MB on an 8000 x 8000 board), and no median.
+        return reference[:h, :w]
+    out = np.full((h, w), np.median(reference), dtype=reference.dtype)
     out[:rh, :rw] = reference[:rh, :rw]
     return out
 
@@ -149,7 +160,7 @@ def _estimate(
         )
     h, w = board.shape
     ref = _fit_to(reference, (h, w))
-    if min(float(board.std()), float(ref.std())) < FLAT_STD:
+    if min(_std(board), _std(ref)) < FLAT_STD:
         # A (nearly) bare spot of a board has nothing to align on, and any alignment is as
         # good: keep the identity, and score how much of the pair agrees, so that a bare
         # reference for a board full of copper (or the reverse) is still refused.
@@ -157,14 +168,11 @@ def _estimate(
         identity = _matrix(0.0, 0.0, 0.0)
         return Alignment(0.0, 0.0, 0.0, max(0.0, 1.0 - 10.0 * differs), identity), ref
     scale = min(1.0, max_side / max(h, w))
-    b32 = board.astype(np.float32)
-    r32 = ref.astype(np.float32)
-    if scale < 1.0:
-        size = (max(8, round(w * scale)), max(8, round(h * scale)))
-        bs = cv2.resize(b32, size, interpolation=cv2.INTER_AREA)
-        rs = cv2.resize(r32, size, interpolation=cv2.INTER_AREA)
-    else:
-        bs, rs = b32, r32
+    # The grid of the fine estimate and the score: the board's own up to REFINE_MAX_PIXELS.
+    fine = min(1.0, math.sqrt(REFINE_MAX_PIXELS / (h * w)))
+    board_f, ref_f = _scaled(board, fine), _scaled(ref, fine)
+    bs = _scaled(board_f, scale / fine).astype(np.float32)
+    rs = _scaled(ref_f, scale / fine).astype(np.float32)
     window = cv2.createHanningWindow((bs.shape[1], bs.shape[0]), cv2.CV_32F)
     # phaseCorrelate(a, b) returns the shift s with b(x) ~ a(x - s); reference = board
     # shifted by s means board(x) ~ reference(x + s): the matrix's translation is s.
@@ -196,39 +204,60 @@ def _estimate(
         for angle in (-1.5, 1.5, -3.0, 3.0):
             yield rotated_start(angle)
 
-    if scale < 1.0:
-        b_full = cv2.GaussianBlur(b32, (5, 5), 1.0)
-        r_full = cv2.GaussianBlur(r32, (5, 5), 1.0)
+    if scale < fine:
+        b_fine = cv2.GaussianBlur(board_f.astype(np.float32), (5, 5), 1.0)
+        r_fine = cv2.GaussianBlur(ref_f.astype(np.float32), (5, 5), 1.0)
     best: tuple[float, np.ndarray, np.ndarray, float] | None = None
     for start in starts():
         warp = _ecc(bs_b, rs_b, start, 300)
-        if scale < 1.0:
-            warp[:, 2] /= scale
-            warp = _ecc(b_full, r_full, warp, 20)
-        warped, valid = _warp(ref, warp, (h, w))
+        if scale < fine:
+            warp[:, 2] *= fine / scale
+            # More steps where the fine grid is not the board's own: they are cheap there.
+            warp = _ecc(b_fine, r_fine, warp, 20 if fine == 1.0 else 50)
+        warped, valid = _warp(ref_f, warp, board_f.shape)
         overlap = float(valid.mean())
         # A correlation over a small overlap means little: a board turned by 180 degrees
         # can match itself well over a quarter of its area. Such starts rank low.
-        score = _score(board, warped, valid) * min(1.0, overlap / MIN_OVERLAP)
+        score = _score(board_f, warped, valid) * min(1.0, overlap / MIN_OVERLAP)
         if best is None or score > best[0]:
             best = (score, warp, warped, overlap)
         if best[0] > GOOD_SCORE:
             break
     assert best is not None
     score, warp, warped, overlap = best
+    if fine < 1.0:
+        warp = warp.copy()
+        warp[:, 2] /= fine
+        warped, _ = _warp(ref, warp, (h, w), with_valid=False)
     angle = math.degrees(math.atan2(float(warp[1, 0]), float(warp[0, 0])))
     alignment = Alignment(float(warp[0, 2]), float(warp[1, 2]), angle, score,
                           warp.astype(np.float32), overlap)
     return alignment, warped
 
 
+def _std(image: np.ndarray) -> float:
+    # cv2 in one pass: numpy's std would hold two float64 copies (1 GB on 8000 x 8000).
+    return float(cv2.meanStdDev(image)[1][0, 0])
+
+
+def _scaled(image: np.ndarray, factor: float) -> np.ndarray:
+    """``image`` resized by ``factor`` (area averaging), or itself at 1."""
+    if factor >= 1.0:
+        return image
+    h, w = image.shape
+    size = (max(8, round(w * factor)), max(8, round(h * factor)))
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+
+
 def _warp(
-    reference: np.ndarray, matrix: np.ndarray, shape: tuple[int, int]
+    reference: np.ndarray, matrix: np.ndarray, shape: tuple[int, ...], with_valid: bool = True
 ) -> tuple[np.ndarray, np.ndarray]:
     h, w = shape
     flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
     warped = cv2.warpAffine(reference, matrix, (w, h), flags=flags,
                             borderMode=cv2.BORDER_REPLICATE)
+    if not with_valid:
+        return warped, np.empty((0, 0), dtype=bool)
     ones = np.ones(reference.shape, dtype=np.uint8)
     valid = cv2.warpAffine(ones, matrix, (w, h), flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP,
                            borderMode=cv2.BORDER_CONSTANT, borderValue=0) > 0

@@ -344,5 +344,7 @@ class Inferencer:
         return BoardRun(tiles, warped, alignment, stitcher, timings)
 
     def _finish(self, board: BoardRun, config: PostprocessConfig) -> InferenceResult:
+        # Every tile ran: the registered reference goes before post-processing's own peak.
+        board.warped = None
         result = self.post_process(board.stitcher, config, len(board.tiles), board.timings)
         return dataclasses.replace(result, alignment=board.alignment)

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
+from pcb_inspect import registration
 from pcb_inspect.registration import (
     MIN_SCORE,
     AlignmentError,
@@ -81,6 +85,25 @@ def test_large_board_uses_the_downscaled_estimate():
     assert alignment.rotation_deg == pytest.approx(0.3, abs=0.2)
 
 
+@pytest.mark.parametrize(("dx", "dy", "degrees"), [(5.5, -3.25, 0.3), (-17.2, 9.6, -1.2)])
+def test_a_board_over_the_refine_limit_is_refined_on_a_smaller_grid(
+    monkeypatch: pytest.MonkeyPatch, dx: float, dy: float, degrees: float
+) -> None:
+    # 1400 x 1800 against a limit of 512 x 512: the fine estimate runs at 0.32 of the side,
+    # where it holds a tenth of the memory; the motion still comes back to a tenth of a pixel
+    # (8000 x 8000 in README: within 0.033 px, 1.5 s, against 4 GB at full resolution).
+    monkeypatch.setattr(registration, "REFINE_MAX_PIXELS", 512 * 512)
+    big = make_board(seed=3, size=(1400, 1800))
+    reference = moved(big.template, dx, dy, degrees)
+    warped, alignment = register(big.image, reference)
+    assert (alignment.dx, alignment.dy) == pytest.approx((dx, dy), abs=0.1)
+    assert alignment.rotation_deg == pytest.approx(degrees, abs=0.02)
+    assert alignment.score > 0.9
+    # The reference comes back on the board's own grid, at full resolution.
+    assert warped.shape == big.image.shape
+    assert np.mean(cv2.absdiff(warped, big.image) > 100) < 0.01
+
+
 @pytest.mark.parametrize("kind", [
     # Slow: another design is refused only after every start has been tried (6 s here).
     pytest.param("other_design", marks=pytest.mark.slow), "rotated_90", "blank",
@@ -136,3 +159,34 @@ def test_a_half_turned_reference_is_refused_even_when_a_corner_matches(seed, siz
     small = make_board(seed=seed, size=size)
     with pytest.raises(AlignmentError):
         register(small.image, np.ascontiguousarray(np.rot90(small.template, 2)))
+
+
+_MEMORY_PROBE = """
+import sys
+from pathlib import Path
+from pcb_inspect.registration import register
+from pcb_inspect.synth import make_board
+from tests.pcb_inspect.test_registration import moved
+
+board = make_board(seed=3, size=4000, jpeg_quality=90)
+reference = moved(board.template, 7.5, -4.25, 0.4)
+def status(field):
+    for line in open("/proc/self/status"):
+        if line.startswith(field):
+            return int(line.split()[1]) / 1024
+before = status("VmRSS")
+Path("/proc/self/clear_refs").write_text("5")  # the peak from here on
+register(board.image, reference)
+print(status("VmHWM") - before)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux /proc")
+def test_registration_memory_does_not_grow_with_the_board() -> None:
+    # A 4000 x 4000 pair (16 Mpx): refined at full resolution this took about 1.5 GB on top of
+    # the two images (ECC's gradient and Jacobian images, float copies); on the 4 Mpx grid it
+    # is the warped reference (16 MB) and a few hundred MB of transients.
+    out = subprocess.run([sys.executable, "-c", _MEMORY_PROBE], capture_output=True, text=True,
+                         timeout=240, check=True, cwd=Path(__file__).resolve().parents[2])
+    growth_mb = float(out.stdout.strip().splitlines()[-1])
+    assert growth_mb < 500, f"registration of a 4000 px pair peaked {growth_mb:.0f} MB above"
