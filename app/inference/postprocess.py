@@ -121,11 +121,12 @@ def gather_defect_pixels(
         ValueError: ``cls_p`` is outside ``(0, 1]`` on a defect pixel.
     """
     # Compare in float32: a float64 threshold such as 0.7 is slightly above float32(0.7), which
-    # would make a pixel whose confidence "equals" the threshold miss it. In place, so that a
-    # large board holds one boolean map here, not three.
-    mask = np.greater_equal(fg, np.float32(threshold))
-    mask &= fg > 0
-    mask &= cls > 0
+    # would make a pixel whose confidence "equals" the threshold miss it. ``fg > 0`` is folded
+    # into the threshold (the smallest positive float32 at the least), and ``cls > 0`` is
+    # and-ed in place: a large board holds one boolean map here, not two (64 MB at 8000 px).
+    cut = max(np.float32(threshold), np.nextafter(np.float32(0), np.float32(1)))
+    mask = np.greater_equal(fg, cut)
+    np.logical_and(mask, cls, out=mask)
     pix_p = None
     if cls_p is not None:
         pix_p = cls_p[mask]
