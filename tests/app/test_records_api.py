@@ -2,7 +2,8 @@
 model and rules), queried, reviewed, counted, exported, and fed back as training data.
 
 Real SQLite databases (a fresh data folder per app) and the tiny real models; the store's own
-tests (tests/app/records) cover PostgreSQL.
+tests (tests/app/records) cover PostgreSQL, and ``test_records_api_postgres.py`` there this HTTP
+path on it.
 """
 
 from __future__ import annotations
