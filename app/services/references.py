@@ -44,6 +44,15 @@ def check_product_param(product: str | None) -> None:
         raise ApiError(422, "invalid_product", f"?product=: {exc}") from None
 
 
+def unknown_product(product: str) -> ApiError:
+    """The one 404 for a product with no golden board, for inspections and the golden routes."""
+    return ApiError(
+        404, "unknown_product",
+        f"No golden board is stored for product {product!r}; register one with "
+        f"PUT /v1/golden-boards/{product} or list them with GET /v1/golden-boards.",
+    )
+
+
 async def stored_reference(store: GoldenStore, product: str) -> Reference:
     """The stored golden board of ``product`` (decoded, from the cache when current).
 
@@ -53,11 +62,7 @@ async def stored_reference(store: GoldenStore, product: str) -> Reference:
     try:
         board, pixels = await run_in_threadpool(store.pixels, product)
     except UnknownProductError:
-        raise ApiError(
-            404, "unknown_product",
-            f"No golden board is stored for product {product!r}; register one with "
-            f"PUT /v1/golden-boards/{product} or list them with GET /v1/golden-boards.",
-        ) from None
+        raise unknown_product(product) from None
     except GoldenStoreError as exc:
         raise ApiError(500, "golden_store_error", str(exc)) from None
     return Reference("product", product, board.sha256, pixels)

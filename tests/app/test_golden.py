@@ -210,6 +210,10 @@ def test_invalid_product_ids_are_422(client: TestClient, method: str, product: s
 def test_unknown_products_are_404(client: TestClient) -> None:
     error = assert_error(client.get("/v1/golden-boards/no-such-board"), 404, "unknown_product")
     assert "'no-such-board'" in error["message"]
+    # The same error, word for word, where an inspection names the product.
+    inspection = client.post("/predict", params={"product": "no-such-board"},
+                             files={"file": ("b.png", IMAGE, "image/png")})
+    assert assert_error(inspection, 404, "unknown_product") == error
 
 
 @pytest.mark.parametrize(

@@ -23,6 +23,7 @@ from app.services.golden_store import (
     UnknownProductError,
     check_product,
 )
+from app.services.references import unknown_product
 from app.services.uploads import decode_or_error, read_uploads
 
 router = APIRouter(prefix="/v1/golden-boards", tags=["golden boards"], dependencies=[AuthDep])
@@ -39,20 +40,12 @@ def _product(product: str) -> str:
         raise ApiError(422, "invalid_product", str(exc)) from None
 
 
-def _unknown(product: str) -> ApiError:
-    return ApiError(
-        404, "unknown_product",
-        f"No golden board is stored for product {product!r}; register one with "
-        f"PUT /v1/golden-boards/{product}.",
-    )
-
-
 async def _call(store: GoldenStore, method: str, *args: Any) -> Any:
     """Runs a store method in the threadpool (file I/O, PNG coding), mapping its errors."""
     try:
         return await run_in_threadpool(getattr(store, method), *args)
     except UnknownProductError as exc:
-        raise _unknown(exc.product) from None
+        raise unknown_product(exc.product) from None
     except GoldenStoreError as exc:
         raise ApiError(500, "golden_store_error", str(exc)) from None
 
