@@ -34,19 +34,20 @@ from app.records import CSV_COLUMNS
 from pcb_inspect.classes import CLASS_NAMES
 from pcb_inspect.cli import main as cli_main
 from pcb_inspect.synth import make_board as synth_board
-from tests.helpers.app import app_client, assert_error, defect_cut, tiny_settings
+from tests.helpers.app import (
+    ADMIN,
+    INSPECT,
+    REVIEW,
+    ROLE_KEYS,
+    app_client,
+    assert_error,
+    defect_cut,
+    tiny_settings,
+)
 from tests.helpers.boards import board_png, encode
 from tests.helpers.server import REPO_ROOT, ServerProcess, free_port, running_server, server_env
 
 BOARD = board_png(64, 64, seed=1)
-KEYS = [
-    {"name": "station-1", "role": "inspect", "key": "k-inspect"},
-    {"name": "alice", "role": "review", "key": "k-review"},
-    {"name": "boss", "role": "admin", "key": "k-admin"},
-]
-INSPECT = {"x-api-key": "k-inspect"}
-REVIEW = {"x-api-key": "k-review"}
-ADMIN = {"authorization": "Bearer k-admin"}
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +64,7 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def client(tiny_weights: Path, tiny_pair_weights: Path, cut: float,
            data_dir: Path) -> Iterator[TestClient]:
-    with app_client(tiny_weights, pair_weights_path=tiny_pair_weights, api_keys=KEYS,
+    with app_client(tiny_weights, pair_weights_path=tiny_pair_weights, api_keys=ROLE_KEYS,
                     keep_images="all", threshold=cut, data_dir=data_dir) as c:
         yield c
 

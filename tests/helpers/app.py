@@ -19,6 +19,17 @@ from app.core.config import Settings
 from app.main import create_app
 from app.services.state import ServiceState
 
+#: One key per role (``PCB_API_KEYS`` as JSON objects) and the headers that send each, for the
+#: tests of what each role may do.
+ROLE_KEYS = [
+    {"name": "station-1", "role": "inspect", "key": "k-inspect"},
+    {"name": "alice", "role": "review", "key": "k-review"},
+    {"name": "boss", "role": "admin", "key": "k-admin"},
+]
+INSPECT = {"x-api-key": "k-inspect"}
+REVIEW = {"x-api-key": "k-review"}
+ADMIN = {"authorization": "Bearer k-admin"}  # the other way to send a key
+
 
 def tiny_settings(weights: Path, **overrides: Any) -> Settings:
     """Settings for the tiny model on the CPU; ``overrides`` are Settings fields.

@@ -19,17 +19,16 @@ import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
 from app.records import CSV_COLUMNS
-from tests.helpers.app import app_client, assert_error, defect_cut
+from tests.helpers.app import (
+    ADMIN,
+    INSPECT,
+    REVIEW,
+    ROLE_KEYS,
+    app_client,
+    assert_error,
+    defect_cut,
+)
 from tests.helpers.boards import board_png
-
-KEYS = [
-    {"name": "station-1", "role": "inspect", "key": "k-inspect"},
-    {"name": "alice", "role": "review", "key": "k-review"},
-    {"name": "boss", "role": "admin", "key": "k-admin"},
-]
-INSPECT = {"x-api-key": "k-inspect"}
-REVIEW = {"x-api-key": "k-review"}
-ADMIN = {"x-api-key": "k-admin"}
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +40,7 @@ def database(pg_database: Any) -> str:
 @pytest.fixture(scope="module")
 def client(tiny_weights: Path, database: str,
            tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
-    with app_client(tiny_weights, api_keys=KEYS, keep_images="all",
+    with app_client(tiny_weights, api_keys=ROLE_KEYS, keep_images="all",
                     threshold=defect_cut(tiny_weights), database_url=database,
                     data_dir=tmp_path_factory.mktemp("pg_api_data")) as c:
         yield c
