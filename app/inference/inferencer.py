@@ -37,7 +37,7 @@ from app.inference.postprocess import (
     gather_defect_pixels,
 )
 from app.inference.precision import read_cpu_flags, resolve_precision
-from app.inference.tiling import Stitcher, Tile, chunk_tiles, plan_tiles
+from app.inference.tiling import FG_SCALE, Stitcher, Tile, chunk_tiles, plan_tiles
 from pcb_inspect.registration import Alignment
 from pcb_inspect.registration import register as register_pair
 
@@ -272,13 +272,11 @@ class Inferencer:
     def post_process(
         self, stitcher: Stitcher, config: PostprocessConfig, n_tiles: int, timings: dict[str, float]
     ) -> InferenceResult:
-        """Turns the stitched maps into typed defects, summary and class map.
-
-        The stitcher's maps are released once the defect pixels are gathered: on a large board
-        they and the labelling's own maps would otherwise be held at once.
-        """
+        """Turns the stitched maps into typed defects, summary and class map. The maps are
+        released once the defect pixels are gathered, before the labelling's own maps."""
         started = time.perf_counter()
-        pixels = gather_defect_pixels(stitcher.fg, stitcher.cls, stitcher.cls_p, config.threshold)
+        pixels = gather_defect_pixels(stitcher.fg_quantized, stitcher.cls, stitcher.cls_p,
+                                      config.threshold, fg_scale=FG_SCALE)
         stitcher.release()
         result = describe_defects(pixels, self.card.classes, config)
         timings["post_process"] = (time.perf_counter() - started) * 1e3

@@ -96,7 +96,7 @@ class DefectPixels:
     """The defect pixels of one image: where they are, and the maps' values there.
 
     The full-size maps are not needed past this point, so a caller holding a large board's
-    maps (the stitcher: 7 bytes a pixel) can free them before the labelling, which needs
+    maps (the stitcher: 5 bytes a pixel) can free them before the labelling, which needs
     another 6 bytes a pixel for its own maps.
     """
 
@@ -110,12 +110,18 @@ class DefectPixels:
 
 
 def gather_defect_pixels(
-    fg: np.ndarray, cls: np.ndarray, cls_p: np.ndarray | None, threshold: float
+    fg: np.ndarray,
+    cls: np.ndarray,
+    cls_p: np.ndarray | None,
+    threshold: float,
+    fg_scale: int | None = None,
 ) -> DefectPixels:
     """Step 1 of :func:`postprocess`: the defect pixels and the maps' values there.
 
     The maps must have passed :func:`_check_inputs` (as in :func:`postprocess`) or come from
-    the inferencer's stitcher.
+    the inferencer's stitcher. ``fg_scale``: ``fg`` is integer, P(defect) x ``fg_scale`` (the
+    stitcher's :attr:`~app.inference.tiling.Stitcher.fg_quantized`); its values at the defect
+    pixels come back as float32 probabilities.
 
     Raises:
         ValueError: ``cls_p`` is outside ``(0, 1]`` on a defect pixel.
@@ -124,8 +130,14 @@ def gather_defect_pixels(
     # would make a pixel whose confidence "equals" the threshold miss it. ``fg > 0`` is folded
     # into the threshold (the smallest positive float32 at the least), and ``cls > 0`` is
     # and-ed in place: a large board holds one boolean map here, not two (64 MB at 8000 px).
-    cut = max(np.float32(threshold), np.nextafter(np.float32(0), np.float32(1)))
-    mask = np.greater_equal(fg, cut)
+    if fg_scale is None:
+        cut = max(np.float32(threshold), np.nextafter(np.float32(0), np.float32(1)))
+        mask = np.greater_equal(fg, cut)
+    else:
+        # The threshold quantized as the values were: rounding keeps order, so every pixel at
+        # or above the threshold is kept (one whose P(defect) "equals" it included); a pixel
+        # within half a step (7.6e-6) below it may join them. q >= 1 stands for fg > 0.
+        mask = np.greater_equal(fg, max(1, round(float(np.float32(threshold)) * fg_scale)))
     np.logical_and(mask, cls, out=mask)
     pix_p = None
     if cls_p is not None:
@@ -137,7 +149,10 @@ def gather_defect_pixels(
                     "cls_p must be in (0, 1] on defect pixels (it is P(cls | defect) >= 1/K). "
                     f"Received: cls_p values in [{lo}, {hi}] on defect pixels"
                 )
-    return DefectPixels(mask, fg[mask], cls[mask].astype(np.uint8, copy=False), pix_p)
+    pix_fg = fg[mask]
+    if fg_scale is not None:
+        pix_fg = pix_fg.astype(np.float32) / np.float32(fg_scale)
+    return DefectPixels(mask, pix_fg, cls[mask].astype(np.uint8, copy=False), pix_p)
 
 
 def describe_defects(

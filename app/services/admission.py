@@ -17,8 +17,9 @@ import dataclasses
 from collections.abc import Iterator
 
 #: Bytes of memory a board pixel costs while the board is in flight (decoded board 1, stitched
-#: maps 7; once those are freed, defect mask and labels 6 and the class map 1), rounded up from
-#: the 10.3 B measured on an 8000 x 8000 board (``python -m bench.big_board``).
+#: maps 5; once those are freed, defect mask and labels 6 and the class map 1), rounded up from
+#: the 9.9 B measured on an 8000 x 8000 board (``python -m bench.big_board``; a pair board,
+#: counted twice: 11.7 B per board pixel with ``--mode pair``). Kept at 12 for headroom.
 BYTES_PER_PIXEL = 12
 
 #: Memory of the service before any board: TensorFlow, both models and the activations of the

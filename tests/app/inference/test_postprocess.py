@@ -14,8 +14,15 @@ import pytest
 from PIL import Image
 
 from app.inference.encoding import decode_rle, encode_mask_png, encode_rle
-from app.inference.postprocess import Defect, PostprocessConfig, Summary, postprocess
-from app.inference.tiling import Stitcher, extract_tiles, plan_tiles
+from app.inference.postprocess import (
+    Defect,
+    PostprocessConfig,
+    Summary,
+    describe_defects,
+    gather_defect_pixels,
+    postprocess,
+)
+from app.inference.tiling import FG_SCALE, Stitcher, extract_tiles, plan_tiles
 from pcb_inspect.classes import CLASS_NAMES
 
 # The model's order; pcb_inspect.classes imports no TensorFlow, so neither do these tests.
@@ -546,3 +553,32 @@ def test_min_confidence_drops_less_confident_defects_after_merging():
 def test_min_confidence_out_of_range_is_rejected():
     with pytest.raises(ValueError, match=r"min_confidence must be in \[0, 1\]. Received"):
         PostprocessConfig(threshold=0.5, min_area_px=0, pixels_per_mm=48.0, min_confidence=1.5)
+
+
+@pytest.mark.parametrize("threshold", [0.3, 0.5, 0.7, 1.0])
+def test_quantized_p_defect_gives_the_float_maps_defects(threshold: float) -> None:
+    # What the inferencer does (the stitcher's uint16 map) against the float map it stands
+    # for: the same defect pixels (0.7 sits exactly on the threshold for 200 of them), their
+    # P(defect) within half a quantization step, and so the same defects, boxes, classes and
+    # confidences to the reported 4 decimals. (At threshold 0 a P(defect) under half a step,
+    # 7.6e-6, reads as 0 and is no defect.)
+    rng = np.random.default_rng(3)
+    fg = rng.random((96, 128), dtype=np.float32) ** 3
+    fg[10:20, 10:30] = 0.7  # exactly at one of the thresholds
+    fg[40:60, 50:90] = np.float32(0.5) + rng.random((20, 40), dtype=np.float32) / 2
+    cls = rng.integers(1, len(NAMES) + 1, fg.shape).astype(np.uint8)
+    cls_p = np.full(fg.shape, 0.9, dtype=np.float16)
+    (tile,) = plan_tiles(96, 128, 128, 0)
+    stitcher = Stitcher(96, 128)
+    stitcher.add(tile, np.pad(fg, ((0, 32), (0, 0))), np.pad(cls, ((0, 32), (0, 0))),
+                 np.pad(cls_p, ((0, 32), (0, 0)), constant_values=1))
+    exact = gather_defect_pixels(fg, cls, cls_p, threshold)
+    quantized = gather_defect_pixels(stitcher.fg_quantized, stitcher.cls, stitcher.cls_p,
+                                     threshold, fg_scale=FG_SCALE)
+    np.testing.assert_array_equal(quantized.mask, exact.mask)
+    np.testing.assert_allclose(quantized.fg, exact.fg, rtol=0, atol=0.5 / FG_SCALE)
+    cfg = config(threshold=threshold, min_area_px=4)
+    a = describe_defects(exact, NAMES, cfg)
+    b = describe_defects(quantized, NAMES, cfg)
+    assert [(d.bbox, d.class_name, round(d.confidence, 4)) for d in b.defects] == [
+        (d.bbox, d.class_name, round(d.confidence, 4)) for d in a.defects]

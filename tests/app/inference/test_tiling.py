@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from app.inference.postprocess import PostprocessConfig, postprocess
-from app.inference.tiling import Stitcher, Tile, extract_tiles, plan_tiles
+from app.inference.tiling import FG_SCALE, Stitcher, Tile, extract_tiles, plan_tiles
 
 NAMES = ("open", "short", "mousebite", "spur", "spurious_copper", "pin_hole")
 
@@ -269,6 +269,20 @@ def test_stitcher_rejects_bad_tiles() -> None:
 
 def test_release_frees_the_maps() -> None:
     stitcher = Stitcher(300, 200)
-    assert stitcher.fg.nbytes + stitcher.cls.nbytes + stitcher.cls_p.nbytes == 7 * 300 * 200
+    kept = stitcher.fg_quantized.nbytes + stitcher.cls.nbytes + stitcher.cls_p.nbytes
+    assert kept == 5 * 300 * 200
     stitcher.release()
-    assert stitcher.fg.size == stitcher.cls.size == stitcher.cls_p.size == 0
+    assert stitcher.fg_quantized.size == stitcher.cls.size == stitcher.cls_p.size == 0
+
+
+def test_p_defect_is_kept_in_steps_of_one_over_fg_scale() -> None:
+    # One 4 x 4 tile owning the whole image: what goes in comes back within half a step.
+    (tile,) = plan_tiles(4, 4, 4, 0)
+    values = np.array([[0.0, 1e-6, 0.25, 1 / 3], [0.5, 0.7, 0.999999, 1.0],
+                       [np.nan, -0.5, 1.5, 2 / 255], [0.1, 0.2, 0.3, 0.4]], dtype=np.float32)
+    stitcher = Stitcher(4, 4)
+    stitcher.add(tile, values, np.ones((4, 4), np.uint8), np.ones((4, 4), np.float16))
+    assert stitcher.fg_quantized.dtype == np.uint16
+    want = np.nan_to_num(np.clip(values, 0, 1), nan=0.0)  # NaN reads as 0; outside [0, 1] clips
+    np.testing.assert_allclose(stitcher.fg, want, rtol=0, atol=0.5 / FG_SCALE)
+    assert stitcher.fg[2, 3] == np.float32(2 / 255)  # k / 255 exactly: 65535 = 255 x 257
