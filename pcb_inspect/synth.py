@@ -219,6 +219,19 @@ def plain_board(height: int, width: int, seed: int = 0) -> np.ndarray:
     return np.ascontiguousarray(board[:height, :width])
 
 
+def moved(image: np.ndarray, dx: float, dy: float, degrees: float) -> np.ndarray:
+    """``image`` moved as a scanner would place it: ``moved(M @ p) = image(p)``, with M the
+    rotation by ``degrees`` about the origin plus the shift ``(dx, dy)``; edges replicated.
+
+    What registration must undo: for a template moved so, it reports ``(dx, dy, degrees)``.
+    """
+    c, s = math.cos(math.radians(degrees)), math.sin(math.radians(degrees))
+    matrix = np.array([[c, -s, dx], [s, c, dy]], dtype=np.float32)
+    h, w = image.shape
+    return cv2.warpAffine(image, matrix, (w, h), flags=cv2.INTER_LINEAR,
+                          borderMode=cv2.BORDER_REPLICATE)
+
+
 def encode(image: np.ndarray | Image.Image, fmt: str = "PNG", **kwargs: object) -> bytes:
     """Encodes an array or a Pillow image as an image file in memory, with Pillow.
 

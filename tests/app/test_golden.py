@@ -15,7 +15,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
@@ -24,7 +23,7 @@ from PIL import Image
 from app.core.config import Settings
 from app.inference.inferencer import ModelLoadError
 from app.main import create_app
-from pcb_inspect.synth import make_board
+from pcb_inspect.synth import make_board, moved
 from tests.helpers.app import app_client, assert_error, png_array, tiny_settings
 from tests.helpers.boards import encode
 
@@ -33,12 +32,6 @@ BOARD = make_board(seed=1, size=SIDE)
 IMAGE = encode(BOARD.image)
 TEMPLATE = encode(BOARD.template)
 OTHER_TEMPLATE = encode(make_board(seed=11, size=SIDE).template)  # another design
-
-
-def shifted(pixels: np.ndarray, dx: float, dy: float) -> np.ndarray:
-    """``pixels`` moved by (dx, dy) (right and down positive), edges replicated."""
-    matrix = np.float32([[1, 0, dx], [0, 1, dy]])
-    return cv2.warpAffine(pixels, matrix, pixels.shape[::-1], borderMode=cv2.BORDER_REPLICATE)
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +97,7 @@ def test_without_a_reference_the_single_model_answers(client: TestClient) -> Non
 
 
 def test_a_shifted_template_reports_the_shift(client: TestClient) -> None:
-    template = encode(shifted(BOARD.template, 5, -3))
+    template = encode(moved(BOARD.template, 5, -3, 0.0))
     alignment = ok(predict(client, template=template))["reference"]["alignment"]
     # The reference sits 5 px right and 3 px up of the board.
     assert alignment["dx"] == pytest.approx(5, abs=0.6)
@@ -176,7 +169,7 @@ def test_golden_board_lifecycle(client: TestClient) -> None:
     assert hashlib.sha256(png.content).hexdigest() == meta["sha256"]
     np.testing.assert_array_equal(png_array(png.content), BOARD.template)
 
-    replaced = put_board(client, "crud-1", encode(shifted(BOARD.template, 2, 0)))
+    replaced = put_board(client, "crud-1", encode(moved(BOARD.template, 2, 0, 0.0)))
     assert replaced.status_code == 200, replaced.text
     assert replaced.json()["sha256"] != meta["sha256"]
     assert ok(client.get("/v1/golden-boards/crud-1"))["sha256"] == replaced.json()["sha256"]
@@ -254,7 +247,7 @@ def test_predict_with_product(client: TestClient) -> None:
 def test_predict_sees_a_replaced_golden_board(client: TestClient) -> None:
     put_board(client, "swap-1")
     first = ok(predict(client, params={"product": "swap-1"}))["reference"]["alignment"]
-    put_board(client, "swap-1", encode(shifted(BOARD.template, 4, 0)))
+    put_board(client, "swap-1", encode(moved(BOARD.template, 4, 0, 0.0)))
     second = ok(predict(client, params={"product": "swap-1"}))["reference"]["alignment"]
     assert abs(first["dx"]) < 0.5 and second["dx"] == pytest.approx(4, abs=0.6)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import subprocess
 import sys
 from pathlib import Path
@@ -19,16 +18,7 @@ from pcb_inspect.registration import (
     register,
     warp_reference,
 )
-from pcb_inspect.synth import make_board
-
-
-def moved(image: np.ndarray, dx: float, dy: float, degrees: float) -> np.ndarray:
-    """``image`` moved so that ``moved(M @ p) = image(p)`` with M = rotation + (dx, dy)."""
-    c, s = math.cos(math.radians(degrees)), math.sin(math.radians(degrees))
-    matrix = np.array([[c, -s, dx], [s, c, dy]], dtype=np.float32)
-    h, w = image.shape
-    return cv2.warpAffine(image, matrix, (w, h), flags=cv2.INTER_LINEAR,
-                          borderMode=cv2.BORDER_REPLICATE)
+from pcb_inspect.synth import make_board, moved
 
 
 @pytest.fixture(scope="module")
@@ -165,8 +155,8 @@ _MEMORY_PROBE = """
 import sys
 from pathlib import Path
 from pcb_inspect.registration import register
-from pcb_inspect.synth import make_board
-from tests.pcb_inspect.test_registration import moved
+from pcb_inspect.synth import make_board, moved
+from pcb_inspect.synth import moved
 
 board = make_board(seed=3, size=4000, jpeg_quality=90)
 reference = moved(board.template, 7.5, -4.25, 0.4)

@@ -1,0 +1,61 @@
+"""Registration of a golden board on large boards: accuracy, time and memory.
+
+    python -m bench.registration --sizes 2000 4000 8000
+
+For each size, a synthetic board (``pcb_inspect.synth``) and its template moved by known
+translations and rotations; ``register`` must recover them. Prints one JSON line per size: the
+largest translation and rotation error over the motions, the median seconds a pair, and the
+peak resident memory above the two images (``/proc/self/clear_refs`` resets the peak after the
+boards are drawn). Boards over ``REFINE_MAX_PIXELS`` are refined on a grid of that many pixels.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+
+from bench.common import memory_mb
+from pcb_inspect.registration import REFINE_MAX_PIXELS, register
+from pcb_inspect.synth import make_board, moved
+
+#: ``(dx, dy, degrees)``: the motions the template is moved by.
+MOTIONS = [(3.3, -2.7, 0.0), (-12.5, 8.25, 0.6), (10.0, -7.0, -1.0), (0.4, 0.2, 0.1)]
+
+
+def measure(size: int) -> dict[str, float | int]:
+    """Registers the ``size`` px board against its template under every motion."""
+    board = make_board(seed=3, size=size, jpeg_quality=90)
+    references = [moved(board.template, *motion) for motion in MOTIONS]
+    before = memory_mb(os.getpid())
+    Path("/proc/self/clear_refs").write_text("5")
+    shift_err, angle_err, times = 0.0, 0.0, []
+    for (dx, dy, degrees), reference in zip(MOTIONS, references, strict=True):
+        started = time.perf_counter()
+        _, alignment = register(board.image, reference)
+        times.append(time.perf_counter() - started)
+        shift_err = max(shift_err, abs(alignment.dx - dx), abs(alignment.dy - dy))
+        angle_err = max(angle_err, abs(alignment.rotation_deg - degrees))
+    return {
+        "size": size, "refined_on_mpx": round(min(size * size, REFINE_MAX_PIXELS) / 2**20, 2),
+        "max_shift_error_px": round(shift_err, 4), "max_rotation_error_deg": round(angle_err, 5),
+        "median_s": round(statistics.median(times), 2),
+        "peak_mb_above_images": round(memory_mb(os.getpid(), "VmHWM") - before, 1),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Prints one JSON line per size."""
+    p = argparse.ArgumentParser(prog="python -m bench.registration", description=__doc__)
+    p.add_argument("--sizes", type=int, nargs="+", default=[2000, 4000, 8000])
+    args = p.parse_args(argv)
+    for size in args.sizes:
+        print(json.dumps(measure(size)), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
