@@ -175,10 +175,11 @@ class Settings(BaseSettings):
         return AUTO_BATCH_CAP if self.max_batch_size == "auto" else self.max_batch_size
 
     def concurrency_for(self, device: str) -> int:
-        """Model calls at once on ``device``: the setting, or 2 on a CPU and 1 on a GPU."""
+        """Model calls at once on ``device``: the setting, or with ``auto`` one call a tile of
+        :data:`AUTO_CPU_TILES_IN_FLIGHT` on a CPU (2) and a single call on a GPU."""
         if self.model_concurrency != "auto":
             return self.model_concurrency
-        return 1 if device == "gpu" else 2
+        return 1 if device == "gpu" else AUTO_CPU_TILES_IN_FLIGHT
 
     def auto_batch_cap(self, device: str) -> int:
         """The largest batch ``PCB_MAX_BATCH_SIZE=auto`` may choose on ``device``.

@@ -24,7 +24,7 @@ import numpy as np
 #: the k/255 values of an 8-bit map are kept exactly.
 FG_SCALE = 65535
 
-__all__ = ["Stitcher", "Tile", "extract_tiles", "plan_tiles"]
+__all__ = ["FG_SCALE", "Stitcher", "Tile", "chunk_tiles", "extract_tiles", "plan_tiles"]
 
 
 @dataclass(frozen=True)

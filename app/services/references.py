@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from starlette.concurrency import run_in_threadpool
@@ -44,13 +44,23 @@ def check_product_param(product: str | None) -> None:
         raise ApiError(422, "invalid_product", f"?product=: {exc}") from None
 
 
-def unknown_product(product: str) -> ApiError:
-    """The one 404 for a product with no golden board, for inspections and the golden routes."""
-    return ApiError(
-        404, "unknown_product",
-        f"No golden board is stored for product {product!r}; register one with "
-        f"PUT /v1/golden-boards/{product} or list them with GET /v1/golden-boards.",
-    )
+async def call_store(store: GoldenStore, method: str, *args: Any) -> Any:
+    """Runs a golden-store method in the threadpool (file I/O, PNG coding), mapping its errors
+    the one way for inspections and the golden-board routes.
+
+    Raises:
+        ApiError: 404 ``unknown_product``, 500 ``golden_store_error``.
+    """
+    try:
+        return await run_in_threadpool(getattr(store, method), *args)
+    except UnknownProductError as exc:
+        raise ApiError(
+            404, "unknown_product",
+            f"No golden board is stored for product {exc.product!r}; register one with "
+            f"PUT /v1/golden-boards/{exc.product} or list them with GET /v1/golden-boards.",
+        ) from None
+    except GoldenStoreError as exc:
+        raise ApiError(500, "golden_store_error", str(exc)) from None
 
 
 async def stored_reference(store: GoldenStore, product: str) -> Reference:
@@ -59,12 +69,7 @@ async def stored_reference(store: GoldenStore, product: str) -> Reference:
     Raises:
         ApiError: 404 ``unknown_product``, 500 ``golden_store_error``.
     """
-    try:
-        board, pixels = await run_in_threadpool(store.pixels, product)
-    except UnknownProductError:
-        raise unknown_product(product) from None
-    except GoldenStoreError as exc:
-        raise ApiError(500, "golden_store_error", str(exc)) from None
+    board, pixels = await call_store(store, "pixels", product)
     return Reference("product", product, board.sha256, pixels)
 
 

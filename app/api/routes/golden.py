@@ -5,11 +5,8 @@ Thin routes over :class:`app.services.golden_store.GoldenStore`, which does the 
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
-from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import AdminAuth, AuthDep, SettingsDep, StoreDep
 from app.api.openapi import BINARY, error_responses, upload_doc
@@ -17,13 +14,10 @@ from app.api.schemas import GoldenBoardListOut, GoldenBoardOut
 from app.core.errors import ApiError
 from app.services.golden_store import (
     GoldenBoard,
-    GoldenStore,
-    GoldenStoreError,
     InvalidProductError,
-    UnknownProductError,
     check_product,
 )
-from app.services.references import unknown_product
+from app.services.references import call_store
 from app.services.uploads import decode_or_error, read_uploads
 
 router = APIRouter(prefix="/v1/golden-boards", tags=["golden boards"], dependencies=[AuthDep])
@@ -38,16 +32,6 @@ def _product(product: str) -> str:
         return check_product(product)
     except InvalidProductError as exc:
         raise ApiError(422, "invalid_product", str(exc)) from None
-
-
-async def _call(store: GoldenStore, method: str, *args: Any) -> Any:
-    """Runs a store method in the threadpool (file I/O, PNG coding), mapping its errors."""
-    try:
-        return await run_in_threadpool(getattr(store, method), *args)
-    except UnknownProductError as exc:
-        raise unknown_product(exc.product) from None
-    except GoldenStoreError as exc:
-        raise ApiError(500, "golden_store_error", str(exc)) from None
 
 
 def _out(board: GoldenBoard) -> GoldenBoardOut:
@@ -83,7 +67,7 @@ async def put_golden_board(
             f"A product has one golden board; received {len(uploads)} images in field 'file'.",
         )
     decoded = await decode_or_error(uploads[0], settings)
-    board, created = await _call(store, "put", product, decoded.pixels)
+    board, created = await call_store(store, "put", product, decoded.pixels)
     response.status_code = 201 if created else 200
     return _out(board)
 
@@ -96,7 +80,7 @@ async def put_golden_board(
 )
 async def list_golden_boards(store: StoreDep) -> GoldenBoardListOut:
     """Every stored golden board: product, size, sha256 of its PNG, when it was stored."""
-    boards = await _call(store, "list_boards")
+    boards = await call_store(store, "list_boards")
     return GoldenBoardListOut(count=len(boards), boards=[_out(b) for b in boards])
 
 
@@ -115,9 +99,9 @@ async def get_golden_board(
     product = _product(product)
     accept = request.headers.get("accept", "").lower()
     if "image/png" in accept and "application/json" not in accept:
-        board, png = await _call(store, "png", product)
+        board, png = await call_store(store, "png", product)
         return Response(png, media_type="image/png", headers={"ETag": f'"{board.sha256}"'})
-    return _out(await _call(store, "get", product))
+    return _out(await call_store(store, "get", product))
 
 
 @router.delete(
@@ -131,5 +115,5 @@ async def get_golden_board(
 async def delete_golden_board(product: str, store: StoreDep) -> Response:
     """Removes ``product``'s golden board; inspections with ``?product=`` then get 404."""
     product = _product(product)
-    await _call(store, "delete", product)
+    await call_store(store, "delete", product)
     return Response(status_code=204)
