@@ -25,6 +25,7 @@ Prints a JSON line per decoder and a comparison line, and writes them to
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -34,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from app.inference.forward import timed_calls
 from bench.common import ROOT, machine, median
 
 RESULTS = ROOT / "bench" / "results" / "decoder.jsonl"
@@ -45,6 +47,11 @@ TRAIN_CROP = 256
 TRAIN_BATCH = 4
 TRAIN_WARMUP = 2
 TRAIN_STEPS = 5
+
+
+def _to_numpy(fn: Any, x: Any) -> Any:
+    """``fn(x)`` brought to numpy, so the time includes the graph's whole run."""
+    return fn(x).numpy()
 
 
 def forward_gflops(model: Any, size: int) -> float:
@@ -79,19 +86,9 @@ def tf_part() -> list[dict[str, Any]]:
         keras.utils.set_random_seed(0)
         model = build_model(encoder_depth=ENCODER_DEPTH, decoder_reduction=reduction)
         gflops = forward_gflops(model, FORWARD_SIZE)
-        model(x)
-        eager = []
-        for _ in range(FORWARD_REPEATS):
-            started = time.perf_counter()
-            model(x)
-            eager.append(time.perf_counter() - started)
+        eager = timed_calls(functools.partial(model, x), FORWARD_REPEATS)
         graph_fn = tf.function(lambda t, m=model: m(t, training=False))
-        graph_fn(x).numpy()
-        graph = []
-        for _ in range(FORWARD_REPEATS):
-            started = time.perf_counter()
-            graph_fn(x).numpy()
-            graph.append(time.perf_counter() - started)
+        graph = timed_calls(functools.partial(_to_numpy, graph_fn, x), FORWARD_REPEATS)
         rows.append({
             "decoder": name, "decoder_reduction": reduction, "encoder_depth": ENCODER_DEPTH,
             "mode": "single", "parameters": int(model.count_params()),

@@ -9,10 +9,10 @@ Builds the model with the ResNet50 encoder cut after stage 4 (shipped) and after
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +23,7 @@ def main() -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
 
+    from app.inference.forward import timed_calls
     from model_defs import build_model
 
     x = np.full((1, 640, 640, 1), 255, dtype="float32")
@@ -31,12 +32,7 @@ def main() -> int:
         for policy in ("float32", "bfloat16"):
             keras.mixed_precision.set_global_policy(policy)
             model = build_model(encoder_depth=depth)
-            model(x)
-            times = []
-            for _ in range(5):
-                started = time.perf_counter()
-                model(x)
-                times.append(time.perf_counter() - started)
+            times = timed_calls(functools.partial(model, x), 5)
             size = None
             if policy == "float32":
                 with tempfile.TemporaryDirectory() as tmp:

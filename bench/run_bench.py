@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import os
 import sys
@@ -60,6 +61,7 @@ def model_gflops(model: Any, size: int) -> float:
 def raw_throughput(weights: Path, precision: str, batches: list[int], reps: int,
                    gflops: float, peak: float) -> list[dict[str, Any]]:
     """Images per second of the bare model function at 640 x 640, per batch size."""
+    from app.inference.forward import timed_calls
     from app.inference.inferencer import Inferencer
 
     # Everything passed in: no PCB_* variable of the shell reaches the measurement.
@@ -68,13 +70,7 @@ def raw_throughput(weights: Path, precision: str, batches: list[int], reps: int,
     rows = []
     for b in batches:
         x = np.full((b, tile, tile, 1), 255, dtype=np.uint8)
-        inf.forward(x)
-        times = []
-        for _ in range(reps):
-            started = time.perf_counter()
-            inf.forward(x)
-            times.append(time.perf_counter() - started)
-        t = median(times)
+        t = median(timed_calls(functools.partial(inf.forward, x), reps))
         rows.append({
             "precision": precision, "batch": b, "median_s": round(t, 4),
             "images_per_s": round(b / t, 3),

@@ -6,6 +6,7 @@ measurement that picks the batch size on the machine at hand.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from typing import Any
@@ -55,11 +56,17 @@ def seconds_per_tile(
     per_tile: dict[int, float] = {}
     for n in (1 << k for k in range(cap.bit_length()) if 1 << k <= cap):
         tiles = np.full((n, tile, tile, channels), 255, dtype=np.uint8)
-        forward(tiles)
-        runs = []
-        for _ in range(2):
-            started = time.perf_counter()
-            forward(tiles)
-            runs.append(time.perf_counter() - started)
-        per_tile[n] = min(runs) / n
+        per_tile[n] = min(timed_calls(functools.partial(forward, tiles), 2)) / n
     return per_tile
+
+
+def timed_calls(call: Callable[[], object], reps: int) -> list[float]:
+    """Seconds of each of ``reps`` calls of ``call``, after one untimed call (which traces the
+    graph or lets oneDNN plan the shape), for the warm-up's batch choice and the benchmarks."""
+    call()
+    times = []
+    for _ in range(reps):
+        started = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - started)
+    return times
