@@ -49,6 +49,14 @@ TagsParam = Annotated[
           "(at most 32, each 1-128 characters; also the form field 'tags')."),
 ]
 
+UnitSerialsParam = Annotated[
+    list[str] | None,
+    Query(description="One serial per board of the panel, in position order: repeat the "
+          "parameter or separate with commas (at most 256; also the form field "
+          "'unit_serials'). Without it the boards are named serial-position, e.g. SER123-2. "
+          "/predict only: a batch's panels cannot share serials."),
+]
+
 
 def get_meta(
     product: ProductParam = None,
@@ -56,9 +64,10 @@ def get_meta(
     line: LineParam = None,
     station: StationParam = None,
     tags: TagsParam = None,
+    unit_serials: UnitSerialsParam = None,
 ) -> BoardMeta:
     """The board metadata of a request's query (422 ``invalid_metadata`` for a bad value)."""
-    return query_meta(serial, line, station, product, tags)
+    return query_meta(serial, line, station, product, tags, unit_serials)
 
 
 MetaDep = Annotated[BoardMeta, Depends(get_meta)]

@@ -23,6 +23,7 @@ from app.inference.encoding import encode_mask_png, encode_rle
 from app.records import Inspection as InspectionRecordOut
 from app.records import Review
 from app.services.inspection import BatchItem, Inspection
+from app.services.recipes import ProductRules, Unit, Zone
 
 MaskEncoding = Literal["png", "rle", "none"]
 
@@ -101,6 +102,39 @@ class MaskOut(BaseModel):
     )
 
 
+class UnitOut(BaseModel):
+    """One board of the panel (the whole image without a recipe's units)."""
+
+    position: int = Field(description="Its position number in the panel (1 without units).")
+    identifier: str | None = Field(
+        description="Its unit_serials entry, else serial-position (e.g. SER123-2), else the "
+        "serial for a board without units; null without either."
+    )
+    verdict: Literal["pass", "fail"] = Field(
+        description="The fail rule applied to the defects whose centroid it holds."
+    )
+    defect_ids: list[int] = Field(description="Ids of its defects (in 'defects').")
+    bbox: list[int] = Field(description="[x_min, y_min, x_max, y_max], panel pixels, max "
+                            "exclusive.")
+
+
+class IgnoredOut(DefectOut):
+    """A defect the recipe set aside: it counts in no verdict."""
+
+    zone: str | None = Field(description="The zone that set it aside; null: the product's "
+                             "own rule (outside every zone).")
+    reason: Literal["zone", "class", "min_area_px", "min_confidence"] = Field(
+        description="'zone': an ignore zone; 'class': its zone ignores the class; "
+        "'min_area_px'/'min_confidence': below its zone's (or the product's) rule."
+    )
+
+
+class RecipeRefOut(BaseModel):
+    product: str
+    revision: int
+    sha256: str = Field(description="sha256 of the revision's canonical JSON.")
+
+
 class PredictionOut(BaseModel):
     inspection_id: str | None = Field(
         None,
@@ -121,6 +155,18 @@ class PredictionOut(BaseModel):
     )
     reference: ReferenceOut | None = Field(
         None, description="The golden board the board was compared with; null without one."
+    )
+    units: list[UnitOut] = Field(
+        default_factory=list,
+        description="A verdict per board of the panel, by position (the recipe's units; "
+        "without any, one unit: the whole image).",
+    )
+    ignored: list[IgnoredOut] = Field(
+        default_factory=list,
+        description="Defects the recipe's zones set aside: listed for audit, in no verdict.",
+    )
+    recipe: RecipeRefOut | None = Field(
+        None, description="The recipe revision applied (?product= with a recipe); else null."
     )
 
     @classmethod
@@ -169,6 +215,22 @@ class PredictionOut(BaseModel):
                 product=reference.product,
                 sha256=reference.sha256,
                 alignment=AlignmentOut(**result.alignment.as_dict()),
+            ),
+            units=[UnitOut(position=u.position, identifier=u.identifier, verdict=u.verdict,
+                           defect_ids=u.defect_ids, bbox=list(u.bbox))
+                   for u in inspection.units],
+            ignored=[
+                IgnoredOut(
+                    id=i.defect.id, class_=i.defect.class_name, confidence=i.defect.confidence,
+                    bbox=list(i.defect.bbox), area_px=i.defect.area_px,
+                    area_mm2=i.defect.area_mm2, centroid=list(i.defect.centroid),
+                    zone=i.zone, reason=i.reason,
+                )
+                for i in inspection.ignored
+            ],
+            recipe=None if inspection.recipe is None else RecipeRefOut(
+                product=inspection.recipe.product, revision=inspection.recipe.revision,
+                sha256=inspection.recipe.sha256,
             ),
         )
 
@@ -274,3 +336,37 @@ class InspectionDetailOut(InspectionRecordOut):
     reviews: list[Review] = Field(
         description="Every distinct review of the board, oldest first; the last is current."
     )
+
+
+class RecipeGoldenOut(BaseModel):
+    sha256: str = Field(description="sha256 of the golden board's PNG the recipe was drawn on.")
+    width: int
+    height: int
+
+
+class RecipeOut(BaseModel):
+    """One revision of a product's recipe."""
+
+    product: str
+    revision: int = Field(description="1 for the first; every change adds one.")
+    sha256: str = Field(description="sha256 of the canonical JSON of the content (product, "
+                        "golden_board, units, zones, rules).")
+    created: str = Field(description="When this revision was stored (ISO 8601, UTC).")
+    author: str = Field(description="The name of the API key that stored it.")
+    golden_board: RecipeGoldenOut
+    units: list[Unit]
+    zones: list[Zone]
+    rules: ProductRules
+
+
+class RecipeRevisionOut(BaseModel):
+    revision: int
+    sha256: str
+    created: str
+    author: str
+
+
+class RecipeRevisionListOut(BaseModel):
+    product: str
+    count: int
+    revisions: list[RecipeRevisionOut] = Field(description="Oldest first; the last is current.")

@@ -39,6 +39,7 @@ __all__ = [
     "describe_defects",
     "gather_defect_pixels",
     "postprocess",
+    "summarize",
 ]
 
 # The class map is stored as uint8 (and written as an 8-bit PNG), so class ids must fit in it.
@@ -163,7 +164,7 @@ def describe_defects(
     defect_px = pixels.mask
     height, width = defect_px.shape
     if not pixels.fg.size:
-        summary = _summarize([], names, height * width, config)
+        summary = summarize([], names, height * width, config)
         return PostprocessResult(
             class_map=np.zeros((height, width), dtype=np.uint8), defects=[], summary=summary
         )
@@ -253,14 +254,15 @@ def describe_defects(
 
     found.sort(key=lambda item: item[0])
     defects = [Defect(id=i, **fields) for i, (_, fields) in enumerate(found, start=1)]
-    summary = _summarize(defects, names, height * width, config)
+    summary = summarize(defects, names, height * width, config)
     return PostprocessResult(class_map=class_map, defects=defects, summary=summary)
 
 
-def _summarize(
+def summarize(
     defects: list[Defect], names: tuple[str, ...], n_pixels: int, config: PostprocessConfig
 ) -> Summary:
-    """Totals, per-class counts and the verdict for a list of defects."""
+    """Totals, per-class counts and the verdict for a list of defects (of one board, or of one
+    board of a panel: ``n_pixels`` is the area the ratio is taken over)."""
     area_px = sum(d.area_px for d in defects)
     area_mm2 = round(area_px / config.pixels_per_mm**2, 6)
     by_class = dict.fromkeys(names, 0)

@@ -102,6 +102,9 @@ class InspectionRow(Base):
     defect_count: Mapped[int] = mapped_column(Integer, nullable=False)
     defects: Mapped[list[dict[str, Any]]] = mapped_column(JSONType, nullable=False)
     reference: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    recipe: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    units: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONType)
+    ignored: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONType)
     reviewed: Mapped[bool] = mapped_column(Boolean, nullable=False)
     #: The current review (the latest distinct one); no foreign key, which would make the two
     #: tables reference each other and need deferred constraints to insert.

@@ -30,9 +30,11 @@ __all__ = [
     "DefectRecord",
     "Inspection",
     "InspectionFilter",
+    "IgnoredRecord",
     "InspectionRecord",
     "MissedDefect",
     "Page",
+    "RecipeRef",
     "Reference",
     "Review",
     "ReviewBody",
@@ -40,6 +42,7 @@ __all__ = [
     "Rules",
     "Stats",
     "TimeBucket",
+    "UnitRecord",
     "Verdict",
     "utcnow",
 ]
@@ -109,6 +112,31 @@ class Reference(_Model):
     alignment: dict[str, Any] | None = None
 
 
+class RecipeRef(_Model):
+    """The product recipe revision a board was judged by."""
+
+    product: str = Field(max_length=128)
+    revision: int = Field(ge=1)
+    sha256: str = Field(pattern=_SHA256)
+
+
+class UnitRecord(_Model):
+    """One board of a panel and its verdict."""
+
+    position: int = Field(ge=1)
+    identifier: str | None = Field(None, max_length=128)
+    verdict: Verdict
+    defect_ids: list[int] = Field(default_factory=list)
+    bbox: Box
+
+
+class IgnoredRecord(DefectRecord):
+    """A defect the recipe set aside (in no verdict), and the zone and rule that did."""
+
+    zone: str | None = None
+    reason: Literal["zone", "class", "min_area_px", "min_confidence"]
+
+
 class InspectionRecord(_Model):
     """What is recorded for one inspected board (single or batch item).
 
@@ -137,6 +165,13 @@ class InspectionRecord(_Model):
     verdict: Verdict
     defects: list[DefectRecord] = Field(default_factory=list)
     reference: Reference | None = None
+    #: The recipe revision applied; ``None``: none (no ``?product=``, or no recipe).
+    recipe: RecipeRef | None = None
+    #: The boards of the panel with their verdicts (one without a recipe's units); ``None``
+    #: for records made before units existed.
+    units: list[UnitRecord] | None = None
+    #: The defects the recipe's zones set aside; ``None`` as ``units``.
+    ignored: list[IgnoredRecord] | None = None
 
     @field_validator("id")
     @classmethod

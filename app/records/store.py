@@ -336,6 +336,10 @@ def _row_values(r: InspectionRecord) -> dict[str, Any]:
         "verdict": r.verdict, "defect_count": len(r.defects),
         "defects": [d.model_dump(mode="json", by_alias=True) for d in r.defects],
         "reference": None if r.reference is None else r.reference.model_dump(mode="json"),
+        "recipe": None if r.recipe is None else r.recipe.model_dump(mode="json"),
+        "units": None if r.units is None else [u.model_dump(mode="json") for u in r.units],
+        "ignored": None if r.ignored is None else [
+            i.model_dump(mode="json", by_alias=True) for i in r.ignored],
         "reviewed": False, "review_id": None,
     }
 

@@ -13,10 +13,12 @@ from collections.abc import Mapping, Sequence
 from app.core.errors import ApiError
 
 #: The multipart text fields read as metadata.
-META_FIELDS: tuple[str, ...] = ("serial", "line", "station", "product", "tags")
+META_FIELDS: tuple[str, ...] = ("serial", "line", "station", "product", "tags", "unit_serials")
 #: Longest value (the records' indexed columns hold this much) and most tags per board.
 MAX_CHARS = 128
 MAX_TAGS = 32
+#: Most unit serials per panel: a recipe's most units.
+MAX_UNIT_SERIALS = 256
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,6 +30,9 @@ class BoardMeta:
     station: str | None = None
     product: str | None = None
     tags: tuple[str, ...] = ()
+    #: One serial per board of a panel, by position (else the units are named from
+    #: ``serial``); not recorded as such, but as each unit's identifier.
+    unit_serials: tuple[str, ...] = ()
 
 
 def _invalid(message: str) -> ApiError:
@@ -58,9 +63,24 @@ def split_tags(values: Sequence[str]) -> tuple[str, ...]:
     return tuple(tags)
 
 
+def split_unit_serials(values: Sequence[str]) -> tuple[str, ...]:
+    """Unit serials from repeated values, each possibly comma-separated, in the order given
+    (by position). 422 past :data:`MAX_UNIT_SERIALS`, for a bad or a repeated serial."""
+    serials = [check_text("unit_serials", s.strip())
+               for value in values for s in value.split(",")]
+    if len(serials) > MAX_UNIT_SERIALS:
+        raise _invalid(f"unit_serials: at most {MAX_UNIT_SERIALS} per panel, received "
+                       f"{len(serials)}")
+    if len(set(serials)) != len(serials):
+        twice = sorted({s for s in serials if serials.count(s) > 1})
+        raise _invalid(f"unit_serials: {twice} given twice; expected one serial per unit")
+    return tuple(serials)
+
+
 def query_meta(serial: str | None = None, line: str | None = None,
                station: str | None = None, product: str | None = None,
-               tags: Sequence[str] | None = None) -> BoardMeta:
+               tags: Sequence[str] | None = None,
+               unit_serials: Sequence[str] | None = None) -> BoardMeta:
     """The metadata of a request's query, checked (but ``product``: see below)."""
     def checked(name: str, value: str | None) -> str | None:
         return None if value is None else check_text(name, value)
@@ -69,7 +89,7 @@ def query_meta(serial: str | None = None, line: str | None = None,
         serial=checked("serial", serial), line=checked("line", line),
         # The product is checked as a golden-board id (stricter) by the inspection service.
         station=checked("station", station), product=product,
-        tags=split_tags(tags or ()),
+        tags=split_tags(tags or ()), unit_serials=split_unit_serials(unit_serials or ()),
     )
 
 
@@ -91,4 +111,10 @@ def with_form(meta: BoardMeta, form: Mapping[str, list[str]]) -> BoardMeta:
                            "send it once")
         values[name] = query if value is None else value
     tags = split_tags([*meta.tags, *form.get("tags", [])])
-    return BoardMeta(**values, tags=tags)
+    unit_serials = meta.unit_serials
+    if form.get("unit_serials"):
+        from_form = split_unit_serials(form["unit_serials"])
+        if unit_serials and from_form != unit_serials:
+            raise _invalid("unit_serials: the query and the form fields differ; send them once")
+        unit_serials = from_form
+    return BoardMeta(**values, tags=tags, unit_serials=unit_serials)

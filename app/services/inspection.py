@@ -39,6 +39,14 @@ from app.inference.inferencer import Inferencer, InferenceResult
 from app.inference.postprocess import PostprocessConfig
 from app.services.admission import BudgetExceededError
 from app.services.board_meta import META_FIELDS, BoardMeta, with_form
+from app.services.recipe_store import RecipeRevision, call_recipes
+from app.services.recipes import (
+    IgnoredDefect,
+    ProductRules,
+    UnitVerdict,
+    apply_recipe,
+    loosest,
+)
 from app.services.references import (
     Reference,
     check_product_param,
@@ -59,24 +67,40 @@ class RuleParams:
     pixels_per_mm: float | None = None
     min_confidence: float | None = None
 
-    def config(self, inferencer: Inferencer, settings: Settings) -> PostprocessConfig:
-        """The rules for ``inferencer``: the request's, else the settings', else its card's.
+    def config(self, inferencer: Inferencer, settings: Settings,
+               product: ProductRules | None = None) -> PostprocessConfig:
+        """The rules for ``inferencer``: the request's, else the product recipe's (``product``),
+        else the settings', else its card's.
 
         Per model, since the pair model's card has its own defaults.
         """
         card = inferencer.card.thresholds
+        p = product or ProductRules()
         return PostprocessConfig(
-            threshold=_first(self.threshold, settings.threshold, card.confidence),
-            min_area_px=int(_first(self.min_area_px, settings.min_area_px, card.min_area_px)),
+            threshold=_first(self.threshold, p.threshold, settings.threshold, card.confidence),
+            min_area_px=int(_first(self.min_area_px, p.min_area_px, settings.min_area_px,
+                                   card.min_area_px)),
             pixels_per_mm=_first(
-                self.pixels_per_mm, settings.pixels_per_mm, inferencer.card.pixels_per_mm
+                self.pixels_per_mm, p.pixels_per_mm, settings.pixels_per_mm,
+                inferencer.card.pixels_per_mm,
             ),
-            min_confidence=float(
-                _first(self.min_confidence, settings.min_confidence, card.min_confidence)
-            ),
-            fail_rule=settings.fail_rule,
-            fail_min_count=settings.fail_min_count,
-            fail_min_area_mm2=settings.fail_min_area_mm2,
+            min_confidence=float(_first(self.min_confidence, p.min_confidence,
+                                        settings.min_confidence, card.min_confidence)),
+            fail_rule=_first(p.fail_rule, settings.fail_rule),
+            fail_min_count=_first(p.fail_min_count, settings.fail_min_count),
+            fail_min_area_mm2=_first(p.fail_min_area_mm2, settings.fail_min_area_mm2),
+        )
+
+
+def _check_unit_serials(meta: BoardMeta, recipe: RecipeRevision | None) -> None:
+    """422 before the board runs when ``unit_serials`` are not one per unit of the recipe."""
+    units = 1 if recipe is None else max(1, len(recipe.body.units))
+    if meta.unit_serials and len(meta.unit_serials) != units:
+        raise ApiError(
+            422, "invalid_metadata",
+            f"unit_serials: expected one serial per unit ({units}, by position"
+            f"{'' if recipe is None else f' in revision {recipe.revision} of the recipe'}), "
+            f"received {len(meta.unit_serials)}",
         )
 
 
@@ -111,6 +135,11 @@ class Inspection:
     meta: BoardMeta = BoardMeta()
     #: Its record's id, set by the recording hook; ``None`` when nothing was recorded.
     record_id: str | None = None
+    #: The boards of the panel with their verdicts (one, the whole image, without a recipe),
+    #: the defects the recipe set aside, and the recipe revision applied (``None``: none).
+    units: tuple[UnitVerdict, ...] = ()
+    ignored: tuple[IgnoredDefect, ...] = ()
+    recipe: RecipeRevision | None = None
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -207,18 +236,22 @@ class InspectionService:
         with self._admitted(uploads[0], pair):
             decoded = await decode_or_error(uploads[0], self.settings)
             reference = None
+            recipe = None
             if templates:
                 reference = await uploaded_reference(templates[0], self.settings)
             elif product is not None:
-                reference = await stored_reference(self.state.golden, product)
-            config = rules.config(model.inferencer, self.settings)
+                reference, recipe = await self._product(product)
+            _check_unit_serials(meta, recipe)
+            config = rules.config(model.inferencer, self.settings,
+                                  None if recipe is None else recipe.body.rules)
             result = await run_board(
-                request, self.settings, model, decoded.pixels, config, reference
+                request, self.settings, model, decoded.pixels,
+                config if recipe is None else loosest(config, recipe.body), reference,
             )
-            return await self.finish(
+            return await self.finish(await self._judged(
                 Inspection(result, model.inferencer, config, reference, uploads[0],
-                           decoded.pixels, meta)
-            )
+                           decoded.pixels, meta, recipe=recipe)
+            ))
 
     async def inspect_batch(
         self, request: Request, model: ServedModel, rules: RuleParams, product: str | None,
@@ -233,32 +266,42 @@ class InspectionService:
         """
         check_product_param(product)
         reference = None
+        recipe = None
         if product is not None:
             # Checked before the upload is read: a batch for a product without a golden board
             # (or without a pair model) fails at once, not after every file has arrived.
             model = self.pair_model()
-            reference = await stored_reference(self.state.golden, product)
+            reference, recipe = await self._product(product)
         form = await read_upload_form(request, self.settings, "files", texts=META_FIELDS)
         uploads = form.uploads
         meta = with_form(meta or BoardMeta(product=product), form.texts)
+        if meta.unit_serials:
+            raise ApiError(
+                422, "invalid_metadata",
+                f"unit_serials: /predict/batch takes none (received {len(meta.unit_serials)}): "
+                "each panel of a batch has its own boards; send panels with unit serials to "
+                "/predict one at a time, or name the boards from 'serial'.",
+            )
         if product is None and meta.product is not None:
             # The product came as a form field: the same golden board as ?product= would.
             check_product_param(meta.product)
             model = self.pair_model()
-            reference = await stored_reference(self.state.golden, meta.product)
-        config = rules.config(model.inferencer, self.settings)
+            reference, recipe = await self._product(meta.product)
+        config = rules.config(model.inferencer, self.settings,
+                              None if recipe is None else recipe.body.rules)
+        run_config = config if recipe is None else loosest(config, recipe.body)
 
         async def one(index: int, upload: Upload) -> BatchItem:
             try:
                 with self._admitted(upload, reference is not None):
                     decoded = await decode_or_error(upload, self.settings)
                     result = await run_board(
-                        request, self.settings, model, decoded.pixels, config, reference
+                        request, self.settings, model, decoded.pixels, run_config, reference
                     )
-                    inspection = await self.finish(
+                    inspection = await self.finish(await self._judged(
                         Inspection(result, model.inferencer, config, reference, upload,
-                                   decoded.pixels, meta)
-                    )
+                                   decoded.pixels, meta, recipe=recipe)
+                    ))
             except ApiError as exc:
                 # Counted here: the exception handler that counts the others never sees it.
                 if exc.status != 500 and exc.reject_reason:
@@ -314,6 +357,52 @@ class InspectionService:
                 yield
         finally:
             INFLIGHT_PIXELS.set(budget.in_flight)  # the budget's own count, after the release
+
+    # ------------------------------------------------------------------------- recipes
+    async def _product(self, product: str) -> tuple[Reference, RecipeRevision | None]:
+        """The stored golden board of ``product`` and its current recipe (``None``: none).
+
+        Raises:
+            ApiError: 404 ``unknown_product``, 409 ``recipe_outdated`` (the golden board was
+                replaced by one of another size than the recipe was drawn on), 500.
+        """
+        reference = await stored_reference(self.state.golden, product)
+        recipe: RecipeRevision | None = await call_recipes(
+            self.state.recipes, "current_or_none", product)
+        if recipe is not None:
+            height, width = reference.pixels.shape[:2]
+            board = recipe.golden_board
+            if (board["width"], board["height"]) != (width, height):
+                raise ApiError(
+                    409, "recipe_outdated",
+                    f"Revision {recipe.revision} of {product!r}'s recipe was drawn on a "
+                    f"{board['width']}x{board['height']} golden board, but the stored golden "
+                    f"board is now {width}x{height}: its units and zones would be misplaced. "
+                    f"PUT /v1/products/{product}/recipe again for the new board.",
+                )
+        return reference, recipe
+
+    async def _judged(self, inspection: Inspection) -> Inspection:
+        """``inspection`` with its units and verdicts under its recipe (a worker thread: a
+        panel may have many defects and zones). Without a recipe the defects and summary are
+        post-processing's own, and the one unit is the whole image.
+
+        Raises:
+            ApiError: 422 ``invalid_metadata`` for ``unit_serials`` that are not one per unit.
+        """
+        result, recipe, meta = inspection.result, inspection.recipe, inspection.meta
+        try:
+            panel = await asyncio.to_thread(
+                apply_recipe, result.defects, None if recipe is None else recipe.body,
+                inspection.config, inspection.inferencer.card.classes, result.width,
+                result.height, meta.serial, meta.unit_serials,
+            )
+        except ValueError as exc:
+            raise ApiError(422, "invalid_metadata", str(exc)) from None
+        if recipe is not None:
+            result = dataclasses.replace(result, defects=panel.defects, summary=panel.summary)
+        return dataclasses.replace(inspection, result=result, units=tuple(panel.units),
+                                   ignored=tuple(panel.ignored))
 
     # ------------------------------------------------------------------- models, references
     def pair_model(self) -> ServedModel:

@@ -15,13 +15,17 @@ import hashlib
 import logging
 
 from app.core.metrics import RECORDS, RECORDS_SPOOLED
+from app.inference.defects import Defect
 from app.records import (
     DefectRecord,
+    IgnoredRecord,
     ImageStore,
     InspectionRecord,
+    RecipeRef,
     Recorder,
     Reference,
     Rules,
+    UnitRecord,
 )
 from app.services.golden_store import GoldenStore, GoldenStoreError, UnknownProductError
 from app.services.inspection import Inspection
@@ -29,11 +33,18 @@ from app.services.inspection import Inspection
 logger = logging.getLogger("pcb_inspect.records")
 
 
+def _defect_fields(d: Defect) -> dict[str, object]:
+    return {
+        "id": d.id, "class": d.class_name, "confidence": min(1.0, d.confidence),
+        "bbox": d.bbox, "area_px": d.area_px, "area_mm2": d.area_mm2, "centroid": d.centroid,
+    }
+
+
 def build_record(inspection: Inspection, image_path: str | None) -> InspectionRecord:
     """The record of one finished board (its image kept at ``image_path``, or not kept)."""
     result, inferencer, config = inspection.result, inspection.inferencer, inspection.config
     meta, data = inspection.meta, inspection.upload.data
-    reference = inspection.reference
+    reference, recipe = inspection.reference, inspection.recipe
     return InspectionRecord(
         serial=meta.serial, line=meta.line, station=meta.station, product=meta.product,
         tags=list(meta.tags),
@@ -48,18 +59,20 @@ def build_record(inspection: Inspection, image_path: str | None) -> InspectionRe
             fail_min_area_mm2=config.fail_min_area_mm2,
         ),
         verdict=result.summary.verdict,
-        defects=[
-            DefectRecord.model_validate({
-                "id": d.id, "class": d.class_name, "confidence": min(1.0, d.confidence),
-                "bbox": d.bbox, "area_px": d.area_px, "area_mm2": d.area_mm2,
-                "centroid": d.centroid,
-            })
-            for d in result.defects
-        ],
+        defects=[DefectRecord.model_validate(_defect_fields(d)) for d in result.defects],
         reference=None if reference is None else Reference(
             source=reference.source, product=reference.product, sha256=reference.sha256,
             alignment=None if result.alignment is None else result.alignment.as_dict(),
         ),
+        recipe=None if recipe is None else RecipeRef(
+            product=recipe.product, revision=recipe.revision, sha256=recipe.sha256),
+        units=[UnitRecord(position=u.position, identifier=u.identifier, verdict=u.verdict,
+                          defect_ids=u.defect_ids, bbox=u.bbox) for u in inspection.units],
+        ignored=[
+            IgnoredRecord.model_validate({**_defect_fields(i.defect), "zone": i.zone,
+                                          "reason": i.reason})
+            for i in inspection.ignored
+        ],
     )
 
 

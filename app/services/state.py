@@ -15,6 +15,7 @@ from app.inference.batcher import DynamicBatcher
 from app.inference.inferencer import Inferencer
 from app.services.admission import PixelBudget
 from app.services.golden_store import GoldenStore
+from app.services.recipe_store import RecipeStore
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +54,8 @@ class ServiceState:
     started_at: float = dataclasses.field(default_factory=time.time)
     idle: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
     golden: GoldenStore = dataclasses.field(init=False)
+    #: The products' recipes, beside the golden boards on the shared volume.
+    recipes: RecipeStore = dataclasses.field(init=False)
     #: The memory budget: pixels of the boards being inspected (PCB_MAX_INFLIGHT_PIXELS).
     budget: PixelBudget = dataclasses.field(init=False)
 
@@ -63,6 +66,7 @@ class ServiceState:
         self.golden = GoldenStore(
             self.settings.golden_dir, int(self.settings.golden_cache_mb * 2**20)
         )
+        self.recipes = RecipeStore(self.settings.data_dir / "recipes")
 
     @property
     def model(self) -> ServedModel | None:

@@ -1,0 +1,106 @@
+"""Product recipes: a product's panel (units), zones and operating point, versioned.
+
+Thin routes over :class:`app.services.recipe_store.RecipeStore`; what a recipe means is in
+:mod:`app.services.recipes`.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path
+from fastapi.responses import Response
+
+from app.api.deps import AdminDep, AuthDep, StateDep
+from app.api.openapi import error_responses
+from app.api.schemas import RecipeOut, RecipeRevisionListOut, RecipeRevisionOut
+from app.core.errors import ApiError
+from app.services.golden_store import InvalidProductError, check_product
+from app.services.recipe_store import RecipeRevision, call_recipes
+from app.services.recipes import RecipeBody
+from app.services.references import call_store
+
+router = APIRouter(prefix="/v1/products", tags=["product recipes"], dependencies=[AuthDep])
+
+_ERRORS = error_responses(401, 404, 422, 500)
+RevisionParam = Annotated[int, Path(ge=1, le=10**9, description="The revision, 1-based.")]
+
+
+def _product(product: str) -> str:
+    try:
+        return check_product(product)
+    except InvalidProductError as exc:
+        raise ApiError(422, "invalid_product", str(exc)) from None
+
+
+def _out(rev: RecipeRevision) -> RecipeOut:
+    return RecipeOut.model_validate(rev.as_dict())
+
+
+@router.put(
+    "/{product}/recipe",
+    summary="Store a new revision of a product's recipe",
+    response_model=RecipeOut,
+    status_code=201,
+    responses={**_ERRORS, **error_responses(403),
+               200: {"model": RecipeOut, "description": "Unchanged: the current revision."},
+               201: {"description": "Stored as a new revision."}},
+)
+async def put_recipe(
+    product: str, body: RecipeBody, response: Response, state: StateDep, principal: AdminDep
+) -> RecipeOut:
+    """Stores ``body`` as the next revision of ``product``'s recipe, for its current golden
+    board (``PUT /v1/golden-boards/{product}`` first): 201 with the new revision, or 200 with
+    the current one when nothing changed. Units and zones must lie inside the golden board,
+    units must not overlap. Every later ``?product=`` inspection applies it; older revisions
+    stay readable.
+
+    Storing a recipe changes how every later board of the product is judged: an
+    administrator's act, as for the golden board.
+    """
+    product = _product(product)
+    golden = await call_store(state.golden, "get", product)
+    rev, created = await call_recipes(state.recipes, "put", product, body, golden,
+                                      principal.name)
+    response.status_code = 201 if created else 200
+    return _out(rev)
+
+
+@router.get(
+    "/{product}/recipe",
+    summary="The current recipe of a product",
+    response_model=RecipeOut,
+    responses=_ERRORS,
+)
+async def get_recipe(product: str, state: StateDep) -> RecipeOut:
+    """The current (latest) revision of ``product``'s recipe."""
+    return _out(await call_recipes(state.recipes, "current", _product(product)))
+
+
+@router.get(
+    "/{product}/recipe/revisions",
+    summary="Every revision of a product's recipe",
+    response_model=RecipeRevisionListOut,
+    responses=_ERRORS,
+)
+async def list_revisions(product: str, state: StateDep) -> RecipeRevisionListOut:
+    """Number, sha256, time and author of every revision, oldest first."""
+    product = _product(product)
+    revs: list[RecipeRevision] = await call_recipes(state.recipes, "revisions", product)
+    return RecipeRevisionListOut(
+        product=product, count=len(revs),
+        revisions=[RecipeRevisionOut(revision=r.revision, sha256=r.sha256, created=r.created,
+                                     author=r.author) for r in revs],
+    )
+
+
+@router.get(
+    "/{product}/recipe/revisions/{revision}",
+    summary="One revision of a product's recipe",
+    response_model=RecipeOut,
+    responses=_ERRORS,
+)
+async def get_revision(product: str, revision: RevisionParam, state: StateDep) -> RecipeOut:
+    """Revision ``revision`` of ``product``'s recipe, as it was stored (what an inspection
+    that names it in its ``recipe`` block was judged by)."""
+    return _out(await call_recipes(state.recipes, "revision", _product(product), revision))
