@@ -262,6 +262,7 @@ async def call_recipes(store: RecipeStore, method: str, *args: Any) -> Any:
         hint = (f"list them with GET /v1/products/{exc.product}/recipe/revisions"
                 if exc.revision is not None else
                 f"write one with PUT /v1/products/{exc.product}/recipe")
-        raise ApiError(404, "unknown_recipe", f"{str(exc).capitalize()}; {hint}.") from None
+        text = str(exc)
+        raise ApiError(404, "unknown_recipe", f"{text[0].upper()}{text[1:]}; {hint}.") from None
     except RecipeStoreError as exc:
         raise ApiError(500, "recipe_store_error", str(exc)) from None
