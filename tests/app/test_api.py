@@ -77,9 +77,15 @@ def check_result(body: dict[str, Any], width: int, height: int) -> None:
     """Every field of one board's result, and their consistency with each other."""
     assert set(body) == {
         "inspection_id", "image", "model", "defects", "summary", "mask", "params",
-        "timings_ms", "reference",
+        "timings_ms", "reference", "units", "ignored", "recipe",
     }
     assert body["reference"] is None  # sent alone: the single-image model, no golden board
+    # No recipe: nothing set aside, and one unit, the whole board, judged as the board.
+    assert body["recipe"] is None and body["ignored"] == []
+    assert body["units"] == [{
+        "position": 1, "identifier": None, "verdict": body["summary"]["verdict"],
+        "defect_ids": [d["id"] for d in body["defects"]], "bbox": [0, 0, width, height],
+    }]
     assert body["image"] == {"width": width, "height": height}
     assert body["model"] == {"name": "tiny-test-unet", "version": "0.0.1-test", "mode": "single"}
     params = body["params"]

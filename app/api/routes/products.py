@@ -42,7 +42,8 @@ def _out(rev: RecipeRevision) -> RecipeOut:
     summary="Store a new revision of a product's recipe",
     response_model=RecipeOut,
     status_code=201,
-    responses={**_ERRORS, **error_responses(403),
+    # 400: a body that is not text at all (JSON that does not parse is a 422).
+    responses={**_ERRORS, **error_responses(400, 403),
                200: {"model": RecipeOut, "description": "Unchanged: the current revision."},
                201: {"description": "Stored as a new revision."}},
 )
