@@ -94,6 +94,14 @@ def cells(defects: list[dict[str, Any]]) -> tuple[list[int], list[int]]:
     return box, [free[0] * CELL, free[1] * CELL, (free[0] + 1) * CELL, (free[1] + 1) * CELL]
 
 
+def overlay(client: TestClient, product: str, threshold: float) -> np.ndarray:
+    r = client.post("/predict", params={"product": product, "threshold": threshold,
+                                        "render": "overlay"},
+                    files={"file": ("panel.png", PANEL, "image/png")}, headers=INSPECT)
+    assert r.status_code == 200, r.text[:300]
+    return png_array(r.content)
+
+
 def record_of(client: TestClient, inspection_id: str) -> dict[str, Any]:
     r = client.get(f"/v1/inspections/{inspection_id}", headers=REVIEW)
     assert r.status_code == 200, r.text
@@ -235,6 +243,11 @@ def test_a_two_unit_panel_gets_one_pass_and_one_fail(
             for u in record["units"]] == [
         (u["position"], u["identifier"], u["verdict"], u["defect_ids"]) for u in body["units"]]
 
+    # The overlay frames the failed board red and the other green (RGB here).
+    framed = overlay(client, "two", threshold)
+    assert framed[(bad[1] + bad[3]) // 2, bad[0]].tolist() == [220, 0, 0]
+    assert framed[(good[1] + good[3]) // 2, good[0]].tolist() == [0, 150, 0]
+
     # One serial per unit, by position.
     named = inspect(client, "two", threshold, unit_serials="L-1,R-2")
     assert [u["identifier"] for u in named["units"]] == ["L-1", "R-2"]
@@ -284,16 +297,10 @@ def test_a_defect_in_an_ignore_zone_is_listed_apart_and_the_unit_passes(
     assert [(i["id"], i["zone"]) for i in record["ignored"]] == [
         (i, "fiducial") for i in zoned]
 
-    # The overlay draws the units and the zone: the picture differs from the plain one.
-    def overlay(product: str) -> np.ndarray:
-        r = client.post("/predict", params={"product": product, "threshold": threshold,
-                                            "render": "overlay"},
-                        files={"file": ("panel.png", PANEL, "image/png")}, headers=INSPECT)
-        assert r.status_code == 200, r.text[:300]
-        return png_array(r.content)
-
-    framed, plain = overlay("zoned"), overlay("plain")
-    assert framed.shape == plain.shape and not np.array_equal(framed, plain)
+    # The overlay frames both boards green (RGB here), the zone's set-aside defects grey.
+    framed = overlay(client, "zoned", threshold)
+    for x0, y0, _, y1 in (bad, good):
+        assert framed[(y0 + y1) // 2, x0].tolist() == [0, 150, 0]
 
 
 def test_the_recipes_rules_are_the_products_operating_point(

@@ -18,8 +18,10 @@ from app.api.deps import AuthDep, InspectionsDep, ModelDep
 from app.api.openapi import BINARY, error_responses, upload_doc
 from app.api.params import MaskParam, MetaDep, ProductParam, RenderParam, RulesDep
 from app.api.schemas import BatchOut, PredictionOut
+from app.inference.defects import Defect
 from app.inference.encoding import encode_mask_png
-from app.inference.render import render_overlay
+from app.inference.render import UnitFrame, ZoneOutline, render_overlay
+from app.services.inspection import Inspection
 
 router = APIRouter(prefix="/predict", tags=["inspection"], dependencies=[AuthDep])
 
@@ -49,6 +51,23 @@ _BATCH_DOC = upload_doc(
     {"files": {"type": "array", "items": BINARY}, **_META_FIELDS}, required=["files"]
 )
 _ERRORS = error_responses(400, 401, 404, 413, 415, 422, 500, 503, 504)
+
+
+def recipe_drawing(
+    done: Inspection,
+) -> tuple[list[UnitFrame], list[ZoneOutline], list[Defect]]:
+    """What the overlay draws of a recipe: the boards (when it has units), its zones and the
+    defects they set aside; nothing without a recipe, so that overlay stays as it was."""
+    recipe = done.recipe
+    if recipe is None:
+        return [], [], []
+    units = [
+        UnitFrame(u.bbox, f"{u.position}{'' if u.identifier is None else ' ' + u.identifier} "
+                  f"{u.verdict.upper()}", u.verdict == "fail")
+        for u in done.units
+    ] if recipe.body.units else []
+    zones = [ZoneOutline(z.polygon, z.name, z.action == "ignore") for z in recipe.body.zones]
+    return units, zones, [i.defect for i in done.ignored]
 
 
 def _wants_png(request: Request) -> bool:
@@ -99,7 +118,7 @@ async def predict(
         if render == "overlay":
             png = await run_in_threadpool(
                 render_overlay, done.pixels, result.class_map, result.defects,
-                done.inferencer.card.classes,
+                done.inferencer.card.classes, *recipe_drawing(done),
             )
             return Response(png, media_type="image/png", headers=headers)
         if _wants_png(request):

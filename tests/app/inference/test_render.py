@@ -9,8 +9,14 @@ import pytest
 from app.inference.postprocess import Defect
 from app.inference.render import (
     CLASS_COLORS_BGR,
+    FAIL_BGR,
+    IGNORED_BGR,
     MASK_ALPHA,
+    PASS_BGR,
     UNKNOWN_COLOR_BGR,
+    ZONE_BGR,
+    UnitFrame,
+    ZoneOutline,
     class_color,
     render_overlay,
 )
@@ -55,6 +61,30 @@ def test_boxes_are_drawn_one_pixel_outside_the_defect_in_the_class_colour() -> N
     np.testing.assert_array_equal(image[210, 98], CLASS_COLORS_BGR[1])
     # Bottom edge: y_max (exclusive) + 1.
     np.testing.assert_array_equal(image[221, 115], CLASS_COLORS_BGR[1])
+
+
+def test_panel_units_zones_and_ignored_defects_are_drawn() -> None:
+    pixels, class_map, defects = _board()
+    units = [UnitFrame((0, 0, 200, 300), "1 SER-1 FAIL", True),
+             UnitFrame((200, 0, 400, 300), "2 SER-2 PASS", False)]
+    zones = [ZoneOutline([(250.0, 150.0), (350.0, 150.0), (350.0, 250.0), (250.0, 250.0)],
+                         "fid", ignore=False),
+             ZoneOutline([(20.0, 40.0), (180.0, 40.0), (180.0, 60.0)], "rail", ignore=True)]
+    ignored = [Defect(3, "spur", 0.5, (60, 100, 70, 110), 40, 0.02, (64.5, 104.5))]
+    image = _decode(render_overlay(pixels, class_map, defects, NAMES, units, zones, ignored))
+    # Unit frames inside their boxes, max exclusive: the left board's right edge at x=199
+    # is red, the right board's left edge at x=200 green.
+    np.testing.assert_array_equal(image[150, 199], FAIL_BGR)
+    np.testing.assert_array_equal(image[150, 200], PASS_BGR)
+    np.testing.assert_array_equal(image[299, 300], PASS_BGR)
+    # The rules zone's right edge, and a dash of the ignore zone at its first vertex.
+    np.testing.assert_array_equal(image[200, 350], ZONE_BGR)
+    np.testing.assert_array_equal(image[40, 22], ZONE_BGR)
+    # The ignored defect's grey box, one pixel outside it.
+    np.testing.assert_array_equal(image[105, 58], IGNORED_BGR)
+    # Without a recipe, nothing of it: the overlay is exactly the plain one.
+    assert render_overlay(pixels, class_map, defects, NAMES, [], [], []) == render_overlay(
+        pixels, class_map, defects, NAMES)
 
 
 def test_legend_is_appended_below_the_board() -> None:
