@@ -19,6 +19,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "predict": ("pcb_inspect.client_cli", "inspect image files through a running service"),
     "batch": ("pcb_inspect.client_cli", "upload a folder of boards through the batch endpoint"),
     "golden": ("pcb_inspect.client_cli", "store, list, get or delete golden (reference) boards"),
+    "product": ("pcb_inspect.client_cli",
+                "store a product's recipe (panel units, zones, rules), get it, list revisions"),
     "db": ("app.records.cli", "the inspection-records database: upgrade, current"),
     "export-reviews": ("app.services.review_export",
                        "write the reviewed boards as a DeepPCB-format training folder"),

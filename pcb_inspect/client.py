@@ -12,12 +12,19 @@ Example::
         client.predict("board_0002.png", template="golden_A17.png")
         client.put_golden_board("A17", "golden_A17.png")
         client.predict("board_0003.png", product="A17")
+        # A panel of two boards, with an ignore zone: a verdict per board.
+        client.put_recipe("A17", {"units": [{"position": 1, "bbox": [0, 0, 640, 640]},
+                                            {"position": 2, "bbox": [640, 0, 1280, 640]}],
+                                  "zones": [{"name": "rails", "action": "ignore",
+                                             "polygon": [[0, 0], [1280, 0], [1280, 12]]}]})
+        units = client.predict("panel.png", product="A17", serial="P1")["units"]
 
 The client retries what is worth retrying and nothing else:
 
 * ``503`` (overloaded, not ready, shutting down) and ``429``, honouring ``Retry-After``;
 * connection errors and timeouts (inspection has no side effects, and storing or deleting a
-  golden board is idempotent, so a repeat is safe).
+  golden board is idempotent, so a repeat is safe; so is storing a recipe: resending the
+  current one adds no revision).
 
 Waits grow exponentially with *full jitter* (a uniform draw in ``[0, backoff * 2**attempt]``,
 capped at ``max_backoff``), so that many stations knocked off by the same overload do not come
@@ -35,7 +42,7 @@ import os
 import random
 import time
 import urllib.parse
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -117,6 +124,8 @@ class _Request:
     headers: dict[str, str] | None = None
     parse: Callable[[httpx.Response], Any] = _json
     probe: bool = False
+    #: A JSON body (the recipe of ``put_recipe``).
+    json: Any = None
 
 
 def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
@@ -196,6 +205,33 @@ def _product_id(product: object) -> str:
 
 def _golden_path(product: str) -> str:
     return "/v1/golden-boards/" + urllib.parse.quote(_product_id(product), safe="")
+
+
+def _recipe_path(product: str, *rest: str) -> str:
+    return "/".join(["/v1/products", urllib.parse.quote(_product_id(product), safe=""),
+                     "recipe", *rest])
+
+
+def _recipe_stored(response: httpx.Response) -> dict[str, Any]:
+    """The stored revision, with ``new_revision``: whether it is a new one (201; 200: the
+    current one was sent again)."""
+    body = response.json()
+    if not isinstance(body, dict):
+        body = {"response": body}
+    body.setdefault("new_revision", response.status_code == 201)
+    return body
+
+
+def _revision_list(response: httpx.Response) -> list[dict[str, Any]]:
+    """The revisions of ``GET .../recipe/revisions`` (``{"product", "count", "revisions"}``)."""
+    body = response.json()
+    if not (isinstance(body, dict) and isinstance(body.get("revisions"), list)):
+        shape = sorted(body) if isinstance(body, dict) else type(body).__name__
+        raise InspectError(
+            response.status_code, "unexpected_response",
+            f"GET .../recipe/revisions: expected an object with a 'revisions' list; got {shape}",
+        )
+    return body["revisions"]
 
 
 def _golden_list(response: httpx.Response) -> list[dict[str, Any]]:
@@ -422,7 +458,7 @@ class _Client:
 
     def _send_args(self, request: _Request) -> dict[str, Any]:
         return {"method": request.method, "url": request.path, "params": request.params,
-                "files": request.files, "headers": request.headers}
+                "files": request.files, "headers": request.headers, "json": request.json}
 
     # --- the API ---------------------------------------------------------------------------
 
@@ -449,12 +485,16 @@ class _Client:
             threshold: Confidence cut in ``[0, 1]``; default: the service's.
             min_area_px: Smallest defect reported, in pixels; default: the service's.
             pixels_per_mm: Scan resolution for the mm² areas; default: the service's.
-            **params: Other query parameters of ``/predict``, e.g. ``min_confidence=0.9``.
+            **params: Other query parameters of ``/predict``, e.g. ``min_confidence=0.9``,
+                ``serial="SER123"`` or ``unit_serials=["A1", "A2"]`` (one per board of a
+                panel, by position).
 
         Returns:
             The API's JSON result (``image``, ``model`` with its ``mode``, ``defects``,
             ``summary``, and ``reference``: where the golden board came from and how it was
-            aligned, or ``None`` without one).
+            aligned, or ``None`` without one; ``units``: a verdict per board of the panel,
+            ``ignored``: the defects its recipe's zones set aside, and ``recipe``: the
+            product recipe revision applied, or ``None``).
 
         Raises:
             InspectError: The service rejected the image or could not be reached; against a
@@ -564,6 +604,47 @@ class _Client:
             InspectError: ``unknown_product`` (404) when none is stored.
         """
         return self._call(_Request("DELETE", _golden_path(product), parse=_nothing))
+
+    def put_recipe(self, product: str, recipe: Mapping[str, Any]) -> Any:
+        """Stores ``recipe`` (``units``, ``zones``, ``rules``) as the next revision of
+        ``product``'s recipe, for its stored golden board.
+
+        Returns:
+            The revision (``product``, ``revision``, ``sha256``, ``created``, ``author``,
+            ``golden_board``, ``units``, ``zones``, ``rules``), with ``new_revision``:
+            ``False`` when the recipe was the current one already (no revision added).
+
+        Raises:
+            InspectError: ``invalid_request``/``invalid_recipe`` (422, naming the field),
+                ``unknown_product`` (404: no golden board), ``forbidden`` (403: not admin).
+        """
+        if not isinstance(recipe, Mapping):
+            raise TypeError(f"recipe must be a mapping (units, zones, rules); got "
+                            f"{type(recipe).__name__}")
+        return self._call(_Request("PUT", _recipe_path(product), json=dict(recipe),
+                                   parse=_recipe_stored))
+
+    def get_recipe(self, product: str, revision: int | None = None) -> Any:
+        """The current revision of ``product``'s recipe, or revision ``revision``.
+
+        Raises:
+            InspectError: ``unknown_recipe`` (404).
+        """
+        if revision is None:
+            return self._call(_Request("GET", _recipe_path(product)))
+        if isinstance(revision, bool) or not isinstance(revision, int) or revision < 1:
+            raise ValueError(f"revision must be an integer >= 1; got {revision!r}")
+        return self._call(_Request("GET", _recipe_path(product, "revisions", str(revision))))
+
+    def recipe_revisions(self, product: str) -> Any:
+        """Every revision of ``product``'s recipe, oldest first:
+        ``[{revision, sha256, created, author}, ...]``.
+
+        Raises:
+            InspectError: ``unknown_recipe`` (404).
+        """
+        return self._call(_Request("GET", _recipe_path(product, "revisions"),
+                                   parse=_revision_list))
 
     def health(self) -> Any:
         """Whether the service is ready now (``GET /readyz``); never raises, never retries."""

@@ -1,16 +1,19 @@
-"""``pcb-inspect predict``, ``batch`` and ``golden``: the line client on the command line.
+"""``pcb-inspect predict``, ``batch``, ``golden`` and ``product``: the line client on the
+command line.
 
 ``predict`` inspects a few files and prints one table per board. ``batch`` pushes a whole
 folder through ``POST /predict/batch`` with several requests in flight, writing one result per
 file to a JSONL or CSV file as each arrives (flushed and fsynced), so that a crash or a network
 hiccup never loses a finished result and a rerun picks up where the last one stopped. Both
 can compare each board with a golden board: ``--template FILE`` (``predict``) uploads one with
-every request, ``--product ID`` uses the one stored on the service. ``golden put|list|get|
-delete`` manages the stored golden boards.
+every request, ``--product ID`` uses the one stored on the service (and the product's recipe,
+if it has one: a verdict per board of a panel). ``golden put|list|get|delete`` manages the
+stored golden boards, ``product put|get|revisions`` the products' recipes.
 
 Exit codes (``predict``, ``batch``): 0 every board passed, 1 at least one board failed
 inspection, 2 errors (a file or request failed, bad arguments). Errors win over failed boards:
-an incomplete run must not look like a clean "some boards failed". ``golden``: 0 done, 2 error.
+an incomplete run must not look like a clean "some boards failed". ``golden``, ``product``: 0
+done, 2 error.
 
 Only ``httpx`` and ``rich`` are imported: no TensorFlow on the line station.
 """
@@ -264,6 +267,18 @@ def _board_table(name: str, result: dict[str, Any]) -> Table:
     mode = (result.get("model") or {}).get("mode")
     if mode:
         caption = f"{caption}; model mode: {mode}" if caption else f"model mode: {mode}"
+    recipe = result.get("recipe")
+    if recipe:
+        line = f"recipe: {recipe.get('product')} revision {recipe.get('revision')}"
+        units = result.get("units") or []
+        if len(units) > 1:
+            line += "; boards: " + ", ".join(
+                f"{u.get('position')}"
+                f"{'' if u.get('identifier') is None else ' ' + str(u['identifier'])} "
+                f"{str(u.get('verdict')).upper()}" for u in units)
+        if result.get("ignored"):
+            line += f"; {len(result['ignored'])} defects set aside by zones"
+        caption = f"{caption}; {line}" if caption else line
     caption = escape(caption) if caption else None
     table = Table(title=title, title_justify="left", caption=caption, caption_justify="left")
     table.add_column("id", justify="right")
@@ -726,6 +741,135 @@ def _summary_table(total: _Totals, run: _Totals, skipped: int, out: Path) -> Tab
     if not total.defects:
         table.add_row("defects", "0")
     return table
+
+
+# --- product recipes -------------------------------------------------------------------------
+
+
+def build_product_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Adds ``pcb-inspect product put|get|revisions`` to ``parser`` and returns it."""
+    parser.description = (
+        "Manage the products' recipes stored on the service: the boards of a panel (units), "
+        "zones ignored or with their own rules, and the product's rules; every change is a "
+        "new revision. Inspect with one: pcb-inspect predict --product ID."
+    )
+    parser.epilog = "Exit code: 0 done, 2 error."
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+
+    put = actions.add_parser("put", help="store a new revision of a product's recipe")
+    put.add_argument("product", type=_product_arg, metavar="PRODUCT", help="product id")
+    put.add_argument("file", type=Path, metavar="RECIPE.json",
+                     help="the recipe as JSON: {units, zones, rules}; '-' reads stdin")
+
+    get = actions.add_parser("get", help="show a product's current recipe, or one revision")
+    get.add_argument("product", type=_product_arg, metavar="PRODUCT", help="product id")
+    get.add_argument("--revision", type=_positive_int, metavar="N",
+                     help="this revision instead of the current one")
+
+    revisions = actions.add_parser("revisions", help="list every revision of a recipe")
+    revisions.add_argument("product", type=_product_arg, metavar="PRODUCT", help="product id")
+
+    for sub in (put, get, revisions):
+        _add_connection_args(sub)
+        sub.add_argument("--json", action="store_true", help="print JSON instead of text")
+    return parser
+
+
+def run_product(args: argparse.Namespace) -> int:
+    """Runs ``pcb-inspect product ACTION``; returns the exit code (0 done, 2 error)."""
+    out, err = _console(), _console(stderr=True)
+    what = escape(f"product {args.action} {args.product}")
+    try:
+        with _client(args, connections=1) as client:
+            return _PRODUCT_ACTIONS[args.action](client, args, out)
+    except InspectError as exc:
+        err.print(f"[bold red]ERROR[/] {what}: {_describe(exc)}")
+    except OSError as exc:
+        detail = escape(f"{exc.filename or ''}: {exc.strerror or exc}")
+        err.print(f"[bold red]ERROR[/] {what}: {detail}")
+    except ValueError as exc:
+        err.print(f"[bold red]ERROR[/] {what}: {escape(str(exc))}")
+    return EXIT_ERROR
+
+
+def _read_recipe(path: Path) -> dict[str, Any]:
+    text = sys.stdin.read() if str(path) == "-" else path.read_text(encoding="utf-8")
+    try:
+        recipe = json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"{path}: not JSON ({exc}); expected {{units, zones, rules}}") from None
+    if not isinstance(recipe, dict):
+        raise ValueError(f"{path}: expected a JSON object {{units, zones, rules}}, got "
+                         f"{type(recipe).__name__}")
+    return recipe
+
+
+def _product_put(client: InspectClient, args: argparse.Namespace, out: Console) -> int:
+    stored = client.put_recipe(args.product, _read_recipe(args.file))
+    if args.json:
+        print(json.dumps(stored))
+        return EXIT_PASS
+    if stored.get("new_revision"):
+        out.print(escape(f"Stored revision {stored['revision']} of {args.product}'s recipe "
+                         f"(sha256 {str(stored['sha256'])[:12]})"))
+    else:
+        out.print(escape(f"Unchanged: revision {stored['revision']} of {args.product}'s "
+                         "recipe is already this one"))
+    return EXIT_PASS
+
+
+def _product_get(client: InspectClient, args: argparse.Namespace, out: Console) -> int:
+    recipe = client.get_recipe(args.product, args.revision)
+    if args.json:
+        print(json.dumps(recipe))
+        return EXIT_PASS
+    board = recipe.get("golden_board") or {}
+    out.print(escape(
+        f"{args.product} recipe revision {recipe['revision']} (sha256 "
+        f"{str(recipe['sha256'])[:12]}), by {recipe.get('author')} at {recipe.get('created')}, "
+        f"for the {_size(board)} px golden board {str(board.get('sha256', ''))[:12]}"))
+    units = Table(title="units", title_justify="left")
+    units.add_column("position", justify="right")
+    units.add_column("bbox [x0, y0, x1, y1]")
+    for unit in recipe.get("units") or []:
+        units.add_row(str(unit["position"]), "[" + ", ".join(map(str, unit["bbox"])) + "]")
+    if not recipe.get("units"):
+        units.add_row("1", "the whole image")
+    out.print(units)
+    if recipe.get("zones"):
+        zones = Table(title="zones (first match wins)", title_justify="left")
+        for column in ("name", "action", "rules", "vertices"):
+            zones.add_column(column)
+        for zone in recipe["zones"]:
+            rules = {k: zone[k] for k in ("min_area_px", "min_confidence", "ignored_classes")
+                     if zone.get(k) not in (None, [])}
+            zones.add_row(escape(zone["name"]), zone["action"],
+                          escape(json.dumps(rules)) if rules else "-", str(len(zone["polygon"])))
+        out.print(zones)
+    rules = {k: v for k, v in (recipe.get("rules") or {}).items() if v is not None}
+    out.print(escape("rules: " + (json.dumps(rules) if rules else "the service's")))
+    return EXIT_PASS
+
+
+def _product_revisions(client: InspectClient, args: argparse.Namespace, out: Console) -> int:
+    revisions = client.recipe_revisions(args.product)
+    if args.json:
+        print(json.dumps(revisions))
+        return EXIT_PASS
+    table = Table(title=escape(f"Recipe revisions of {args.product} ({len(revisions)})"),
+                  title_justify="left")
+    for column in ("revision", "sha256", "created", "author"):
+        table.add_column(column, justify="right" if column == "revision" else "left")
+    for rev in revisions:
+        table.add_row(str(rev["revision"]), str(rev["sha256"])[:12], str(rev["created"]),
+                      escape(str(rev["author"])))
+    out.print(table)
+    return EXIT_PASS
+
+
+_PRODUCT_ACTIONS = {
+    "put": _product_put, "get": _product_get, "revisions": _product_revisions,
+}
 
 
 # --- golden ----------------------------------------------------------------------------------
