@@ -54,6 +54,9 @@
     inspSerial: $("insp-serial"),
     inspWhere: $("insp-where"),
     inspModel: $("insp-model"),
+    inspUnitsFact: $("insp-units-fact"),
+    inspUnitsTitle: $("insp-units-title"),
+    inspUnits: $("insp-units"),
     inspReviewedFact: $("insp-reviewed-fact"),
     inspReviewed: $("insp-reviewed"),
     tbody: document.querySelector("#review-defects tbody"),
@@ -597,6 +600,7 @@
         el.textContent = "–";
       }
       ui.inspReviewedFact.hidden = true;
+      ui.inspUnitsFact.hidden = true;
       ui.tbody.replaceChildren();
       ui.imageNote.hidden = true;
       setMode("");
@@ -619,10 +623,40 @@
       ui.inspReviewed.textContent = `by ${last.reviewer || "anonymous"} at ` +
         `${last.created_at ? when(last.created_at) : "–"}`;
     }
+    fillUnits(insp);
     ui.imageNote.textContent = board.note;
     ui.imageNote.hidden = !board.note;
     fillTable();
     draw();
+  }
+
+  // The boards of a panel (a product recipe's units), each with its own verdict; a board
+  // without a recipe is one unit, itself, and shows nothing more than before.
+  function panelUnits(insp) {
+    const units = Array.isArray(insp.units) ? insp.units : [];
+    return insp.recipe || units.length > 1 ? units : [];
+  }
+
+  function fillUnits(insp) {
+    const units = panelUnits(insp);
+    ui.inspUnitsFact.hidden = units.length === 0;
+    ui.inspUnitsTitle.textContent = insp.recipe
+      ? `Boards (recipe ${insp.recipe.product} rev. ${insp.recipe.revision})` : "Boards";
+    ui.inspUnits.replaceChildren(...units.map((u) => {
+      const li = document.createElement("li");
+      li.dataset.verdict = u.verdict;
+      li.dataset.position = String(u.position);
+      const ids = u.defect_ids.length ? ` (calls ${u.defect_ids.join(", ")})` : "";
+      li.textContent = `${u.position}${u.identifier ? ` ${u.identifier}` : ""}: ` +
+        `${u.verdict.toUpperCase()}${ids}`;
+      return li;
+    }));
+    const ignored = Array.isArray(insp.ignored) ? insp.ignored.length : 0;
+    if (ignored) {
+      const li = document.createElement("li");
+      li.textContent = `${ignored} call${ignored === 1 ? "" : "s"} set aside by zones`;
+      ui.inspUnits.append(li);
+    }
   }
 
   function fillTable() {
@@ -686,6 +720,19 @@
     }
     const geometry = PCB.pen(ctx, width, height);
     const { line } = geometry;
+    // Unit frames first, inside each board's box, so the calls' boxes stay on top.
+    for (const u of panelUnits(insp)) {
+      const [x0, y0, x1, y1] = u.bbox;
+      const color = u.verdict === "fail" ? "#dc0000" : "#009600";
+      ctx.lineWidth = 2 * line;
+      ctx.strokeStyle = color;
+      ctx.strokeRect(x0 + line, y0 + line, x1 - x0 - 2 * line, y1 - y0 - 2 * line);
+      ctx.font = `bold ${geometry.font}px system-ui, sans-serif`;
+      ctx.fillStyle = color;
+      ctx.textBaseline = "top";
+      ctx.fillText(`${u.position}${u.identifier ? ` ${u.identifier}` : ""} ` +
+        `${u.verdict.toUpperCase()}`, x0 + 4 * line, y0 + 4 * line);
+    }
     board.insp.defects.forEach((d, i) => {
       const o = board.outcomes.get(d.id);
       const cls = o && o.outcome === "reclassified" ? o.cls : d.class;
