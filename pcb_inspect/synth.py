@@ -33,6 +33,8 @@ This module does not import TensorFlow; its :data:`CLASS_NAMES` is the model's, 
 Command line, for demos::
 
     python -m pcb_inspect.synth --out board.png --seed 3 [--size 640] [--mask-out mask.png]
+    # a panel of two boards side by side (seeds 3 and 4) and its golden panel
+    python -m pcb_inspect.synth --out panel.png --boards 2 --seed 3 --template-out golden.png
 """
 
 from __future__ import annotations
@@ -829,25 +831,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="image file to write (.png, .jpg)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--size", type=int, default=640, help="side in pixels (default 640)")
-    parser.add_argument("--n-defects", type=int, default=6, help="defects to draw (default 6)")
+    parser.add_argument("--n-defects", type=int, default=6,
+                        help="defects to draw per board (default 6)")
+    parser.add_argument("--boards", type=int, default=1,
+                        help="a panel of this many boards side by side, seeds seed, seed+1, ... "
+                             "(default 1); each defect line says its board's position")
     parser.add_argument("--template-out", type=Path, help="also write the defect-free board")
     parser.add_argument(
         "--mask-out", type=Path, help="also write the mask: a PNG of defect types 0..6 per pixel"
     )
     args = parser.parse_args(argv)
+    if not 1 <= args.boards <= 16:
+        parser.error(f"--boards must be 1 to 16, got {args.boards}")
     try:
-        board = make_board(seed=args.seed, size=args.size, n_defects=args.n_defects)
+        boards = [make_board(seed=args.seed + i, size=args.size, n_defects=args.n_defects)
+                  for i in range(args.boards)]
     except ValueError as exc:
         parser.error(str(exc))
-    Image.fromarray(board.image).save(args.out)
+    Image.fromarray(np.hstack([b.image for b in boards])).save(args.out)
     if args.template_out:
-        Image.fromarray(board.template).save(args.template_out)
+        Image.fromarray(np.hstack([b.template for b in boards])).save(args.template_out)
     if args.mask_out:
         # PNG, whatever the suffix says: a lossy format would corrupt the class ids.
-        Image.fromarray(board.mask).save(args.mask_out, format="PNG")
-    for defect in board.defects:
-        print(json.dumps({"class": defect.class_name, "label": defect.label,
-                          "bbox": list(defect.bbox)}))
+        Image.fromarray(np.hstack([b.mask for b in boards])).save(args.mask_out, format="PNG")
+    for position, board in enumerate(boards, start=1):
+        dx = (position - 1) * board.image.shape[1]
+        for defect in board.defects:
+            x0, y0, x1, y1 = defect.bbox
+            line = {"class": defect.class_name, "label": defect.label,
+                    "bbox": [x0 + dx, y0, x1 + dx, y1]}
+            if args.boards > 1:
+                line["board"] = position
+            print(json.dumps(line))
     return 0
 
 

@@ -252,6 +252,28 @@ def test_command_line(tmp_path: Path) -> None:
     ]
 
 
+def test_command_line_draws_a_panel(tmp_path: Path) -> None:
+    out, golden = tmp_path / "panel.png", tmp_path / "golden.png"
+    result = subprocess.run(
+        [sys.executable, "-m", "pcb_inspect.synth", "--out", str(out), "--seed", "3",
+         "--size", "128", "--boards", "2", "--n-defects", "2", "--template-out", str(golden)],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    left, right = (make_board(seed=s, size=128, n_defects=2) for s in (3, 4))
+    with Image.open(out) as im:
+        np.testing.assert_array_equal(np.asarray(im), np.hstack([left.image, right.image]))
+    with Image.open(golden) as im:
+        np.testing.assert_array_equal(np.asarray(im), np.hstack([left.template, right.template]))
+    printed = [json.loads(line) for line in result.stdout.splitlines()]
+    # The right board's boxes are shifted by the left board's width.
+    assert [(p["board"], p["class"], p["bbox"]) for p in printed] == [
+        *((1, d.class_name, list(d.bbox)) for d in left.defects),
+        *((2, d.class_name, [d.bbox[0] + 128, d.bbox[1], d.bbox[2] + 128, d.bbox[3]])
+          for d in right.defects),
+    ]
+
+
 def test_command_line_reports_a_bad_size(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "pcb_inspect.synth", "--out", str(tmp_path / "b.png"),
