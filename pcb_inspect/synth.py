@@ -815,6 +815,14 @@ def _jpeg_round_trip(image: np.ndarray, quality: int) -> np.ndarray:
 # --- command line ---------------------------------------------------------------------------
 
 
+def _counts(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a number or comma-separated numbers (e.g. 3,0), got {text!r}") from None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Writes one synthetic board (and optionally its mask) and prints its defects as JSON.
 
@@ -831,8 +839,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="image file to write (.png, .jpg)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--size", type=int, default=640, help="side in pixels (default 640)")
-    parser.add_argument("--n-defects", type=int, default=6,
-                        help="defects to draw per board (default 6)")
+    parser.add_argument("--n-defects", type=_counts, default=[6],
+                        help="defects to draw per board: one number for every board, or one "
+                             "per board, comma-separated (e.g. 3,0; default 6)")
     parser.add_argument("--boards", type=int, default=1,
                         help="a panel of this many boards side by side, seeds seed, seed+1, ... "
                              "(default 1); each defect line says its board's position")
@@ -843,9 +852,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not 1 <= args.boards <= 16:
         parser.error(f"--boards must be 1 to 16, got {args.boards}")
+    counts = args.n_defects * args.boards if len(args.n_defects) == 1 else args.n_defects
+    if len(counts) != args.boards:
+        parser.error(f"--n-defects: expected one number or {args.boards} (one per board), "
+                     f"got {len(counts)}")
     try:
-        boards = [make_board(seed=args.seed + i, size=args.size, n_defects=args.n_defects)
-                  for i in range(args.boards)]
+        boards = [make_board(seed=args.seed + i, size=args.size, n_defects=n)
+                  for i, n in enumerate(counts)]
     except ValueError as exc:
         parser.error(str(exc))
     Image.fromarray(np.hstack([b.image for b in boards])).save(args.out)
