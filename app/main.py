@@ -186,9 +186,11 @@ async def serve_models(app: FastAPI) -> AsyncIterator[None]:
         pair_batcher.start()
         PAIR_MODEL_INFO.info(_model_labels(pair, pair_batcher))
     MODEL_INFO.info(_model_labels(inferencer, batcher))
-    # Temporary files of golden-board writes killed mid-way (this or another replica).
+    # Temporary files of golden-board and recipe writes killed mid-way (this or another
+    # replica).
     with contextlib.suppress(OSError):
         await asyncio.to_thread(state.golden.sweep_partials)
+        await asyncio.to_thread(state.recipes.sweep_partials)
     if not settings.auth_enabled and not _is_loopback(settings.host):
         logger.warning(
             "AUTH IS OFF and the service listens on %s: anyone who reaches this address can "

@@ -24,6 +24,7 @@ import datetime as dt
 import json
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,8 @@ from app.services.recipes import RecipeBody, RecipeFitError, canonical_json, sha
 FORMAT = "pcb-recipe/1"
 SUFFIX = ".recipe"
 _DIGITS = 6
+_PARTIAL_PREFIX = ".tmp-"
+_PARTIAL_SUFFIX = ".partial"
 #: How often a writer retries after losing the race for a revision number to another replica.
 _RACE_RETRIES = 20
 
@@ -136,7 +139,8 @@ class RecipeStore:
         path = folder / f"{rev.revision:0{_DIGITS}d}{SUFFIX}"
         try:
             folder.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".partial")
+            fd, tmp = tempfile.mkstemp(dir=folder, prefix=_PARTIAL_PREFIX,
+                                       suffix=_PARTIAL_SUFFIX)
             try:
                 os.fchmod(fd, 0o644)
                 with os.fdopen(fd, "wb") as out:
@@ -158,6 +162,18 @@ class RecipeStore:
                 f"{folder}: {exc}"
             ) from exc
         return True
+
+    def sweep_partials(self, max_age_s: float = 3600.0) -> int:
+        """Removes temporary files older than ``max_age_s`` left by killed writers (younger
+        ones may be another replica's write in progress); returns how many."""
+        removed = 0
+        now = time.time()
+        for partial in self.root.glob(f"*/{_PARTIAL_PREFIX}*{_PARTIAL_SUFFIX}"):
+            with contextlib.suppress(OSError):
+                if now - partial.stat().st_mtime > max_age_s:
+                    partial.unlink()
+                    removed += 1
+        return removed
 
     # ----------------------------------------------------------------------------- reading
     def _numbers(self, folder: Path) -> list[int]:

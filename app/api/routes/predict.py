@@ -50,7 +50,7 @@ _UPLOAD_DOC = upload_doc(
 _BATCH_DOC = upload_doc(
     {"files": {"type": "array", "items": BINARY}, **_META_FIELDS}, required=["files"]
 )
-_ERRORS = error_responses(400, 401, 404, 413, 415, 422, 500, 503, 504)
+_ERRORS = error_responses(400, 401, 404, 409, 413, 415, 422, 500, 503, 504)
 
 
 def recipe_drawing(

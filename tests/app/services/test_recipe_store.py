@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -98,3 +100,15 @@ def test_racing_writers_each_get_their_own_revision(tmp_path: Path) -> None:
     assert [r.revision for r in revs] == list(range(1, 9))
     assert sorted(r.body.rules.min_area_px or 0 for r in revs) == list(range(8))
     assert not [p for p in (tmp_path / "p1").iterdir() if p.name.startswith(".tmp-")]
+
+
+def test_partials_left_by_killed_writers_are_swept_when_old(tmp_path: Path) -> None:
+    store = RecipeStore(tmp_path)
+    store.put("p1", TWO, GOLDEN, "boss")
+    old, young = tmp_path / "p1" / ".tmp-a.partial", tmp_path / "p1" / ".tmp-b.partial"
+    old.write_text("{")
+    young.write_text("{")
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    assert store.sweep_partials() == 1
+    assert not old.exists() and young.exists()
+    assert store.current("p1").revision == 1
