@@ -35,6 +35,9 @@
     reference: $("reference"),
     alignmentFact: $("alignment-fact"),
     alignment: $("alignment"),
+    unitsFact: $("units-fact"),
+    unitsTitle: $("units-title"),
+    units: $("units"),
     canvas: $("canvas"),
     legend: $("legend"),
     tbody: document.querySelector("#defects tbody"),
@@ -266,6 +269,7 @@
     ui.defectArea.textContent = `${s.defect_area_mm2.toFixed(3)} mm²`;
     ui.modelName.textContent = `${result.model.name} ${result.model.version}`;
     showReference(result);
+    showUnits(result);
     fillTable(result, classes);
     fillLegend(classes);
     ui.results.hidden = false;
@@ -303,6 +307,37 @@
     });
     ui.alignment.textContent = `dx ${signed(a.dx, 1)} px, dy ${signed(a.dy, 1)} px, ` +
       `rotation ${signed(a.rotation_deg, 2)}°, score ${a.score.toFixed(3)}`;
+  }
+
+  // The boards of a panel (a product recipe's units) and their verdicts; a board without a
+  // recipe is one unit, itself, and shows nothing more.
+  function panelUnits(result) {
+    const units = Array.isArray(result.units) ? result.units : [];
+    return result.recipe || units.length > 1 ? units : [];
+  }
+
+  function showUnits(result) {
+    const units = panelUnits(result);
+    ui.unitsFact.hidden = units.length === 0;
+    ui.unitsTitle.textContent = result.recipe
+      ? `Boards (recipe ${result.recipe.product} rev. ${result.recipe.revision})` : "Boards";
+    const items = units.map((u) => {
+      const li = document.createElement("li");
+      li.dataset.verdict = u.verdict;
+      li.dataset.position = String(u.position);
+      const ids = u.defect_ids.length ? ` (defects ${u.defect_ids.join(", ")})` : "";
+      li.textContent = `${u.position}${u.identifier ? ` ${u.identifier}` : ""}: ` +
+        `${u.verdict.toUpperCase()}${ids}`;
+      return li;
+    });
+    for (const d of Array.isArray(result.ignored) ? result.ignored : []) {
+      const li = document.createElement("li");
+      li.dataset.verdict = "ignored";
+      li.textContent = `defect ${d.id} ${d.class} set aside` +
+        (d.zone ? ` by zone ${d.zone}` : "") + ` (${d.reason})`;
+      items.push(li);
+    }
+    ui.units.replaceChildren(...items);
   }
 
   function fillTable(result, classes) {
@@ -372,6 +407,24 @@
     if (layer) ctx.drawImage(layer, 0, 0);
     const p = PCB.pen(ctx, width, height);
     const { line } = p;
+    // A panel's boards, framed inside their boxes in their verdict's colour; the defects a
+    // zone set aside in thin grey: seen, not counted.
+    for (const u of panelUnits(result)) {
+      const [x0, y0, x1, y1] = u.bbox;
+      const color = u.verdict === "fail" ? "#dc0000" : "#009600";
+      ctx.lineWidth = 2 * line;
+      ctx.strokeStyle = color;
+      ctx.strokeRect(x0 + line, y0 + line, x1 - x0 - 2 * line, y1 - y0 - 2 * line);
+      ctx.fillStyle = color;
+      ctx.fillText(`${u.position}${u.identifier ? ` ${u.identifier}` : ""} ` +
+        `${u.verdict.toUpperCase()}`, x0 + 4 * line, y0 + 4 * line);
+    }
+    for (const d of Array.isArray(result.ignored) ? result.ignored : []) {
+      const [x0, y0, x1, y1] = d.bbox;
+      ctx.lineWidth = line;
+      ctx.strokeStyle = "#969696";
+      ctx.strokeRect(x0 - 2, y0 - 2, x1 - x0 + 3, y1 - y0 + 3);
+    }
     for (const d of result.defects) {
       const color = PCB.colorOf(classes, d.class);
       const [x0, y0, x1, y1] = d.bbox;

@@ -1,5 +1,5 @@
-"""The review page with a panel: a product recipe's boards are framed on the board in their
-verdict's colour and listed with their verdicts.
+"""The review and inspection pages with a panel: a product recipe's boards are framed on the
+board in their verdict's colour and listed with their verdicts.
 
 A real server subprocess with the tiny single and pair models records every inspection and
 keeps every image; a two-board synthetic panel is inspected with ``?product=`` through the API,
@@ -39,6 +39,17 @@ def server(tiny_weights: Path, tiny_pair_weights: Path,
         yield running
 
 
+@pytest.fixture(scope="module")
+def panel(server: ServerProcess) -> dict[str, Any]:
+    return _failed_panel(server)
+
+
+def _pixel(page: Any, x: int, y: int) -> list[int]:
+    return list(page.evaluate(
+        "([x, y]) => Array.from(document.querySelector('canvas')"
+        ".getContext('2d').getImageData(x, y, 1, 1).data)", [x, y]))
+
+
 def _failed_panel(server: ServerProcess) -> dict[str, Any]:
     """The panel inspected under a recipe whose left board holds the first defect found and
     whose right board is a box the model found nothing in, at a threshold where it finds a
@@ -70,13 +81,13 @@ def _failed_panel(server: ServerProcess) -> dict[str, Any]:
                                   "serial": "PAN-1"},
         files={"file": ("panel.png", PANEL, "image/png")}, timeout=120).json()
     assert [u["verdict"] for u in body["units"]] == ["fail", "pass"], body["units"]
-    return body
+    return {**body, "threshold": threshold}
 
 
 @pytest.mark.slow
 def test_the_review_page_frames_and_lists_the_boards_of_a_panel(
-        server: ServerProcess, browser: Any) -> None:
-    body = _failed_panel(server)
+        server: ServerProcess, browser: Any, panel: dict[str, Any]) -> None:
+    body = panel
     page = browser.new_page(viewport={"width": 1440, "height": 960})
     problems = collect_problems(page)
     page.goto(f"{server.url}/review")
@@ -95,13 +106,32 @@ def test_the_review_page_frames_and_lists_the_boards_of_a_panel(
     assert items.nth(1).inner_text() == "2 PAN-1-2: PASS"
 
     # The frames, on the canvas: red along the failed board's left edge, green the other's.
-    def pixel(x: int, y: int) -> list[int]:
-        return list(page.evaluate(
-            "([x, y]) => Array.from(document.getElementById('review-canvas')"
-            ".getContext('2d').getImageData(x, y, 1, 1).data)", [x, y]))
-
     for unit, rgb in ((body["units"][0], [220, 0, 0]), (body["units"][1], [0, 150, 0])):
         x0, y0, _, y1 = unit["bbox"]
         # Past the label in the top-left corner, on the frame's inner stroke.
-        assert pixel(x0 + 1, y1 - 4)[:3] == rgb, unit
+        assert _pixel(page, x0 + 1, y1 - 4)[:3] == rgb, unit
+    assert problems == []
+
+
+@pytest.mark.slow
+def test_the_inspection_page_frames_and_lists_the_boards_of_a_panel(
+        server: ServerProcess, browser: Any, panel: dict[str, Any]) -> None:
+    page = browser.new_page(viewport={"width": 1440, "height": 960})
+    problems = collect_problems(page)
+    page.goto(f"{server.url}/")
+    page.wait_for_selector('#product option[value="PNL"]', state="attached")
+    page.select_option("#product", "PNL")
+    page.click("details.settings summary")
+    page.fill("#threshold", str(panel["threshold"]))
+    with page.expect_response(lambda r: "/predict" in r.url):
+        page.set_input_files("#file", {"name": "panel.png", "mimeType": "image/png",
+                                       "buffer": PANEL})
+    page.wait_for_selector('#canvas[data-rendered="true"]', timeout=60_000)
+    assert page.inner_text("#units-title") == "Boards (recipe PNL rev. 1)"
+    items = page.locator("#units li")
+    assert items.evaluate_all("ls => ls.map(l => [l.dataset.position, l.dataset.verdict])") == [
+        ["1", "fail"], ["2", "pass"]]
+    for unit, rgb in ((panel["units"][0], [220, 0, 0]), (panel["units"][1], [0, 150, 0])):
+        x0, y0, _, y1 = unit["bbox"]
+        assert _pixel(page, x0 + 1, y1 - 4)[:3] == rgb, unit
     assert problems == []
