@@ -340,6 +340,9 @@ class _Record:
     model: str | None = None
     #: The golden board and its alignment (JSONL only: CSV keeps its fixed columns).
     reference: dict[str, Any] | None = None
+    #: A panel's boards and the recipe revision that judged them (JSONL only, with a recipe).
+    units: list[dict[str, Any]] | None = None
+    recipe: dict[str, Any] | None = None
     time: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
 
     @classmethod
@@ -360,6 +363,8 @@ class _Record:
             ],
             model=f"{model.get('name')} {model.get('version')}" if model else None,
             reference=result.get("reference"),
+            units=result.get("units") if result.get("recipe") else None,
+            recipe=result.get("recipe"),
         )
 
     @classmethod
@@ -482,7 +487,9 @@ class _ResultsFile:
                     "defect_count": record.defect_count,
                     "defect_area_mm2": record.defect_area_mm2, "by_class": record.by_class,
                     "defects": record.defects, "error": record.error, "model": record.model,
-                    "reference": record.reference, "time": record.time,
+                    "reference": record.reference,
+                    **({"units": record.units, "recipe": record.recipe} if record.recipe else {}),
+                    "time": record.time,
                 },
                 ensure_ascii=False,
             ) + "\n"

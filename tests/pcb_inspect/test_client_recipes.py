@@ -128,6 +128,18 @@ def test_product_commands(server: ServerProcess, panel: tuple[Path, Path], tmp_p
     table = " ".join(capsys.readouterr().out.split())  # unwrapped
     assert "recipe: Q-7 revision 1; boards: 1 PASS, 2 PASS" in table
 
+    # A batch's JSONL results keep each panel's boards and the revision.
+    lot = tmp_path / "lot"
+    lot.mkdir()
+    (lot / "p.png").write_bytes(image.read_bytes())
+    results = tmp_path / "r.jsonl"
+    assert cli_main(["batch", str(lot), *url, "--product", "Q-7", "--out", str(results),
+                     "--threshold", "1"]) == 0
+    (line,) = [json.loads(t) for t in results.read_text().splitlines()]
+    assert line["recipe"]["revision"] == 1
+    assert [(u["position"], u["verdict"]) for u in line["units"]] == [(1, "pass"), (2, "pass")]
+    capsys.readouterr()
+
     def err() -> str:  # unwrapped
         return " ".join(capsys.readouterr().err.split())
 
