@@ -15,7 +15,12 @@ from app.api.deps import AdminDep, AuthDep, StateDep
 from app.api.openapi import error_responses
 from app.api.schemas import RecipeOut, RecipeRevisionListOut, RecipeRevisionOut
 from app.core.errors import ApiError
-from app.services.golden_store import InvalidProductError, check_product
+from app.services.golden_store import (
+    PRODUCT_PATTERN,
+    PRODUCT_RULE,
+    InvalidProductError,
+    check_product,
+)
 from app.services.recipe_store import RecipeRevision, call_recipes
 from app.services.recipes import RecipeBody
 from app.services.references import call_store
@@ -24,6 +29,9 @@ router = APIRouter(prefix="/v1/products", tags=["product recipes"], dependencies
 
 _ERRORS = error_responses(401, 404, 422, 500)
 RevisionParam = Annotated[int, Path(ge=1, le=10**9, description="The revision, 1-based.")]
+#: The product id, its rule in the schema (checked by _product, for its own 422 code).
+ProductPath = Annotated[str, Path(description=f"The product id: {PRODUCT_RULE}.",
+                                  json_schema_extra={"pattern": f"^{PRODUCT_PATTERN.pattern}$"})]
 
 
 def _product(product: str) -> str:
@@ -48,7 +56,8 @@ def _out(rev: RecipeRevision) -> RecipeOut:
                201: {"description": "Stored as a new revision."}},
 )
 async def put_recipe(
-    product: str, body: RecipeBody, response: Response, state: StateDep, principal: AdminDep
+    product: ProductPath, body: RecipeBody, response: Response, state: StateDep,
+    principal: AdminDep,
 ) -> RecipeOut:
     """Stores ``body`` as the next revision of ``product``'s recipe, for its current golden
     board (``PUT /v1/golden-boards/{product}`` first): 201 with the new revision, or 200 with
@@ -73,7 +82,7 @@ async def put_recipe(
     response_model=RecipeOut,
     responses=_ERRORS,
 )
-async def get_recipe(product: str, state: StateDep) -> RecipeOut:
+async def get_recipe(product: ProductPath, state: StateDep) -> RecipeOut:
     """The current (latest) revision of ``product``'s recipe."""
     return _out(await call_recipes(state.recipes, "current", _product(product)))
 
@@ -84,7 +93,7 @@ async def get_recipe(product: str, state: StateDep) -> RecipeOut:
     response_model=RecipeRevisionListOut,
     responses=_ERRORS,
 )
-async def list_revisions(product: str, state: StateDep) -> RecipeRevisionListOut:
+async def list_revisions(product: ProductPath, state: StateDep) -> RecipeRevisionListOut:
     """Number, sha256, time and author of every revision, oldest first."""
     product = _product(product)
     revs: list[RecipeRevision] = await call_recipes(state.recipes, "revisions", product)
@@ -101,7 +110,7 @@ async def list_revisions(product: str, state: StateDep) -> RecipeRevisionListOut
     response_model=RecipeOut,
     responses=_ERRORS,
 )
-async def get_revision(product: str, revision: RevisionParam, state: StateDep) -> RecipeOut:
+async def get_revision(product: ProductPath, revision: RevisionParam, state: StateDep) -> RecipeOut:
     """Revision ``revision`` of ``product``'s recipe, as it was stored (what an inspection
     that names it in its ``recipe`` block was judged by)."""
     return _out(await call_recipes(state.recipes, "revision", _product(product), revision))
