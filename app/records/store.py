@@ -322,6 +322,12 @@ def _decode_cursor(cursor: str) -> tuple[dt.datetime, str]:
         raise InvalidCursorError(cursor, f"not a cursor ({exc})") from None
     if when.tzinfo is None or not isinstance(last_id, str):
         raise InvalidCursorError(cursor, "malformed content")
+    try:
+        # In UTC here, where a time its zone moves past year 1 or 9999 can still be refused
+        # (the database column would raise OverflowError while binding it).
+        when = when.astimezone(dt.UTC)
+    except OverflowError:
+        raise InvalidCursorError(cursor, f"time {at!r} is out of range") from None
     return when, last_id
 
 
