@@ -17,10 +17,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import numpy as np
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
 from app.core.config import Settings
@@ -204,7 +205,7 @@ class InspectionService:
         pair = bool(templates) or product is not None
         if pair:
             model = self.pair_model()
-        with self._admitted(uploads[0], pair):
+        async with self._admitted(uploads[0], pair):
             decoded = await decode_or_error(uploads[0], self.settings)
             reference = None
             if templates:
@@ -250,7 +251,7 @@ class InspectionService:
 
         async def one(index: int, upload: Upload) -> BatchItem:
             try:
-                with self._admitted(upload, reference is not None):
+                async with self._admitted(upload, reference is not None):
                     decoded = await decode_or_error(upload, self.settings)
                     result = await run_board(
                         request, self.settings, model, decoded.pixels, config, reference
@@ -290,8 +291,8 @@ class InspectionService:
             except BudgetExceededError as exc:
                 raise _over_budget(exc) from None
 
-    @contextlib.contextmanager
-    def _admitted(self, upload: Upload, pair: bool) -> Iterator[None]:
+    @contextlib.asynccontextmanager
+    async def _admitted(self, upload: Upload, pair: bool) -> AsyncIterator[None]:
         """Holds the board's pixels of the memory budget while it is decoded, run and
         post-processed, or raises 503 ``over_capacity`` before any of that starts.
 
@@ -299,7 +300,8 @@ class InspectionService:
         board is a second full-size image. A header that cannot be read, or a board over the
         size limit, counts nothing here: decoding refuses it at once, with its own error.
         """
-        pixels = declared_pixels(upload.data) or 0
+        # A header is parsed in a worker thread: a hostile file can make even that slow.
+        pixels = await run_in_threadpool(declared_pixels, upload.data) or 0
         if pixels > self.settings.max_image_pixels:
             pixels = 0
         cost = pixels * (2 if pair else 1)
