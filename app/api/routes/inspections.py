@@ -13,13 +13,16 @@ from fastapi import APIRouter, Depends, Query
 from fastapi.responses import Response, StreamingResponse
 
 from app.api.deps import AdminAuth, RecordsDep, ReviewAuth, ReviewerDep
+from app.api.json_body import bounded_json_route
 from app.api.openapi import error_responses
 from app.api.records_errors import call_records, utc_param
 from app.api.schemas import InspectionDetailOut, InspectionPageOut
-from app.records import InspectionFilter, Review, ReviewBody
+from app.records import MAX_REVIEW_BYTES, InspectionFilter, Review, ReviewRequest
 from app.services.board_meta import check_text, query_meta
 
-router = APIRouter(prefix="/v1/inspections", tags=["inspections"], dependencies=[ReviewAuth])
+# The review's JSON body is bounded before it is read, and parsed off the event loop.
+router = APIRouter(prefix="/v1/inspections", tags=["inspections"], dependencies=[ReviewAuth],
+                   route_class=bounded_json_route(MAX_REVIEW_BYTES, "review"))
 
 _ERRORS = error_responses(401, 403, 404, 422, 500, 503)
 _IMAGE_TYPES = ("image/png", "image/jpeg", "image/bmp", "image/tiff", "image/webp",
@@ -124,12 +127,12 @@ async def get_inspection_image(inspection_id: str, records: RecordsDep) -> Respo
     summary="Review an inspection: an outcome per defect, and the missed defects",
     response_model=Review,
     status_code=201,
-    responses={**_ERRORS, **error_responses(400),  # a body that is not JSON
+    responses={**_ERRORS, **error_responses(400, 413),  # not JSON; too large
                200: {"model": Review, "description": "The same review again: "
                                 "nothing changed."}, 201: {"description": "A new review."}},
 )
 async def review_inspection(
-    inspection_id: str, body: ReviewBody, response: Response, records: RecordsDep,
+    inspection_id: str, body: ReviewRequest, response: Response, records: RecordsDep,
     reviewer: ReviewerDep,
 ) -> Review:
     """Records the operator's review under the key's name: per defect ``confirmed``,
@@ -138,7 +141,9 @@ async def review_inspection(
 
     201 for a new review (the history keeps the earlier ones); 200 with the current review
     when the same one is sent again. 422 ``unknown_defect``, ``unknown_class`` or
-    ``box_outside_image`` for a review that does not fit the board.
+    ``box_outside_image`` for a review that does not fit the board; 422 for one without
+    ``defects`` and ``missed`` or with more than the bounds of either, 413 for a body over
+    its byte bound.
     """
     review, created = await call_records(records.review, inspection_id, reviewer.name, body)
     response.status_code = 201 if created else 200
