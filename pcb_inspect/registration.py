@@ -296,16 +296,32 @@ def register(
     Raises:
         AlignmentError: When the pair scores below ``min_score`` or needs a larger rotation.
     """
+    h, w = board.shape[:2]
+    rh, rw = reference.shape[:2]
+    # Overlap counts against the larger of the two: a small board inside a large golden board
+    # (or the reverse) covers a corner of the design, however well that corner matches.
+    larger = max(h * w, rh * rw)
+    at_best = min(h, rh) * min(w, rw)
+    if at_best / larger < MIN_OVERLAP:
+        raise AlignmentError(
+            f"the board is {w}x{h} px and the reference {rw}x{rh} px: aligned at best, they "
+            f"share {at_best / larger:.0%} of the larger (expected >= {MIN_OVERLAP:.0%}): "
+            "another design or a different crop of the board",
+            0.0,
+        )
     alignment, warped = _estimate(board, reference, MAX_SIDE)
+    # The share of the larger image that the aligned pair has in common (the estimate's
+    # overlap counts a smaller reference's padding as covered: bounded by the sizes).
+    overlap = min(alignment.overlap * h * w, at_best) / larger
     if alignment.score < min_score:
         raise AlignmentError(
             f"the reference does not match the board (alignment score {alignment.score:.3f}, "
             f"expected >= {min_score}): another design, rotated, or the wrong side",
             alignment.score,
         )
-    if alignment.overlap < MIN_OVERLAP:
+    if overlap < MIN_OVERLAP:
         raise AlignmentError(
-            f"the reference covers only {alignment.overlap:.0%} of the board once aligned "
+            f"the board and the reference share only {overlap:.0%} of the larger once aligned "
             f"(shifted by {alignment.dx:.1f}, {alignment.dy:.1f} px; expected >= "
             f"{MIN_OVERLAP:.0%}): another design or a different crop of the board",
             alignment.score,
