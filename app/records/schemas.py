@@ -300,6 +300,8 @@ class InspectionFilter(_Model):
     line: str | None = None
     station: str | None = None
     reviewed: bool | None = None
+    #: Tags a record must all carry.
+    tags: tuple[str, ...] = ()
 
 
 class Page(NamedTuple):

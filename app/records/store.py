@@ -23,6 +23,7 @@ from sqlalchemy import (
     Engine,
     String,
     delete,
+    exists,
     func,
     literal,
     select,
@@ -148,7 +149,8 @@ class RecordStore:
 
     def count(self, filters: InspectionFilter | None = None) -> int:
         """How many inspections match ``filters``."""
-        stmt = select(func.count()).select_from(InspectionRow).where(*_conditions(filters))
+        stmt = select(func.count()).select_from(InspectionRow).where(
+            *_conditions(filters, self._dialect))
         with self._read() as session:
             return int(session.scalar(stmt) or 0)
 
@@ -161,7 +163,7 @@ class RecordStore:
         """
         if not 1 <= limit <= MAX_PAGE:
             raise ValueError(f"limit must be between 1 and {MAX_PAGE}, received {limit}")
-        conds = _conditions(filters)
+        conds = _conditions(filters, self._dialect)
         if cursor is not None:
             at, last_id = _decode_cursor(cursor)
             # A row-value comparison, not (a < x OR a = x AND b < y): both databases turn it
@@ -290,7 +292,7 @@ class RecordStore:
 # --- helpers ------------------------------------------------------------------------------
 
 
-def _conditions(filters: InspectionFilter | None) -> list[ColumnElement[bool]]:
+def _conditions(filters: InspectionFilter | None, dialect: str) -> list[ColumnElement[bool]]:
     if filters is None:
         return []
     conds: list[ColumnElement[bool]] = []
@@ -302,10 +304,21 @@ def _conditions(filters: InspectionFilter | None) -> list[ColumnElement[bool]]:
         value = getattr(filters, name)
         if value is not None:
             conds.append(getattr(InspectionRow, name) == value)
+    for tag in filters.tags:
+        conds.append(_has_tag(tag, dialect))
     if filters.reviewed is not None:
         # "= true", not "IS TRUE": PostgreSQL uses an index only for the former.
         conds.append(InspectionRow.reviewed == filters.reviewed)
     return conds
+
+
+def _has_tag(tag: str, dialect: str) -> ColumnElement[bool]:
+    """Whether a record's tags (a JSON array) hold ``tag``: JSONB containment on PostgreSQL,
+    a scan of the array's elements on SQLite."""
+    if dialect == "postgresql":
+        return InspectionRow.tags.op("@>")(func.jsonb_build_array(tag))
+    element = func.json_each(InspectionRow.tags).table_valued("value")
+    return exists(select(literal(1)).select_from(element).where(element.c.value == tag))
 
 
 def _encode_cursor(item: Inspection) -> str:

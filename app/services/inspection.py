@@ -239,7 +239,17 @@ class InspectionService:
             # (or without a pair model) fails at once, not after every file has arrived.
             model = self.pair_model()
             reference = await stored_reference(self.state.golden, product)
-        form = await read_upload_form(request, self.settings, "files", texts=META_FIELDS)
+        # "template" is read only to be refused: ignored, it would inspect every board alone
+        # while the station believes they were compared with its golden board.
+        form = await read_upload_form(request, self.settings, "files", ("template",),
+                                      META_FIELDS)
+        if form.extra["template"]:
+            raise ApiError(
+                422, "invalid_request",
+                "template: /predict/batch takes no golden board in the request; store it "
+                "with PUT /v1/golden-boards/{product} and send ?product= (the form field "
+                "'product' works too), or send each board with its template to /predict.",
+            )
         uploads = form.uploads
         meta = with_form(meta or BoardMeta(product=product), form.texts)
         if product is None and meta.product is not None:

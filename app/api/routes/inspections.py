@@ -18,7 +18,7 @@ from app.api.openapi import error_responses
 from app.api.records_errors import call_records, utc_param
 from app.api.schemas import InspectionDetailOut, InspectionPageOut
 from app.records import MAX_REVIEW_BYTES, InspectionFilter, Review, ReviewRequest
-from app.services.board_meta import check_text, query_meta
+from app.services.board_meta import check_text, query_meta, split_tags
 
 # The review's JSON body is bounded before it is read, and parsed off the event loop.
 router = APIRouter(prefix="/v1/inspections", tags=["inspections"], dependencies=[ReviewAuth],
@@ -42,6 +42,9 @@ def get_filter(
     station: Annotated[str | None, Query(**_META)] = None,
     reviewed: Annotated[bool | None, Query(
         description="true: reviewed boards only; false: not yet reviewed (the queue).")] = None,
+    tags: Annotated[list[str] | None, Query(
+        description="Records carrying every one of these tags: repeat the parameter or "
+        "separate with commas (at most 32, each 1-128 characters).")] = None,
 ) -> InspectionFilter:
     """The filters of a query or export (every one optional; all must match)."""
     # As the metadata is checked when it is recorded (no control characters, which
@@ -52,7 +55,7 @@ def get_filter(
     return InspectionFilter(
         since=utc_param("since", since), until=utc_param("until", until), verdict=verdict,
         product=product, serial=meta.serial, line=meta.line, station=meta.station,
-        reviewed=reviewed,
+        reviewed=reviewed, tags=split_tags(tags or ()),
     )
 
 
