@@ -254,6 +254,9 @@ class ReviewRequest(ReviewBody):
     :class:`ReviewBody`, whatever their size when they were taken.)
     """
 
+    # The schema says so too: {} is not a review.
+    model_config = ConfigDict(json_schema_extra={"minProperties": 1})
+
     defects: list[DefectOutcome] = Field(default_factory=list, max_length=MAX_REVIEW_OUTCOMES)
     missed: list[MissedDefect] = Field(default_factory=list, max_length=MAX_REVIEW_MISSED)
 
