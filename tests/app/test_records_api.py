@@ -89,7 +89,8 @@ def record(client: TestClient, inspection_id: str) -> dict[str, Any]:
 
 
 def metric(client: TestClient, sample: str) -> float:
-    match = re.search(rf"^{re.escape(sample)} (\S+)$", client.get("/metrics").text, re.M)
+    text = client.get("/metrics", headers=ADMIN).text
+    match = re.search(rf"^{re.escape(sample)} (\S+)$", text, re.M)
     return float(match.group(1)) if match else 0.0
 
 
