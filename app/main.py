@@ -11,11 +11,11 @@ import logging
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
-from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from app.api.routes import docs, golden, health, inspections, metrics, model, predict, stats, ui
 from app.core.config import Settings, get_settings
 from app.core.errors import install_error_handlers
+from app.core.hosts import AllowedHostsMiddleware
 from app.core.metrics import MODEL_INFO, PAIR_MODEL_INFO
 from app.core.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from app.core.network import is_loopback
@@ -223,8 +223,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     if settings.allowed_hosts:
         # Inside the request context, so a refused Host is logged and counted like any 400.
-        app.add_middleware(TrustedHostMiddleware, allowed_hosts=settings.allowed_hosts,
-                           www_redirect=False)
+        app.add_middleware(AllowedHostsMiddleware, allowed_hosts=settings.allowed_hosts)
     app.add_middleware(RequestContextMiddleware)
     for router in (
         health.router, metrics.router, model.router, predict.router, golden.router,

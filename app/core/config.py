@@ -20,6 +20,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from app.core.model_files import default_card_path
+from app.core.network import check_host_pattern
 
 #: The weights shipped in the repository, used when ``PCB_WEIGHTS_PATH`` is not set.
 DEFAULT_WEIGHTS = Path(__file__).resolve().parents[2] / "weights" / "pcb_defect_unet.keras"
@@ -285,6 +286,11 @@ class Settings(BaseSettings):
                 return json.loads(text)
             return [h.strip() for h in text.split(",") if h.strip()]
         return value
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _host_patterns(cls, hosts: list[str]) -> list[str]:
+        return [check_host_pattern(h) for h in hosts]
 
     @model_validator(mode="after")
     def _auth_matches_keys(self) -> Settings:

@@ -14,3 +14,15 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def check_host_pattern(pattern: str) -> str:
+    """``pattern`` in lower case, or :class:`ValueError` naming what is wrong with it."""
+    text = pattern.strip().lower()
+    if not text or ("*" in text and text != "*" and not (
+            text.startswith("*.") and "*" not in text[1:] and len(text) > 2)):
+        raise ValueError(
+            f"allowed host {pattern!r}: expected a host name, '*.example.com' (its subdomains) "
+            "or '*' (any)"
+        )
+    return text

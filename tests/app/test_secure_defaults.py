@@ -174,11 +174,24 @@ def test_allowed_hosts_refuse_any_other_host_with_400(tiny_weights: Path) -> Non
     assert settings.allowed_hosts == ["pcb.line.example", "*.corp.example"]
     assert client.get("/livez").status_code == 200
     assert client.get("/livez", headers={"host": "a.corp.example:8000"}).status_code == 200
-    for host in ("evil.example", "pcb.line.example.evil.example", "corp.example.evil"):
+    assert client.get("/livez", headers={"host": "PCB.Line.Example:8000"}).status_code == 200
+    for host in ("evil.example", "pcb.line.example.evil.example", "corp.example.evil",
+                 "corp.example", "", "[::1]:8000"):
         response = client.get("/livez", headers={"host": host})
-        assert response.status_code == 400, host
-        # Refused before any route: still with a request id, and counted.
+        error = assert_error(response, 400, "invalid_host")
+        assert repr(host) in error["message"] and "PCB_ALLOWED_HOSTS" in error["message"]
+        # Refused before any route: still with a request id.
         assert response.headers.get("x-request-id"), host
+
+
+@pytest.mark.parametrize("pattern", ["pcb*.example", "*", "*.", "a.*.example", " "])
+def test_allowed_host_patterns_are_checked(tiny_weights: Path, pattern: str) -> None:
+    if pattern == "*":  # any host: valid, and the same as no setting
+        client = TestClient(create_app(tiny_settings(tiny_weights, allowed_hosts=pattern)))
+        assert client.get("/livez", headers={"host": "x.example"}).status_code == 200
+        return
+    with pytest.raises(ValidationError, match="allowed host"):
+        tiny_settings(tiny_weights, allowed_hosts=[pattern])
 
 
 # --- trusted proxies -------------------------------------------------------------------------
