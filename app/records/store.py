@@ -253,6 +253,18 @@ class RecordStore:
         with self._read() as session:
             return review_history(session, inspection_id)
 
+    def reviews_by_id(self, review_ids: Iterable[str]) -> dict[str, Review]:
+        """The reviews with these ids, by id (the current reviews of a page of inspections,
+        for the CSV export's outcome columns); ids not found are left out."""
+        ids = list(dict.fromkeys(review_ids))
+        found: dict[str, Review] = {}
+        with self._read() as session:
+            # Chunks: SQLite allows at most 32766 bound parameters per statement.
+            for i in range(0, len(ids), 500):
+                stmt = select(ReviewRow).where(ReviewRow.id.in_(ids[i:i + 500]))
+                found.update((row.id, review_of(row)) for row in session.scalars(stmt))
+        return found
+
     def reviewed_for_export(self, *, batch_size: int = 200) -> Iterator[ReviewedInspection]:
         """Every reviewed inspection whose image is kept, with its current review, oldest
         first (for ``pcb-inspect export-reviews``).

@@ -91,7 +91,9 @@ async def export_inspections(
     fmt: Annotated[Literal["csv", "jsonl"], Query(alias="format")] = "csv",
 ) -> StreamingResponse:
     """Every matching record, streamed as it is read (nothing is built in memory): CSV with
-    one row per board (defects, rules and tags as JSON cells), or JSON lines."""
+    flat columns and one row per defect (the model's calls and the missed defects a review
+    added, each with its review outcome; a board with none has one row), every cell quoted and
+    formula-like cells neutralised with a leading ``'``; or JSON lines, the full record."""
     lines = records.export(filters, fmt)
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     media = "text/csv; charset=utf-8" if fmt == "csv" else "application/x-ndjson"

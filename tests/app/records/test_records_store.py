@@ -175,7 +175,7 @@ def test_export_streams_everything_as_jsonl_and_csv(store: RecordStore) -> None:
     assert tuple(rows[0]) == CSV_COLUMNS
     assert [r["id"] for r in rows] == expected
     assert {r["defect_count"] for r in rows} == {"0", "1"}
-    assert json.loads(rows[0]["tags"]) == ["night"]
+    assert rows[0]["tags"] == "night"
 
 
 def test_delete_removes_record_and_reviews(store: RecordStore) -> None:
