@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 
 from app.api.routes import (
+    docs,
     golden,
     health,
     inspections,
@@ -26,8 +26,10 @@ from app.api.routes import (
 )
 from app.core.config import Settings, get_settings
 from app.core.errors import install_error_handlers
+from app.core.hosts import AllowedHostsMiddleware
 from app.core.metrics import MODEL_INFO, PAIR_MODEL_INFO
 from app.core.middleware import BodyLimitMiddleware, RequestContextMiddleware
+from app.core.network import is_loopback
 from app.inference.batcher import DynamicBatcher
 from app.inference.inferencer import Inferencer, ModelLoadError, check_weights_file
 from app.services.inspection import InspectionService
@@ -35,15 +37,6 @@ from app.services.records import running_records
 from app.services.state import ServiceState
 
 logger = logging.getLogger("pcb_inspect")
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def load_pair_model(settings: Settings) -> tuple[Inferencer | None, str]:
@@ -191,10 +184,10 @@ async def serve_models(app: FastAPI) -> AsyncIterator[None]:
     with contextlib.suppress(OSError):
         await asyncio.to_thread(state.golden.sweep_partials)
         await asyncio.to_thread(state.recipes.sweep_partials)
-    if not settings.auth_enabled and not _is_loopback(settings.host):
+    if not settings.auth_enabled and not is_loopback(settings.host):
         logger.warning(
-            "AUTH IS OFF and the service listens on %s: anyone who reaches this address can "
-            "use it. Set PCB_API_KEYS to require a key.",
+            "AUTH IS OFF (PCB_AUTH=off) and the service listens on %s: anyone who reaches "
+            "this address can use it. Set PCB_API_KEYS to require a key.",
             settings.host,
         )
     state.inferencer, state.batcher = inferencer, batcher
@@ -229,6 +222,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         summary="Finds defects on printed circuit boards: masks, boxes, areas and a verdict.",
         lifespan=lifespan,
+        # Served by app.api.routes.docs from local copies (FastAPI's own pages use a CDN).
+        docs_url=None,
+        redoc_url=None,
     )
     state = ServiceState(settings)
     app.state.service = state
@@ -238,10 +234,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.records = None
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    if settings.allowed_hosts:
+        # Inside the request context, so a refused Host is logged and counted like any 400.
+        app.add_middleware(AllowedHostsMiddleware, allowed_hosts=settings.allowed_hosts)
     app.add_middleware(RequestContextMiddleware)
     for router in (
         health.router, metrics.router, model.router, predict.router, golden.router,
-        products.router, inspections.router, stats.router, ui.router,
+        products.router, inspections.router, stats.router, ui.router, docs.router,
     ):
         app.include_router(router)
     return app

@@ -20,6 +20,8 @@ from typing import Any
 import uvicorn
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.core.network import is_loopback
+
 logger = logging.getLogger("pcb_inspect.serve")
 
 #: Exit status of every startup failure (as uvicorn's own), with one line naming the cause.
@@ -109,10 +111,12 @@ def _settings_error(exc: Any) -> str:
     first = errors[0]
     field = str(first["loc"][0]) if first["loc"] else ""
     name = f"PCB_{field.upper()}" if field else "the settings"
-    shown = field != "api_keys" and first["type"] != "missing" and "input" in first
+    # A check of several settings (no field) would show them all, the API keys among them.
+    shown = field not in ("", "api_keys") and first["type"] != "missing" and "input" in first
     value = f"={first['input']!r}" if shown else ""
     more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-    return f"invalid setting {name}{value}: {first['msg'].removeprefix('Value error, ')}{more}"
+    what = f"setting {name}{value}" if field else "settings"
+    return f"invalid {what}: {first['msg'].removeprefix('Value error, ')}{more}"
 
 
 def _check_pair_model(settings: Any) -> Any:
@@ -240,6 +244,10 @@ def run(args: argparse.Namespace) -> int:
         settings = Settings(**overrides)
     except ValidationError as exc:
         return _startup_failed(_settings_error(exc))
+    refusal = open_bind_refusal(settings)
+    if refusal:
+        # Before the logs are set up and anything is loaded: the one line is all there is.
+        return _startup_failed(refusal)
     setup_logging(settings.log_level)
     try:
         preflight(settings)
@@ -249,26 +257,63 @@ def run(args: argparse.Namespace) -> int:
     from app.main import create_app
 
     app = create_app(settings)
-    config = uvicorn.Config(
-        _QuietStartupFailure(app),
-        host=settings.host,
-        port=settings.port,
-        log_config=None,
-        access_log=False,
-        timeout_graceful_shutdown=int(settings.shutdown_grace_s) + 1,
-        lifespan="on",
-    )
+    config = uvicorn_config(_QuietStartupFailure(app), settings)
     state = app.state.service
     server = GracefulServer(config, settings.shutdown_grace_s, state)
+    metrics_server = None
+    if settings.metrics_port is not None:
+        from app.core.metrics import start_metrics_server
+
+        try:
+            metrics_server = start_metrics_server(settings.metrics_host, settings.metrics_port)
+        except OSError as exc:
+            return _startup_failed(
+                f"cannot listen on {settings.metrics_host}:{settings.metrics_port} "
+                f"(PCB_METRICS_HOST, PCB_METRICS_PORT): {exc.strerror or exc}"
+            )
     try:
         server.run()
     except SystemExit:
         # uvicorn exits on its own startup failures (binding the socket), having logged why.
         if server.started:
             raise
+    finally:
+        if metrics_server is not None:
+            metrics_server.shutdown()
+            metrics_server.server_close()
     if server.started:
         return 0
     return _startup_failed(state.startup_error or "the server did not start (see the log)")
+
+
+def open_bind_refusal(settings: Any) -> str:
+    """Why the service must not start, or ``""``: with no API keys it serves loopback only,
+    unless ``PCB_AUTH=off`` says that no keys on a reachable address is meant."""
+    if settings.auth_enabled or settings.auth == "off" or is_loopback(settings.host):
+        return ""
+    return (
+        f"PCB_HOST={settings.host} is reachable from other machines and no API keys are set: "
+        "set PCB_API_KEYS (e.g. 'station-1:inspect:KEY,ops:admin:KEY'), bind 127.0.0.1, or "
+        "set PCB_AUTH=off to serve without keys on purpose"
+    )
+
+
+def uvicorn_config(app: ASGIApp, settings: Any) -> uvicorn.Config:
+    """uvicorn's config for ``settings``: proxy headers (X-Forwarded-For, -Proto) are trusted
+    only from the proxies in ``PCB_FORWARDED_ALLOW_IPS``, from none when it is empty (uvicorn
+    would otherwise trust any loopback client)."""
+    trusted = settings.forwarded_allow_ips.strip()
+    return uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=int(settings.shutdown_grace_s) + 1,
+        lifespan="on",
+        proxy_headers=bool(trusted),
+        forwarded_allow_ips=trusted or None,
+    )
 
 
 def _startup_failed(reason: str) -> int:

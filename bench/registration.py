@@ -4,9 +4,11 @@
 
 For each size, a synthetic board (``pcb_inspect.synth``) and its template moved by known
 translations and rotations; ``register`` must recover them. Prints one JSON line per size: the
-largest translation and rotation error over the motions, the median seconds a pair, and the
+largest translation and rotation error over the motions, the median seconds a pair, the
 peak resident memory above the two images (``/proc/self/clear_refs`` resets the peak after the
-boards are drawn). Boards over ``REFINE_MAX_PIXELS`` are refined on a grid of that many pixels.
+boards are drawn), and the median seconds to refuse a wrong golden board (another design, and
+the right one turned by 90 degrees). Boards over ``REFINE_MAX_PIXELS`` are refined on a grid
+of that many pixels.
 """
 
 from __future__ import annotations
@@ -18,8 +20,10 @@ import statistics
 import time
 from pathlib import Path
 
+import numpy as np
+
 from bench.common import memory_mb
-from pcb_inspect.registration import REFINE_MAX_PIXELS, register
+from pcb_inspect.registration import REFINE_MAX_PIXELS, AlignmentError, register
 from pcb_inspect.synth import make_board, moved
 
 #: ``(dx, dy, degrees)``: the motions the template is moved by.
@@ -39,11 +43,24 @@ def measure(size: int) -> dict[str, float | int]:
         times.append(time.perf_counter() - started)
         shift_err = max(shift_err, abs(alignment.dx - dx), abs(alignment.dy - dy))
         angle_err = max(angle_err, abs(alignment.rotation_deg - degrees))
+    peak = round(memory_mb(os.getpid(), "VmHWM") - before, 1)
+    # What an operator who picked the wrong golden board waits for: another design, and the
+    # right one turned by 90 degrees, both refused.
+    refused = []
+    for wrong in (make_board(seed=4, size=size, jpeg_quality=90).template,
+                  np.ascontiguousarray(np.rot90(board.template))):
+        started = time.perf_counter()
+        try:
+            register(board.image, wrong)
+        except AlignmentError:
+            refused.append(time.perf_counter() - started)
     return {
         "size": size, "refined_on_mpx": round(min(size * size, REFINE_MAX_PIXELS) / 2**20, 2),
         "max_shift_error_px": round(shift_err, 4), "max_rotation_error_deg": round(angle_err, 5),
         "median_s": round(statistics.median(times), 2),
-        "peak_mb_above_images": round(memory_mb(os.getpid(), "VmHWM") - before, 1),
+        "peak_mb_above_images": peak,
+        "refused": len(refused),
+        "refused_median_s": round(statistics.median(refused), 2) if refused else None,
     }
 
 

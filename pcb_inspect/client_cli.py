@@ -132,6 +132,28 @@ def _rule_params(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def _add_meta_args(parser: argparse.ArgumentParser, *, serial: bool) -> None:
+    """The board metadata that goes into each record (and the review queue's filters)."""
+    if serial:
+        parser.add_argument("--serial", metavar="TEXT",
+                            help="the board's serial number (with several files: each one's)")
+    parser.add_argument("--line", metavar="TEXT", help="the production line")
+    parser.add_argument("--station", metavar="TEXT", help="the inspection station")
+    parser.add_argument("--tag", action="append", default=[], metavar="TEXT", dest="tags",
+                        help="a tag of the record; repeat for several (at most 32)")
+
+
+def _meta_params(args: argparse.Namespace) -> dict[str, Any]:
+    """The metadata flags as the service's query parameters (unset ones left out)."""
+    params: dict[str, Any] = {
+        name: getattr(args, name, None) for name in ("serial", "line", "station")
+        if getattr(args, name, None) is not None
+    }
+    if args.tags:
+        params["tags"] = list(args.tags)
+    return params
+
+
 def _product_arg(text: str) -> str:
     # The same rule as the client's, checked while parsing so a typo fails before any upload.
     if not text.strip() or text in (".", "..") or "/" in text:
@@ -191,6 +213,7 @@ def build_predict_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
                         help="write each board's overlay PNG here (<name>.overlay.png)")
     parser.add_argument("--json", action="store_true",
                         help="print one JSON object per file instead of tables")
+    _add_meta_args(parser, serial=True)
     return parser
 
 
@@ -217,7 +240,7 @@ def run_predict(args: argparse.Namespace) -> int:
                 # One request gives the mask too (mask=png): no second inference for it.
                 result = client.predict(
                     path, mask="png" if args.mask_out else "none", **reference,
-                    **_rule_params(args),
+                    **_rule_params(args), **_meta_params(args),
                 )
                 if args.mask_out:
                     target = args.mask_out / f"{path.stem}.mask.png"
@@ -322,6 +345,7 @@ def build_batch_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     parser.add_argument("--retry-errors", action="store_true",
                         help="on resume, upload again the files whose last record is an error "
                              "(by default only service-side errors, 5xx, are redone)")
+    _add_meta_args(parser, serial=False)
     return parser
 
 
@@ -340,6 +364,8 @@ class _Record:
     model: str | None = None
     #: The golden board and its alignment (JSONL only: CSV keeps its fixed columns).
     reference: dict[str, Any] | None = None
+    #: The board's record on the service (JSONL only); ``None`` when records are off.
+    inspection_id: str | None = None
     #: A panel's boards and the recipe revision that judged them (JSONL only, with a recipe).
     units: list[dict[str, Any]] | None = None
     recipe: dict[str, Any] | None = None
@@ -363,6 +389,7 @@ class _Record:
             ],
             model=f"{model.get('name')} {model.get('version')}" if model else None,
             reference=result.get("reference"),
+            inspection_id=result.get("inspection_id"),
             units=result.get("units") if result.get("recipe") else None,
             recipe=result.get("recipe"),
         )
@@ -483,7 +510,8 @@ class _ResultsFile:
         if self.format == "jsonl":
             line = json.dumps(
                 {
-                    "path": record.path, "status": record.status, "verdict": record.verdict,
+                    "path": record.path, "status": record.status,
+                    "inspection_id": record.inspection_id, "verdict": record.verdict,
                     "defect_count": record.defect_count,
                     "defect_area_mm2": record.defect_area_mm2, "by_class": record.by_class,
                     "defects": record.defects, "error": record.error, "model": record.model,
@@ -694,7 +722,8 @@ def _run_batch(args: argparse.Namespace, out: Console, err: Console) -> int:
         with progress, concurrent.futures.ThreadPoolExecutor(args.concurrency) as pool:
             task = progress.add_task("inspecting", total=len(todo))
             futures = [
-                pool.submit(_inspect_chunk, client, folder, c, _rule_params(args), stop,
+                pool.submit(_inspect_chunk, client, folder, c,
+                            {**_rule_params(args), **_meta_params(args)}, stop,
                             args.product)
                 for c in chunks
             ]

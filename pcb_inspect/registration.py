@@ -45,6 +45,14 @@ FLAT_STD = 12.0
 GOOD_SCORE = 0.9
 #: Longest side at which the coarse estimate runs; larger boards are downscaled for it.
 MAX_SIDE = 1024
+#: Longest side of the quick screen that refuses a hopeless pair before the other starts run
+#: at full size (each of them is as costly as the first, and on a pair that does not match
+#: ECC never converges: it runs all its steps).
+SCREEN_SIDE = 256
+#: Best score, from the first start at full size and from every start on the screen, below
+#: which a pair is refused without trying the other starts at full size: well under
+#: :data:`MIN_SCORE`, where unrelated designs score (aligned pairs score 0.85-0.99).
+SCREEN_SCORE = 0.3
 #: Most pixels the fine estimate and the score work on; larger boards are refined at the scale
 #: that has this many (an 8000 x 8000 board at a quarter of its side). ECC is accurate to a
 #: tenth of a pixel or better where it runs, so that is within half a pixel of the board; the
@@ -207,6 +215,18 @@ def _estimate(
     if scale < fine:
         b_fine = cv2.GaussianBlur(board_f.astype(np.float32), (5, 5), 1.0)
         r_fine = cv2.GaussianBlur(ref_f.astype(np.float32), (5, 5), 1.0)
+    screened = _screen(bs_b, rs_b, starts(), SCREEN_SIDE)
+    if screened[0] < SCREEN_SCORE:
+        # Nothing aligns the pair even roughly: the starts at full size would only confirm
+        # the refusal, at many times the cost (ECC runs all its steps on a pair that does
+        # not match). The screen's best is the answer, scored on the screen's grid.
+        score, warp, overlap = screened
+        warp = warp.copy()
+        warp[:, 2] /= scale
+        warped, _ = _warp(ref, warp, (h, w), with_valid=False)
+        angle = math.degrees(math.atan2(float(warp[1, 0]), float(warp[0, 0])))
+        return Alignment(float(warp[0, 2]), float(warp[1, 2]), angle, score, warp,
+                         overlap), warped
     best: tuple[float, np.ndarray, np.ndarray, float] | None = None
     for start in starts():
         warp = _ecc(bs_b, rs_b, start, 300)
@@ -233,6 +253,35 @@ def _estimate(
     alignment = Alignment(float(warp[0, 2]), float(warp[1, 2]), angle, score,
                           warp.astype(np.float32), overlap)
     return alignment, warped
+
+
+def _screen(board: np.ndarray, reference: np.ndarray, starts: Iterator[np.ndarray],
+            side: int) -> tuple[float, np.ndarray, float]:
+    """A quick look at the pair downscaled to ``side`` pixels: ECC from each start in turn,
+    until one scores :data:`SCREEN_SCORE` (``board`` and ``reference`` are the coarse
+    estimate's float32 images; the starts' translations are on their grid).
+
+    Returns:
+        ``(score, warp on the coarse grid, overlap)`` of the best start.
+    """
+    factor = min(1.0, side / max(board.shape))
+    small_b, small_r = _scaled(board, factor), _scaled(reference, factor)
+    best: tuple[float, np.ndarray, float] | None = None
+    for start in starts:
+        warp = start.copy()
+        warp[:, 2] *= factor
+        warp = _ecc(small_b, small_r, warp, 100)
+        warped, valid = _warp(small_r, warp, small_b.shape)
+        overlap = float(valid.mean())
+        score = _score(small_b, warped, valid) * min(1.0, overlap / MIN_OVERLAP)
+        if best is None or score > best[0]:
+            found = warp.copy()
+            found[:, 2] /= factor
+            best = (score, found, overlap)
+        if score >= SCREEN_SCORE:
+            break
+    assert best is not None
+    return best
 
 
 def _std(image: np.ndarray) -> float:
@@ -296,16 +345,32 @@ def register(
     Raises:
         AlignmentError: When the pair scores below ``min_score`` or needs a larger rotation.
     """
+    h, w = board.shape[:2]
+    rh, rw = reference.shape[:2]
+    # Overlap counts against the larger of the two: a small board inside a large golden board
+    # (or the reverse) covers a corner of the design, however well that corner matches.
+    larger = max(h * w, rh * rw)
+    at_best = min(h, rh) * min(w, rw)
+    if at_best / larger < MIN_OVERLAP:
+        raise AlignmentError(
+            f"the board is {w}x{h} px and the reference {rw}x{rh} px: aligned at best, they "
+            f"share {at_best / larger:.0%} of the larger (expected >= {MIN_OVERLAP:.0%}): "
+            "another design or a different crop of the board",
+            0.0,
+        )
     alignment, warped = _estimate(board, reference, MAX_SIDE)
+    # The share of the larger image that the aligned pair has in common (the estimate's
+    # overlap counts a smaller reference's padding as covered: bounded by the sizes).
+    overlap = min(alignment.overlap * h * w, at_best) / larger
     if alignment.score < min_score:
         raise AlignmentError(
             f"the reference does not match the board (alignment score {alignment.score:.3f}, "
             f"expected >= {min_score}): another design, rotated, or the wrong side",
             alignment.score,
         )
-    if alignment.overlap < MIN_OVERLAP:
+    if overlap < MIN_OVERLAP:
         raise AlignmentError(
-            f"the reference covers only {alignment.overlap:.0%} of the board once aligned "
+            f"the board and the reference share only {overlap:.0%} of the larger once aligned "
             f"(shifted by {alignment.dx:.1f}, {alignment.dy:.1f} px; expected >= "
             f"{MIN_OVERLAP:.0%}): another design or a different crop of the board",
             alignment.score,

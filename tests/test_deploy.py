@@ -212,6 +212,12 @@ def check_compose(data: Doc) -> None:
             f"{name}: healthcheck start_period must cover model load + warm-up")
         env = {k: str(v) for k, v in (service.get("environment") or {}).items()}
         assert env.get("PCB_HOST") == "0.0.0.0", f"{name}: PCB_HOST must be 0.0.0.0"
+        # Keys required: ${VAR:?message} makes compose refuse to start without them, and
+        # nothing switches auth off behind the operator's back.
+        assert re.fullmatch(r"\$\{PCB_API_KEYS:\?[^}]+\}", env.get("PCB_API_KEYS", "")), (
+            f"{name}: PCB_API_KEYS must be required (${{PCB_API_KEYS:?...}}), "
+            f"got {env.get('PCB_API_KEYS')!r}")
+        assert env.get("PCB_AUTH", "auto") != "off", f"{name}: PCB_AUTH=off in compose"
         grace = float(env.get("PCB_SHUTDOWN_GRACE_S", DEFAULT_SHUTDOWN_GRACE_S))
         assert duration_s(service.get("stop_grace_period", "10s")) > grace, (
             f"{name}: stop_grace_period must exceed PCB_SHUTDOWN_GRACE_S")
@@ -276,6 +282,8 @@ def test_compose_postgres_profile_is_what_readme_says() -> None:
     (["stop_grace_period"], "10s", "stop_grace_period"),
     (["environment", "PCB_WEIGHTS_PATH"], "/elsewhere/m.keras", "PCB_WEIGHTS_PATH"),
     (["volumes", 1], "pcb-data:/data:ro", "PCB_DATA_DIR"),
+    (["environment", "PCB_API_KEYS"], "${PCB_API_KEYS:-[]}", "PCB_API_KEYS must be required"),
+    (["environment", "PCB_AUTH"], "off", "PCB_AUTH=off"),
 ])
 def test_compose_check_rejects_broken_variants(path: list[Any], value: str, why: str) -> None:
     data = copy.deepcopy(_compose())
@@ -362,6 +370,28 @@ def check_deployment(docs: list[Doc]) -> None:
     for config in (d for d in docs if d["kind"] == "ConfigMap"):
         settings.update(config.get("data", {}))
     assert settings.get("PCB_HOST") == "0.0.0.0", "PCB_HOST must be 0.0.0.0 in a pod"
+    # Keys required: the Secret is not optional (a pod without it waits), auth not switched off.
+    keys = next((e for e in container.get("env", []) if e["name"] == "PCB_API_KEYS"), {})
+    ref = keys.get("valueFrom", {}).get("secretKeyRef", {})
+    assert ref.get("name") and not ref.get("optional"), (
+        f"PCB_API_KEYS must come from a required Secret: {keys}")
+    assert settings.get("PCB_AUTH", "auto") != "off", "PCB_AUTH=off in the ConfigMap"
+    # Prometheus scrapes the port the annotations name, which must serve /metrics: the metrics
+    # port when PCB_METRICS_PORT is set (not exposed by the Service), else the API's port.
+    annotations = deployment["spec"]["template"]["metadata"].get("annotations", {})
+    metrics_port = settings.get("PCB_METRICS_PORT") or settings.get("PCB_PORT", "8000")
+    assert annotations.get("prometheus.io/port") == metrics_port, (
+        f"prometheus.io/port {annotations.get('prometheus.io/port')} is not the metrics port "
+        f"{metrics_port}")
+    assert int(metrics_port) in [p["containerPort"] for p in container.get("ports", [])], (
+        f"metrics port {metrics_port} is not a containerPort")
+    if settings.get("PCB_METRICS_PORT"):
+        assert settings.get("PCB_METRICS_HOST") == "0.0.0.0", (
+            "PCB_METRICS_HOST must be 0.0.0.0 for Prometheus to reach the metrics port")
+        service = _one(docs, "Service")
+        named = {p["name"]: p["containerPort"] for p in container["ports"]}
+        exposed = {named.get(p["targetPort"], p["targetPort"]) for p in service["spec"]["ports"]}
+        assert int(metrics_port) not in exposed, "the Service exposes the key-less metrics port"
     grace = float(settings.get("PCB_SHUTDOWN_GRACE_S", DEFAULT_SHUTDOWN_GRACE_S))
     pre_stop_action = container.get("lifecycle", {}).get("preStop", {})
     command = pre_stop_action.get("exec", {}).get("command", [])
@@ -428,6 +458,12 @@ _CONTAINER = (*_POD, "containers", 0)
     ("base", _set("PersistentVolumeClaim", "spec", "accessModes", value=["ReadWriteOnce"]),
      "ReadWriteMany"),
     ("overlays/gpu", _set(*_CONTAINER, "volumeMounts", value=[]), "PCB_DATA_DIR"),
+    ("base", _set(*_CONTAINER, "env", 1, "valueFrom", "secretKeyRef", "optional", value=True),
+     "required Secret"),
+    ("base", _set("Deployment", "spec", "template", "metadata", "annotations",
+                  "prometheus.io/port", value="8000"), "metrics port"),
+    ("base", _set("Service", "spec", "ports", value=[{"port": 9100, "targetPort": "metrics"}]),
+     "exposes the key-less metrics port"),
     ("overlays/gpu", _set(*_CONTAINER, "image", value="registry.example.com/pcb-inspect:0.1.0"),
      "GPU limit"),
 ])

@@ -84,6 +84,15 @@ def get_records(request: Request) -> RecordsService:
 RecordsDep = Annotated[RecordsService, Depends(get_records)]
 
 
+def get_records_if_on(request: Request) -> RecordsService | None:
+    """The inspection records, or ``None`` with ``PCB_RECORDS=false`` (for the probes)."""
+    records: RecordsService | None = request.app.state.records
+    return records
+
+
+MaybeRecordsDep = Annotated[RecordsService | None, Depends(get_records_if_on)]
+
+
 def _presented_key(request: Request) -> str | None:
     auth = request.headers.get("authorization", "")
     scheme, _, token = auth.partition(" ")

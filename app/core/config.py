@@ -20,6 +20,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from app.core.model_files import default_card_path
+from app.core.network import check_host_pattern
 
 #: The weights shipped in the repository, used when ``PCB_WEIGHTS_PATH`` is not set.
 DEFAULT_WEIGHTS = Path(__file__).resolve().parents[2] / "weights" / "pcb_defect_unet.keras"
@@ -114,6 +115,32 @@ class Settings(BaseSettings):
     )
     shutdown_grace_s: float = Field(
         20.0, gt=0, description="How long in-flight work may finish after SIGTERM."
+    )
+    auth: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="auto: keys required when PCB_API_KEYS is set; without keys "
+        "`pcb-inspect serve` binds loopback only and refuses any other PCB_HOST (exit 3). "
+        "off: no keys, on any address, on purpose (PCB_API_KEYS must then be empty). on: "
+        "PCB_API_KEYS must be set.",
+    )
+    # NoDecode: given as 'a.example,b.example' (or a JSON list), parsed below.
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Host headers accepted ('pcb.example,*.line.example'); any other gets "
+        "400. Empty: any Host (off).",
+    )
+    forwarded_allow_ips: str = Field(
+        "",
+        description="Proxies whose X-Forwarded-For/-Proto are trusted by `pcb-inspect serve` "
+        "(uvicorn's forwarded_allow_ips: IPs, CIDRs, or '*'). Empty: none, not even loopback.",
+    )
+    metrics_port: int | None = Field(
+        None, ge=1, le=65535,
+        description="Serve /metrics on this port of PCB_METRICS_HOST, without a key, instead "
+        "of on the API's port (where, with auth on, it needs a key).",
+    )
+    metrics_host: str = Field(
+        "127.0.0.1", description="Bind address of the PCB_METRICS_PORT server."
     )
 
     # --- post-processing defaults (a request may override them) -----------------------------
@@ -249,6 +276,35 @@ class Settings(BaseSettings):
     def _empty_url_is_unset(cls, value: Any) -> Any:
         # compose passes PCB_DATABASE_URL=${PCB_DATABASE_URL:-}: empty means the default.
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("allowed_hosts", mode="before")
+    @classmethod
+    def _parse_hosts(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [h.strip() for h in text.split(",") if h.strip()]
+        return value
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _host_patterns(cls, hosts: list[str]) -> list[str]:
+        return [check_host_pattern(h) for h in hosts]
+
+    @model_validator(mode="after")
+    def _auth_matches_keys(self) -> Settings:
+        if self.auth == "on" and not self.api_keys:
+            raise ValueError("PCB_AUTH=on but PCB_API_KEYS is empty; set the keys")
+        if self.auth == "off" and self.api_keys:
+            raise ValueError(
+                "PCB_AUTH=off but PCB_API_KEYS is set; unset one of them (off means no keys)"
+            )
+        if self.metrics_port is not None and self.metrics_port == self.port:
+            raise ValueError(
+                f"PCB_METRICS_PORT={self.metrics_port} is the API's port; choose another"
+            )
+        return self
 
     @field_validator("api_keys", mode="before")
     @classmethod

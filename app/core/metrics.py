@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 # The *_created series double the scrape for no use on a dashboard; read at import time.
 os.environ.setdefault("PROMETHEUS_DISABLE_CREATED_SERIES", "True")
 
-from prometheus_client import Counter, Gauge, Histogram, Info  # noqa: E402
+from prometheus_client import Counter, Gauge, Histogram, Info, start_http_server  # noqa: E402
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
@@ -80,3 +81,18 @@ FALSE_CALL_RATE = Gauge(
     "last 7 days (current reviews); updated after each review.",
     ["class"],
 )
+
+
+def start_metrics_server(host: str, port: int) -> Any:
+    """Serves the metrics (prometheus-client's own HTTP server, in a thread) on ``host:port``
+    for ``PCB_METRICS_PORT``: a port of its own that a firewall or NetworkPolicy can keep for
+    Prometheus, without a key.
+
+    Returns:
+        The server; ``shutdown()`` and ``server_close()`` stop it.
+
+    Raises:
+        OSError: The address cannot be bound.
+    """
+    server, _thread = start_http_server(port, addr=host)
+    return server

@@ -120,9 +120,9 @@ def decode_image(
 
     The header is read first and the size checked against ``max_pixels`` before any pixel is
     decoded, so a file whose header claims a huge image is refused without allocating memory
-    for it. Pillow's own decompression-bomb guard (``Image.MAX_IMAGE_PIXELS``) stays on as a
-    second line; its warning is raised as an error here, so the effective limit is the
-    smaller of the two.
+    for it. ``max_pixels`` is the limit in force: Pillow's own decompression-bomb guard
+    (``Image.MAX_IMAGE_PIXELS``, 89,478,485 by default) is raised to it if lower, and stays
+    on above it as a second line (its warning raised as an error here).
 
     Conversion to grayscale:
         * ``1``, ``L``, ``P``, ``RGB``, ``CMYK``, ``YCbCr``, ...: Pillow's standard ``"L"``
@@ -160,7 +160,12 @@ def decode_image(
     if not data:
         raise ImageError("empty_image", f"the upload is empty (0 bytes); expected {_EXPECTED}", 400)
 
+    declared = _header_size(data)
+    if declared is not None:
+        _check_size(*declared, max_pixels=max_pixels)
+
     with _DECODE_LOCK, warnings.catch_warnings():
+        _raise_pillow_limit(max_pixels)
         # Pillow only *warns* between MAX_IMAGE_PIXELS and twice that; an error here turns
         # that band into a clean 413 instead of a decode of a possible bomb.
         warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -172,16 +177,54 @@ def decode_image(
 
 def declared_pixels(data: bytes) -> int | None:
     """``width * height`` as the file's header declares it, read without decoding a pixel
-    (``None``: no header Pillow can read; :func:`decode_image` then says what is wrong)."""
-    with _DECODE_LOCK, warnings.catch_warnings():
-        # Only the size is read here; the bomb guard is decode_image's, with a clean 413.
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+    (``None``: no header Pillow can read; :func:`decode_image` then says what is wrong).
+
+    Takes no lock and touches no process-wide state, so it never waits for a decode."""
+    declared = _header_size(data)
+    return None if declared is None else declared[1] * declared[2]
+
+
+def _header_size(data: bytes) -> tuple[str, int, int] | None:
+    """``(format, width, height)`` from the header, by the accepted formats' own readers.
+
+    Not ``Image.open``: it runs Pillow's bomb guard, which warns through the process-wide
+    warnings filters that :func:`decode_image` swaps under ``_DECODE_LOCK``; the readers alone
+    parse the header and nothing else.
+    """
+    prefix = data[:16]
+    for fmt in sorted(ALLOWED_FORMATS):
+        if fmt not in Image.OPEN:
+            Image.init()  # the plugins that preinit() does not import (TIFF, WEBP)
+        factory, accept = Image.OPEN[fmt]
+        accepted = accept(prefix) if accept is not None else True
+        if isinstance(accepted, str) or not accepted:  # a str: Pillow's "not quite" note
+            continue
         try:
-            with Image.open(io.BytesIO(data), formats=sorted(ALLOWED_FORMATS)) as img:
+            with factory(io.BytesIO(data), "") as img:
                 width, height = img.size
-        except Exception:  # any unreadable header: the decode reports it properly
-            return None
-    return int(width) * int(height)
+                name = _FORMAT_ALIASES.get(str(img.format), str(img.format))
+        except Exception:  # unreadable here: the decode names what is wrong
+            continue
+        return name, int(width), int(height)
+    return None
+
+
+def _check_size(fmt: str, width: int, height: int, *, max_pixels: int) -> None:
+    if width * height > max_pixels:
+        raise ImageError(
+            "image_too_large",
+            f"the {fmt} image is {width}x{height} = {width * height:,} pixels; "
+            f"the limit is {max_pixels:,} pixels",
+            413,
+        )
+
+
+def _raise_pillow_limit(max_pixels: int) -> None:
+    """Raises Pillow's process-wide bomb guard to ``max_pixels`` if it is lower, so that the
+    service's limit is the one in force. Only ever raised, and only under ``_DECODE_LOCK``: a
+    decode with a lower limit of its own still refuses by its header first."""
+    if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < max_pixels:
+        Image.MAX_IMAGE_PIXELS = max_pixels
 
 
 def _decode(data: bytes, *, max_pixels: int, min_side: int) -> DecodedImage:
@@ -201,13 +244,7 @@ def _decode(data: bytes, *, max_pixels: int, min_side: int) -> DecodedImage:
         if fmt not in ALLOWED_FORMATS:  # pragma: no cover - open() is restricted to these
             raise _format_error(fmt)
         width, height = img.size
-        if width * height > max_pixels:
-            raise ImageError(
-                "image_too_large",
-                f"the {fmt} image is {width}x{height} = {width * height:,} pixels; "
-                f"the limit is {max_pixels:,} pixels",
-                413,
-            )
+        _check_size(fmt, width, height, max_pixels=max_pixels)
         if width < min_side or height < min_side:
             raise ImageError(
                 "image_too_small",

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import cv2
 import numpy as np
@@ -17,12 +18,8 @@ import numpy as np
 from app.inference.defects import Defect
 
 __all__ = [
-    "CLASS_COLORS_BGR",
-    "MASK_ALPHA",
-    "UNKNOWN_COLOR_BGR",
-    "UnitFrame",
-    "ZoneOutline",
-    "render_overlay",
+    "CLASS_COLORS_BGR", "MASK_ALPHA", "UNKNOWN_COLOR_BGR", "LabelPlace", "UnitFrame",
+    "ZoneOutline", "leader_path", "place_labels", "render_overlay",
 ]
 
 #: One BGR colour per class, in class-id order (id 1 first); Okabe-Ito, colour-blind friendly.
@@ -134,14 +131,26 @@ def render_overlay(
     # Sizes grow with the board so that labels stay readable on large scans.
     scale = max(0.4, min(height, width) / 1200)
     thickness = max(1, round(scale * 2))
+    colors = []
     for d in defects:
         k = class_names.index(d.class_name) + 1 if d.class_name in class_names else 0
-        color = class_color(k)
+        colors.append(class_color(k))
         x0, y0, x1, y1 = d.bbox
         # One pixel outside the defect on every side, so the box never hides its edge.
-        cv2.rectangle(canvas, (x0 - 2, y0 - 2), (x1 + 1, y1 + 1), color, thickness)
-        _label(canvas, f"{d.id} {d.class_name} {d.confidence:.2f}", (x0, y0, x1, y1), color,
-               scale, thickness)
+        cv2.rectangle(canvas, (x0 - 2, y0 - 2), (x1 + 1, y1 + 1), colors[-1], thickness)
+    # After every box, so that no box is drawn over a label.
+    texts = [f"{d.id} {d.class_name} {d.confidence:.2f}" for d in defects]
+    sizes = [cv2.getTextSize(t, _FONT, scale, thickness) for t in texts]
+    places = place_labels([(tw + 6, th + base + 6) for (tw, th), base in sizes],
+                          [d.bbox for d in defects], width, height, gap=thickness + 1)
+    for d, color, place in zip(defects, colors, places, strict=True):
+        if place.leader:
+            # Under every tag: a line may pass behind another label, never over its text.
+            lx, ly, _, lh = leader_path(place, d.bbox)
+            cv2.line(canvas, (lx + 1, ly), (lx + 1, ly + max(0, lh - 1)), color, thickness,
+                     cv2.LINE_AA)
+    for text, ((_, th), _), color, place in zip(texts, sizes, colors, places, strict=True):
+        _label(canvas, text, place, th, color, scale, thickness)
 
     for zone in zones:
         _zone(canvas, zone, scale, thickness)
@@ -156,8 +165,10 @@ def render_overlay(
         for rows, cols in ((slice(y0, y0 + t), slice(x0, x1)), (slice(y1 - t, y1), slice(x0, x1)),
                            (slice(y0, y1), slice(x0, x0 + t)), (slice(y0, y1), slice(x1 - t, x1))):
             canvas[rows, cols] = color
-        _label(canvas, unit.label, (x0 + 2, y0 + 2, x1, y0 + 2), color, scale, thickness,
-               inside=True)
+        # Its tag inside its top-left corner, where no defect's tag is placed over it.
+        (tw, th), base = cv2.getTextSize(unit.label, _FONT, scale, thickness)
+        _label(canvas, unit.label, LabelPlace(x0 + t, y0 + t, tw + 6, th + base + 6, False), th,
+               color, scale, thickness)
 
     legend = _legend(class_names, defects, max(width, _LEGEND_MIN_WIDTH))
     if width < legend.shape[1]:
@@ -169,28 +180,128 @@ def render_overlay(
     return png.tobytes()
 
 
+#: How far (in label heights) a label may move away from its box to find a free place.
+LABEL_STEPS = 12
+
+
+class LabelPlace(NamedTuple):
+    """Where a label goes: its top-left corner and size, and whether a leader line joins it
+    to its box (it is not next to the box)."""
+
+    x: int
+    y: int
+    w: int
+    h: int
+    leader: bool
+
+
+def _overlaps(rects: np.ndarray, others: np.ndarray) -> np.ndarray:
+    """Overlap areas of each of ``rects`` (N, 4: x, y, w, h) with each of ``others`` (M, 4),
+    summed over ``others``: (N,)."""
+    if len(others) == 0 or len(rects) == 0:
+        return np.zeros(len(rects), dtype=np.int64)
+    a, b = rects[:, None, :], others[None, :, :]
+    w = np.minimum(a[..., 0] + a[..., 2], b[..., 0] + b[..., 2]) - np.maximum(a[..., 0], b[..., 0])
+    h = np.minimum(a[..., 1] + a[..., 3], b[..., 1] + b[..., 3]) - np.maximum(a[..., 1], b[..., 1])
+    return np.where((w > 0) & (h > 0), w * h, 0).sum(axis=1)
+
+
+def _within(rects: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """The rectangles (x, y, w, h) of ``rects`` that reach into the area ``lo``-``hi``."""
+    return rects[(rects[:, 0] < hi[0]) & (rects[:, 0] + rects[:, 2] > lo[0])
+                 & (rects[:, 1] < hi[1]) & (rects[:, 1] + rects[:, 3] > lo[1])]
+
+
+def _candidates(bbox: tuple[int, int, int, int], w: int, h: int,
+                gap: int) -> list[tuple[int, int, bool]]:
+    x0, y0, x1, y1 = bbox
+    left, right = x0 - 2, x1 + 1 - w
+    above, below = y0 - 2 - gap - h, y1 + 1 + gap
+    out = [(left, above, False), (left, below, False), (right, above, False),
+           (right, below, False), (x1 + 1 + gap, y0 - 2, False), (x0 - 2 - gap - w, y0 - 2, False)]
+    for k in range(1, LABEL_STEPS + 1):
+        dy = k * (h + gap)
+        out += [(left, above - dy, True), (left, below + dy, True), (right, above - dy, True),
+                (right, below + dy, True)]
+    return out
+
+
+def place_labels(sizes: Sequence[tuple[int, int]], boxes: Sequence[tuple[int, int, int, int]],
+                 width: int, height: int, gap: int = 2) -> list[LabelPlace]:
+    """Places each box's label outside its box where it covers no other label and no box.
+
+    The same rule as the inspection page's (``app/static/common.js``, ``placeLabels``): the
+    first free place of: above, below, right of, left of the box; then further up or down,
+    with a leader line (whose path avoids labels and boxes where it can); where none is free
+    (a board crowded edge to edge), the place that covers the least, labels before boxes.
+
+    Args:
+        sizes: ``(w, h)`` of each label.
+        boxes: Each label's box ``[x0, y0, x1, y1]``, max exclusive.
+        width: The image's width; labels stay inside it.
+        height: The image's height.
+        gap: Space between a box's frame and its label.
+    """
+    n = len(boxes)
+    frames = np.array([(x0 - 2, y0 - 2, x1 - x0 + 4, y1 - y0 + 4) for x0, y0, x1, y1 in boxes],
+                      dtype=np.int64).reshape(n, 4)
+    placed = np.zeros((n, 4), dtype=np.int64)  # the first k rows: the labels placed so far
+    lines = np.zeros((n, 4), dtype=np.int64)  # their leader lines (zero size: none)
+    out: list[LabelPlace] = []
+    for k, ((w, h), bbox) in enumerate(zip(sizes, boxes, strict=True)):
+        w = min(w, width)
+        places = []
+        for cx, cy, leader in _candidates(bbox, w, h, gap):
+            x = min(max(0, cx), max(0, width - w))
+            y = min(max(0, cy), max(0, height - h))
+            if y != cy and leader:
+                continue  # pushed back by the edge: a nearer place tried it
+            places.append(LabelPlace(x, y, w, h, leader))
+        rects = np.array([p[:4] for p in places], dtype=np.int64)
+        paths = np.array([leader_path(p, bbox) if p.leader else (0, 0, 0, 0) for p in places],
+                         dtype=np.int64)
+        # Only what lies where a candidate could reach matters (a large board has hundreds).
+        lo, hi = rects[:, :2].min(axis=0), (rects[:, :2] + rects[:, 2:]).max(axis=0)
+        labels_near, lines_near = _within(placed[:k], lo, hi), _within(lines[:k], lo, hi)
+        frames_near = _within(frames, lo, hi)
+        others = _within(np.delete(frames, k, axis=0), lo, hi)
+        # In order of what matters: no label over a label, then none over a box, then none
+        # over a leader line, then leader lines crossing as little as they can.
+        cost = (1000 * _overlaps(rects, labels_near) + 100 * _overlaps(rects, frames_near)
+                + 10 * _overlaps(rects, lines_near) + _overlaps(paths, labels_near)
+                + _overlaps(paths, others))
+        # The nearest of the cheapest (argmin takes the first).
+        best = int(np.argmin(cost))
+        placed[k] = rects[best]
+        if places[best].leader:
+            lines[k] = paths[best]
+        out.append(places[best])
+    return out
+
+
+def leader_path(place: LabelPlace, bbox: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
+    """The leader line of a label placed away from its box, as a 3 px wide rectangle: straight
+    up or down from the label's edge to the box's frame."""
+    x0, y0, x1, y1 = bbox
+    bx = min(max(place.x + place.w // 2, x0), x1)
+    if place.y + place.h <= y0:  # above the box
+        return (bx - 1, place.y + place.h, 3, max(0, y0 - 2 - place.y - place.h))
+    return (bx - 1, y1 + 1, 3, max(0, place.y - y1 - 1))
+
+
 def _label(
     canvas: np.ndarray,
     text: str,
-    bbox: tuple[int, int, int, int],
+    place: LabelPlace,
+    text_h: int,
     color: tuple[int, int, int],
     scale: float,
     thickness: int,
-    inside: bool = False,
 ) -> None:
-    """A filled tag in the class colour above the box (below it when there is no room), or
-    at its top-left corner, ``inside``."""
-    height, width = canvas.shape[:2]
-    (tw, th), base = cv2.getTextSize(text, _FONT, scale, thickness)
-    tag_w, tag_h = tw + 6, th + base + 6
-    x0, y0, _, y1 = bbox
-    # Keep the tag inside the image: shifted left at the right edge, below the box at the top.
-    left = min(max(0, x0 - 2), max(0, width - tag_w))
-    top = y0 if inside else y0 - 3 - thickness - tag_h
-    if top < 0:
-        top = min(y1 + 2 + thickness, max(0, height - tag_h))
-    cv2.rectangle(canvas, (left, top), (left + tag_w - 1, top + tag_h - 1), color, -1)
-    cv2.putText(canvas, text, (left + 3, top + 3 + th), _FONT, scale, _text_color(color),
+    """A filled tag in the class colour at ``place``."""
+    x, y, w, h = place.x, place.y, place.w, place.h
+    cv2.rectangle(canvas, (x, y), (x + w - 1, y + h - 1), color, -1)
+    cv2.putText(canvas, text, (x + 3, y + 3 + text_h), _FONT, scale, _text_color(color),
                 thickness, cv2.LINE_AA)
 
 

@@ -26,6 +26,9 @@ from app.records.images import ImageStore, KeepPolicy, RetentionResult, StoredIm
 from app.records.migrate import check_schema, current_revision, head_revision, upgrade
 from app.records.recorder import Recorder, RecordResult, ReplayResult
 from app.records.schemas import (
+    MAX_REVIEW_BYTES,
+    MAX_REVIEW_MISSED,
+    MAX_REVIEW_OUTCOMES,
     ClassStats,
     DefectOutcome,
     DefectRecord,
@@ -40,6 +43,7 @@ from app.records.schemas import (
     Review,
     ReviewBody,
     ReviewedInspection,
+    ReviewRequest,
     Rules,
     Stats,
     TimeBucket,
@@ -49,6 +53,9 @@ from app.records.store import RecordStore
 
 __all__ = [
     "CSV_COLUMNS",
+    "MAX_REVIEW_BYTES",
+    "MAX_REVIEW_MISSED",
+    "MAX_REVIEW_OUTCOMES",
     "ClassStats",
     "DefectOutcome",
     "DefectRecord",
@@ -72,6 +79,7 @@ __all__ = [
     "RetentionResult",
     "Review",
     "ReviewBody",
+    "ReviewRequest",
     "ReviewValidationError",
     "ReviewedInspection",
     "Rules",

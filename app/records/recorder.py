@@ -98,6 +98,8 @@ class Recorder:
         self._spool_lock = threading.Lock()
         self._replay_lock = threading.Lock()
         self._degraded = threading.Event()
+        #: Set while neither the database nor the spool took the last record.
+        self._unwritable = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -107,6 +109,28 @@ class Recorder:
     def degraded(self) -> bool:
         """Whether records are going to the spool (the database failed and is not back)."""
         return self._degraded.is_set()
+
+    @property
+    def writable(self) -> bool:
+        """Whether a record can be written: ``False`` from a record that neither the database
+        nor the spool took until a write (or :meth:`probe`) succeeds again."""
+        return not self._unwritable.is_set()
+
+    def probe(self) -> bool:
+        """Checks, after a lost record, whether one could be written now (the spool takes an
+        empty, fsynced append, or the database answers); returns :attr:`writable`."""
+        if not self._unwritable.is_set():
+            return True
+        try:
+            self._append([])
+        except OSError:
+            try:
+                self.store.ping()
+            except Exception:  # the database's own errors, whatever the driver
+                return False
+        self._unwritable.clear()
+        logger.info("records can be written again")
+        return True
 
     def record(self, rec: InspectionRecord) -> RecordResult:
         """Makes ``rec`` durable (committed, or fsynced to the spool) and returns its id.
@@ -123,23 +147,36 @@ class Recorder:
         recs = list(recs)
         if not recs:
             return []
-        if not self._degraded.is_set():
-            future = self._pool.submit(self.store.add_many, recs)
-            try:
-                future.result(timeout=self.db_timeout_s)
-                return [RecordResult(r.id, "db") for r in recs]
-            except concurrent.futures.TimeoutError:
-                self._go_degraded(f"no answer within {self.db_timeout_s} s")
-            except Exception as exc:  # recording must never fail an inspection
-                self._go_degraded(_describe(exc))
+        tried_db = not self._degraded.is_set()
+        if tried_db and self._to_db(recs):
+            return [RecordResult(r.id, "db") for r in recs]
         try:
             self._append([r.model_dump_json(by_alias=True).encode() for r in recs])
+            self._unwritable.clear()
             return [RecordResult(r.id, "spool") for r in recs]
         except Exception:
+            # Degraded, the database was skipped: it may be back before the replay noticed.
+            if not tried_db and self._to_db(recs):
+                return [RecordResult(r.id, "db") for r in recs]
             logger.exception("%d inspection(s) not recorded (%s): the database and the spool "
                              "%s both failed", len(recs), ", ".join(r.id for r in recs),
                              self.spool_path)
+            self._unwritable.set()
             return [RecordResult(r.id, "lost") for r in recs]
+
+    def _to_db(self, recs: list[InspectionRecord]) -> bool:
+        """Commits ``recs`` within ``db_timeout_s``; on failure, goes degraded and says so."""
+        future = self._pool.submit(self.store.add_many, recs)
+        try:
+            future.result(timeout=self.db_timeout_s)
+        except concurrent.futures.TimeoutError:
+            self._go_degraded(f"no answer within {self.db_timeout_s} s")
+            return False
+        except Exception as exc:  # recording must never raise
+            self._go_degraded(_describe(exc))
+            return False
+        self._unwritable.clear()
+        return True
 
     async def arecord(self, rec: InspectionRecord) -> RecordResult:
         """:meth:`record` in a worker thread, for async routes."""
@@ -235,6 +272,7 @@ class Recorder:
     def _run(self, interval_s: float) -> None:
         while True:
             try:
+                self.probe()
                 if self._degraded.is_set() or self.pending():
                     self.replay()
             except Exception:  # the loop must survive anything

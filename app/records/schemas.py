@@ -17,6 +17,8 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StrictInt,
+    StrictStr,
     field_validator,
     model_validator,
 )
@@ -32,12 +34,16 @@ __all__ = [
     "InspectionFilter",
     "IgnoredRecord",
     "InspectionRecord",
+    "MAX_REVIEW_BYTES",
+    "MAX_REVIEW_MISSED",
+    "MAX_REVIEW_OUTCOMES",
     "MissedDefect",
     "Page",
     "RecipeRef",
     "Reference",
     "Review",
     "ReviewBody",
+    "ReviewRequest",
     "ReviewedInspection",
     "Rules",
     "Stats",
@@ -51,6 +57,16 @@ Verdict = Literal["pass", "fail"]
 Outcome = Literal["confirmed", "false_call", "reclassified"]
 #: ``[x_min, y_min, x_max, y_max]`` in image pixels, max exclusive (the API's box).
 Box = tuple[int, int, int, int]
+#: A box an operator sends: JSON integers only (``true`` or ``1.0`` is not a coordinate).
+StrictBox = tuple[StrictInt, StrictInt, StrictInt, StrictInt]
+
+#: Outcomes per review, at most: one per defect the model reported, and a board with more
+#: calls than this is a failed scan to rescan, not one to review call by call.
+MAX_REVIEW_OUTCOMES = 2000
+#: Missed defects per review, at most: several times the defects a real board has.
+MAX_REVIEW_MISSED = 500
+#: Bytes of a review body, at most: a maximal review pretty-printed fits in a third of it.
+MAX_REVIEW_BYTES = 512 * 1024
 
 _INSPECTION_ID = id_pattern(INSPECTION_PREFIX)
 _SHA256 = r"^[0-9a-f]{64}$"
@@ -206,9 +222,9 @@ class Inspection(InspectionRecord):
 class DefectOutcome(_Model):
     """The operator's call on one defect the model reported."""
 
-    defect_id: int
+    defect_id: StrictInt
     outcome: Outcome
-    class_: str | None = Field(None, alias="class")
+    class_: StrictStr | None = Field(None, alias="class")
 
     @model_validator(mode="after")
     def _class_with_reclassified(self) -> DefectOutcome:
@@ -227,8 +243,8 @@ class DefectOutcome(_Model):
 class MissedDefect(_Model):
     """A defect the model did not report, drawn by the operator."""
 
-    bbox: Box
-    class_: str = Field(alias="class")
+    bbox: StrictBox
+    class_: StrictStr = Field(alias="class")
 
 
 class ReviewBody(_Model):
@@ -265,6 +281,31 @@ class ReviewBody(_Model):
         return hashlib.sha256(text.encode()).hexdigest()
 
 
+class ReviewRequest(ReviewBody):
+    """A review as an operator sends it: bounded lists, and at least one of them given.
+
+    ``{}`` says nothing about the board and is refused; a board without calls is reviewed
+    clean with ``{"defects": [], "missed": []}``. (Stored reviews are read as
+    :class:`ReviewBody`, whatever their size when they were taken.)
+    """
+
+    # The schema says so too: {} is not a review.
+    model_config = ConfigDict(json_schema_extra={"minProperties": 1})
+
+    defects: list[DefectOutcome] = Field(default_factory=list, max_length=MAX_REVIEW_OUTCOMES)
+    missed: list[MissedDefect] = Field(default_factory=list, max_length=MAX_REVIEW_MISSED)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _says_something(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "defects" not in data and "missed" not in data:
+            raise ValueError(
+                "a review needs 'defects' (an outcome per call) and/or 'missed' (the defects "
+                f"the model missed), received {sorted(data)}; send "
+                '{"defects": [], "missed": []} to review a board without calls as clean')
+        return data
+
+
 class Review(_Model):
     """One stored review (every distinct one is kept; the inspection points at the latest)."""
 
@@ -297,6 +338,8 @@ class InspectionFilter(_Model):
     line: str | None = None
     station: str | None = None
     reviewed: bool | None = None
+    #: Tags a record must all carry.
+    tags: tuple[str, ...] = ()
 
 
 class Page(NamedTuple):

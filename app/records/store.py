@@ -23,6 +23,7 @@ from sqlalchemy import (
     Engine,
     String,
     delete,
+    exists,
     func,
     literal,
     select,
@@ -148,7 +149,8 @@ class RecordStore:
 
     def count(self, filters: InspectionFilter | None = None) -> int:
         """How many inspections match ``filters``."""
-        stmt = select(func.count()).select_from(InspectionRow).where(*_conditions(filters))
+        stmt = select(func.count()).select_from(InspectionRow).where(
+            *_conditions(filters, self._dialect))
         with self._read() as session:
             return int(session.scalar(stmt) or 0)
 
@@ -161,7 +163,7 @@ class RecordStore:
         """
         if not 1 <= limit <= MAX_PAGE:
             raise ValueError(f"limit must be between 1 and {MAX_PAGE}, received {limit}")
-        conds = _conditions(filters)
+        conds = _conditions(filters, self._dialect)
         if cursor is not None:
             at, last_id = _decode_cursor(cursor)
             # A row-value comparison, not (a < x OR a = x AND b < y): both databases turn it
@@ -251,6 +253,18 @@ class RecordStore:
         with self._read() as session:
             return review_history(session, inspection_id)
 
+    def reviews_by_id(self, review_ids: Iterable[str]) -> dict[str, Review]:
+        """The reviews with these ids, by id (the current reviews of a page of inspections,
+        for the CSV export's outcome columns); ids not found are left out."""
+        ids = list(dict.fromkeys(review_ids))
+        found: dict[str, Review] = {}
+        with self._read() as session:
+            # Chunks: SQLite allows at most 32766 bound parameters per statement.
+            for i in range(0, len(ids), 500):
+                stmt = select(ReviewRow).where(ReviewRow.id.in_(ids[i:i + 500]))
+                found.update((row.id, review_of(row)) for row in session.scalars(stmt))
+        return found
+
     def reviewed_for_export(self, *, batch_size: int = 200) -> Iterator[ReviewedInspection]:
         """Every reviewed inspection whose image is kept, with its current review, oldest
         first (for ``pcb-inspect export-reviews``).
@@ -290,7 +304,7 @@ class RecordStore:
 # --- helpers ------------------------------------------------------------------------------
 
 
-def _conditions(filters: InspectionFilter | None) -> list[ColumnElement[bool]]:
+def _conditions(filters: InspectionFilter | None, dialect: str) -> list[ColumnElement[bool]]:
     if filters is None:
         return []
     conds: list[ColumnElement[bool]] = []
@@ -302,10 +316,21 @@ def _conditions(filters: InspectionFilter | None) -> list[ColumnElement[bool]]:
         value = getattr(filters, name)
         if value is not None:
             conds.append(getattr(InspectionRow, name) == value)
+    for tag in filters.tags:
+        conds.append(_has_tag(tag, dialect))
     if filters.reviewed is not None:
         # "= true", not "IS TRUE": PostgreSQL uses an index only for the former.
         conds.append(InspectionRow.reviewed == filters.reviewed)
     return conds
+
+
+def _has_tag(tag: str, dialect: str) -> ColumnElement[bool]:
+    """Whether a record's tags (a JSON array) hold ``tag``: JSONB containment on PostgreSQL,
+    a scan of the array's elements on SQLite."""
+    if dialect == "postgresql":
+        return InspectionRow.tags.op("@>")(func.jsonb_build_array(tag))
+    element = func.json_each(InspectionRow.tags).table_valued("value")
+    return exists(select(literal(1)).select_from(element).where(element.c.value == tag))
 
 
 def _encode_cursor(item: Inspection) -> str:
@@ -322,6 +347,12 @@ def _decode_cursor(cursor: str) -> tuple[dt.datetime, str]:
         raise InvalidCursorError(cursor, f"not a cursor ({exc})") from None
     if when.tzinfo is None or not isinstance(last_id, str):
         raise InvalidCursorError(cursor, "malformed content")
+    try:
+        # In UTC here, where a time its zone moves past year 1 or 9999 can still be refused
+        # (the database column would raise OverflowError while binding it).
+        when = when.astimezone(dt.UTC)
+    except OverflowError:
+        raise InvalidCursorError(cursor, f"time {at!r} is out of range") from None
     return when, last_id
 
 

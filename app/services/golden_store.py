@@ -41,8 +41,12 @@ from app.services.golden_cache import BoardCache
 logger = logging.getLogger("pcb_inspect.golden")
 
 #: What a product id may look like: it becomes a file name, so no separators and bounded.
-PRODUCT_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,64}")
-PRODUCT_RULE = "1 to 64 characters from A-Z, a-z, 0-9, '.', '_' and '-'"
+#: The first character is a letter or digit: "." and ".." would be stored, but no URL path
+#: could name them again (clients resolve dot segments), a leading dot hides the file, and a
+#: leading "-" reads as an option on a command line.
+PRODUCT_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+PRODUCT_RULE = ("1 to 64 characters from A-Z, a-z, 0-9, '.', '_' and '-', starting with a "
+                "letter or digit")
 
 FORMAT = "pcb-golden/1"
 SUFFIX = ".golden"

@@ -17,10 +17,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import numpy as np
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
 from app.core.config import Settings
@@ -233,7 +234,7 @@ class InspectionService:
         pair = bool(templates) or product is not None
         if pair:
             model = self.pair_model()
-        with self._admitted(uploads[0], pair):
+        async with self._admitted(uploads[0], pair):
             decoded = await decode_or_error(uploads[0], self.settings)
             reference = None
             recipe = None
@@ -272,7 +273,17 @@ class InspectionService:
             # (or without a pair model) fails at once, not after every file has arrived.
             model = self.pair_model()
             reference, recipe = await self._product(product)
-        form = await read_upload_form(request, self.settings, "files", texts=META_FIELDS)
+        # "template" is read only to be refused: ignored, it would inspect every board alone
+        # while the station believes they were compared with its golden board.
+        form = await read_upload_form(request, self.settings, "files", ("template",),
+                                      META_FIELDS)
+        if form.extra["template"]:
+            raise ApiError(
+                422, "invalid_request",
+                "template: /predict/batch takes no golden board in the request; store it "
+                "with PUT /v1/golden-boards/{product} and send ?product= (the form field "
+                "'product' works too), or send each board with its template to /predict.",
+            )
         uploads = form.uploads
         meta = with_form(meta or BoardMeta(product=product), form.texts)
         if meta.unit_serials:
@@ -293,7 +304,7 @@ class InspectionService:
 
         async def one(index: int, upload: Upload) -> BatchItem:
             try:
-                with self._admitted(upload, reference is not None):
+                async with self._admitted(upload, reference is not None):
                     decoded = await decode_or_error(upload, self.settings)
                     result = await run_board(
                         request, self.settings, model, decoded.pixels, run_config, reference
@@ -333,8 +344,8 @@ class InspectionService:
             except BudgetExceededError as exc:
                 raise _over_budget(exc) from None
 
-    @contextlib.contextmanager
-    def _admitted(self, upload: Upload, pair: bool) -> Iterator[None]:
+    @contextlib.asynccontextmanager
+    async def _admitted(self, upload: Upload, pair: bool) -> AsyncIterator[None]:
         """Holds the board's pixels of the memory budget while it is decoded, run and
         post-processed, or raises 503 ``over_capacity`` before any of that starts.
 
@@ -342,7 +353,8 @@ class InspectionService:
         board is a second full-size image. A header that cannot be read, or a board over the
         size limit, counts nothing here: decoding refuses it at once, with its own error.
         """
-        pixels = declared_pixels(upload.data) or 0
+        # A header is parsed in a worker thread: a hostile file can make even that slow.
+        pixels = await run_in_threadpool(declared_pixels, upload.data) or 0
         if pixels > self.settings.max_image_pixels:
             pixels = 0
         cost = pixels * (2 if pair else 1)

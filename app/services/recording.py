@@ -1,10 +1,10 @@
 """The recording hook: every finished board becomes an inspection record, durable before its
 answer is sent (an ``on_result`` hook of :class:`app.services.inspection.InspectionService`).
 
-Recording never fails an inspection: a record the database cannot take goes to the spool
-(:class:`app.records.Recorder`), and anything else that goes wrong is logged and answered with
-no ``inspection_id`` (the one case where a 200 carries no record, so no client is handed an id
-that does not exist).
+A record the database cannot take goes to the spool (:class:`app.records.Recorder`). Every
+200 has its record: a board that neither could take is answered 503 ``records_unavailable``
+(its result is not sent, so no client acts on an unrecorded board), and ``/readyz`` is unready
+until a record can be written again.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import dataclasses
 import hashlib
 import logging
 
+from app.core.errors import ApiError
 from app.core.metrics import RECORDS, RECORDS_SPOOLED
 from app.inference.defects import Defect
 from app.records import (
@@ -76,6 +77,22 @@ def build_record(inspection: Inspection, image_path: str | None) -> InspectionRe
     )
 
 
+#: Seconds a client waits before retrying a board that could not be recorded: the recorder
+#: checks every few seconds whether records can be written again.
+RETRY_AFTER_S = 5
+
+
+def records_unavailable() -> ApiError:
+    """The 503 of a board whose record neither the database nor the spool could take."""
+    return ApiError(
+        503, "records_unavailable",
+        "The board was inspected but its record could not be written: neither the records "
+        "database nor the local spool (PCB_DATA_DIR/spool) takes records now. Nothing was "
+        f"recorded; send the board again after {RETRY_AFTER_S} s, or to another replica.",
+        {"Retry-After": str(RETRY_AFTER_S)},
+    )
+
+
 class RecordingHook:
     """Keeps the board's image by policy and records the board; returns the inspection with
     its ``record_id``.
@@ -95,16 +112,18 @@ class RecordingHook:
         # A commit or an fsync: off the event loop, and awaited, so the record is durable
         # before the answer that carries its id.
         record_id = await asyncio.to_thread(self.record, inspection)
+        if record_id is None:
+            raise records_unavailable()
         return dataclasses.replace(inspection, record_id=record_id)
 
     def record(self, inspection: Inspection) -> str | None:
-        """Records ``inspection`` (blocking); its id, or ``None`` when it could not be."""
+        """Records ``inspection`` (blocking); its id, or ``None`` when neither the database
+        nor the spool took it. A record that cannot be built is a bug, and raises."""
         try:
             record = build_record(inspection, self._keep(inspection))
-        except Exception:  # a record that cannot be built must not fail the inspection
-            logger.exception("inspection not recorded: its record could not be built")
+        except Exception:
             RECORDS.labels(sink="lost").inc()
-            return None
+            raise
         stored = self.recorder.record(record)
         RECORDS.labels(sink=stored.stored).inc()
         if stored.stored == "spool":

@@ -205,7 +205,7 @@ class RecordsService:
     def export(self, filters: InspectionFilter, fmt: Literal["csv", "jsonl"]) -> Iterator[str]:
         """The matching inspections as CSV or JSON lines, newest first, read page by page."""
         items = self.store.iter_export(filters)
-        return csv_lines(items) if fmt == "csv" else jsonl_lines(items)
+        return csv_lines(items, self.store.reviews_by_id) if fmt == "csv" else jsonl_lines(items)
 
     def stats(self, since: dt.datetime, until: dt.datetime | None,
               bucket: Literal["hour", "day"]) -> Stats:

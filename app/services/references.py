@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import logging
+import re
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -19,6 +22,8 @@ from app.services.golden_store import (
     check_product,
 )
 from app.services.uploads import Upload, decode_or_error
+
+logger = logging.getLogger("pcb_inspect.golden")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -60,7 +65,19 @@ async def call_store(store: GoldenStore, method: str, *args: Any) -> Any:
             f"PUT /v1/golden-boards/{exc.product} or list them with GET /v1/golden-boards.",
         ) from None
     except GoldenStoreError as exc:
-        raise ApiError(500, "golden_store_error", str(exc)) from None
+        # The log has the file; the client learns what is wrong, not where the server keeps it.
+        logger.error("golden board store: %s", exc)
+        raise ApiError(500, "golden_store_error", without_paths(str(exc), store.root)) from None
+
+
+def without_paths(message: str, root: Path) -> str:
+    """``message`` with the store's folder (as given, and as an absolute path) replaced by the
+    setting that names it: every path the store reports lies below it."""
+    forms = sorted({str(root.resolve()), str(root.absolute()), str(root)}, key=len, reverse=True)
+    # Whole path components only: a relative root such as "golden" must not rewrite the word.
+    pattern = "|".join(re.escape(f) for f in forms)
+    return re.sub(rf"(?<![\w/.-])(?:{pattern})(?=[/'\":]|$)", "PCB_DATA_DIR/golden",
+                  message)
 
 
 async def stored_reference(store: GoldenStore, product: str) -> Reference:

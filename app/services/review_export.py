@@ -18,20 +18,27 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import logging
 import os
+import re
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, Protocol
 
 import cv2
+import httpx
 import numpy as np
 from sqlalchemy.exc import SQLAlchemyError
 
 from app.inference.imaging import ImageError, decode_image
 from app.records import (
     ImageStore,
+    Inspection,
     RecordsError,
     RecordStore,
+    Review,
     ReviewedInspection,
     check_schema,
     default_url,
@@ -96,30 +103,140 @@ def _jpeg(data: bytes) -> bytes:
     return bytes(buf)
 
 
-def _template(item: ReviewedInspection, images: ImageStore,
-              golden: GoldenStore) -> bytes | None:
-    """The golden board the board was compared with, if it can still be found: kept beside
-    the board, or still the product's current golden board."""
-    ref = item.inspection.reference
-    if ref is None:
-        return None
-    for path in sorted(images.root.glob(f"{ref.sha256[:2]}/{ref.sha256[2:]}.*")):
+class ExportSource(Protocol):
+    """Where the reviewed boards come from: the records database and data folder, or a
+    running service over its API."""
+
+    def reviewed(self) -> Iterator[ReviewedInspection]:
+        """Every reviewed board whose image is kept, with its current review."""
+        ...
+
+    def image(self, item: ReviewedInspection) -> bytes:
+        """The kept image; :class:`OSError` or :class:`ValueError` when it is gone."""
+        ...
+
+    def template(self, item: ReviewedInspection) -> bytes | None:
+        """The golden board the board was compared with, if it can still be found."""
+        ...
+
+
+class LocalSource:
+    """The records database and the service's data folder (images/ and golden/)."""
+
+    def __init__(self, store: RecordStore, images: ImageStore, golden: GoldenStore) -> None:
+        self.store, self.images, self.golden = store, images, golden
+
+    def reviewed(self) -> Iterator[ReviewedInspection]:
+        return self.store.reviewed_for_export()
+
+    def image(self, item: ReviewedInspection) -> bytes:
+        assert item.inspection.image_path is not None  # reviewed_for_export's filter
+        return self.images.path_of(item.inspection.image_path).read_bytes()
+
+    def template(self, item: ReviewedInspection) -> bytes | None:
+        """Kept beside the board, or still the product's current golden board."""
+        ref = item.inspection.reference
+        if ref is None:
+            return None
+        for path in sorted(self.images.root.glob(f"{ref.sha256[:2]}/{ref.sha256[2:]}.*")):
+            try:
+                return path.read_bytes()
+            except FileNotFoundError:
+                continue
+        if ref.product is None:
+            return None
         try:
-            return path.read_bytes()
-        except FileNotFoundError:
-            continue
-    if ref.product is None:
-        return None
+            board, png = self.golden.png(ref.product)
+        except (GoldenStoreError, UnknownProductError, ValueError):
+            return None
+        return png if board.sha256 == ref.sha256 else None
+
+
+class ApiError(Exception):
+    """The service answered with an error (its code and message) or could not be reached."""
+
+
+class ApiSource:
+    """A running service, through its API with an ``admin`` key (or with auth off): the
+    records (``GET /v1/inspections``), kept images and stored golden boards. A golden board
+    that was uploaded with the board (not stored for a product) is not served by the API, so
+    such a board is exported without its template."""
+
+    def __init__(self, http: httpx.Client, api_key: str | None = None,
+                 page_size: int = 200) -> None:
+        self.http = http
+        self.headers = {"X-API-Key": api_key} if api_key else {}
+        self.page_size = page_size
+
+    def _get(self, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = self.http.get(path, headers={**self.headers, **kwargs.pop("headers", {})},
+                                     **kwargs)
+        except httpx.HTTPError as exc:
+            raise ApiError(f"cannot reach the service: {exc}") from None
+        if response.status_code >= 400 and response.status_code != 404:
+            raise ApiError(_api_error(response))
+        return response
+
+    def reviewed(self) -> Iterator[ReviewedInspection]:
+        cursor: str | None = None
+        while True:
+            params: dict[str, Any] = {"reviewed": "true", "limit": self.page_size}
+            if cursor:
+                params["cursor"] = cursor
+            response = self._get("/v1/inspections", params=params)
+            if response.status_code == 404:
+                raise ApiError(_api_error(response))
+            page = response.json()
+            for raw in page["items"]:
+                if raw.get("image_path") is None:
+                    continue
+                detail = self._get(f"/v1/inspections/{raw['id']}")
+                if detail.status_code == 404 or not detail.json().get("reviews"):
+                    continue  # deleted since the page was read
+                body = detail.json()
+                review = Review.model_validate(body.pop("reviews")[-1])
+                yield ReviewedInspection(Inspection.model_validate(body), review)
+            cursor = page.get("next_cursor")
+            if not cursor:
+                return
+
+    def image(self, item: ReviewedInspection) -> bytes:
+        response = self._get(f"/v1/inspections/{item.inspection.id}/image")
+        if response.status_code == 404:
+            raise FileNotFoundError(f"image of {item.inspection.id} is no longer kept")
+        return response.content
+
+    def template(self, item: ReviewedInspection) -> bytes | None:
+        ref = item.inspection.reference
+        if ref is None or ref.product is None:
+            return None
+        response = self._get(f"/v1/golden-boards/{ref.product}",
+                             headers={"Accept": "image/png"})
+        if response.status_code == 404:
+            return None
+        # Only the very board it was compared with: the product's board may have changed.
+        return response.content if hashlib.sha256(response.content).hexdigest() == ref.sha256 \
+            else None
+
+
+def _api_error(response: httpx.Response) -> str:
     try:
-        board, png = golden.png(ref.product)
-    except (GoldenStoreError, UnknownProductError, ValueError):
-        return None
-    return png if board.sha256 == ref.sha256 else None
+        error = response.json()["error"]
+        return f"the service answered {response.status_code} {error['code']}: {error['message']}"
+    except (ValueError, KeyError, TypeError):
+        return f"the service answered {response.status_code}: {response.text[:200]!r}"
 
 
 def export_reviews(store: RecordStore, images: ImageStore, golden: GoldenStore,
                    out: Path) -> ExportSummary:
     """Writes every reviewed board with a kept image to ``out`` (DeepPCB layout)."""
+    return write_export(LocalSource(store, images, golden), out)
+
+
+def write_export(source: ExportSource, out: Path) -> ExportSummary:
+    """Writes every reviewed board of ``source`` with a kept image to ``out`` (DeepPCB
+    layout)."""
     base = Path(out) / "PCBData"
     tests = base / f"group{GROUP}" / GROUP
     notes = base / f"group{GROUP}" / f"{GROUP}_not"
@@ -127,13 +244,12 @@ def export_reviews(store: RecordStore, images: ImageStore, golden: GoldenStore,
     notes.mkdir(parents=True, exist_ok=True)
     summary = ExportSummary()
     lines: list[str] = []
-    for item in store.reviewed_for_export():
+    for item in source.reviewed():
         key = item.inspection.id
         try:
-            assert item.inspection.image_path is not None  # reviewed_for_export's filter
-            data = images.path_of(item.inspection.image_path).read_bytes()
+            data = source.image(item)
             (tests / f"{key}_test.jpg").write_bytes(_jpeg(data))
-            template = _template(item, images, golden)
+            template = source.template(item)
             if template is not None:
                 (tests / f"{key}_temp.jpg").write_bytes(_jpeg(template))
                 summary.templates += 1
@@ -149,7 +265,7 @@ def export_reviews(store: RecordStore, images: ImageStore, golden: GoldenStore,
         summary.boards += 1
         summary.boxes += len(boxes)
     summary.list_file = base / LIST_NAME
-    summary.list_file.write_text("".join(lines))
+    summary.list_file.write_text("".join(sorted(lines)))
     return summary
 
 
@@ -157,37 +273,112 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     """The ``export-reviews`` arguments."""
     p = parser or argparse.ArgumentParser(prog="pcb-inspect export-reviews")
     p.description = ("Write the reviewed boards whose images were kept as a DeepPCB-format "
-                     "folder for `pcb-inspect train --data`.")
+                     "folder for `pcb-inspect train --data`: read from the records database "
+                     "(--database-url, --data-dir), or from a running service (--url, with an "
+                     "admin key).")
     p.add_argument("--out", required=True, type=Path, help="the folder to write")
-    p.add_argument("--url", help="records database (default: PCB_DATABASE_URL, else "
-                                 "sqlite:///$PCB_DATA_DIR/records.db)")
+    p.add_argument("--url", help="a running service to export from over its API, e.g. "
+                                 "http://127.0.0.1:8000 (needs an admin key: --api-key)")
+    p.add_argument("--api-key", default=os.environ.get("PCB_API_KEY"),
+                   help="with --url: an admin key (default: $PCB_API_KEY)")
+    p.add_argument("--timeout", type=float, default=60.0,
+                   help="with --url: seconds per request (default: %(default)s)")
+    p.add_argument("--database-url",
+                   help="the records database (default: PCB_DATABASE_URL, else "
+                        "sqlite:///$PCB_DATA_DIR/records.db)")
     p.add_argument("--data-dir", type=Path, default=None,
-                   help="the service's data folder, holding images/ and golden/ "
-                        "(default: PCB_DATA_DIR, else ./data)")
+                   help="with the database: the service's data folder, holding images/ and "
+                        "golden/ (default: PCB_DATA_DIR, else ./data)")
     return p
 
 
+_PROG = "pcb-inspect export-reviews"
+_HTTP = ("http://", "https://")
+
+
+def _fail(message: str) -> int:
+    print(f"{_PROG}: {message}", file=sys.stderr)
+    return 2
+
+
 def run(args: argparse.Namespace) -> int:
-    """Runs the export; 0 when done, 2 when the database cannot be used."""
+    """Runs the export; 0 when done, 2 (with one line on stderr) when the source cannot be
+    used."""
+    if args.url and args.database_url:
+        return _fail("give --url (a running service) or --database-url (a records database), "
+                     "not both")
+    if args.url:
+        if not args.url.startswith(_HTTP):
+            return _fail(f"--url is a service's address (http://HOST:PORT); received "
+                         f"{_shown(args.url)!r}: for a records database use --database-url")
+        return _run_over_api(args)
+    if args.database_url and args.database_url.startswith(_HTTP):
+        return _fail(f"--database-url is a records database (sqlite:///..., "
+                     f"postgresql+psycopg://...); received {args.database_url!r}: for a "
+                     "running service use --url")
+    return _run_on_database(args)
+
+
+def _shown(url: str) -> str:
+    """``url`` as it may be printed: its password hidden, even where it does not parse."""
+    try:
+        return display_url(url)
+    except (ValueError, SQLAlchemyError):
+        return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+
+
+def _run_over_api(args: argparse.Namespace) -> int:
+    try:
+        if not httpx.URL(args.url).host:
+            raise httpx.InvalidURL("no host")
+    except httpx.InvalidURL as exc:
+        return _fail(f"--url {args.url!r} is not a service's address ({exc}); expected "
+                     "http://HOST:PORT")
+    try:
+        with httpx.Client(base_url=args.url.rstrip("/"), timeout=args.timeout) as http:
+            summary = write_export(ApiSource(http, args.api_key), args.out)
+    except ApiError as exc:
+        return _fail(f"{args.url}: {exc}")
+    except (httpx.HTTPError, httpx.InvalidURL, ValueError) as exc:
+        return _fail(f"{args.url}: {exc}")
+    except OSError as exc:
+        return _fail(f"cannot write {args.out}: {exc.strerror or exc}")
+    _report(summary, args.out)
+    return 0
+
+
+def _run_on_database(args: argparse.Namespace) -> int:
     data_dir = args.data_dir or Path(os.environ.get("PCB_DATA_DIR", "data"))
-    url = args.url or os.environ.get("PCB_DATABASE_URL") or default_url(data_dir)
-    path = sqlite_path(url)
+    url = args.database_url or os.environ.get("PCB_DATABASE_URL") or default_url(data_dir)
+    try:
+        path = sqlite_path(url)
+    except (ValueError, SQLAlchemyError):
+        path = None
     if path is not None and not path.exists():
-        print(f"pcb-inspect export-reviews: no records database at {path} (--url, "
-              "PCB_DATABASE_URL, --data-dir)", file=sys.stderr)
-        return 2
-    store = RecordStore(url)
+        return _fail(f"no records database at {path} (--database-url, PCB_DATABASE_URL, "
+                     "--data-dir)")
+    try:
+        store = RecordStore(url)
+    except (ValueError, ImportError, SQLAlchemyError) as exc:
+        detail = str(exc) if "expected" in str(exc) else (
+            f"{exc}; expected e.g. sqlite:///data/records.db or "
+            "postgresql+psycopg://USER:PASSWORD@HOST/DB")
+        return _fail(f"invalid --database-url {_shown(url)!r}: {detail}")
     try:
         check_schema(store.engine)
         summary = export_reviews(store, ImageStore(data_dir / "images"),
                                  GoldenStore(data_dir / "golden", 0), args.out)
     except (SQLAlchemyError, RecordsError) as exc:
-        print(f"pcb-inspect export-reviews: cannot read {display_url(url)}: {exc}",
-              file=sys.stderr)
-        return 2
+        return _fail(f"cannot read {_shown(url)}: {' '.join(str(exc).split())[:300]}")
+    except OSError as exc:
+        return _fail(f"cannot write {args.out}: {exc.strerror or exc}")
     finally:
         store.close()
-    print(f"wrote {summary.boards} reviewed boards ({summary.boxes} boxes, "
-          f"{summary.templates} golden boards) to {args.out}; list {summary.list_file}"
-          + (f"; {summary.skipped} left out (image gone)" if summary.skipped else ""))
+    _report(summary, args.out)
     return 0
+
+
+def _report(summary: ExportSummary, out: Path) -> None:
+    print(f"wrote {summary.boards} reviewed boards ({summary.boxes} boxes, "
+          f"{summary.templates} golden boards) to {out}; list {summary.list_file}"
+          + (f"; {summary.skipped} left out (image gone)" if summary.skipped else ""))

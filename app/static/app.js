@@ -283,7 +283,12 @@
         `defect${s.defect_count === 1 ? "" : "s"}${note}.`);
   }
 
-  const signed = (v, digits) => `${v >= 0 ? "+" : "−"}${Math.abs(v).toFixed(digits)}`;
+  // Signed, at the digits shown: what rounds to zero is "0.0", never "−0.0" or "+0.0".
+  const signed = (v, digits) => {
+    const shown = Math.abs(v).toFixed(digits);
+    if (Number(shown) === 0) return shown;
+    return `${v > 0 ? "+" : "−"}${shown}`;
+  };
 
   // The model's mode, where the golden board came from, and how it was aligned to the board.
   function showReference(result) {
@@ -425,6 +430,7 @@
       ctx.strokeStyle = "#969696";
       ctx.strokeRect(x0 - 2, y0 - 2, x1 - x0 + 3, y1 - y0 + 3);
     }
+    const labels = [];
     for (const d of result.defects) {
       const color = PCB.colorOf(classes, d.class);
       const [x0, y0, x1, y1] = d.bbox;
@@ -436,8 +442,10 @@
         ctx.strokeRect(x0 - 2 - 2 * line, y0 - 2 - 2 * line, x1 - x0 + 3 + 4 * line,
           y1 - y0 + 3 + 4 * line);
       }
-      PCB.drawLabel(ctx, p, d.bbox, color, `${d.id} ${d.class} ${d.confidence.toFixed(2)}`);
+      labels.push({ bbox: d.bbox, color, label: `${d.id} ${d.class} ${d.confidence.toFixed(2)}` });
     }
+    // After every box, placed so that no label covers another (or a box, where there is room).
+    PCB.drawLabels(ctx, p, labels);
     canvas.dataset.rendered = "true";
   }
 

@@ -140,24 +140,118 @@
     ctx.strokeRect(x0 - 2, y0 - 2, x1 - x0 + 3, y1 - y0 + 3);
   }
 
-  // The box's label on its colour: above the box, or below it where there is no room above.
-  function drawLabel(ctx, p, bbox, color, label) {
-    const [x0, y0, , y1] = bbox;
+  // --- labels that do not cover each other --------------------------------------------------
+  // Each label goes outside its box, at the first place that covers no other label and no
+  // box: above, below, right, left of the box; then further up or down, joined to the box by
+  // a leader line whose path avoids labels and boxes where it can. Where nothing is free (a
+  // board crowded edge to edge), the place that covers the least, labels before boxes.
+  // app/inference/render.py (place_labels) places the service's overlay labels the same way.
+  const LABEL_STEPS = 12; // how far (in label heights) a label may move away from its box
+
+  function overlap(a, b) {
+    const w = Math.min(a[0] + a[2], b[0] + b[2]) - Math.max(a[0], b[0]);
+    const h = Math.min(a[1] + a[3], b[1] + b[3]) - Math.max(a[1], b[1]);
+    return w > 0 && h > 0 ? w * h : 0;
+  }
+
+  const covered = (rect, others) => others.reduce((s, r) => s + overlap(rect, r), 0);
+
+  // Candidate [x, y, leader] of a w x h label for box [x0, y0, x1, y1], nearest first.
+  function labelCandidates(bbox, w, h, gap) {
+    const [x0, y0, x1, y1] = bbox;
+    const left = x0 - 2;
+    const right = x1 + 1 - w;
+    const above = y0 - 2 - gap - h;
+    const below = y1 + 1 + gap;
+    const out = [
+      [left, above, false], [left, below, false], [right, above, false], [right, below, false],
+      [x1 + 1 + gap, y0 - 2, false], [x0 - 2 - gap - w, y0 - 2, false],
+    ];
+    for (let k = 1; k <= LABEL_STEPS; k += 1) {
+      const dy = k * (h + gap);
+      out.push([left, above - dy, true], [left, below + dy, true],
+        [right, above - dy, true], [right, below + dy, true]);
+    }
+    return out;
+  }
+
+  // A leader line, as a 3 px wide [x, y, w, h]: straight up or down from the label to the box.
+  function leaderPath(place, bbox) {
+    const [x0, y0, x1, y1] = bbox;
+    const bx = Math.min(Math.max(place.x + Math.floor(place.w / 2), x0), x1);
+    if (place.y + place.h <= y0) {
+      return [bx - 1, place.y + place.h, 3, Math.max(0, y0 - 2 - place.y - place.h)];
+    }
+    return [bx - 1, y1 + 1, 3, Math.max(0, place.y - y1 - 1)];
+  }
+
+  // Where each label goes: items are {bbox, label}; returns [{x, y, w, h, leader}] in the
+  // same order. Uses the label font already set on ctx (pen()).
+  function placeLabels(ctx, p, items) {
     const { width, height, line, font } = p;
-    const tw = ctx.measureText(label).width + 6;
-    const th = font + 4;
-    const lx = Math.min(Math.max(0, x0 - 2), Math.max(0, width - tw));
-    let ly = y0 - 2 - th - line;
-    if (ly < 0) ly = Math.min(y1 + 2 + line, height - th);
-    ctx.fillStyle = color;
-    ctx.fillRect(lx, ly, tw, th);
-    ctx.fillStyle = textOn(color);
-    ctx.fillText(label, lx + 3, ly + 2);
+    const gap = line + 1;
+    const h = font + 4;
+    const frames = items.map(({ bbox: [x0, y0, x1, y1] }) => [x0 - 2, y0 - 2, x1 - x0 + 4,
+      y1 - y0 + 4]);
+    const placed = [];
+    const lines = [];
+    return items.map(({ bbox, label }, k) => {
+      const w = Math.min(width, Math.ceil(ctx.measureText(label).width) + 6);
+      const others = frames.filter((_, i) => i !== k);
+      let best = null;
+      for (const [cx, cy, leader] of labelCandidates(bbox, w, h, gap)) {
+        const x = Math.min(Math.max(0, cx), Math.max(0, width - w));
+        const y = Math.min(Math.max(0, cy), Math.max(0, height - h));
+        if (y !== cy && leader) continue; // pushed back by the edge: a nearer place tried it
+        const rect = [x, y, w, h];
+        const place = { x, y, w, h, leader };
+        const path = leader ? leaderPath(place, bbox) : null;
+        // In order of what matters: no label over a label, then none over a box, then none
+        // over a leader line, then leader lines crossing as little as they can.
+        let cost = 1000 * covered(rect, placed) + 100 * covered(rect, frames)
+          + 10 * covered(rect, lines);
+        if (path) cost += covered(path, placed) + covered(path, others);
+        if (best === null || cost < best.cost) best = { ...place, cost, path };
+        if (cost === 0) break;
+      }
+      placed.push([best.x, best.y, best.w, best.h]);
+      if (best.path) lines.push(best.path);
+      return best;
+    });
+  }
+
+  // Draws the labels of items {bbox, color, label} (after all the boxes, so no box is drawn
+  // over a label; leader lines first, so none is drawn over a label); returns where they went.
+  function drawLabels(ctx, p, items) {
+    const places = placeLabels(ctx, p, items);
+    items.forEach(({ color }, i) => {
+      const { path } = places[i];
+      if (!path) return;
+      ctx.strokeStyle = color;
+      ctx.lineWidth = p.line;
+      ctx.beginPath();
+      ctx.moveTo(path[0] + 1.5, path[1]);
+      ctx.lineTo(path[0] + 1.5, path[1] + path[3]);
+      ctx.stroke();
+    });
+    items.forEach(({ color, label }, i) => {
+      const { x, y, w, h } = places[i];
+      ctx.fillStyle = color;
+      ctx.fillRect(x, y, w, h);
+      ctx.fillStyle = textOn(color);
+      ctx.fillText(label, x + 3, y + 2);
+    });
+    return places;
+  }
+
+  // One box's label (no others to avoid).
+  function drawLabel(ctx, p, bbox, color, label) {
+    return drawLabels(ctx, p, [{ bbox, color, label }])[0];
   }
 
   window.PCB = Object.freeze({
     keepApiKey, authHeaders, errorOf, api, apiJson, showError,
     paletteReady, colorOf, hexToRgb, swatch,
-    pen, strokeBox, drawLabel,
+    pen, strokeBox, drawLabel, drawLabels, placeLabels,
   });
 })();

@@ -154,7 +154,14 @@
   const boardName = (insp) => insp.serial || insp.id;
 
   // --- classes ------------------------------------------------------------------------------
-  async function loadClasses() {
+  // The dashboard waits for it: its class bars take the classes' colours.
+  let classesLoading = Promise.resolve();
+  function loadClasses() {
+    classesLoading = readClasses();
+    return classesLoading;
+  }
+
+  async function readClasses() {
     const r = await PCB.apiJson("/v1/model");
     await PCB.paletteReady;
     if (r.ok && Array.isArray(r.body.classes)) {
@@ -733,21 +740,24 @@
       ctx.fillText(`${u.position}${u.identifier ? ` ${u.identifier}` : ""} ` +
         `${u.verdict.toUpperCase()}`, x0 + 4 * line, y0 + 4 * line);
     }
+    const labels = [];
     board.insp.defects.forEach((d, i) => {
       const o = board.outcomes.get(d.id);
       const cls = o && o.outcome === "reclassified" ? o.cls : d.class;
       const mark = !o ? "" : o.outcome === "confirmed" ? " ✓"
         : o.outcome === "false_call" ? " ✗" : " ↻";
-      box(ctx, geometry, d.bbox, colorOf(cls), `${d.id} ${cls}${mark}`, {
+      labels.push(box(ctx, geometry, d.bbox, colorOf(cls), `${d.id} ${cls}${mark}`, {
         hot: board.selected === i, dashed: o && o.outcome === "false_call",
-      });
+      }));
     });
     board.missed.forEach((m, j) => {
-      box(ctx, geometry, m.bbox, m.cls ? colorOf(m.cls) : "#ffffff",
+      labels.push(box(ctx, geometry, m.bbox, m.cls ? colorOf(m.cls) : "#ffffff",
         `M${j + 1} ${m.cls || "?"}`, {
           hot: board.selected === board.insp.defects.length + j, dashed: true,
-        });
+        }));
     });
+    // After every box, placed so that no label covers another (or a box, where there is room).
+    PCB.drawLabels(ctx, geometry, labels);
     if (mode && mode.kind === "drawing") {
       const [x0, y0, x1, y1] = boxOf(mode.start, mode.end);
       ctx.setLineDash([4 * line, 3 * line]);
@@ -764,6 +774,7 @@
     canvas.dataset.rendered = bitmap ? "image" : "blank";
   }
 
+  // Draws the box; returns its label for drawLabels.
   function box(ctx, g, bbox, color, label, { hot, dashed }) {
     const [x0, y0, x1, y1] = bbox;
     const { line } = g;
@@ -781,7 +792,7 @@
       ctx.lineWidth = line;
       ctx.strokeRect(...rect);
     }
-    PCB.drawLabel(ctx, g, bbox, color, label);
+    return { bbox, color, label };
   }
 
   // A pointer position in the image's pixels (the canvas is letterboxed by object-fit).
@@ -1098,6 +1109,10 @@
 
   function drawFalseCalls(stats) {
     const rows = stats.classes || [];
+    // The legend's colours: by the model's classes, or (if they could not be read) by the
+    // stats' classes, which the service lists in the same class-id order.
+    const order = classes.length ? classes : rows.map((c) => c.class);
+    const colorOf = (name) => PCB.colorOf(order, name);
     const f = frame(ui.chartFalse, 1, (v) => `${Math.round(v * 100)} %`,
       rows.map((c) => c.class));
     const parts = [];
@@ -1158,6 +1173,7 @@
         return;
       }
       await PCB.paletteReady;
+      await classesLoading;
       const stats = r.body;
       clearError();
       ui.totalBoards.textContent = String(stats.boards);
@@ -1218,7 +1234,7 @@
   window.addEventListener("resize", () => draw());
 
   renderBoard();
-  showView();
   loadClasses();
+  showView();
   reloadQueue();
 })();

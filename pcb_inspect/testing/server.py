@@ -112,7 +112,10 @@ class ServerProcess:
             name: The sample as exposed, e.g. ``"pcb_images_total"``.
             labels: The exact label set as exposed, e.g. ``'verdict="fail"'``; "" for none.
         """
-        text = httpx.get(self.url + "/metrics", timeout=10).text
+        response = httpx.get(self.url + "/metrics", timeout=10)
+        # A server with keys answers 401 here: say so rather than read every sample as 0.
+        response.raise_for_status()
+        text = response.text
         selector = re.escape(name) + (r"\{" + re.escape(labels) + r"\}" if labels else "")
         match = re.search(rf"^{selector} (\S+)$", text, re.MULTILINE)
         return float(match.group(1)) if match else 0.0

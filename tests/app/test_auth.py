@@ -100,15 +100,21 @@ def test_auth_is_checked_before_the_body_is_read(client: TestClient) -> None:
     assert_error(response, 401, "unauthorized")
 
 
-@pytest.mark.parametrize("path", ["/livez", "/readyz", "/metrics"])
-def test_probes_and_metrics_are_open(client: TestClient, path: str) -> None:
+@pytest.mark.parametrize("path", ["/livez", "/readyz"])
+def test_probes_are_open(client: TestClient, path: str) -> None:
     response = client.get(path)
     assert response.status_code == 200, (path, response.text[:200])
 
 
+def test_metrics_need_a_key(client: TestClient) -> None:
+    # They tell verdict counts and false-call rates; Prometheus gets a key of its own.
+    assert_error(client.get("/metrics"), 401, "unauthorized")
+    assert client.get("/metrics", headers={"x-api-key": "k1"}).status_code == 200
+
+
 def test_rejections_are_counted(client: TestClient) -> None:
     def rejected() -> float:
-        for line in client.get("/metrics").text.splitlines():
+        for line in client.get("/metrics", headers={"x-api-key": "k1"}).text.splitlines():
             if line.startswith('pcb_rejected_total{reason="unauthorized"}'):
                 return float(line.split()[-1])
         return 0.0

@@ -89,7 +89,8 @@ def record(client: TestClient, inspection_id: str) -> dict[str, Any]:
 
 
 def metric(client: TestClient, sample: str) -> float:
-    match = re.search(rf"^{re.escape(sample)} (\S+)$", client.get("/metrics").text, re.M)
+    text = client.get("/metrics", headers=ADMIN).text
+    match = re.search(rf"^{re.escape(sample)} (\S+)$", text, re.M)
     return float(match.group(1)) if match else 0.0
 
 
@@ -396,7 +397,8 @@ def test_images_are_kept_by_policy(tiny_weights: Path, tmp_path: Path) -> None:
         assert kept.status_code == 200 and kept.content == board_png(64, 64, seed=5)
         assert c.get(f"/v1/inspections/{passed['inspection_id']}").json()["image_path"] is None
         # Auth off: everything is allowed, and the reviewer is "anonymous".
-        review = c.post(f"/v1/inspections/{failed['inspection_id']}/review", json={})
+        review = c.post(f"/v1/inspections/{failed['inspection_id']}/review",
+                        json={"defects": [], "missed": []})
         assert review.status_code == 201 and review.json()["reviewer"] == "anonymous"
     assert len(list((tmp_path / "images").rglob("*.png"))) == 1
     assert (tmp_path / "records.db").is_file()
@@ -525,6 +527,41 @@ def test_export_reviews_writes_what_training_reads(
     # Every listed board loads, the other reviewed boards of this module included.
     for s in samples.values():
         load_sample(s)
+
+
+def test_export_reviews_over_the_api_writes_what_the_database_export_writes(
+    client: TestClient, data_dir: Path, tmp_path: Path
+) -> None:
+    from app.services.review_export import ApiSource, write_export
+
+    pair = synth_board(seed=2, size=128)
+    assert client.put("/v1/golden-boards/p-api-export", headers=ADMIN,
+                      files={"file": ("g.png", encode(pair.template), "image/png")}
+                      ).status_code == 201
+    compared = inspect(client, encode(pair.image), product="p-api-export", threshold=0.0,
+                       min_confidence=0.0).json()
+    review = {"defects": [{"defect_id": compared["defects"][0]["id"], "outcome": "confirmed"}],
+              "missed": [{"bbox": [5, 6, 15, 16], "class": "open"}]}
+    assert client.post(f"/v1/inspections/{compared['inspection_id']}/review", headers=REVIEW,
+                       json=review).status_code == 201
+    local, remote = tmp_path / "db", tmp_path / "api"
+    assert cli_main(["export-reviews", "--out", str(local), "--data-dir", str(data_dir)]) == 0
+    # The TestClient is an httpx client on the same app: the API's answers, not the files.
+    summary = write_export(ApiSource(client, "k-admin", page_size=2), remote)
+    assert summary.boards >= 1 and summary.templates >= 1
+
+    def files(root: Path) -> dict[str, bytes]:
+        return {p.relative_to(root).as_posix(): p.read_bytes()
+                for p in sorted(root.rglob("*")) if p.is_file()}
+
+    # Same boards, boxes and images; the templates the API can serve (stored golden boards;
+    # one uploaded with its board is not served) are the same too.
+    got, want = files(remote), files(local)
+    assert f"PCBData/groupreviews/reviews/{compared['inspection_id']}_temp.jpg" in got
+    for name in set(want) - set(got):
+        assert name.endswith("_temp.jpg"), name
+    assert {k: v for k, v in want.items() if k in got} == got
+    assert_error(client.get("/v1/inspections", params={"reviewed": "true"}), 401)
 
 
 def test_a_train_run_takes_several_data_folders(tmp_path: Path) -> None:

@@ -10,12 +10,14 @@ exactly as in production, and leaves Schemathesis no way to start a second lifes
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
+from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 from schemathesis.checks import (
     content_type_conformance,
@@ -103,3 +105,57 @@ def test_answers_conform_to_the_schema(
     assert max(seen) < 500, seen
     # The server is still healthy after the barrage.
     assert server.proc.poll() is None
+
+
+#: Negative data on every route, sent with an admin key so that it gets past authentication
+#: to the parameters and bodies. The server of the other test runs without keys; this one
+#: with one key per role, as a factory runs it.
+@pytest.fixture(scope="module")
+def keyed_server(
+    tiny_weights: Path, tiny_pair_weights: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
+    from tests.helpers.app import ROLE_KEYS
+
+    with running_server(
+        tiny_weights, tmp_path_factory.mktemp("logs"), READY_TIMEOUT_S,
+        pair_weights_path=tiny_pair_weights, data_dir=tmp_path_factory.mktemp("data"),
+        api_keys=json.dumps(ROLE_KEYS),
+    ) as srv:
+        yield srv
+
+
+@pytest.mark.parametrize(("method", "path"), operations(), ids=lambda v: str(v))
+def test_negative_data_never_gets_a_5xx(
+    keyed_server: ServerProcess, method: str, path: str
+) -> None:
+    from tests.helpers.app import ADMIN
+
+    schema = schemathesis.openapi.from_url(f"{keyed_server.url}/openapi.json")
+    operation = schema[path][method]
+    seen: list[int] = []
+
+    @given(case=operation.as_strategy(GenerationMode.NEGATIVE))
+    @settings(
+        max_examples=15,
+        deadline=None,
+        database=None,
+        derandomize=True,
+        suppress_health_check=list(HealthCheck),
+    )
+    def check(case: schemathesis.Case) -> None:
+        response = case.call(base_url=keyed_server.url, timeout=60,
+                             headers={**(case.headers or {}), **ADMIN})
+        seen.append(response.status_code)
+        case.validate_response(response, checks=[not_a_server_error])
+        if response.status_code >= 400 and "json" in response.headers.get("content-type", ""):
+            body = response.json()
+            assert set(body) == {"error"} and {"code", "message"} <= set(body["error"]), body
+
+    try:
+        check()
+    except Unsatisfiable:
+        # Nothing in the schema can be made invalid: no parameters or body (the probes), or
+        # only unconstrained strings (an inspection id in the path).
+        return
+    assert max(seen, default=0) < 500, seen
+    assert keyed_server.proc.poll() is None

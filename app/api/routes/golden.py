@@ -5,7 +5,9 @@ Thin routes over :class:`app.services.golden_store.GoldenStore`, which does the 
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Request
 from fastapi.responses import Response
 
 from app.api.deps import AdminAuth, AuthDep, SettingsDep, StoreDep
@@ -13,6 +15,8 @@ from app.api.openapi import BINARY, error_responses, upload_doc
 from app.api.schemas import GoldenBoardListOut, GoldenBoardOut
 from app.core.errors import ApiError
 from app.services.golden_store import (
+    PRODUCT_PATTERN,
+    PRODUCT_RULE,
     GoldenBoard,
     InvalidProductError,
     check_product,
@@ -25,6 +29,11 @@ router = APIRouter(prefix="/v1/golden-boards", tags=["golden boards"], dependenc
 _ERRORS = error_responses(401, 404, 422, 500)
 _UPLOAD_ERRORS = error_responses(400, 401, 403, 413, 415, 422, 500)
 _UPLOAD_DOC = upload_doc({"file": BINARY}, required=["file"], raw_types=("image/png",))
+
+
+#: The product id, its rule in the schema (checked by _product, for its own 422 code).
+ProductPath = Annotated[str, Path(description=f"The product id: {PRODUCT_RULE}.",
+                                  json_schema_extra={"pattern": f"^{PRODUCT_PATTERN.pattern}$"})]
 
 
 def _product(product: str) -> str:
@@ -51,7 +60,8 @@ def _out(board: GoldenBoard) -> GoldenBoardOut:
     openapi_extra=_UPLOAD_DOC,
 )
 async def put_golden_board(
-    product: str, request: Request, response: Response, settings: SettingsDep, store: StoreDep
+    product: ProductPath, request: Request, response: Response, settings: SettingsDep,
+    store: StoreDep,
 ) -> GoldenBoardOut:
     """Stores the multipart field ``file`` (or a raw ``image/*`` body) as ``product``'s
     defect-free reference: 201 when new, 200 when it replaced one.
@@ -92,7 +102,7 @@ async def list_golden_boards(store: StoreDep) -> GoldenBoardListOut:
                                 "description": "Metadata, or the PNG with Accept: image/png."}},
 )
 async def get_golden_board(
-    product: str, request: Request, store: StoreDep
+    product: ProductPath, request: Request, store: StoreDep
 ) -> GoldenBoardOut | Response:
     """The metadata of ``product``'s golden board as JSON, or with ``Accept: image/png`` the
     stored PNG (its sha256 is the metadata's)."""
@@ -112,7 +122,7 @@ async def get_golden_board(
     dependencies=[AdminAuth],
     responses={**_ERRORS, **error_responses(403)},
 )
-async def delete_golden_board(product: str, store: StoreDep) -> Response:
+async def delete_golden_board(product: ProductPath, store: StoreDep) -> Response:
     """Removes ``product``'s golden board; inspections with ``?product=`` then get 404."""
     product = _product(product)
     await call_store(store, "delete", product)

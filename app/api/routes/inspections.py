@@ -13,13 +13,16 @@ from fastapi import APIRouter, Depends, Query
 from fastapi.responses import Response, StreamingResponse
 
 from app.api.deps import AdminAuth, RecordsDep, ReviewAuth, ReviewerDep
+from app.api.json_body import bounded_json_route
 from app.api.openapi import error_responses
 from app.api.records_errors import call_records, utc_param
 from app.api.schemas import InspectionDetailOut, InspectionPageOut
-from app.records import InspectionFilter, Review, ReviewBody
-from app.services.board_meta import check_text, query_meta
+from app.records import MAX_REVIEW_BYTES, InspectionFilter, Review, ReviewRequest
+from app.services.board_meta import check_text, query_meta, split_tags
 
-router = APIRouter(prefix="/v1/inspections", tags=["inspections"], dependencies=[ReviewAuth])
+# The review's JSON body is bounded before it is read, and parsed off the event loop.
+router = APIRouter(prefix="/v1/inspections", tags=["inspections"], dependencies=[ReviewAuth],
+                   route_class=bounded_json_route(MAX_REVIEW_BYTES, "review"))
 
 _ERRORS = error_responses(401, 403, 404, 422, 500, 503)
 _IMAGE_TYPES = ("image/png", "image/jpeg", "image/bmp", "image/tiff", "image/webp",
@@ -39,6 +42,9 @@ def get_filter(
     station: Annotated[str | None, Query(**_META)] = None,
     reviewed: Annotated[bool | None, Query(
         description="true: reviewed boards only; false: not yet reviewed (the queue).")] = None,
+    tags: Annotated[list[str] | None, Query(
+        description="Records carrying every one of these tags: repeat the parameter or "
+        "separate with commas (at most 32, each 1-128 characters).")] = None,
 ) -> InspectionFilter:
     """The filters of a query or export (every one optional; all must match)."""
     # As the metadata is checked when it is recorded (no control characters, which
@@ -49,7 +55,7 @@ def get_filter(
     return InspectionFilter(
         since=utc_param("since", since), until=utc_param("until", until), verdict=verdict,
         product=product, serial=meta.serial, line=meta.line, station=meta.station,
-        reviewed=reviewed,
+        reviewed=reviewed, tags=split_tags(tags or ()),
     )
 
 
@@ -85,7 +91,9 @@ async def export_inspections(
     fmt: Annotated[Literal["csv", "jsonl"], Query(alias="format")] = "csv",
 ) -> StreamingResponse:
     """Every matching record, streamed as it is read (nothing is built in memory): CSV with
-    one row per board (defects, rules and tags as JSON cells), or JSON lines."""
+    flat columns and one row per defect (the model's calls and the missed defects a review
+    added, each with its review outcome; a board with none has one row), every cell quoted and
+    formula-like cells neutralised with a leading ``'``; or JSON lines, the full record."""
     lines = records.export(filters, fmt)
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     media = "text/csv; charset=utf-8" if fmt == "csv" else "application/x-ndjson"
@@ -124,12 +132,12 @@ async def get_inspection_image(inspection_id: str, records: RecordsDep) -> Respo
     summary="Review an inspection: an outcome per defect, and the missed defects",
     response_model=Review,
     status_code=201,
-    responses={**_ERRORS, **error_responses(400),  # a body that is not JSON
+    responses={**_ERRORS, **error_responses(400, 413),  # not JSON; too large
                200: {"model": Review, "description": "The same review again: "
                                 "nothing changed."}, 201: {"description": "A new review."}},
 )
 async def review_inspection(
-    inspection_id: str, body: ReviewBody, response: Response, records: RecordsDep,
+    inspection_id: str, body: ReviewRequest, response: Response, records: RecordsDep,
     reviewer: ReviewerDep,
 ) -> Review:
     """Records the operator's review under the key's name: per defect ``confirmed``,
@@ -138,7 +146,9 @@ async def review_inspection(
 
     201 for a new review (the history keeps the earlier ones); 200 with the current review
     when the same one is sent again. 422 ``unknown_defect``, ``unknown_class`` or
-    ``box_outside_image`` for a review that does not fit the board.
+    ``box_outside_image`` for a review that does not fit the board; 422 for one without
+    ``defects`` and ``missed`` or with more than the bounds of either, 413 for a body over
+    its byte bound.
     """
     review, created = await call_records(records.review, inspection_id, reviewer.name, body)
     response.status_code = 201 if created else 200

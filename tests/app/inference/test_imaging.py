@@ -127,17 +127,29 @@ def test_own_pixel_limit_applies_below_pillows() -> None:
     assert "10,000,000" in err.message
 
 
-def test_pillow_bomb_warning_band_becomes_413_not_a_warning() -> None:
-    # 100 MP lies between Pillow's MAX_IMAGE_PIXELS and twice it, where Pillow only warns.
+@pytest.fixture(autouse=True)
+def _pillow_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A decode raises Pillow's process-wide guard to its max_pixels: put it back after each
+    # test, so every test starts from Pillow's default.
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)
+
+
+def test_pillow_bomb_warning_band_follows_the_service_limit() -> None:
+    # 100 MP lies between Pillow's default MAX_IMAGE_PIXELS and twice it, where Pillow only
+    # warns: the service's limit decides there, and no warning leaks either way.
     assert Image.MAX_IMAGE_PIXELS is not None
     assert Image.MAX_IMAGE_PIXELS < 10_000 * 10_000 < 2 * Image.MAX_IMAGE_PIXELS
     data = _png_header(10_000, 10_000) + _png_chunk(b"IEND", b"")
     filters_before = list(warnings.filters)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        err = _raises(data, "image_too_large", 413, max_pixels=200_000_000)
+        err = _raises(data, "image_too_large", 413, max_pixels=99_999_999)
+        # Within a limit of 200 MP the size is allowed: this file then fails for its missing
+        # pixel data, not for its size.
+        within = _raises(data, "corrupt_image", 400, max_pixels=200_000_000)
     assert caught == []
-    assert "100,000,000 pixels" in err.message
+    assert "100,000,000 pixels" in err.message and "99,999,999" in err.message
+    assert "PNG" in within.message
     assert warnings.filters == filters_before
 
 
@@ -196,7 +208,7 @@ def test_unconvertible_mode_is_a_415_not_corrupt(monkeypatch: pytest.MonkeyPatch
 
 def test_concurrent_decodes_keep_the_bomb_guard_and_the_filters() -> None:
     good = _encode(Image.fromarray(_noise()), "PNG")
-    bomb = _png_header(10_000, 10_000) + _png_chunk(b"IEND", b"")
+    bomb = _png_header(20_000, 20_000) + _png_chunk(b"IEND", b"")
     filters_before = list(warnings.filters)
 
     def decode(data: bytes) -> str:

@@ -105,6 +105,28 @@ def test_query_filters(store: RecordStore) -> None:
     assert store.count(InspectionFilter(verdict="pass")) == 29 - 8
 
 
+def test_query_filters_by_tags(store: RecordStore) -> None:
+    odd = 'quote"back\\slash,ünï'
+    store.add_many([
+        make_record(serial="T-1", tags=["night", "lot-7"]),
+        make_record(serial="T-2", tags=["lot-7"]),
+        make_record(serial="T-3", tags=[odd]),
+        make_record(serial="T-4", tags=[]),
+        make_record(serial="T-5", tags=["lot-70"]),
+    ])
+
+    def serials(*tags: str) -> set[str]:
+        filters = InspectionFilter(tags=tags)
+        assert store.count(filters) == len(found := store.query(filters, limit=100).items)
+        return {i.serial or "" for i in found}
+
+    assert serials("lot-7") == {"T-1", "T-2"}
+    assert serials("lot-7", "night") == {"T-1"}
+    assert serials(odd) == {"T-3"}
+    assert serials("lot") == set()
+    assert serials() == {"T-1", "T-2", "T-3", "T-4", "T-5"}
+
+
 @pytest.mark.parametrize("limit", [1, 4, 7, 29, 30])
 def test_cursor_pages_have_no_duplicates_or_gaps(store: RecordStore, limit: int) -> None:
     expected = _fill(store)
@@ -153,7 +175,7 @@ def test_export_streams_everything_as_jsonl_and_csv(store: RecordStore) -> None:
     assert tuple(rows[0]) == CSV_COLUMNS
     assert [r["id"] for r in rows] == expected
     assert {r["defect_count"] for r in rows} == {"0", "1"}
-    assert json.loads(rows[0]["tags"]) == ["night"]
+    assert rows[0]["tags"] == "night"
 
 
 def test_delete_removes_record_and_reviews(store: RecordStore) -> None:

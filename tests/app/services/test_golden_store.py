@@ -47,12 +47,15 @@ def store(tmp_path: Path) -> GoldenStore:
 # --- product ids -------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("product", ["a", "PCB-1234_rev.B", "x" * 64, "..", "-"])
+@pytest.mark.parametrize("product", ["a", "PCB-1234_rev.B", "x" * 64, "7..", "a-"])
 def test_valid_product_ids(product: str) -> None:
     assert check_product(product) == product
 
 
-@pytest.mark.parametrize("product", ["", "x" * 65, "a/b", "a b", "é", "../x", "a\\b", "a:b"])
+# "." and ".." would be stored but could never be named in a URL path again; a leading dot
+# hides the file, a leading "-" reads as an option.
+@pytest.mark.parametrize("product", ["", "x" * 65, "a/b", "a b", "é", "../x", "a\\b", "a:b",
+                                     ".", "..", ".hidden", "-", "-rf"])
 def test_invalid_product_ids_name_the_id_and_the_rule(product: str) -> None:
     with pytest.raises(InvalidProductError, match="1 to 64 characters") as info:
         check_product(product)
@@ -60,9 +63,11 @@ def test_invalid_product_ids_name_the_id_and_the_rule(product: str) -> None:
 
 
 def test_dot_ids_stay_files_inside_the_folder(store: GoldenStore) -> None:
-    store.put("..", board(1))
-    assert store.path_of("..").parent == store.root
-    assert [b.product for b in store.list_boards()] == [".."]
+    store.put("a..", board(1))
+    assert store.path_of("a..").parent == store.root
+    assert [b.product for b in store.list_boards()] == ["a.."]
+    with pytest.raises(InvalidProductError, match="letter or digit"):
+        store.put("..", board(1))
 
 
 # --- round trips ---------------------------------------------------------------------------------

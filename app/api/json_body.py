@@ -1,0 +1,74 @@
+"""JSON bodies read within a byte bound and parsed off the event loop.
+
+FastAPI reads a route's whole body and runs ``json.loads`` on it in the event loop, bounded only
+by the service-wide ``PCB_MAX_BODY_BYTES`` (sized for images): a JSON body of tens of
+megabytes would stall every other request, ``/livez`` included, for seconds. A router built
+with :func:`bounded_json_route` refuses a body over its bound as it arrives (413, before any
+parsing) and parses the rest in a worker thread.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from fastapi.routing import APIRoute
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+
+__all__ = ["bounded_json_route"]
+
+
+def _too_large(limit: int, what: str) -> StarletteHTTPException:
+    # An HTTPException, not an ApiError: FastAPI turns any other error raised while it reads
+    # a body into a 400 "There was an error parsing the body".
+    return StarletteHTTPException(
+        413, f"The request body is larger than the {limit:,} bytes a {what} may have.")
+
+
+class _BoundedRequest(Request):
+    """A request whose body is read within ``limit`` bytes and parsed in a worker thread."""
+
+    def __init__(self, request: Request, limit: int, what: str) -> None:
+        super().__init__(request.scope, request.receive)
+        self._limit = limit
+        self._what = what
+
+    async def body(self) -> bytes:
+        if not hasattr(self, "_body"):
+            length = self.headers.get("content-length", "")
+            if length.isdigit() and int(length) > self._limit:
+                raise _too_large(self._limit, self._what)
+            chunks: list[bytes] = []
+            size = 0
+            async for chunk in self.stream():
+                size += len(chunk)
+                if size > self._limit:  # chunked, or a Content-Length that lied
+                    raise _too_large(self._limit, self._what)
+                chunks.append(chunk)
+            self._body = b"".join(chunks)
+        return self._body
+
+    async def json(self) -> Any:
+        if not hasattr(self, "_json"):
+            self._json = await run_in_threadpool(json.loads, await self.body())
+        return self._json
+
+
+def bounded_json_route(limit: int, what: str) -> type[APIRoute]:
+    """An ``APIRoute`` class (for ``APIRouter(route_class=...)``) whose routes take JSON bodies
+    of at most ``limit`` bytes; ``what`` names the body in the 413 (``"review"``)."""
+
+    class BoundedJsonRoute(APIRoute):
+        def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+            handler = super().get_route_handler()
+
+            async def bounded(request: Request) -> Response:
+                return await handler(_BoundedRequest(request, limit, what))
+
+            return bounded
+
+    return BoundedJsonRoute

@@ -1,0 +1,51 @@
+"""A wrong golden board is refused by the quick screen, without the full-size work that a
+pair which does not match would make ECC run to its step limit, from every start."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import cv2
+import numpy as np
+import pytest
+
+import pcb_inspect.registration as registration
+from pcb_inspect.registration import SCREEN_SIDE, AlignmentError, register
+from pcb_inspect.synth import make_board, moved
+
+
+@pytest.fixture
+def ecc_sizes(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, ...]]:
+    """The image sizes every ECC call of registration ran on (the real ECC runs)."""
+    sizes: list[tuple[int, ...]] = []
+    real = cv2.findTransformECC
+
+    def counted(board: np.ndarray, *args: Any) -> Any:
+        sizes.append(board.shape)
+        return real(board, *args)
+
+    monkeypatch.setattr(registration.cv2, "findTransformECC", counted)
+    return sizes
+
+
+@pytest.mark.parametrize("wrong", ["other_design", "turned_90"])
+def test_a_wrong_reference_is_refused_on_the_screen_alone(
+    ecc_sizes: list[tuple[int, ...]], wrong: str
+) -> None:
+    board = make_board(seed=3, size=1000)
+    reference = (make_board(seed=4, size=1000).template if wrong == "other_design"
+                 else np.ascontiguousarray(np.rot90(board.template)))
+    with pytest.raises(AlignmentError, match="does not match") as refused:
+        register(board.image, reference)
+    assert refused.value.score < registration.MIN_SCORE
+    assert ecc_sizes and max(max(s) for s in ecc_sizes) <= SCREEN_SIDE, ecc_sizes
+
+
+def test_a_matching_pair_passes_the_screen_at_its_first_start(
+    ecc_sizes: list[tuple[int, ...]]
+) -> None:
+    board = make_board(seed=3, size=1000)
+    _, alignment = register(board.image, moved(board.template, 6.5, -4.0, 0.5))
+    assert abs(alignment.dx - 6.5) < 0.5 and abs(alignment.dy + 4.0) < 0.5
+    small = [s for s in ecc_sizes if max(s) <= SCREEN_SIDE]
+    assert len(small) == 1, ecc_sizes  # one look on the screen, then the full-size estimate
