@@ -15,6 +15,7 @@ from pcb_inspect.synth import encode, make_board, write_deeppcb_folder
 from tests.conftest import save_tiny_pair_model
 from training.crossval import Variant, board_candidates, build_parser, crossvalidate
 from training.crossval import leave_one_group_out as logo
+from training.crossval import nested_leave_one_group_out as nested_logo
 from training.data import read_split
 from training.evaluate import Detection, Truth, choose_operating_point, readme_protocol
 from training.maps import board_maps, cache_path, cached_board_maps, load_board_maps
@@ -174,3 +175,25 @@ def test_crossvalidate_reports_every_variant_per_held_out_group(setup, tmp_path)
                  "00001,00002,00003", "--cache", str(tmp_path / "maps"), "--variants",
                  "0.0:3", "--out", str(out)]) == 0
     assert json.loads(out.read_text())["variants"]["t0-m3"] == report["variants"]["t0-m3"]
+
+
+def test_the_variant_too_is_chosen_on_the_other_groups():
+    groups = ["a", "a", "b", "c"]
+    truths = [truth(i, HIT) for i in range(4)]
+    good = [det(i, 0.9, HIT) for i in range(4)] + [det(0, 0.8, ELSEWHERE)]
+    # "split" finds each defect in two pieces, neither large enough to match, except on c.
+    split = [det(i, 0.9, (0, 0, 3, 10)) for i in range(3)] + [det(3, 0.95, HIT)]
+    split += [det(i, 0.9, (7, 0, 10, 10)) for i in range(3)]
+
+    nested = nested_logo({"good": good, "split": split}, truths, groups, 6)
+
+    # Held out c, "good" wins on a + b; held out a or b, "good" still wins on the others.
+    assert {g: s["variant"] for g, s in nested["per_group"].items()} == dict.fromkeys("abc",
+                                                                                     "good")
+    plain = logo(good, truths, groups, 6)
+    assert nested["f_score"] == plain["f_score"]
+    assert nested["true_positives"] == plain["true_positives"] == 4
+    # Each group is scored with what was chosen without it: c, where "split" is perfect,
+    # gets "good" all the same.
+    alone = nested_logo({"split": split}, truths, groups, 6)
+    assert alone["per_group"]["c"]["f_score"] == 1.0 and alone["true_positives"] == 1
