@@ -197,3 +197,30 @@ def test_the_variant_too_is_chosen_on_the_other_groups():
     # gets "good" all the same.
     alone = nested_logo({"split": split}, truths, groups, 6)
     assert alone["per_group"]["c"]["f_score"] == 1.0 and alone["true_positives"] == 1
+
+
+def test_write_card_puts_the_crossvalidated_figures_in_the_card(setup, tmp_path):
+    import shutil
+
+    from app.inference.card import load_card
+
+    data, weights = setup
+    model = tmp_path / "model"
+    shutil.copytree(weights.parent, model)
+    out = tmp_path / "cv.json"
+    args = ["--data", str(data), "--weights", str(model / weights.name), "--val-groups",
+            "00001,00002,00003", "--cache", str(tmp_path / "maps"), "--out", str(out)]
+    from training.crossval import main
+
+    assert main([*args, "--write-card"]) == 0
+    report = json.loads(out.read_text())
+    (name,) = report["variants"]
+    assert name == "t0.5-m3"  # the card's own rules
+    card = json.loads((model / "pair.card.json").read_text())
+    validation = card["validation"]
+    cv = report["variants"][name]["crossvalidated"]
+    assert validation["readme_protocol"]["f_score"] == round(cv["f_score"], 4)
+    assert validation["official_protocol"]["hmean"] == round(cv["official"]["hmean"], 4)
+    assert list(validation["per_group"]) == ["00001", "00002", "00003"]
+    assert "--write-card" not in validation["protocol"] and "--cache" in validation["protocol"]
+    assert load_card(model / "pair.card.json").thresholds.min_area_px == 0  # the rest kept
