@@ -232,13 +232,25 @@ def crossvalidate(args: argparse.Namespace) -> dict[str, Any]:
         for v in variants:
             cands[v].extend(board_candidates(maps, board, v, classes, card.pixels_per_mm,
                                              margin, i))
-    n = len(samples)
     report: dict[str, Any] = {
         "data": str(args.data), "weights": str(args.weights),
         "weights_sha256": inferencer.weights_sha256, "mode": inferencer.mode,
-        "val_groups": val_groups, "boards": n, "box_margin_px": margin,
-        "seconds": round(time.perf_counter() - started, 1), "variants": {},
+        "val_groups": val_groups, "boards": len(samples), "box_margin_px": margin,
+        "seconds": round(time.perf_counter() - started, 1),
     }
+    report.update(score_variants(cands, truths, groups, n_classes))
+    return report
+
+
+def score_variants(
+    cands: dict[Variant, list[Detection]], truths: list[Truth], groups: list[str],
+    n_classes: int,
+) -> dict[str, Any]:
+    """The report's ``variants`` (and, for several, ``variant_chosen_per_group``) from every
+    candidate of every board (``image`` indexes ``groups``) under each variant."""
+    n = len(groups)
+    variants = list(cands)
+    report: dict[str, Any] = {"variants": {}}
     for v in variants:
         c = cands[v]
         everything = _scores(c, truths, n, n_classes, 0, 0.0)
@@ -256,6 +268,25 @@ def crossvalidate(args: argparse.Namespace) -> dict[str, Any]:
     if len(variants) > 1:
         report["variant_chosen_per_group"] = nested_leave_one_group_out(
             {v.name: cands[v] for v in variants}, truths, groups, n_classes)
+    return report
+
+
+def from_evaluation(candidates: Path, threshold: float, merge_distance_px: int,
+                    box_margin_px: int) -> dict[str, Any]:
+    """The cross-validated report of one evaluation's candidates (``training.evaluate
+    --candidates``), so a run that has just evaluated its model need not run it again."""
+    from training.data import group_of
+
+    data = json.loads(Path(candidates).read_text())
+    keys = data["keys"]
+    dets = [Detection(d["image"], d["label"], d["confidence"], d["area_px"], tuple(d["box"]))
+            for d in data["detections"]]
+    truths = [Truth(t["image"], t["label"], tuple(t["box"])) for t in data["truths"]]
+    groups = [group_of(k) for k in keys]
+    report: dict[str, Any] = {"val_groups": sorted(set(groups)), "boards": len(keys),
+                              "box_margin_px": box_margin_px}
+    report.update(score_variants({Variant(threshold, merge_distance_px): dets}, truths, groups,
+                                 len(data["classes"])))
     return report
 
 

@@ -224,3 +224,21 @@ def test_write_card_puts_the_crossvalidated_figures_in_the_card(setup, tmp_path)
     assert list(validation["per_group"]) == ["00001", "00002", "00003"]
     assert "--write-card" not in validation["protocol"] and "--cache" in validation["protocol"]
     assert load_card(model / "pair.card.json").thresholds.min_area_px == 0  # the rest kept
+
+
+def test_an_evaluations_candidates_give_the_same_crossvalidation(setup, tmp_path):
+    from training import evaluate
+    from training.crossval import from_evaluation
+
+    data, weights = setup
+    groups = "00001,00002,00003"
+    candidates = tmp_path / "candidates.json"
+    evaluate.evaluate(evaluate.build_parser().parse_args([
+        "--data", str(data), "--weights", str(weights), "--val-groups", groups,
+        "--threshold", "0.0", "--candidates", str(candidates)]))
+    from_candidates = from_evaluation(candidates, 0.0, 3, 0)
+    report = crossvalidate(build_parser().parse_args([
+        "--data", str(data), "--weights", str(weights), "--val-groups", groups,
+        "--cache", str(tmp_path / "maps"), "--variants", "0.0:3"]))
+    assert from_candidates["variants"] == report["variants"]
+    assert from_candidates["val_groups"] == ["00001", "00002", "00003"]
