@@ -257,10 +257,10 @@ def official_order(dets: Sequence[Detection]) -> list[Detection]:
     """One board's detections in the order the official script reads them: by confidence.
 
     ``rrc_evaluation_funcs.get_tl_line_values_from_file_contents`` (``sort_by_confidences=True``)
-    reorders a result file with ``np.argsort(-confidences)``. Its tie order is numpy's default
-    sort's: insertion sort (stable) below 17 entries, introsort (unspecified) above. Boards
-    rarely carry 17 detections, so ties keep the order given here (stable), i.e. the order the
-    file would be written in.
+    reorders a result file with ``np.argsort(-confidences)``, numpy's default sort, which is
+    not stable: how it orders equal confidences depends on the numpy version and the CPU (and
+    matters, since the first detection in order takes a ground truth). The port keeps ties in
+    the order given (stable), i.e. the order the file would be written in.
     """
     return sorted(dets, key=lambda d: -d.confidence)
 
@@ -282,6 +282,11 @@ def official_match(
     everything after its fourth comma, spaces included: compared as strings, a file that wrote
     its types differently from ``gt.zip`` would never be correct. The port compares class ids,
     i.e. it scores a result file that writes its types exactly as ``gt.zip`` does.
+
+    Sources: DeepPCB's README (IoU "larger than 0.33", scripts "borrowed from Icdar2015 ...
+    with small modification") and the ICDAR 2015 end-to-end script and ``rrc_evaluation_funcs``
+    it names; DeepPCB's own modified copy could not be read when this was ported, so where it
+    departs from ICDAR's in more than the IoU constraint, this port does not know.
 
     Not ported, because DeepPCB never triggers it: "don't care" ground truths (type ``###``)
     and the ``AREA_PRECISION_CONSTRAINT`` rule that drops detections lying over one. Boxes:
