@@ -204,8 +204,7 @@ def describe_defects(
         if link is not None:
             # Components of the difference that touch no fragment label no defect pixel: they
             # only add labels that nothing reads.
-            grown = np.bitwise_or(grown, link.view(np.uint8) if link.dtype == bool else
-                                  (link > 0).view(np.uint8))
+            grown = np.bitwise_or(grown, link.astype(bool, copy=False).view(np.uint8))
         n_labels, labels = cv2.connectedComponents(grown, connectivity=8, ltype=cv2.CV_32S)
         del grown
     else:
