@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 
-from app.api.routes import golden, health, inspections, metrics, model, predict, stats, ui
+from app.api.routes import cfx, golden, health, inspections, metrics, model, predict, stats, ui
 from app.core.config import Settings, get_settings
 from app.core.errors import install_error_handlers
 from app.core.metrics import MODEL_INFO, PAIR_MODEL_INFO
@@ -229,7 +229,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RequestContextMiddleware)
     for router in (
         health.router, metrics.router, model.router, predict.router, golden.router,
-        inspections.router, stats.router, ui.router,
+        inspections.router, stats.router, ui.router, cfx.router,
     ):
         app.include_router(router)
     return app

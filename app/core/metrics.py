@@ -80,3 +80,12 @@ FALSE_CALL_RATE = Gauge(
     "last 7 days (current reviews); updated after each review.",
     ["class"],
 )
+CFX_PENDING = Gauge(
+    "pcb_cfx_outbox_pending",
+    "CFX messages written but not yet accepted by the broker (the outbox's backlog).",
+)
+CFX_PUBLISHED = Counter("pcb_cfx_published_total", "CFX messages the broker accepted.")
+CFX_PUBLISH_ERRORS = Counter(
+    "pcb_cfx_publish_errors_total",
+    "Failed CFX publish attempts (broker unreachable, refused, or a message not accepted).",
+)
