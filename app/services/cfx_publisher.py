@@ -32,6 +32,9 @@ from app.records.outbox import Outbox, PendingMessage
 __all__ = ["AmqpTarget", "CfxPublisher", "PublisherStatus"]
 
 logger = logging.getLogger("pcb_inspect.cfx")
+# Proton logs every socket error of a lost broker at ERROR, on each retry; the publisher says
+# once per distinct failure what happened (and the admin route and metrics show it).
+logging.getLogger("proton").setLevel(logging.CRITICAL)
 
 #: Messages claimed and sent per round trip of dispositions.
 BATCH = 200
