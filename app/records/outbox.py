@@ -38,13 +38,20 @@ from sqlalchemy.orm import Session
 
 from app.records.cfx import CfxMessage
 from app.records.db import WRITE, sqlite_path
-from app.records.models import OutboxRow
+from app.records.models import Base, OutboxRow
 from app.records.schemas import utcnow
 
 __all__ = ["Claim", "Outbox", "OutboxState", "PendingMessage", "write_messages"]
 
 #: pg_advisory_xact_lock key of the outbox writers ("CFX" in ASCII, arbitrary but fixed).
 _WRITE_LOCK_KEY = 0x434658
+
+
+_ADVISORY_LOCK = text("SELECT pg_advisory_xact_lock(:key)")
+_TABLE = Base.metadata.tables["cfx_outbox"]
+_PG_INSERT = pg_insert(_TABLE).on_conflict_do_nothing(index_elements=["unique_id"])
+_SQLITE_INSERT = sqlite_insert(_TABLE).on_conflict_do_nothing(
+    index_elements=["unique_id"])
 
 
 def write_messages(session: Session, messages: Sequence[CfxMessage]) -> None:
@@ -54,15 +61,16 @@ def write_messages(session: Session, messages: Sequence[CfxMessage]) -> None:
     """
     if not messages:
         return
-    dialect = session.get_bind().dialect.name
-    if dialect == "postgresql":
-        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _WRITE_LOCK_KEY})
-    insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    # Core, on the session's connection: the ORM's bulk-insert path costs more than the
+    # insert itself, and the statement (values bound, not embedded) is compiled once.
+    conn = session.connection()
+    postgres = conn.dialect.name == "postgresql"
+    if postgres:
+        conn.execute(_ADVISORY_LOCK, {"key": _WRITE_LOCK_KEY})
     rows = [{"unique_id": m.unique_id, "message_name": m.message_name,
              "inspection_id": m.inspection_id, "created_at": m.time_stamp, "body": m.body,
              "attempts": 0} for m in messages]
-    session.execute(insert(OutboxRow).on_conflict_do_nothing(index_elements=["unique_id"]),
-                    rows)
+    conn.execute(_PG_INSERT if postgres else _SQLITE_INSERT, rows)
 
 
 @dataclass(frozen=True)
