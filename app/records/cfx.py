@@ -200,12 +200,13 @@ def _result(failed: bool) -> str:
 
 
 def _inspection(uid: str, result: str, defects: list[dict[str, Any]], *, procedure: str,
-                verification: str, start: dt.datetime | None = None) -> dict[str, Any]:
+                verification: str, end: dt.datetime | None = None) -> dict[str, Any]:
+    # The record knows when the inspection ended (its creation), not when it started.
     return {
         "UniqueIdentifier": uid,
         "InspectionName": INSPECTION_NAME,
-        "InspectionStartTime": None if start is None else _timestamp(start),
-        "InspectionEndTime": None if start is None else _timestamp(start),
+        "InspectionStartTime": None,
+        "InspectionEndTime": None if end is None else _timestamp(end),
         "TestProcedure": procedure,
         "Comments": None,
         "Result": result,
@@ -290,7 +291,7 @@ def inspection_message(record: InspectionRecord, source: str) -> CfxMessage:
         result = _result(unit.verdict == "fail")
         inspection = _inspection(_uid(record.id, "unit", unit.position), result, defects,
                                  procedure=_procedure(record), verification="NotVerifiedYet",
-                                 start=record.created_at)
+                                 end=record.created_at)
         units.append(_unit(unit, record, result, "NotVerifiedYet", inspection))
     inspector = {"OperatorIdentifier": source, "ActorType": "Robot", "LastName": None,
                  "FirstName": None, "LoginName": None}
