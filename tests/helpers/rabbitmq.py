@@ -268,3 +268,26 @@ def _body_bytes(body: object) -> bytes:
     if isinstance(body, bytes | bytearray | memoryview):
         return bytes(body)
     return str(body).encode()
+
+
+def has_messages(broker: RabbitBroker, address: str) -> bool:
+    """Whether a message waits at ``address``: one is taken and released back, unread."""
+    from urllib.parse import urlsplit
+
+    from proton import Timeout
+    from proton.utils import BlockingConnection
+
+    parts = urlsplit(broker.url)
+    conn = BlockingConnection(f"amqp://{parts.hostname}:{parts.port}", timeout=10,
+                              user=parts.username, password=parts.password,
+                              allowed_mechs="PLAIN", allow_insecure_mechs=True)
+    try:
+        receiver = conn.create_receiver(address, credit=1)
+        try:
+            receiver.receive(timeout=0.2)
+        except Timeout:
+            return False
+        receiver.release(delivered=False)
+        return True
+    finally:
+        conn.close()

@@ -23,7 +23,7 @@ from app.records.outbox import Outbox
 from app.services.cfx_publisher import AmqpTarget, CfxPublisher
 from tests.app.records.factory import defect, make_record
 from tests.helpers.cfx import validate_cfx
-from tests.helpers.rabbitmq import RabbitBroker, receive, server_or_skip
+from tests.helpers.rabbitmq import RabbitBroker, has_messages, receive, server_or_skip
 
 pytestmark = pytest.mark.slow
 
@@ -148,7 +148,7 @@ def test_publisher_killed_mid_publish_delivers_everything_after_restart(
     outbox = Outbox(store.engine)
     try:
         # Killed once the broker has some, but not all, of them.
-        _wait(lambda: 0 < _queued(broker, address) or child.poll() is not None, 60)
+        _wait(lambda: has_messages(broker, address) or child.poll() is not None, 60)
         time.sleep(0.05)
         os.kill(child.pid, signal.SIGKILL)
         child.wait(30)
@@ -158,7 +158,9 @@ def test_publisher_killed_mid_publish_delivers_everything_after_restart(
             child.wait(30)
     assert child.returncode == -signal.SIGKILL, log.read_text()
     left = outbox.pending()
-    assert 0 < left < n, f"the kill came too late or too early to test anything ({left} left)"
+    # Some reached the broker (maybe before the publisher could mark them: then all are still
+    # pending here, and those come twice), not all were marked sent.
+    assert left > 0, "the kill came too late: everything was published already"
     publisher = _publisher(store, broker, address)
     publisher.start()
     try:
@@ -177,29 +179,6 @@ def test_publisher_killed_mid_publish_delivers_everything_after_restart(
     assert {mid: b.decode() for mid, b in first.items()} == dict(expected)
     for body in list(first.values())[:: max(1, n // 50)]:
         validate_cfx(body)
-
-
-def _queued(broker: RabbitBroker, address: str) -> int:
-    """Messages seen by a browse-free probe: a consumer that takes one and releases it."""
-    from urllib.parse import urlsplit
-
-    from proton import Timeout
-    from proton.utils import BlockingConnection
-
-    parts = urlsplit(broker.url)
-    conn = BlockingConnection(f"amqp://{parts.hostname}:{parts.port}", timeout=10,
-                              user=parts.username, password=parts.password,
-                              allowed_mechs="PLAIN", allow_insecure_mechs=True)
-    try:
-        receiver = conn.create_receiver(address, credit=1)
-        try:
-            receiver.receive(timeout=0.2)
-        except Timeout:
-            return 0
-        receiver.release(delivered=False)
-        return 1
-    finally:
-        conn.close()
 
 
 def test_settings_with_a_bad_broker_url_are_refused() -> None:
