@@ -79,11 +79,6 @@ class CfxMessage:
     time_stamp: dt.datetime
     body: str
 
-    @property
-    def envelope(self) -> dict[str, Any]:
-        parsed: dict[str, Any] = json.loads(self.body)
-        return parsed
-
 
 def transaction_id(inspection_id: str) -> str:
     """The inspection's ``TransactionId``: its ULID (the 26 characters after ``insp_``) as a
