@@ -13,14 +13,16 @@ import jsonschema
 import pytest
 from sqlalchemy import text
 
-from app.records import Recorder, RecordStore
+from app.records import Recorder, RecordStore, Review, ReviewBody
 from app.records.cfx import (
     UNITS_INSPECTED,
     inspection_id_of,
     inspection_message,
+    review_message,
     transaction_id,
 )
 from app.records.outbox import Outbox
+from app.records.schemas import utcnow
 from tests.app.records.factory import defect, make_record
 from tests.helpers.cfx import validate_cfx
 
@@ -257,3 +259,36 @@ def test_replicas_claim_the_head_one_at_a_time(pg_url: str) -> None:
         assert a.pending() == 0
     finally:
         store.close()
+
+
+def test_panel_review_puts_each_defect_in_its_unit() -> None:
+    """A review of a panel: each verdict in its unit, a missed defect in the unit whose frame
+    holds it."""
+    rec = make_record(defects=[defect(1, "short", box=(10, 10, 20, 20)),
+                               defect(2, "open", box=(700, 10, 720, 20))], width=1280)
+    panel = type("PanelRecord", (), {})()
+    for name in type(rec).model_fields:
+        setattr(panel, name, getattr(rec, name))
+    panel.units = [
+        {"position": 1, "identifier": "P.1", "verdict": "fail", "defect_ids": [1],
+         "bbox": [0, 0, 640, 480]},
+        {"position": 2, "identifier": "P.2", "verdict": "fail", "defect_ids": [2],
+         "bbox": [640, 0, 1280, 480]},
+    ]
+    panel.recipe = None
+    body = ReviewBody.model_validate({
+        "defects": [{"defect_id": 1, "outcome": "false_call"},
+                    {"defect_id": 2, "outcome": "confirmed"}],
+        "missed": [{"bbox": [900, 100, 920, 120], "class": "spur"}]})
+    review = Review(id="rev_" + "0" * 26, inspection_id=rec.id, reviewer="alice",
+                    created_at=utcnow(), digest=body.digest(), body=body)
+    units = validate_cfx(review_message(panel, review, SOURCE).body)["MessageBody"][
+        "InspectedUnits"]
+    got = [(u["UnitIdentifier"], u["OverallResult"], u["Verification"],
+            [(d["DefectCode"], d["Verification"]) for d in u["Inspections"][0]["DefectsFound"]])
+           for u in units]
+    assert got == [
+        ("P.1", "Passed", "DefectRejected", [("short", "DefectRejected")]),
+        ("P.2", "Failed", "DefectConfirmed", [("open", "DefectConfirmed"),
+                                               ("spur", "DefectConfirmed")]),
+    ]
