@@ -5,7 +5,6 @@ and a publisher killed with SIGKILL. Skips where rabbitmq-server is not installe
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -179,18 +178,3 @@ def test_publisher_killed_mid_publish_delivers_everything_after_restart(
     assert {mid: b.decode() for mid, b in first.items()} == dict(expected)
     for body in list(first.values())[:: max(1, n // 50)]:
         validate_cfx(body)
-
-
-def test_settings_with_a_bad_broker_url_are_refused() -> None:
-    with pytest.raises(ValueError, match="PCB_CFX_BROKER_URL.*received 'http://h:1'"):
-        AmqpTarget.from_settings(Settings(cfx_broker_url="http://h:1"))
-
-
-def test_password_file_overrides_the_url(tmp_path: Path) -> None:
-    secret = tmp_path / "pw"
-    secret.write_text("from-file\n")
-    target = AmqpTarget.from_settings(Settings(
-        cfx_broker_url="amqps://me:inurl@broker.example:5671", cfx_password_file=secret))
-    assert (target.url, target.user, target.password, target.tls) == (
-        "amqps://broker.example:5671", "me", "from-file", True)
-    assert json.dumps(target.url).count("inurl") == 0
