@@ -12,7 +12,18 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 
-from app.api.routes import docs, golden, health, inspections, metrics, model, predict, stats, ui
+from app.api.routes import (
+    cfx,
+    docs,
+    golden,
+    health,
+    inspections,
+    metrics,
+    model,
+    predict,
+    stats,
+    ui,
+)
 from app.core.config import Settings, get_settings
 from app.core.errors import install_error_handlers
 from app.core.hosts import AllowedHostsMiddleware
@@ -227,7 +238,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RequestContextMiddleware)
     for router in (
         health.router, metrics.router, model.router, predict.router, golden.router,
-        inspections.router, stats.router, ui.router, docs.router,
+        inspections.router, stats.router, ui.router, docs.router, cfx.router,
     ):
         app.include_router(router)
     return app
