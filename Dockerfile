@@ -22,6 +22,14 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 
+# python-qpid-proton (the AMQP 1.0 client that publishes the CFX messages) ships no wheel: pip
+# compiles it here, against OpenSSL for amqps://; the runtime stage's libssl3 runs it. Build
+# tools stay in this stage. Unpinned: Debian's stable updates are security fixes.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends gcc libc6-dev libssl-dev \
+    && rm -rf /var/lib/apt/lists/*
+
 WORKDIR /src
 # Only what `pip install .` needs: metadata first, then the packages it ships.
 COPY pyproject.toml README.md ./

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI
 
 from app.api.routes import (
+    cfx,
     docs,
     golden,
     health,
@@ -240,7 +241,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RequestContextMiddleware)
     for router in (
         health.router, metrics.router, model.router, predict.router, golden.router,
-        products.router, inspections.router, stats.router, ui.router, docs.router,
+        products.router, inspections.router, stats.router, ui.router, docs.router, cfx.router,
     ):
         app.include_router(router)
     return app

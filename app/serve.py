@@ -177,6 +177,19 @@ def _check_records(settings: Any) -> None:
         engine.dispose()
 
 
+def _check_cfx(settings: Any) -> None:
+    # A broker URL that cannot be one, or a password file that cannot be read, is said at
+    # once; a broker that does not answer is not a startup error (the outbox waits for it).
+    if not settings.cfx_enabled:
+        return
+    from app.services.cfx_publisher import AmqpTarget
+
+    try:
+        AmqpTarget.from_settings(settings)
+    except ValueError as exc:
+        raise StartupError(str(exc)) from None
+
+
 def _check_listen(host: str, port: int) -> None:
     # uvicorn binds only after the models have loaded, which takes a while: a port that is
     # taken is better said at once. (Bound as uvicorn binds it, then let go.)
@@ -218,6 +231,7 @@ def preflight(settings: Any) -> None:
             )
     _check_data_dir(settings.data_dir)
     _check_records(settings)
+    _check_cfx(settings)
     _check_listen(settings.host, settings.port)
 
 

@@ -41,6 +41,7 @@ def main() -> int:
     config = PostprocessConfig(threshold=card.thresholds.confidence,
                                min_area_px=card.thresholds.min_area_px,
                                min_confidence=card.thresholds.min_confidence,
+                               merge_distance_px=card.thresholds.merge_distance_px,
                                pixels_per_mm=card.pixels_per_mm)
     result = inf.predict(board.image, config, reference=golden)
     overlay = np.asarray(Image.open(io.BytesIO(render_overlay(

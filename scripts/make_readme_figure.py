@@ -36,6 +36,7 @@ def main() -> int:
     config = PostprocessConfig(threshold=card.thresholds.confidence,
                                min_area_px=card.thresholds.min_area_px,
                                min_confidence=card.thresholds.min_confidence,
+                               merge_distance_px=card.thresholds.merge_distance_px,
                                pixels_per_mm=card.pixels_per_mm)
     result = inf.predict(board.image, config)
     mask_rgb = np.zeros((*board.image.shape, 3), dtype=np.uint8)

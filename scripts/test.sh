@@ -17,6 +17,12 @@ if ! command -v pg_ctl >/dev/null 2>&1 && ! compgen -G "/usr/lib/postgresql/*/bi
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql \
      >/dev/null) || echo "postgresql could not be installed: the PostgreSQL tests will skip"
 fi
+# The CFX tests start a real RabbitMQ node (Debian's, with its AMQP 1.0 plugin).
+if [ ! -x /usr/lib/rabbitmq/bin/rabbitmq-server ] && command -v apt-get >/dev/null 2>&1 \
+   && [ "$(id -u)" = 0 ]; then
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rabbitmq-server \
+     >/dev/null) || echo "rabbitmq-server could not be installed: the CFX broker tests will skip"
+fi
 export TF_CPP_MIN_LOG_LEVEL=2
 .venv/bin/ruff check .
 .venv/bin/mypy app

@@ -268,10 +268,25 @@ class Settings(BaseSettings):
         2048.0, ge=0, description="Kept images beyond this total (MiB) are removed, oldest first."
     )
 
+    # --- IPC-CFX messages over AMQP 1.0 (off while cfx_broker_url is unset) ------------------
+    cfx_broker_url: str | None = Field(
+        None, description="AMQP 1.0 broker, amqp[s]://[user[:password]@]host[:port]; unset: no "
+        "CFX messages.",
+    )
+    cfx_address: str = Field("/queue/cfx", min_length=1,
+                             description="Where messages go on the broker (node address).")
+    cfx_handle: str = Field("pcb-inspect", min_length=1, max_length=128,
+                            description="This endpoint's CFX handle (the envelope's Source).")
+    cfx_password_file: Path | None = Field(
+        None, description="File holding the broker password (a secret), instead of the URL's.")
+    cfx_ca_file: Path | None = Field(None, description="amqps: CA bundle to verify the broker.")
+    cfx_cert_file: Path | None = Field(None, description="amqps: client certificate (PEM).")
+    cfx_key_file: Path | None = Field(None, description="amqps: client certificate's key.")
+
     # Whether the pair weights path is the default one (then a missing file is only a warning).
     _pair_weights_default: bool = PrivateAttr(False)
 
-    @field_validator("database_url", mode="before")
+    @field_validator("database_url", "cfx_broker_url", mode="before")
     @classmethod
     def _empty_url_is_unset(cls, value: Any) -> Any:
         # compose passes PCB_DATABASE_URL=${PCB_DATABASE_URL:-}: empty means the default.
@@ -370,6 +385,11 @@ class Settings(BaseSettings):
     def pair_weights_is_default(self) -> bool:
         """Whether the pair weights path was not configured (a missing file is then fine)."""
         return self._pair_weights_default
+
+    @property
+    def cfx_enabled(self) -> bool:
+        """Whether inspections and reviews are published as CFX messages."""
+        return self.cfx_broker_url is not None
 
     @property
     def golden_dir(self) -> Path:

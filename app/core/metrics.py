@@ -96,3 +96,14 @@ def start_metrics_server(host: str, port: int) -> Any:
     """
     server, _thread = start_http_server(port, addr=host)
     return server
+
+
+CFX_PENDING = Gauge(
+    "pcb_cfx_outbox_pending",
+    "CFX messages written but not yet accepted by the broker (the outbox's backlog).",
+)
+CFX_PUBLISHED = Counter("pcb_cfx_published_total", "CFX messages the broker accepted.")
+CFX_PUBLISH_ERRORS = Counter(
+    "pcb_cfx_publish_errors_total",
+    "Failed CFX publish attempts (broker unreachable, refused, or a message not accepted).",
+)

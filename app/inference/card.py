@@ -38,6 +38,11 @@ class Thresholds(BaseModel):
         0.0, ge=0, le=1,
         description="Operating point: defects less confident than this are not reported.",
     )
+    merge_distance_px: int = Field(
+        3, ge=0, le=64,
+        description="Fragments at most this many pixels apart are one defect: a property of "
+                    "the model (how it breaks a defect up), measured with the operating point.",
+    )
 
 
 class PrecisionParity(BaseModel):

@@ -39,8 +39,13 @@ __all__ = [
     "describe_defects",
     "gather_defect_pixels",
     "postprocess",
+    "registered_difference",
     "summarize",
 ]
+
+#: ``|board - reference|`` above this is a change of the copper (see registered_difference).
+DIFF_THRESHOLD = 100
+_SLIVER_KERNEL = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
 
 # The class map is stored as uint8 (and written as an 8-bit PNG), so class ids must fit in it.
 _MAX_CLASSES = 255
@@ -157,9 +162,19 @@ def gather_defect_pixels(
 
 
 def describe_defects(
-    pixels: DefectPixels, class_names: Sequence[str], config: PostprocessConfig
+    pixels: DefectPixels,
+    class_names: Sequence[str],
+    config: PostprocessConfig,
+    link: np.ndarray | None = None,
 ) -> PostprocessResult:
-    """Steps 2-5 of :func:`postprocess`, from the gathered defect pixels."""
+    """Steps 2-5 of :func:`postprocess`, from the gathered defect pixels.
+
+    ``link``: ``(H, W)`` bool, where the board differs from its registered golden board
+    (:func:`registered_difference`; pair model). Fragments that touch one connected component
+    of it are one defect: a defect's pixels are one change of the copper, which the model may
+    find in pieces (a long open, a spur's root and tip). Like the dilation, it only decides
+    which fragments belong together and adds no pixel to any defect.
+    """
     names = tuple(class_names)
     defect_px = pixels.mask
     height, width = defect_px.shape
@@ -175,12 +190,22 @@ def describe_defects(
     # and everything per defect below is computed from those, so no fragment labelling pass
     # is needed (area, bbox and centroid of a defect are those of its pixels).
     mask: np.ndarray = defect_px.view(np.uint8)
-    if config.merge_distance_px:
-        # An (m+1) x (m+1) square anchored at its top-left corner grows every pixel by m up and
-        # left: two pixels' squares touch (8-connected) exactly when their Chebyshev distance
-        # is <= m + 1, i.e. when at most m background pixels lie between them.
-        side = config.merge_distance_px + 1
-        grown = cv2.dilate(mask, np.ones((side, side), dtype=np.uint8), anchor=(0, 0))
+    if link is not None and link.shape != mask.shape:
+        raise ValueError(
+            f"link must have the shape of the maps {mask.shape}. Received: {link.shape}"
+        )
+    if config.merge_distance_px or link is not None:
+        grown = mask
+        if config.merge_distance_px:
+            # An (m+1) x (m+1) square anchored at its top-left corner grows every pixel by m up
+            # and left: two pixels' squares touch (8-connected) exactly when their Chebyshev
+            # distance is <= m + 1, i.e. when at most m background pixels lie between them.
+            side = config.merge_distance_px + 1
+            grown = cv2.dilate(mask, np.ones((side, side), dtype=np.uint8), anchor=(0, 0))
+        if link is not None:
+            # Components of the difference that touch no fragment label no defect pixel: they
+            # only add labels that nothing reads.
+            grown = np.bitwise_or(grown, link.astype(bool, copy=False).view(np.uint8))
         n_labels, labels = cv2.connectedComponents(grown, connectivity=8, ltype=cv2.CV_32S)
         del grown
     else:
@@ -221,9 +246,11 @@ def describe_defects(
     np.divide(votes[np.arange(n_labels), winner], total_vote, out=purity, where=total_vote > 0)
 
     confidence = fg_sum / np.maximum(area, 1) * purity
-    # Every label >= 1 has at least one pixel. Compared on the rounded value that is reported,
-    # so a defect shown with confidence c survives min_confidence=c.
-    keep = (area >= config.min_area_px) & (np.round(confidence, 4) >= config.min_confidence)
+    # Compared on the rounded value that is reported, so a defect shown with confidence c
+    # survives min_confidence=c. A label with no defect pixel (a component of ``link`` that
+    # touches no fragment) is no defect, whatever min_area_px says.
+    keep = (area > 0) & (area >= config.min_area_px)
+    keep &= np.round(confidence, 4) >= config.min_confidence
     keep[0] = False
     lut = np.where(keep, winner, 0).astype(np.uint8)
     class_map = np.zeros((height, width), dtype=np.uint8)
@@ -256,6 +283,25 @@ def describe_defects(
     defects = [Defect(id=i, **fields) for i, (_, fields) in enumerate(found, start=1)]
     summary = summarize(defects, names, height * width, config)
     return PostprocessResult(class_map=class_map, defects=defects, summary=summary)
+
+
+def registered_difference(
+    board: np.ndarray, reference: np.ndarray, threshold: int = DIFF_THRESHOLD
+) -> np.ndarray:
+    """Where a board differs from its golden board registered onto it: ``(H, W)`` bool.
+
+    ``|board - reference| > threshold`` (binarised scans: a real change is a jump of about 255,
+    JPEG ringing stays under 100), opened with a 3 x 3 cross to drop the one-pixel slivers
+    that sub-pixel misalignment leaves along copper edges, which would otherwise chain
+    neighbouring defects along a trace into one.
+    """
+    if board.shape != reference.shape:
+        raise ValueError(
+            f"board and reference must have the same shape. Received: {board.shape} and "
+            f"{reference.shape}"
+        )
+    changed = (cv2.absdiff(board, reference) > threshold).view(np.uint8)
+    return cv2.morphologyEx(changed, cv2.MORPH_OPEN, _SLIVER_KERNEL).view(bool)
 
 
 def summarize(

@@ -11,6 +11,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     CheckConstraint,
     DateTime,
@@ -20,12 +21,13 @@ from sqlalchemy import (
     Integer,
     MetaData,
     String,
+    Text,
     TypeDecorator,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-__all__ = ["Base", "InspectionRow", "JSONType", "ReviewRow", "UTCDateTime"]
+__all__ = ["Base", "InspectionRow", "JSONType", "OutboxRow", "ReviewRow", "UTCDateTime"]
 
 #: JSONB on PostgreSQL (compact, comparable), JSON text elsewhere.
 JSONType = JSON().with_variant(JSONB(), "postgresql")
@@ -141,3 +143,29 @@ class ReviewRow(Base):
     body: Mapped[dict[str, Any]] = mapped_column(JSONType, nullable=False)
 
     __table_args__ = (Index("ix_reviews_inspection_id_created_at", "inspection_id", "created_at"),)
+
+
+class OutboxRow(Base):
+    """One CFX message to publish (the transactional outbox of :mod:`app.records.outbox`),
+    written in the transaction of the inspection or review it reports."""
+
+    __tablename__ = "cfx_outbox"
+
+    #: The publishing order: assigned in commit order (see app.records.outbox).
+    seq: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"),
+                                     primary_key=True, autoincrement=True)
+    #: The envelope's UniqueID: the same through every retry, for consumers to deduplicate.
+    unique_id: Mapped[str] = mapped_column(String(36), nullable=False, unique=True)
+    message_name: Mapped[str] = mapped_column(String(128), nullable=False)
+    inspection_id: Mapped[str] = mapped_column(String(40), nullable=False)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, nullable=False)
+    #: The envelope's JSON text, sent byte for byte.
+    body: Mapped[str] = mapped_column(Text, nullable=False)
+    attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    sent_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    last_error: Mapped[str | None] = mapped_column(String(300))
+
+    __table_args__ = (
+        # The publisher's scan: unsent rows in order.
+        Index("ix_cfx_outbox_sent_at_seq", "sent_at", "seq"),
+    )

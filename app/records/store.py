@@ -36,9 +36,11 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.records.cfx import inspection_message, review_message
 from app.records.db import WRITE, display_url, make_engine
 from app.records.errors import InvalidCursorError, UnknownInspectionError
 from app.records.models import InspectionRow, ReviewRow, UTCDateTime
+from app.records.outbox import write_messages
 from app.records.reviews import add_review, review_history, review_of
 from app.records.schemas import (
     Inspection,
@@ -66,12 +68,16 @@ class RecordStore:
     Args:
         engine_or_url: An engine from :func:`app.records.db.make_engine`, or a URL to make one
             (the store then owns it and :meth:`close` disposes of it).
+        cfx_source: This endpoint's CFX handle: every new inspection and review then writes
+            its CFX message to the outbox in the same transaction (:mod:`app.records.outbox`);
+            ``None``: no messages.
 
     The schema must exist (``pcb-inspect db upgrade``; :func:`app.records.migrate.check_schema`
     at startup).
     """
 
-    def __init__(self, engine_or_url: Engine | str) -> None:
+    def __init__(self, engine_or_url: Engine | str, *, cfx_source: str | None = None) -> None:
+        self.cfx_source = cfx_source
         if isinstance(engine_or_url, str):
             self.engine = make_engine(engine_or_url)
             self._owns_engine = True
@@ -122,8 +128,14 @@ class RecordStore:
                 .returning(InspectionRow.id))
         with self._writing() as session:
             if len(rows) == 1:
-                return len(session.execute(stmt.values(rows[0])).all())
-            return len(session.execute(stmt, rows).all())
+                inserted = session.execute(stmt.values(rows[0])).scalars().all()
+            else:
+                inserted = session.execute(stmt, rows).scalars().all()
+            if self.cfx_source is not None and inserted:
+                new = set(inserted)
+                write_messages(session, [inspection_message(r, self.cfx_source)
+                                         for r in records if r.id in new])
+            return len(inserted)
 
     def get(self, inspection_id: str) -> Inspection:
         """The inspection with this id; :class:`UnknownInspectionError` if there is none."""
@@ -244,7 +256,13 @@ class RecordStore:
         if not reviewer or len(reviewer) > 128:
             raise ValueError(f"reviewer must be 1 to 128 characters, received {reviewer!r}")
         with self._writing() as session:
-            return add_review(session, inspection_id, reviewer, body, class_names)
+            review, created = add_review(session, inspection_id, reviewer, body, class_names)
+            if created and self.cfx_source is not None:
+                row = session.get(InspectionRow, inspection_id)
+                assert row is not None  # add_review found it, under its lock
+                write_messages(session, [review_message(_inspection(row), review,
+                                                        self.cfx_source)])
+            return review, created
 
     def reviews(self, inspection_id: str) -> list[Review]:
         """The review history of an inspection, oldest first (the last is the current one).

@@ -90,6 +90,7 @@ class RuleParams:
             fail_rule=_first(p.fail_rule, settings.fail_rule),
             fail_min_count=_first(p.fail_min_count, settings.fail_min_count),
             fail_min_area_mm2=_first(p.fail_min_area_mm2, settings.fail_min_area_mm2),
+            merge_distance_px=card.merge_distance_px,
         )
 
 

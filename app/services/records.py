@@ -46,6 +46,8 @@ from app.records import (
 from app.records.db import sqlite_path
 from app.records.errors import UnknownInspectionError
 from app.records.ids import INSPECTION_PREFIX, id_pattern
+from app.records.outbox import Outbox
+from app.services.cfx_publisher import AmqpTarget, CfxPublisher
 from app.services.golden_store import GoldenStore
 from app.services.inspection import InspectionService
 from app.services.recording import RecordingHook
@@ -100,6 +102,8 @@ class RecordsService:
         self.recorder = recorder
         self.images = images
         self.hook = RecordingHook(recorder, images, golden)
+        #: The outbox's publisher with PCB_CFX_BROKER_URL set (started by :meth:`start`).
+        self.cfx: CfxPublisher | None = None
         #: The classes a review may name: the served models' (set once they are loaded; from
         #: the model card until then).
         self.class_names: list[str] = _card_classes(settings)
@@ -143,18 +147,30 @@ class RecordsService:
             logger.warning("records database %s does not answer (%s): recording to the local "
                            "spool until it does; its schema is checked then by the replay",
                            shown, _first_line(exc))
-        store = RecordStore(engine)
+        store = RecordStore(engine, cfx_source=settings.cfx_handle if settings.cfx_enabled
+                            else None)
         recorder = Recorder(store, settings.data_dir / "spool")
         images = ImageStore(
             settings.data_dir / "images", settings.keep_images,
             max_age_days=settings.image_retention_days or None,
             max_total_mb=settings.image_retention_mb or None,
         )
-        return cls(settings, golden, store, recorder, images)
+        service = cls(settings, golden, store, recorder, images)
+        if settings.cfx_enabled:
+            try:
+                target = AmqpTarget.from_settings(settings)
+            except ValueError as exc:
+                engine.dispose()
+                raise RecordsStartupError(str(exc)) from None
+            service.cfx = CfxPublisher(Outbox(engine), target)
+        return service
 
     def start(self) -> None:
-        """Starts replaying the spool in the background (at once, then every few seconds)."""
+        """Starts replaying the spool in the background (at once, then every few seconds),
+        and publishing the CFX outbox when a broker is configured."""
         self.recorder.start(SPOOL_INTERVAL_S)
+        if self.cfx is not None:
+            self.cfx.start()
 
     async def maintain(self) -> None:
         """Runs until cancelled: the spool gauge, image retention, the false-call gauge."""
@@ -175,6 +191,8 @@ class RecordsService:
     def close(self) -> None:
         """Stops the replay and closes the database's connections. Records still spooled
         stay in the spool, which the next start replays first."""
+        if self.cfx is not None:
+            self.cfx.close()
         self.recorder.close()
         self.store.engine.dispose()
 
@@ -265,6 +283,9 @@ async def running_records(
             ``startup_error`` (the one line ``pcb-inspect serve`` prints).
     """
     if not state.settings.records:
+        if state.settings.cfx_enabled:
+            logger.warning("PCB_CFX_BROKER_URL is set but PCB_RECORDS=false: CFX messages are "
+                           "written with the records, so none will be published")
         yield None
         return
     try:

@@ -30,6 +30,8 @@ from training.evaluate import (
     detection_outcomes,
     evaluate,
     match_image,
+    official_match,
+    official_order,
     official_protocol,
     readme_protocol,
 )
@@ -37,7 +39,7 @@ from training.evaluate import (
 CLASSES = ("open", "short", "mousebite", "spur", "spurious_copper", "pin_hole")
 REPORT_KEYS = {
     "data", "split", "val_groups", "boards", "weights", "weights_sha256", "mode",
-    "precision_mode", "threshold", "min_area_px", "min_confidence",
+    "precision_mode", "threshold", "min_area_px", "min_confidence", "merge_distance_px",
     "operating_point_chosen_here", "box_margin_px", "iou_match", "precision", "recall",
     "f_score", "map", "official", "alignment_failures", "mean_dice", "mean_iou",
     "boards_per_second", "per_class",
@@ -195,18 +197,38 @@ def test_official_takes_ground_truths_in_file_order():
     assert second["hmean"] == pytest.approx(1.0) and second["ap"] == pytest.approx(1.0)
 
 
-def test_official_takes_detections_in_their_order_not_by_confidence():
+def test_official_reads_each_boards_detections_by_confidence():
     truths = [truth(1, A), truth(1, B)]
-    # D2 listed first: A takes D2 (though D1 is more confident), which leaves D1 to B.
-    report = official_protocol([det(1, 0.5, D2), det(1, 0.9, D1)], truths, 1, 0.0)
+    # D1 more confident: A takes it, and B is left with D2 (IoU 0.25): one match, in
+    # whichever order the detections are listed.
+    for dets in ([det(1, 0.5, D2), det(1, 0.9, D1)], [det(1, 0.9, D1), det(1, 0.5, D2)]):
+        assert official_protocol(dets, truths, 1, 0.0)["matched"] == 1
+    # D2 more confident: A takes D2, which leaves D1 to B.
+    report = official_protocol([det(1, 0.9, D2), det(1, 0.5, D1)], truths, 1, 0.0)
     assert report["matched"] == 2
+    assert [d.confidence for d in official_order([det(1, 0.5, D2), det(1, 0.9, D1)])] == [
+        0.9, 0.5]
 
 
-def test_official_ignores_the_class():
-    report = official_protocol([det(3, 0.9, A)], [truth(1, A)], 1, 0.0)
-    assert (report["matched"], report["precision"], report["recall"]) == (1, 1.0, 1.0)
-    readme = readme_protocol([det(3, 0.9, A)], [truth(1, A)], 1, 6, 0.0)
-    assert readme["true_positives"] == 0  # the README protocol does not
+def test_official_consumes_a_pair_whatever_the_class_but_counts_it_only_when_it_agrees():
+    # A (open) is first in the file. D1, a short, overlaps A and B (a short): A takes it, so
+    # the pair is wrong, and B, which D1 would have fitted, is left with nothing.
+    truths = [truth(1, A), truth(2, B)]
+    report = official_protocol([det(2, 0.9, D1)], truths, 1, 0.0)
+    assert (report["matched"], report["detections"], report["truths"]) == (0, 1, 2)
+    assert report["precision"] == 0.0 and report["recall"] == 0.0 and report["ap"] == 0.0
+    assert official_match(official_order([det(2, 0.9, D1)]), truths) == [(0, 0, False)]
+    # With B first in the file, B takes D1 and the classes agree.
+    assert official_protocol([det(2, 0.9, D1)], truths[::-1], 1, 0.0)["matched"] == 1
+    # Order and class together: the wrong-class D1 ranked first eats A; D2 (an open, exactly
+    # A) then misses B. Ranked the other way, A takes D2 and B takes D1: both correct.
+    first = official_protocol([det(2, 0.9, D1), det(1, 0.8, D2)], truths, 1, 0.0)
+    assert (first["matched"], first["ap"]) == (0, 0.0)
+    second = official_protocol([det(2, 0.8, D1), det(1, 0.9, D2)], truths, 1, 0.0)
+    assert (second["matched"], second["ap"]) == (2, pytest.approx(1.0))
+    # The README protocol matches by class: D1 goes to B and D2 to A either way.
+    for dets in ([det(2, 0.9, D1), det(1, 0.8, D2)], [det(2, 0.8, D1), det(1, 0.9, D2)]):
+        assert readme_protocol(dets, truths, 1, 6, 0.0)["true_positives"] == 2
 
 
 def test_official_ap_is_the_pooled_non_interpolated_sum_over_truths():
@@ -228,6 +250,29 @@ def test_official_ap_is_the_pooled_non_interpolated_sum_over_truths():
     assert high["ap"] == report["ap"]
     assert (high["matched"], high["detections"]) == (1, 2)
     assert high["precision"] == pytest.approx(1 / 2) and high["recall"] == pytest.approx(1 / 2)
+
+
+def test_official_ap_ranks_every_candidate_and_the_area_rule_only_filters_the_point():
+    truths = [truth(1, A)]
+    # A speck more confident than the hit: it drags the ranked AP down, and the area rule
+    # takes it out of precision and recall only.
+    dets = [det(1, 0.9, A, area=60), det(1, 0.95, (50, 50, 52, 52), area=3)]
+    report = official_protocol(dets, truths, 1, 0.0, min_area_px=10)
+    assert report["ap"] == pytest.approx(1 / 2)
+    assert (report["matched"], report["detections"], report["hmean"]) == (1, 1, 1.0)
+    readme = readme_protocol(dets, truths, 1, 6, 0.0, min_area_px=10)
+    assert readme["map"] == pytest.approx(0.5 / 6)  # class 1: 1/2, the others: no truth
+    assert (readme["true_positives"], readme["detections"], readme["f_score"]) == (1, 1, 1.0)
+
+
+def test_readme_area_rule_frees_the_truth_for_a_less_confident_detection():
+    truths = [truth(1, A)]
+    # The small D1 is more confident and takes A; with it cut, the larger D2 matches.
+    dets = [det(1, 0.9, D1, area=5), det(1, 0.8, D2, area=50)]
+    assert readme_protocol(dets, truths, 1, 6, 0.0)["true_positives"] == 1
+    cut = readme_protocol(dets, truths, 1, 6, 0.0, min_area_px=10)
+    assert (cut["true_positives"], cut["detections"], cut["precision"]) == (1, 1, 1.0)
+    assert choose_operating_point(dets, truths, 1, 6)[2] == pytest.approx(1.0)
 
 
 def test_official_hmean_is_the_harmonic_mean_of_precision_and_recall():
@@ -434,6 +479,7 @@ def test_evaluate_holds_out_the_validation_group(eval_setup):
     assert report["weights"] == str(weights)
     assert report["threshold"] == 0.5  # the card's
     assert report["min_area_px"] == 0 and report["min_confidence"] == 0.0  # the card's
+    assert report["merge_distance_px"] == 3  # the card's default
     assert report["operating_point_chosen_here"] is None
     assert report["alignment_failures"] == []
     # The one board of the validation group carries one defect of each type.
@@ -526,7 +572,8 @@ def test_evaluate_with_the_class_confused_is_wrong_class(eval_setup, oracle, tmp
     report = evaluate(parse(data, weights, "--split", "val", "--val-groups", VAL_GROUP,
                             "--box-margin", "0", "--dump", str(dump)))
     assert report["f_score"] == 0.0 and report["map"] == 0.0
-    assert report["official"]["hmean"] == pytest.approx(1.0)  # the official one ignores classes
+    # The official protocol pairs each defect with its box all the same, and counts none.
+    assert report["official"]["hmean"] == 0.0 and report["official"]["matched"] == 0
     rows = [json.loads(line) for line in dump.read_text().splitlines()]
     outcomes = [r["outcome"] for r in rows]
     assert outcomes.count("wrong_class") == 6 and outcomes.count("missed") == 6

@@ -21,6 +21,7 @@ from app.inference.postprocess import (
     describe_defects,
     gather_defect_pixels,
     postprocess,
+    registered_difference,
 )
 from app.inference.tiling import FG_SCALE, Stitcher, extract_tiles, plan_tiles
 from pcb_inspect.classes import CLASS_NAMES
@@ -312,6 +313,54 @@ def test_merged_fragments_two_px_apart_give_one_hand_computed_defect() -> None:
     assert (defect.bbox, defect.area_px, defect.centroid) == ((1, 5, 7, 6), 4, (3.5, 5.0))
     assert defect.class_name == "short"  # 2 votes of 0.8 each: the tie goes to the lower id
     assert defect.confidence == 0.4  # mean fg 0.8 x purity 0.5
+
+
+def test_fragments_on_one_component_of_the_difference_are_one_defect() -> None:
+    # Two fragments 8 px apart on row 3, and a third 5 px off them on row 9. The board
+    # differs from its golden board along row 3 from x = 1 to 13 (one change), and at row 9.
+    fg = np.zeros((12, 24), dtype=np.float32)
+    cls = np.full((12, 24), 2, dtype=np.uint8)
+    fg[3, 1:3] = 0.9
+    fg[3, 11:13] = 0.7
+    fg[9, 18:20] = 0.8
+    link = np.zeros((12, 24), dtype=bool)
+    link[2:5, 1:13] = True
+    link[9, 18:20] = True
+    link[0, 22:24] = True  # a change the model found nothing on: no defect
+    pixels = gather_defect_pixels(fg, cls, None, 0.5)
+
+    linked = describe_defects(pixels, NAMES, config(merge_distance_px=3), link=link)
+    plain = describe_defects(pixels, NAMES, config(merge_distance_px=3))
+
+    assert [(d.bbox, d.area_px) for d in linked.defects] == [((1, 3, 13, 4), 4),
+                                                            ((18, 9, 20, 10), 2)]
+    assert linked.defects[0].confidence == 0.8  # mean fg of its own 4 pixels: none added
+    assert len(plain.defects) == 3
+    np.testing.assert_array_equal(linked.class_map, np.where(fg > 0, 2, 0))
+    # With min_area_px 0, a component of the difference alone is still no defect.
+    assert all(d.area_px > 0 for d in linked.defects)
+    with pytest.raises(ValueError, match="link must have the shape"):
+        describe_defects(pixels, NAMES, config(), link=link[:5])
+
+
+def test_registered_difference_keeps_changes_and_drops_edge_slivers() -> None:
+    reference = np.full((20, 20), 255, dtype=np.uint8)
+    reference[:, 8:12] = 0  # a trace
+    board = reference.copy()
+    board[5:9, 12:15] = 0  # a 4 x 3 spur off the trace: a real change
+    board[14:20, 12] = 0  # the trace one pixel wider down there: misalignment's sliver
+    board[1, 1] = 160  # JPEG ringing: under the threshold
+
+    changed = registered_difference(board, reference)
+
+    assert changed.dtype == bool
+    # The spur, less its four corners (the opening's cross rounds them off), and nothing else.
+    spur = np.zeros_like(changed)
+    spur[5:9, 12:15] = True
+    spur[[5, 5, 8, 8], [12, 14, 12, 14]] = False
+    np.testing.assert_array_equal(changed, spur)
+    with pytest.raises(ValueError, match="same shape"):
+        registered_difference(board, reference[:10])
 
 
 def test_min_area_applies_after_merging() -> None:

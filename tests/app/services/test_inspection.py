@@ -99,3 +99,30 @@ def test_submit_timing_notes_each_model_call_once() -> None:
     # more than the wall time, though one of them waited a whole call.
     assert first.model_s > 0.09 and second.model_s > 0.09
     assert first.model_s + second.model_s <= wall
+
+
+def test_the_cards_merge_distance_reaches_post_processing(tiny_weights: Path,
+                                                          tmp_path: Path) -> None:
+    import json
+    import shutil
+
+    from app.inference.card import write_card
+    from app.inference.inferencer import Inferencer, ModelLoadError
+    from app.services.inspection import RuleParams
+    from tests.helpers.app import tiny_settings
+
+    weights = tmp_path / "model.keras"
+    shutil.copy(tiny_weights, weights)
+    card = json.loads((tiny_weights.parent / "model_card.json").read_text())
+    assert RuleParams().config(Inferencer.load(tiny_weights),
+                               tiny_settings(tiny_weights)).merge_distance_px == 3  # default
+    card["thresholds"]["merge_distance_px"] = 7
+    write_card(tmp_path / "model_card.json", card)
+
+    config = RuleParams(min_area_px=5).config(Inferencer.load(weights), tiny_settings(weights))
+
+    assert (config.merge_distance_px, config.min_area_px) == (7, 5)
+    card["thresholds"]["merge_distance_px"] = -1
+    (tmp_path / "model_card.json").write_text(json.dumps(card))
+    with pytest.raises(ModelLoadError, match="merge_distance_px"):
+        Inferencer.load(weights)
