@@ -1,7 +1,7 @@
 """The CFX outbox: messages written with their inspection or review, published later.
 
 Revision ID: 0003_cfx_outbox
-Revises: 0001
+Revises: 0002_recipes
 Create Date: 2026-12-03
 """
 
@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0003_cfx_outbox"
-down_revision: str | None = "0001"
+down_revision: str | None = "0002_recipes"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
