@@ -58,6 +58,8 @@ class RuleParams:
     min_area_px: int | None = None
     pixels_per_mm: float | None = None
     min_confidence: float | None = None
+    #: ``?gating=``: "on"/"off", or ``None`` for the setting ``PCB_PAIR_GATING``.
+    gating: str | None = None
 
     def config(self, inferencer: Inferencer, settings: Settings) -> PostprocessConfig:
         """The rules for ``inferencer``: the request's, else the settings', else its card's.
@@ -213,7 +215,7 @@ class InspectionService:
                 reference = await stored_reference(self.state.golden, product)
             config = rules.config(model.inferencer, self.settings)
             result = await run_board(
-                request, self.settings, model, decoded.pixels, config, reference
+                request, self.settings, model, decoded.pixels, config, reference, rules.gating
             )
             return await self.finish(
                 Inspection(result, model.inferencer, config, reference, uploads[0],
@@ -253,7 +255,8 @@ class InspectionService:
                 with self._admitted(upload, reference is not None):
                     decoded = await decode_or_error(upload, self.settings)
                     result = await run_board(
-                        request, self.settings, model, decoded.pixels, config, reference
+                        request, self.settings, model, decoded.pixels, config, reference,
+                        rules.gating,
                     )
                     inspection = await self.finish(
                         Inspection(result, model.inferencer, config, reference, upload,
