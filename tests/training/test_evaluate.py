@@ -37,7 +37,7 @@ from training.evaluate import (
 CLASSES = ("open", "short", "mousebite", "spur", "spurious_copper", "pin_hole")
 REPORT_KEYS = {
     "data", "split", "val_groups", "boards", "weights", "weights_sha256", "mode",
-    "precision_mode", "threshold", "min_area_px", "min_confidence",
+    "precision_mode", "gating", "tiles", "threshold", "min_area_px", "min_confidence",
     "operating_point_chosen_here", "box_margin_px", "iou_match", "precision", "recall",
     "f_score", "map", "official", "alignment_failures", "mean_dice", "mean_iou",
     "boards_per_second", "per_class",
