@@ -38,7 +38,14 @@ from app.inference.postprocess import (
     gather_defect_pixels,
 )
 from app.inference.precision import read_cpu_flags, resolve_precision
-from app.inference.tiling import FG_SCALE, Stitcher, Tile, chunk_tiles, plan_tiles
+from app.inference.tiling import (
+    FG_SCALE,
+    Stitcher,
+    Tile,
+    chunk_tiles,
+    extract_tiles,
+    plan_tiles,
+)
 from pcb_inspect.registration import Alignment
 from pcb_inspect.registration import register as register_pair
 
@@ -310,7 +317,7 @@ class Inferencer:
         """
         board = self._begin(pixels, reference, gating)
         started = time.perf_counter()
-        for chunk, arrays in self.tile_chunks(pixels, board.to_compute, board.warped):
+        for chunk, arrays in self.board_chunks(pixels, board):
             board.stitch(chunk, self.forward(arrays))
         board.timings["forward"] = (time.perf_counter() - started) * 1e3
         return self._finish(board, config)
@@ -323,7 +330,7 @@ class Inferencer:
         reference: np.ndarray | None = None,
         *,
         gating: bool = False,
-        on_plan: Callable[[int], None] | None = None,
+        on_plan: Callable[[int, int], None] | None = None,
     ) -> InferenceResult:
         """Inspects one board, sending its tiles through ``run_tiles`` (the batcher).
 
@@ -332,16 +339,29 @@ class Inferencer:
         stitching and post-processing run in worker threads, not on the event loop: on a large
         board they take seconds, and health probes must not wait. ``on_plan`` is called with
         the number of tiles that will go through the model once that is known (before any
-        does), so the caller can bound the request by what will be computed.
+        does), and the board pixels of the registered golden board freed then (gating keeps
+        only its windows of those tiles), so the caller can bound the request by what will be
+        computed.
         """
         board = await asyncio.to_thread(self._begin, pixels, reference, gating)
         if on_plan is not None:
-            on_plan(len(board.to_compute))
+            on_plan(len(board.to_compute), board.freed_px)
         started = time.perf_counter()
-        chunks = self.tile_chunks(pixels, board.to_compute, board.warped)
-        await run_chunks(board, chunks, run_tiles)
+        await run_chunks(board, self.board_chunks(pixels, board), run_tiles)
         board.timings["forward"] = (time.perf_counter() - started) * 1e3
         return await asyncio.to_thread(self._finish, board, config)
+
+    def board_chunks(
+        self, pixels: np.ndarray, board: BoardRun
+    ) -> Iterator[tuple[list[Tile], np.ndarray]]:
+        """The chunks of ``board``'s tiles to compute, with their reference channel (pair)."""
+        windows = board.reference_windows
+        if windows is None:
+            yield from self.tile_chunks(pixels, board.to_compute, board.warped)
+            return
+        for chunk, arrays in self.tile_chunks(pixels, board.to_compute):
+            ref = np.stack([windows.pop((t.y0, t.x0)) for t in chunk])
+            yield chunk, np.concatenate([arrays, ref], axis=-1)
 
     def gate(self, pixels: np.ndarray, warped: np.ndarray | None, tiles: list[Tile]) -> Gate:
         """The tiles worth computing: pair model, those near a difference from the registered
@@ -363,16 +383,25 @@ class Inferencer:
         if alignment is not None:
             timings["register"] = (time.perf_counter() - registered) * 1e3
         computed = None
+        windows = None
+        freed = 0
         if gating:
             searched = time.perf_counter()
             computed = self.gate(pixels, warped, tiles).computed
+            kept = len(computed) * self.tile**2
+            if warped is not None and kept < warped.size:
+                # Only the computed tiles read the registered golden board: keep their windows
+                # and free the rest of it now, before the forward passes.
+                windows = {(t.y0, t.x0): w for t, w in
+                           zip(computed, extract_tiles(warped, computed, self.tile), strict=True)}
+                freed, warped = warped.size - kept, None
             timings["candidates"] = (time.perf_counter() - searched) * 1e3
         stitcher = Stitcher(pixels.shape[0], pixels.shape[1])
         timings["pre_process"] = (time.perf_counter() - started) * 1e3 - timings.get(
             "register", 0.0
         ) - timings.get("candidates", 0.0)
         return BoardRun(tiles, warped, alignment, stitcher, timings, computed=computed,
-                        gated=gating)
+                        gated=gating, reference_windows=windows, freed_px=freed)
 
     def _finish(self, board: BoardRun, config: PostprocessConfig) -> InferenceResult:
         # Every tile ran: the registered reference goes before post-processing's own peak.

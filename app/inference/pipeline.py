@@ -76,6 +76,11 @@ class BoardRun:
     #: left background.
     computed: list[Tile] | None = None
     gated: bool = False
+    #: Gated pair board: the registered golden board's windows of the computed tiles, by
+    #: ``(y0, x0)``, kept in place of the whole registered board (``warped`` is then ``None``).
+    reference_windows: dict[tuple[int, int], np.ndarray] | None = None
+    #: Board pixels of the registered golden board freed that way (not counting the windows).
+    freed_px: int = 0
 
     @property
     def to_compute(self) -> list[Tile]:

@@ -37,7 +37,7 @@ from app.core.metrics import (
 from app.inference.imaging import declared_pixels
 from app.inference.inferencer import Inferencer, InferenceResult
 from app.inference.postprocess import PostprocessConfig
-from app.services.admission import BudgetExceededError
+from app.services.admission import BudgetExceededError, Hold
 from app.services.board_meta import META_FIELDS, BoardMeta, with_form
 from app.services.references import (
     Reference,
@@ -206,7 +206,7 @@ class InspectionService:
         pair = bool(templates) or product is not None
         if pair:
             model = self.pair_model()
-        with self._admitted(uploads[0], pair):
+        with self._admitted(uploads[0], pair) as hold:
             decoded = await decode_or_error(uploads[0], self.settings)
             reference = None
             if templates:
@@ -215,7 +215,8 @@ class InspectionService:
                 reference = await stored_reference(self.state.golden, product)
             config = rules.config(model.inferencer, self.settings)
             result = await run_board(
-                request, self.settings, model, decoded.pixels, config, reference, rules.gating
+                request, self.settings, model, decoded.pixels, config, reference, rules.gating,
+                hold,
             )
             return await self.finish(
                 Inspection(result, model.inferencer, config, reference, uploads[0],
@@ -252,11 +253,11 @@ class InspectionService:
 
         async def one(index: int, upload: Upload) -> BatchItem:
             try:
-                with self._admitted(upload, reference is not None):
+                with self._admitted(upload, reference is not None) as hold:
                     decoded = await decode_or_error(upload, self.settings)
                     result = await run_board(
                         request, self.settings, model, decoded.pixels, config, reference,
-                        rules.gating,
+                        rules.gating, hold,
                     )
                     inspection = await self.finish(
                         Inspection(result, model.inferencer, config, reference, upload,
@@ -294,13 +295,14 @@ class InspectionService:
                 raise _over_budget(exc) from None
 
     @contextlib.contextmanager
-    def _admitted(self, upload: Upload, pair: bool) -> Iterator[None]:
+    def _admitted(self, upload: Upload, pair: bool) -> Iterator[Hold]:
         """Holds the board's pixels of the memory budget while it is decoded, run and
         post-processed, or raises 503 ``over_capacity`` before any of that starts.
 
         The size comes from the image header. A pair board counts twice: its registered golden
         board is a second full-size image. A header that cannot be read, or a board over the
         size limit, counts nothing here: decoding refuses it at once, with its own error.
+        Yields the board's hold, through which gating gives back its golden board's count.
         """
         pixels = declared_pixels(upload.data) or 0
         if pixels > self.settings.max_image_pixels:
@@ -312,9 +314,9 @@ class InspectionService:
         except BudgetExceededError as exc:
             raise _over_budget(exc) from None
         try:
-            with budget.admit(cost):
+            with budget.admit(cost) as hold:
                 INFLIGHT_PIXELS.set(budget.in_flight)
-                yield
+                yield hold
         finally:
             INFLIGHT_PIXELS.set(budget.in_flight)  # the budget's own count, after the release
 

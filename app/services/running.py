@@ -13,7 +13,12 @@ from starlette.requests import Request
 
 from app.core.config import Settings
 from app.core.errors import ApiError
-from app.core.metrics import GATING_SKIPPED_PIXELS, GATING_SKIPPED_TILES, IN_FLIGHT_IMAGES
+from app.core.metrics import (
+    GATING_SKIPPED_PIXELS,
+    GATING_SKIPPED_TILES,
+    IN_FLIGHT_IMAGES,
+    INFLIGHT_PIXELS,
+)
 from app.inference.batcher import (
     BatcherClosedError,
     ModelCallError,
@@ -22,6 +27,7 @@ from app.inference.batcher import (
 )
 from app.inference.inferencer import InferenceResult
 from app.inference.postprocess import PostprocessConfig
+from app.services.admission import Hold
 from app.services.references import Reference
 from app.services.state import ServedModel
 from pcb_inspect.registration import MIN_SCORE, AlignmentError
@@ -35,6 +41,7 @@ async def run_board(
     config: PostprocessConfig,
     reference: Reference | None = None,
     gating: str | None = None,
+    hold: Hold | None = None,
 ) -> InferenceResult:
     """Runs one board under the request timeout, dropping the work if the client leaves.
 
@@ -44,7 +51,9 @@ async def run_board(
 
     ``gating`` (``"on"``/``"off"``; ``None``: ``PCB_PAIR_GATING``): only the tiles with work go
     through the model (:mod:`app.inference.gating`). The timeout first allows for every tile;
-    once the tiles to compute are known (before any is), it counts only those.
+    once the tiles to compute are known (before any is), it counts only those; and ``hold``,
+    the board's share of the memory budget, gives back the registered golden board that gating
+    freed then.
 
     Raises:
         ApiError: 503 (queue full, shutting down), 504 (timeout), 500 (model failure), 499
@@ -62,7 +71,7 @@ async def run_board(
     task = asyncio.ensure_future(
         inferencer.predict_async(
             pixels, config, submit, reference=None if reference is None else reference.pixels,
-            gating=gated, on_plan=functools.partial(_Plan.set, plan, settings),
+            gating=gated, on_plan=functools.partial(_Plan.set, plan, settings, hold),
         )
     )
     watcher = asyncio.ensure_future(_wait_disconnect(request))
@@ -110,10 +119,13 @@ class _Plan:
     timeout: float
     known: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
 
-    def set(self, settings: Settings, computed: int) -> None:
+    def set(self, settings: Settings, hold: Hold | None, computed: int, freed_px: int) -> None:
         # Called on the event loop by the inferencer, before any tile goes to the model.
         self.timeout = settings.request_timeout_for(computed)
         self.known.set()
+        if hold is not None and freed_px:
+            hold.release(freed_px)
+            INFLIGHT_PIXELS.set(hold.budget.in_flight)
 
 
 async def _wait_disconnect(request: Request) -> None:

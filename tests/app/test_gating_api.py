@@ -101,3 +101,24 @@ def test_the_timeout_counts_only_the_tiles_that_go_through_the_model(
         assert send(TEMPLATE, "off").status_code == 200
         error = assert_error(send(TEMPLATE, "on"), 504, "timeout")
     assert "goes through the model" in error["message"]
+
+
+def test_once_gated_a_pair_board_holds_its_golden_board_no_more(client: TestClient) -> None:
+    # What the memory budget holds for a board when it finishes, seen from the service's own
+    # result hook: gated, the board itself; ungated, the board and its golden board.
+    service = client.app.state.inspections  # type: ignore[attr-defined]
+    budget = client.app.state.service.budget  # type: ignore[attr-defined]
+    held: list[int] = []
+
+    async def note(inspection: Any) -> None:
+        held.append(budget.in_flight)
+
+    service.on_result.append(note)
+    try:
+        gated = inspect(client)
+        inspect(client, gating="off")
+    finally:
+        service.on_result.remove(note)
+    board = 320 * 384
+    computed = gated["tiles"]["computed"] * 64 * 64
+    assert held == [2 * board - (board - computed), 2 * board]

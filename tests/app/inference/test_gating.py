@@ -41,7 +41,7 @@ def stitched(inf: Inferencer, board: np.ndarray, golden: np.ndarray | None,
              gating: bool) -> tuple[Stitcher, list, list]:
     """The board's stitched maps, its tiles and the computed ones (the inferencer's stages)."""
     run = inf._begin(board, golden, gating)
-    for chunk, arrays in inf.tile_chunks(board, run.to_compute, run.warped):
+    for chunk, arrays in inf.board_chunks(board, run):
         run.stitch(chunk, inf.forward(arrays))
     return run.stitcher, run.tiles, run.to_compute
 
@@ -149,7 +149,7 @@ def test_pair_defect_free_board_runs_no_tile(pair: Inferencer) -> None:
 def test_async_path_skips_the_same_tiles_and_reports_the_plan(pair: Inferencer) -> None:
     synth = make_board(seed=5, size=(400, 500), n_defects=4)
     sync = pair.predict(synth.image, CONFIG, reference=synth.template, gating=True)
-    plans: list[int] = []
+    plans: list[tuple[int, int]] = []
     submitted: list[int] = []
 
     async def run() -> InferenceResult:
@@ -163,12 +163,15 @@ def test_async_path_skips_the_same_tiles_and_reports_the_plan(pair: Inferencer) 
         try:
             return await pair.predict_async(synth.image, CONFIG, counted,
                                             reference=synth.template, gating=True,
-                                            on_plan=plans.append)
+                                            on_plan=lambda *plan: plans.append(plan))
         finally:
             await batcher.close()
 
     result = asyncio.run(run())
-    assert plans == [sum(submitted)] == [sync.tiles - sync.skipped_tiles]
+    computed = sync.tiles - sync.skipped_tiles
+    assert [p[0] for p in plans] == [sum(submitted)] == [computed]
+    # The registered golden board was freed but for the windows of the computed tiles.
+    assert plans[0][1] == 400 * 500 - computed * 64 * 64 > 0
     np.testing.assert_array_equal(result.class_map, sync.class_map)
     assert result.defects == sync.defects
 
