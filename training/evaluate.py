@@ -367,6 +367,8 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     inferencer.warm_up()
     seconds = 0.0
     tiles_total = tiles_skipped = 0
+    # Asked for only when on: the full path is predict's own default.
+    gated = {"gating": True} if args.gating == "on" else {}
     from rich.progress import track
 
     for i, sample in enumerate(track(samples, description="evaluating", transient=True)):
@@ -381,8 +383,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         keys.append(sample.key)
         truths.extend(Truth(i, b.label, (b.x1, b.y1, b.x2, b.y2)) for b in boxes)
         try:
-            result = inferencer.predict(image, config, reference=reference,
-                                        gating=args.gating == "on")
+            result = inferencer.predict(image, config, reference=reference, **gated)
         except AlignmentError as exc:
             # What the service answers with a 422: no defects reported for this board, so
             # every one of its truths counts as missed. Its time counts: it is in `boards`.
