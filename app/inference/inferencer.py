@@ -385,6 +385,7 @@ class Inferencer:
         computed = None
         windows = None
         freed = 0
+        searching = 0.0
         if gating:
             searched = time.perf_counter()
             computed = self.gate(pixels, warped, tiles).computed
@@ -395,11 +396,13 @@ class Inferencer:
                 windows = {(t.y0, t.x0): w for t, w in
                            zip(computed, extract_tiles(warped, computed, self.tile), strict=True)}
                 freed, warped = warped.size - kept, None
-            timings["candidates"] = (time.perf_counter() - searched) * 1e3
+            searching = (time.perf_counter() - searched) * 1e3
         stitcher = Stitcher(pixels.shape[0], pixels.shape[1])
         timings["pre_process"] = (time.perf_counter() - started) * 1e3 - timings.get(
             "register", 0.0
-        ) - timings.get("candidates", 0.0)
+        ) - searching
+        if gating:
+            timings["candidates"] = searching
         return BoardRun(tiles, warped, alignment, stitcher, timings, computed=computed,
                         gated=gating, reference_windows=windows, freed_px=freed)
 

@@ -87,6 +87,9 @@ async def run_board(
             if task in done or watcher in done or not done:
                 break
             waiters = {task, watcher}  # the plan came: wait again, under its timeout
+            if loop.time() >= started + plan.timeout:
+                done = set()  # already past what the computed tiles allow
+                break
         if task in done:
             result = _with_queue_time(_result_or_error(task, reference), timing)
             if result.skipped_tiles:
