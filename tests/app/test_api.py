@@ -77,7 +77,7 @@ def check_result(body: dict[str, Any], width: int, height: int) -> None:
     """Every field of one board's result, and their consistency with each other."""
     assert set(body) == {
         "inspection_id", "image", "model", "defects", "summary", "mask", "params",
-        "timings_ms", "reference",
+        "tiles", "timings_ms", "reference",
     }
     assert body["reference"] is None  # sent alone: the single-image model, no golden board
     assert body["image"] == {"width": width, "height": height}
