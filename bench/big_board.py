@@ -18,7 +18,15 @@ are the growth of step 2 over the pixels.
 
 ``--mode pair`` does the same through the golden-board model: each board is first stored as
 its own product's golden board, so every request registers a full-size reference (the budget
-counts a pair board twice).
+counts a pair board twice). Steps 2 and 3 run ungated (``?gating=off``): the board is its own
+golden board, so gating would leave nothing to compute.
+
+``--mode pair --defects K [K ...]`` measures gating instead (``app.inference.gating``): for
+each K a synthetic panel with K defects, its defect-free template stored as the golden board
+and the panel sent as a scanner places it (moved by a fraction of a pixel), once gated and
+once with ``?gating=off``, each with the peak memory reset before it; ratios within one run::
+
+    python -m bench.big_board --mode pair --defects 0 10 100 --flood 0
 """
 
 from __future__ import annotations
@@ -51,7 +59,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--flood", type=int, default=4, help="large boards sent at once (0: none)")
     p.add_argument("--mode", choices=("single", "pair"), default="single",
                    help="the model: the board alone, or against its golden board")
+    p.add_argument("--defects", type=int, nargs="+", default=None, metavar="K",
+                   help="pair mode: gated against ungated on panels with K defects each")
     args = p.parse_args(argv)
+    if args.defects is not None:
+        if args.mode != "pair":
+            p.error("--defects needs --mode pair (only the pair model is gated by differences)")
+        print(json.dumps(gating_run(args.weights, args.size, args.defects)))
+        return 0
     big = board_png(args.size, seed=9)
     small = board_png(640, seed=1)
     result: dict[str, Any] = {"size": args.size, "mode": args.mode,
@@ -63,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
             for product, body in (("small", small), ("big", big)):
                 httpx.put(f"{server.url}/v1/golden-boards/{product}", content=body, timeout=300,
                           headers={"Content-Type": "image/png"}).raise_for_status()
-            small_url, big_url = url + "&product=small", url + "&product=big"
+            small_url = url + "&product=small&gating=off"
+            big_url = url + "&product=big&gating=off"
         model = httpx.get(server.url + "/v1/model").json()
         result["precision"] = model["precision"]
         result["max_batch_size"] = model["batching"]["max_batch_size"]
@@ -94,6 +110,55 @@ def main(argv: list[str] | None = None) -> int:
             result["flood"] = flood(big_url, server.pid, big, args.flood)
     print(json.dumps(result))
     return 0
+
+
+def gating_run(weights: Path, size: int, defects: list[int]) -> dict[str, Any]:
+    """For each K, one panel of ``size`` px with K defects, gated then ungated on one server."""
+    import numpy as np
+
+    from pcb_inspect.synth import encode, make_board, moved
+
+    result: dict[str, Any] = {"size": size, "mode": "pair", "runs": []}
+    with bench_server(weights) as server:
+        model = httpx.get(server.url + "/v1/model").json()
+        result.update(precision=model["precision"],
+                      max_batch_size=model["batching"]["max_batch_size"],
+                      model_concurrency=model["batching"]["model_concurrency"])
+        for k in defects:
+            started = time.perf_counter()
+            synth = make_board(seed=20 + k, size=size, n_defects=k)
+            # As a scanner places the panel: a fraction of a pixel off its golden board.
+            board = encode(np.ascontiguousarray(moved(synth.image, 0.37, -0.21, 0.0)))
+            golden = encode(synth.template)
+            del synth
+            made = time.perf_counter() - started
+            product = f"panel{k}"
+            httpx.put(f"{server.url}/v1/golden-boards/{product}", content=golden, timeout=600,
+                      headers={"Content-Type": "image/png"}).raise_for_status()
+            run: dict[str, Any] = {"defects": k, "synth_s": round(made, 1)}
+            for gating in ("on", "off"):
+                rss_before = memory_mb(server.pid)
+                reset_peak(server.pid)
+                started = time.perf_counter()
+                r = httpx.post(f"{server.url}/predict?mask=none&product={product}&gating={gating}",
+                               timeout=3600, files={"file": ("panel.png", board, "image/png")})
+                seconds = time.perf_counter() - started
+                r.raise_for_status()
+                body = r.json()
+                run[gating] = {
+                    "seconds": round(seconds, 2), "tiles": body["tiles"],
+                    "defects_found": len(body["defects"]),
+                    "timings_ms": body["timings_ms"],
+                    "rss_before_mb": round(rss_before, 1),
+                    "peak_rss_mb": round(memory_mb(server.pid, "VmHWM"), 1),
+                    "answer": [(d["class"], d["bbox"]) for d in body["defects"]],
+                }
+            on, off = run["on"], run["off"]
+            run["speedup"] = round(off["seconds"] / on["seconds"], 1)
+            run["same_defects"] = on.pop("answer") == off.pop("answer")
+            result["runs"].append(run)
+            print(json.dumps(run), flush=True)
+    return result
 
 
 def flood(url: str, pid: int, body: bytes, n: int) -> dict[str, Any]:

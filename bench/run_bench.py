@@ -164,12 +164,14 @@ def server_run(weights: Path, body: bytes, plan: list[tuple[int, int]],
                    "precision": info["precision"]}
         rows = [{**r, "mode": "single"} for r in serve_load(server.url, body, plan)]
         if any(m["mode"] == "pair" for m in info["models"]) and pair_plan:
-            # The same board as its own golden board: the pair model's full path, registration
-            # included, on a product stored once.
+            # The same board as its own golden board: the pair model's full path (gating off,
+            # or nothing would differ and no tile would run), registration included, on a
+            # product stored once.
             httpx.put(server.url + "/v1/golden-boards/bench", content=body,
                       headers={"Content-Type": "image/png"}, timeout=60).raise_for_status()
             rows += [{**r, "mode": "pair"} for r in serve_load(
-                server.url, body, pair_plan, path="/predict?mask=none&product=bench")]
+                server.url, body, pair_plan,
+                path="/predict?mask=none&product=bench&gating=off")]
         startup["peak_rss_mb"] = round(peak_rss_mb(server.pid), 1)
     return {"startup": startup, "load": rows}
 

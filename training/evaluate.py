@@ -92,6 +92,9 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--box-margin", type=int, default=None,
                    help="pixels added a side to predicted boxes for the protocol")
     p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--gating", choices=("on", "off"), default="off",
+                   help="on: only the tiles app.inference.gating finds work in, as the service "
+                   "does by default (PCB_PAIR_GATING); off: every tile (the full path)")
     p.add_argument("--out", type=Path, default=None, help="write the JSON report here")
     return p
 
@@ -457,6 +460,9 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     alignment_failures: list[dict[str, Any]] = []
     inferencer.warm_up()
     seconds = 0.0
+    tiles_total = tiles_skipped = 0
+    # Asked for only when on: the full path is predict's own default.
+    gated = {"gating": True} if args.gating == "on" else {}
     from rich.progress import track
 
     for i, sample in enumerate(track(samples, description="evaluating", transient=True)):
@@ -471,7 +477,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         keys.append(sample.key)
         truths.extend(Truth(i, b.label, (b.x1, b.y1, b.x2, b.y2)) for b in boxes)
         try:
-            result = inferencer.predict(image, config, reference=reference)
+            result = inferencer.predict(image, config, reference=reference, **gated)
         except AlignmentError as exc:
             # What the service answers with a 422: no defects reported for this board, so
             # every one of its truths counts as missed. Its time counts: it is in `boards`.
@@ -480,6 +486,8 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
             true_sum[1:] += np.bincount(mask.ravel(), minlength=k)[1:k]
             continue
         seconds += time.perf_counter() - started
+        tiles_total += result.tiles
+        tiles_skipped += result.skipped_tiles
         pred = result.class_map
         for c in range(1, k):
             p, t = pred == c, mask == c
@@ -539,6 +547,8 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         "weights_sha256": inferencer.weights_sha256,
         "mode": inferencer.mode,
         "precision_mode": args.precision,
+        "gating": args.gating,
+        "tiles": {"computed": tiles_total - tiles_skipped, "skipped": tiles_skipped},
         "threshold": threshold,
         "min_area_px": area,
         "min_confidence": min_conf,

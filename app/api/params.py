@@ -83,6 +83,12 @@ MinConfidenceParam = Annotated[
     float | None,
     Query(ge=0, le=1, description="Drop defects less confident than this; default: card's."),
 ]
+GatingParam = Annotated[
+    Literal["on", "off"] | None,
+    Query(description="'off': every tile through the model, to compare with the gated answer "
+          "(default: PCB_PAIR_GATING, normally 'on': only tiles near a difference from the "
+          "golden board; the single model skips blank tiles)."),
+]
 ThresholdParam = Annotated[
     float | None, Query(ge=0, le=1, description="Confidence cut; default: model card's.")
 ]
@@ -93,9 +99,10 @@ def get_rules(
     min_area_px: MinAreaParam = None,
     pixels_per_mm: PxPerMmParam = None,
     min_confidence: MinConfidenceParam = None,
+    gating: GatingParam = None,
 ) -> RuleParams:
-    """The post-processing parameters of a request's query."""
-    return RuleParams(threshold, min_area_px, pixels_per_mm, min_confidence)
+    """The post-processing parameters of a request's query, and its gating."""
+    return RuleParams(threshold, min_area_px, pixels_per_mm, min_confidence, gating)
 
 
 RulesDep = Annotated[RuleParams, Depends(get_rules)]

@@ -94,6 +94,15 @@ class ParamsOut(BaseModel):
     tiles: int = Field(description="Tiles the board was cut into for the model.")
 
 
+class TilesOut(BaseModel):
+    """How much of the board went through the model (gating: PCB_PAIR_GATING, ?gating=)."""
+
+    computed: int = Field(description="Tiles that went through the model.")
+    skipped: int = Field(description="Tiles left background without a forward pass.")
+    skipped_px: int = Field(description="Board pixels those skipped tiles own.")
+    gating: Literal["on", "off"] = Field(description="Whether the board was gated.")
+
+
 class MaskOut(BaseModel):
     encoding: Literal["png", "rle"]
     data: Any = Field(
@@ -149,9 +158,11 @@ class PredictionOut(BaseModel):
     summary: Summary
     mask: MaskOut | None = None
     params: ParamsOut
+    tiles: TilesOut
     timings_ms: dict[str, float] = Field(
-        description="Where the time went: pre_process, register (with a golden board), queue "
-        "(waiting for the model), forward (in the model), post_process."
+        description="Where the time went: pre_process, register (with a golden board), "
+        "candidates (finding the tiles with work, when gated), queue (waiting for the model), "
+        "forward (in the model), post_process."
     )
     reference: ReferenceOut | None = Field(
         None, description="The golden board the board was compared with; null without one."
@@ -208,6 +219,10 @@ class PredictionOut(BaseModel):
                 pixels_per_mm=config.pixels_per_mm,
                 fail_rule=config.fail_rule,
                 tiles=result.tiles,
+            ),
+            tiles=TilesOut(
+                computed=result.tiles - result.skipped_tiles, skipped=result.skipped_tiles,
+                skipped_px=result.skipped_px, gating="on" if result.gated else "off",
             ),
             timings_ms=result.timings_ms,
             reference=None if reference is None or result.alignment is None else ReferenceOut(

@@ -195,6 +195,13 @@ class Settings(BaseSettings):
         "so that a large board can finish at the defaults (a tile takes 0.2-0.6 s on 2 cores).",
     )
 
+    pair_gating: Literal["on", "off"] = Field(
+        "on",
+        description="on: only tiles near a difference from the registered golden board go "
+        "through the pair model (the single model skips blank tiles); off: every tile. "
+        "Per request: ?gating=off.",
+    )
+
     @property
     def batch_size_cap(self) -> int:
         """The batch at load: the setting, or :data:`AUTO_BATCH_CAP` with ``auto`` (then

@@ -38,6 +38,16 @@ INSPECTIONS = Counter(
     ["mode"],
 )
 TILES = Counter("pcb_tiles_total", "Tiles run through the model.")
+GATING_SKIPPED_PIXELS = Counter(
+    "pcb_gating_skipped_pixels_total",
+    "Board pixels left background without a forward pass by gating (PCB_PAIR_GATING), by "
+    "model mode.",
+    ["mode"],
+)
+GATING_SKIPPED_TILES = Counter(
+    "pcb_gating_skipped_tiles_total", "Tiles gating kept out of the model, by model mode.",
+    ["mode"],
+)
 DEFECTS = Counter("pcb_defects_total", "Defects found, by class.", ["class_name"])
 VERDICTS = Counter("pcb_verdicts_total", "Board verdicts.", ["verdict"])
 REJECTED = Counter("pcb_rejected_total", "Rejected requests, by reason.", ["reason"])

@@ -11,7 +11,7 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ import numpy as np
 from app.core.config import Settings
 from app.inference.card import ModelCard
 from app.inference.forward import build_forward, seconds_per_tile
+from app.inference.gating import Gate, blank_tiles, candidate_cells, gate_tiles
 from app.inference.loading import (
     POLICIES,
     ModelLoadError,
@@ -37,7 +38,14 @@ from app.inference.postprocess import (
     gather_defect_pixels,
 )
 from app.inference.precision import read_cpu_flags, resolve_precision
-from app.inference.tiling import FG_SCALE, Stitcher, Tile, chunk_tiles, plan_tiles
+from app.inference.tiling import (
+    FG_SCALE,
+    Stitcher,
+    Tile,
+    chunk_tiles,
+    extract_tiles,
+    plan_tiles,
+)
 from pcb_inspect.registration import Alignment
 from pcb_inspect.registration import register as register_pair
 
@@ -293,15 +301,23 @@ class Inferencer:
 
     # -------------------------------------------------------------------------- full paths
     def predict(
-        self, pixels: np.ndarray, config: PostprocessConfig, reference: np.ndarray | None = None
+        self,
+        pixels: np.ndarray,
+        config: PostprocessConfig,
+        reference: np.ndarray | None = None,
+        *,
+        gating: bool = False,
     ) -> InferenceResult:
         """Inspects one board synchronously (evaluation, benchmarks, scripts).
 
-        ``reference``: the golden board, for the pair model (registered here).
+        ``reference``: the golden board, for the pair model (registered here). ``gating``:
+        compute only the tiles :mod:`app.inference.gating` finds work in (pair: a difference
+        from the golden board; single: some copper edge); ``False`` (the default here, so
+        evaluation and scripts measure the full path unless asked): every tile.
         """
-        board = self._begin(pixels, reference)
+        board = self._begin(pixels, reference, gating)
         started = time.perf_counter()
-        for chunk, arrays in self.tile_chunks(pixels, board.tiles, board.warped):
+        for chunk, arrays in self.board_chunks(pixels, board):
             board.stitch(chunk, self.forward(arrays))
         board.timings["forward"] = (time.perf_counter() - started) * 1e3
         return self._finish(board, config)
@@ -312,22 +328,53 @@ class Inferencer:
         config: PostprocessConfig,
         run_tiles: RunTiles,
         reference: np.ndarray | None = None,
+        *,
+        gating: bool = False,
+        on_plan: Callable[[int, int], None] | None = None,
     ) -> InferenceResult:
         """Inspects one board, sending its tiles through ``run_tiles`` (the batcher).
 
         The chunks go through :func:`~app.inference.pipeline.run_chunks` (a few in flight at
-        once, only the first refusable). Registration, tile extraction, stitching and
-        post-processing run in worker threads, not on the event loop: on a large board they
-        take seconds, and health probes must not wait.
+        once, only the first refusable). Registration, the candidate search, tile extraction,
+        stitching and post-processing run in worker threads, not on the event loop: on a large
+        board they take seconds, and health probes must not wait. ``on_plan`` is called with
+        the number of tiles that will go through the model once that is known (before any
+        does), and the board pixels of the registered golden board freed then (gating keeps
+        only its windows of those tiles), so the caller can bound the request by what will be
+        computed.
         """
-        board = await asyncio.to_thread(self._begin, pixels, reference)
+        board = await asyncio.to_thread(self._begin, pixels, reference, gating)
+        if on_plan is not None:
+            on_plan(len(board.to_compute), board.freed_px)
         started = time.perf_counter()
-        await run_chunks(board, self.tile_chunks(pixels, board.tiles, board.warped), run_tiles)
+        await run_chunks(board, self.board_chunks(pixels, board), run_tiles)
         board.timings["forward"] = (time.perf_counter() - started) * 1e3
         return await asyncio.to_thread(self._finish, board, config)
 
-    def _begin(self, pixels: np.ndarray, reference: np.ndarray | None) -> BoardRun:
-        """Plans the tiles, registers the reference (pair model), allocates the stitcher."""
+    def board_chunks(
+        self, pixels: np.ndarray, board: BoardRun
+    ) -> Iterator[tuple[list[Tile], np.ndarray]]:
+        """The chunks of ``board``'s tiles to compute, with their reference channel (pair)."""
+        windows = board.reference_windows
+        if windows is None:
+            yield from self.tile_chunks(pixels, board.to_compute, board.warped)
+            return
+        for chunk, arrays in self.tile_chunks(pixels, board.to_compute):
+            ref = np.stack([windows.pop((t.y0, t.x0)) for t in chunk])
+            yield chunk, np.concatenate([arrays, ref], axis=-1)
+
+    def gate(self, pixels: np.ndarray, warped: np.ndarray | None, tiles: list[Tile]) -> Gate:
+        """The tiles worth computing: pair model, those near a difference from the registered
+        golden board ``warped``; single model, those with some copper edge."""
+        if warped is not None:
+            return gate_tiles(tiles, candidate_cells(pixels, warped))
+        return blank_tiles(pixels, tiles, self.tile)
+
+    def _begin(
+        self, pixels: np.ndarray, reference: np.ndarray | None, gating: bool = False
+    ) -> BoardRun:
+        """Plans the tiles, registers the reference (pair model), finds the tiles worth
+        computing (with ``gating``), allocates the stitcher."""
         timings: dict[str, float] = {}
         started = time.perf_counter()
         tiles = self.pre_process(pixels)
@@ -335,14 +382,40 @@ class Inferencer:
         warped, alignment = self.register(pixels, reference)
         if alignment is not None:
             timings["register"] = (time.perf_counter() - registered) * 1e3
+        computed = None
+        windows = None
+        freed = 0
+        searching = 0.0
+        if gating:
+            searched = time.perf_counter()
+            computed = self.gate(pixels, warped, tiles).computed
+            kept = len(computed) * self.tile**2
+            if warped is not None and kept < warped.size:
+                # Only the computed tiles read the registered golden board: keep their windows
+                # and free the rest of it now, before the forward passes.
+                windows = {(t.y0, t.x0): w for t, w in
+                           zip(computed, extract_tiles(warped, computed, self.tile), strict=True)}
+                freed, warped = warped.size - kept, None
+            searching = (time.perf_counter() - searched) * 1e3
         stitcher = Stitcher(pixels.shape[0], pixels.shape[1])
         timings["pre_process"] = (time.perf_counter() - started) * 1e3 - timings.get(
             "register", 0.0
-        )
-        return BoardRun(tiles, warped, alignment, stitcher, timings)
+        ) - searching
+        if gating:
+            timings["candidates"] = searching
+        return BoardRun(tiles, warped, alignment, stitcher, timings, computed=computed,
+                        gated=gating, reference_windows=windows, freed_px=freed)
 
     def _finish(self, board: BoardRun, config: PostprocessConfig) -> InferenceResult:
         # Every tile ran: the registered reference goes before post-processing's own peak.
         board.warped = None
         result = self.post_process(board.stitcher, config, len(board.tiles), board.timings)
-        return dataclasses.replace(result, alignment=board.alignment)
+        computed = {(t.y0, t.x0) for t in board.to_compute}
+        skipped = [t for t in board.tiles if (t.y0, t.x0) not in computed]
+        return dataclasses.replace(
+            result,
+            alignment=board.alignment,
+            skipped_tiles=len(skipped),
+            skipped_px=Gate([], skipped).skipped_px,
+            gated=board.gated,
+        )

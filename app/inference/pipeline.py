@@ -39,6 +39,12 @@ class InferenceResult:
     timings_ms: dict[str, float]
     #: Where the reference sat relative to the board (pair model only).
     alignment: Alignment | None = None
+    #: Tiles left background without a forward pass (:mod:`app.inference.gating`), and the
+    #: board pixels they own; ``tiles - skipped_tiles`` went through the model.
+    skipped_tiles: int = 0
+    skipped_px: int = 0
+    #: Whether the tiles were gated at all (``False``: every tile computed, the full path).
+    gated: bool = False
 
 
 class RunTiles(Protocol):
@@ -57,6 +63,7 @@ class RunTiles(Protocol):
 class BoardRun:
     """One board on its way through the model: its plan, reference and stitched maps."""
 
+    #: Every tile of the board's plan.
     tiles: list[Tile]
     #: The golden board registered onto this one (pair model), else ``None``.
     warped: np.ndarray | None
@@ -65,6 +72,20 @@ class BoardRun:
     timings: dict[str, float]
     #: Tiles stitched so far.
     stitched: int = 0
+    #: The tiles that go through the model (``None``: all of :attr:`tiles`); the others are
+    #: left background.
+    computed: list[Tile] | None = None
+    gated: bool = False
+    #: Gated pair board: the registered golden board's windows of the computed tiles, by
+    #: ``(y0, x0)``, kept in place of the whole registered board (``warped`` is then ``None``).
+    reference_windows: dict[tuple[int, int], np.ndarray] | None = None
+    #: Board pixels of the registered golden board freed that way (not counting the windows).
+    freed_px: int = 0
+
+    @property
+    def to_compute(self) -> list[Tile]:
+        """The tiles that go through the model."""
+        return self.tiles if self.computed is None else self.computed
 
     def stitch(self, chunk: list[Tile], outputs: tuple[np.ndarray, ...]) -> None:
         """Writes a chunk's model outputs ``(fg, cls, cls_p)`` into the board's maps."""

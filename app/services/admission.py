@@ -7,7 +7,8 @@ post-processing labels, about :data:`BYTES_PER_PIXEL` bytes a pixel in all (meas
 that: one 8000 x 8000 board is 196 tiles but 64 Mpx. So a board is admitted whole, by its
 pixel count read from the image header before it is decoded, or refused with 503 +
 ``Retry-After`` before any of it is computed. A board of the pair model counts twice: its
-registered golden board is a second full-size image.
+registered golden board is a second full-size image, until gating knows which tiles need the
+model and keeps only their windows of it (:meth:`Hold.release` gives that count back).
 """
 
 from __future__ import annotations
@@ -87,8 +88,11 @@ class PixelBudget:
         self.check(content_length // MAX_ENCODED_BYTES_PER_PIXEL)
 
     @contextlib.contextmanager
-    def admit(self, pixels: int) -> Iterator[None]:
+    def admit(self, pixels: int) -> Iterator[Hold]:
         """Holds ``pixels`` of the budget for the block, or raises before taking any.
+
+        Yields:
+            The hold, through which part of it can be given back early.
 
         Raises:
             BudgetExceededError: They do not fit now.
@@ -96,8 +100,26 @@ class PixelBudget:
         self.check(pixels)
         self.in_flight += pixels
         self.boards += 1
+        hold = Hold(self, pixels)
         try:
-            yield
+            yield hold
         finally:
-            self.in_flight -= pixels
+            self.in_flight -= hold.pixels
+            hold.pixels = 0
             self.boards -= 1
+
+
+@dataclasses.dataclass
+class Hold:
+    """The pixels one admitted board holds of a :class:`PixelBudget`."""
+
+    budget: PixelBudget
+    pixels: int
+
+    def release(self, pixels: int) -> int:
+        """Gives back up to ``pixels`` of the hold before the board ends (what it no longer
+        needs); returns how many were given back."""
+        given = max(0, min(pixels, self.pixels))
+        self.pixels -= given
+        self.budget.in_flight -= given
+        return given

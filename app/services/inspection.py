@@ -38,7 +38,7 @@ from app.core.metrics import (
 from app.inference.imaging import declared_pixels
 from app.inference.inferencer import Inferencer, InferenceResult
 from app.inference.postprocess import PostprocessConfig
-from app.services.admission import BudgetExceededError
+from app.services.admission import BudgetExceededError, Hold
 from app.services.board_meta import META_FIELDS, BoardMeta, with_form
 from app.services.recipe_store import RecipeRevision, call_recipes
 from app.services.recipes import (
@@ -67,6 +67,8 @@ class RuleParams:
     min_area_px: int | None = None
     pixels_per_mm: float | None = None
     min_confidence: float | None = None
+    #: ``?gating=``: "on"/"off", or ``None`` for the setting ``PCB_PAIR_GATING``.
+    gating: str | None = None
 
     def config(self, inferencer: Inferencer, settings: Settings,
                product: ProductRules | None = None) -> PostprocessConfig:
@@ -235,7 +237,7 @@ class InspectionService:
         pair = bool(templates) or product is not None
         if pair:
             model = self.pair_model()
-        async with self._admitted(uploads[0], pair):
+        async with self._admitted(uploads[0], pair) as hold:
             decoded = await decode_or_error(uploads[0], self.settings)
             reference = None
             recipe = None
@@ -249,6 +251,7 @@ class InspectionService:
             result = await run_board(
                 request, self.settings, model, decoded.pixels,
                 config if recipe is None else loosest(config, recipe.body), reference,
+                rules.gating, hold,
             )
             return await self.finish(await self._judged(
                 Inspection(result, model.inferencer, config, reference, uploads[0],
@@ -305,10 +308,11 @@ class InspectionService:
 
         async def one(index: int, upload: Upload) -> BatchItem:
             try:
-                async with self._admitted(upload, reference is not None):
+                async with self._admitted(upload, reference is not None) as hold:
                     decoded = await decode_or_error(upload, self.settings)
                     result = await run_board(
-                        request, self.settings, model, decoded.pixels, run_config, reference
+                        request, self.settings, model, decoded.pixels, run_config, reference,
+                        rules.gating, hold,
                     )
                     inspection = await self.finish(await self._judged(
                         Inspection(result, model.inferencer, config, reference, upload,
@@ -346,13 +350,14 @@ class InspectionService:
                 raise _over_budget(exc) from None
 
     @contextlib.asynccontextmanager
-    async def _admitted(self, upload: Upload, pair: bool) -> AsyncIterator[None]:
+    async def _admitted(self, upload: Upload, pair: bool) -> AsyncIterator[Hold]:
         """Holds the board's pixels of the memory budget while it is decoded, run and
         post-processed, or raises 503 ``over_capacity`` before any of that starts.
 
         The size comes from the image header. A pair board counts twice: its registered golden
         board is a second full-size image. A header that cannot be read, or a board over the
         size limit, counts nothing here: decoding refuses it at once, with its own error.
+        Yields the board's hold, through which gating gives back its golden board's count.
         """
         # A header is parsed in a worker thread: a hostile file can make even that slow.
         pixels = await run_in_threadpool(declared_pixels, upload.data) or 0
@@ -365,9 +370,9 @@ class InspectionService:
         except BudgetExceededError as exc:
             raise _over_budget(exc) from None
         try:
-            with budget.admit(cost):
+            with budget.admit(cost) as hold:
                 INFLIGHT_PIXELS.set(budget.in_flight)
-                yield
+                yield hold
         finally:
             INFLIGHT_PIXELS.set(budget.in_flight)  # the budget's own count, after the release
 

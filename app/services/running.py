@@ -6,13 +6,19 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
+from typing import Any
 
 import numpy as np
 from starlette.requests import Request
 
 from app.core.config import Settings
 from app.core.errors import ApiError
-from app.core.metrics import IN_FLIGHT_IMAGES
+from app.core.metrics import (
+    GATING_SKIPPED_PIXELS,
+    GATING_SKIPPED_TILES,
+    IN_FLIGHT_IMAGES,
+    INFLIGHT_PIXELS,
+)
 from app.inference.batcher import (
     BatcherClosedError,
     ModelCallError,
@@ -21,6 +27,7 @@ from app.inference.batcher import (
 )
 from app.inference.inferencer import InferenceResult
 from app.inference.postprocess import PostprocessConfig
+from app.services.admission import Hold
 from app.services.references import Reference
 from app.services.state import ServedModel
 from pcb_inspect.registration import MIN_SCORE, AlignmentError
@@ -33,6 +40,8 @@ async def run_board(
     pixels: np.ndarray,
     config: PostprocessConfig,
     reference: Reference | None = None,
+    gating: str | None = None,
+    hold: Hold | None = None,
 ) -> InferenceResult:
     """Runs one board under the request timeout, dropping the work if the client leaves.
 
@@ -40,44 +49,86 @@ async def run_board(
     ``timings_ms`` has the tiles' time in the model (``forward``) apart from their wait for
     it (``queue``).
 
+    ``gating`` (``"on"``/``"off"``; ``None``: ``PCB_PAIR_GATING``): only the tiles with work go
+    through the model (:mod:`app.inference.gating`). The timeout first allows for every tile;
+    once the tiles to compute are known (before any is), it counts only those; and ``hold``,
+    the board's share of the memory budget, gives back the registered golden board that gating
+    freed then.
+
     Raises:
         ApiError: 503 (queue full, shutting down), 504 (timeout), 500 (model failure), 499
             (client gone; nobody reads it, it only ends the handler), 422 (the reference
             cannot be aligned).
     """
     inferencer = model.inferencer
-    timeout = settings.request_timeout_for(len(inferencer.pre_process(pixels)))
+    gated = (settings.pair_gating if gating is None else gating) == "on"
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    plan = _Plan(settings.request_timeout_for(len(inferencer.pre_process(pixels))))
     timing = SubmitTiming()
     submit = functools.partial(model.batcher.submit, timing=timing)
     IN_FLIGHT_IMAGES.inc()
     task = asyncio.ensure_future(
         inferencer.predict_async(
-            pixels, config, submit, reference=None if reference is None else reference.pixels
+            pixels, config, submit, reference=None if reference is None else reference.pixels,
+            gating=gated, on_plan=functools.partial(_Plan.set, plan, settings, hold),
         )
     )
     watcher = asyncio.ensure_future(_wait_disconnect(request))
+    waiters: set[asyncio.Future[Any]] = {task, watcher}
     try:
-        done, _ = await asyncio.wait(
-            {task, watcher}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
-        )
+        while True:
+            if not plan.known.is_set():
+                waiters.add(asyncio.ensure_future(plan.known.wait()))
+            remaining = started + plan.timeout - loop.time()
+            done, _ = await asyncio.wait(
+                waiters, timeout=max(0.0, remaining), return_when=asyncio.FIRST_COMPLETED
+            )
+            if task in done or watcher in done or not done:
+                break
+            waiters = {task, watcher}  # the plan came: wait again, under its timeout
+            if loop.time() >= started + plan.timeout:
+                done = set()  # already past what the computed tiles allow
+                break
         if task in done:
-            return _with_queue_time(_result_or_error(task, reference), timing)
+            result = _with_queue_time(_result_or_error(task, reference), timing)
+            if result.skipped_tiles:
+                GATING_SKIPPED_PIXELS.labels(mode=inferencer.mode).inc(result.skipped_px)
+                GATING_SKIPPED_TILES.labels(mode=inferencer.mode).inc(result.skipped_tiles)
+            return result
         task.cancel()  # frees the request's places in the queue
         if watcher in done:
             raise ApiError(499, "client_closed_request", "The client closed the request.")
         raise ApiError(
             504, "timeout",
-            f"Inspection took longer than {timeout:g} s (PCB_REQUEST_TIMEOUT_S "
+            f"Inspection took longer than {plan.timeout:g} s (PCB_REQUEST_TIMEOUT_S "
             f"{settings.request_timeout_s:g} s + PCB_REQUEST_TIMEOUT_PER_TILE_S "
-            f"{settings.request_timeout_per_tile_s:g} s for each tile after the first); "
-            "the work was dropped.",
+            f"{settings.request_timeout_per_tile_s:g} s for each tile after the first that "
+            "goes through the model); the work was dropped.",
             reject_reason="timeout",
         )
     finally:
-        watcher.cancel()
+        for waiter in waiters - {task}:
+            waiter.cancel()
         if not task.done():
             task.cancel()
         IN_FLIGHT_IMAGES.dec()
+
+
+@dataclasses.dataclass
+class _Plan:
+    """A board's timeout: for every tile until the tiles to compute are known, then for those."""
+
+    timeout: float
+    known: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
+
+    def set(self, settings: Settings, hold: Hold | None, computed: int, freed_px: int) -> None:
+        # Called on the event loop by the inferencer, before any tile goes to the model.
+        self.timeout = settings.request_timeout_for(computed)
+        self.known.set()
+        if hold is not None and freed_px:
+            hold.release(freed_px)
+            INFLIGHT_PIXELS.set(hold.budget.in_flight)
 
 
 async def _wait_disconnect(request: Request) -> None:

@@ -77,7 +77,7 @@ def check_result(body: dict[str, Any], width: int, height: int) -> None:
     """Every field of one board's result, and their consistency with each other."""
     assert set(body) == {
         "inspection_id", "image", "model", "defects", "summary", "mask", "params",
-        "timings_ms", "reference", "units", "ignored", "recipe",
+        "tiles", "timings_ms", "reference", "units", "ignored", "recipe",
     }
     assert body["reference"] is None  # sent alone: the single-image model, no golden board
     # No recipe: nothing set aside, and one unit, the whole board, judged as the board.

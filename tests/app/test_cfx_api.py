@@ -113,7 +113,7 @@ def test_broker_down_neither_blocks_inspections_nor_readiness(client: TestClient
         status = _wait_status(client, lambda s: s["pending"] == 3 and s["last_error"])
         assert not status["connected"] and status["oldest_pending_age_s"] >= 0
         deadline = time.monotonic() + 30
-        while "pcb_cfx_outbox_pending 3.0" not in client.get("/metrics").text:
+        while "pcb_cfx_outbox_pending 3.0" not in client.get("/metrics", headers=ADMIN).text:
             assert time.monotonic() < deadline, "the pending gauge never showed 3"
             time.sleep(0.2)
     finally:

@@ -96,7 +96,8 @@ def test_model_info(client: TestClient, tiny_weights: Path) -> None:
         "input": {"tile_size": 64, "multiple_of": 4, "channels": 1, "dtype": "uint8",
                   "tile_overlap": 6},
         "pixels_per_mm": 48.0,
-        "thresholds": {"confidence": 0.5, "min_area_px": 0, "min_confidence": 0.0},
+        "thresholds": {"confidence": 0.5, "min_area_px": 0, "min_confidence": 0.0,
+                       "merge_distance_px": 3},
         "weights_file": "model.keras",
         "weights_sha256": hashlib.sha256(tiny_weights.read_bytes()).hexdigest(),
         "device": "cpu",
@@ -147,8 +148,10 @@ def test_metrics_count_what_happened(client: TestClient, tiny_weights: Path) -> 
     good = predict(client, board_png(200, 300, seed=2), params={"threshold": 0.0})
     assert good.status_code == 200  # type: ignore[attr-defined]
     body = good.json()  # type: ignore[attr-defined]
-    tiles = body["params"]["tiles"]
-    assert tiles == 24
+    assert body["params"]["tiles"] == 24
+    # Gating (the default) keeps blank 64 px windows out of the model: they are counted apart.
+    tiles, skipped = body["tiles"]["computed"], body["tiles"]["skipped"]
+    assert tiles + skipped == 24 and tiles > 0
     bad = predict(client, b"a text file, not a board\n")
     assert bad.status_code == 415  # type: ignore[attr-defined]
     after = scrape(client)
@@ -162,6 +165,8 @@ def test_metrics_count_what_happened(client: TestClient, tiny_weights: Path) -> 
     assert value(after, "pcb_request_duration_seconds_bucket", route="/predict", le="+Inf") >= 2
     assert delta("pcb_images_total") == 1
     assert delta("pcb_tiles_total") == tiles
+    assert delta("pcb_gating_skipped_tiles_total", mode="single") == skipped
+    assert delta("pcb_gating_skipped_pixels_total", mode="single") == body["tiles"]["skipped_px"]
     # One queue-wait observation per tile; the tiles went through the model in batches of
     # at most max_batch_size, so at least 3 calls.
     assert delta("pcb_queue_wait_seconds_count") == tiles

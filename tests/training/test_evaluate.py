@@ -39,7 +39,8 @@ from training.evaluate import (
 CLASSES = ("open", "short", "mousebite", "spur", "spurious_copper", "pin_hole")
 REPORT_KEYS = {
     "data", "split", "val_groups", "boards", "weights", "weights_sha256", "mode",
-    "precision_mode", "threshold", "min_area_px", "min_confidence", "merge_distance_px",
+    "precision_mode", "gating", "tiles", "threshold", "min_area_px", "min_confidence",
+    "merge_distance_px",
     "operating_point_chosen_here", "box_margin_px", "iou_match", "precision", "recall",
     "f_score", "map", "official", "alignment_failures", "mean_dice", "mean_iou",
     "boards_per_second", "per_class",

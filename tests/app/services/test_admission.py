@@ -53,3 +53,15 @@ def test_invalid_budget_is_refused(kwargs: dict[str, int], match: str) -> None:
 def test_negative_pixels_are_a_caller_bug() -> None:
     with pytest.raises(ValueError, match="Received: pixels=-1"):
         PixelBudget(10).check(-1)
+
+
+def test_part_of_a_hold_comes_back_early_and_never_more_than_it_holds() -> None:
+    budget = PixelBudget(100)
+    with budget.admit(80) as hold:
+        assert hold.release(30) == 30
+        assert (budget.in_flight, hold.pixels, budget.free) == (50, 50, 50)
+        with budget.admit(50):  # the room given back is usable at once
+            assert budget.free == 0
+        assert hold.release(500) == 50 and hold.release(-1) == 0
+        assert budget.in_flight == 0
+    assert (budget.in_flight, budget.boards) == (0, 0)

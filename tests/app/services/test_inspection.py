@@ -71,7 +71,8 @@ def test_timings_report_the_wait_for_the_model_apart_from_the_model(
 ) -> None:
     body = client.post("/predict", files={"file": ("b.png", BOARD, "image/png")}).json()
     timings = body["timings_ms"]
-    assert list(timings) == ["pre_process", "queue", "forward", "post_process"]
+    # candidates: gating's search for the tiles with work (the default).
+    assert list(timings) == ["pre_process", "candidates", "queue", "forward", "post_process"]
     assert timings["forward"] > 0 and timings["queue"] >= 0
 
 
