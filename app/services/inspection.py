@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import numpy as np
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
 from app.core.config import Settings
@@ -34,11 +35,13 @@ from app.core.metrics import (
     REJECTED,
     VERDICTS,
 )
+from app.inference.defects import Defect
 from app.inference.imaging import declared_pixels
 from app.inference.inferencer import Inferencer, InferenceResult
 from app.inference.postprocess import PostprocessConfig
 from app.services.admission import BudgetExceededError
 from app.services.board_meta import META_FIELDS, BoardMeta, with_form
+from app.services.golden_defects import split_reference_defects
 from app.services.references import (
     Reference,
     check_product_param,
@@ -80,6 +83,21 @@ class RuleParams:
         )
 
 
+async def _split_reference(
+    result: InferenceResult, pixels: np.ndarray, reference: Reference | None,
+    config: PostprocessConfig, model: ServedModel,
+) -> tuple[InferenceResult, tuple[Defect, ...]]:
+    """The result without the differences that come from the golden board, and those."""
+    if reference is None:
+        return result, ()
+    # A warp of the golden board and a few windows' components: off the event loop.
+    kept, moved = await run_in_threadpool(
+        split_reference_defects, result, pixels, reference.pixels, config,
+        tuple(model.inferencer.card.classes),
+    )
+    return kept, tuple(moved)
+
+
 def _first(*values: Any) -> Any:
     return next(v for v in values if v is not None)
 
@@ -111,6 +129,9 @@ class Inspection:
     meta: BoardMeta = BoardMeta()
     #: Its record's id, set by the recording hook; ``None`` when nothing was recorded.
     record_id: str | None = None
+    #: Differences that come from the golden board, not the board
+    #: (:mod:`app.services.golden_defects`); already out of ``result``.
+    reference_defects: tuple[Defect, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -215,9 +236,11 @@ class InspectionService:
             result = await run_board(
                 request, self.settings, model, decoded.pixels, config, reference
             )
+            result, from_reference = await _split_reference(
+                result, decoded.pixels, reference, config, model)
             return await self.finish(
                 Inspection(result, model.inferencer, config, reference, uploads[0],
-                           decoded.pixels, meta)
+                           decoded.pixels, meta, reference_defects=from_reference)
             )
 
     async def inspect_batch(
@@ -255,9 +278,11 @@ class InspectionService:
                     result = await run_board(
                         request, self.settings, model, decoded.pixels, config, reference
                     )
+                    result, from_reference = await _split_reference(
+                        result, decoded.pixels, reference, config, model)
                     inspection = await self.finish(
                         Inspection(result, model.inferencer, config, reference, upload,
-                                   decoded.pixels, meta)
+                                   decoded.pixels, meta, reference_defects=from_reference)
                     )
             except ApiError as exc:
                 # Counted here: the exception handler that counts the others never sees it.
@@ -279,6 +304,27 @@ class InspectionService:
         for hook in self.on_result:
             inspection = await hook(inspection) or inspection
         return inspection
+
+    async def check_golden(
+        self, request: Request, pixels: np.ndarray
+    ) -> tuple[list[Defect], ServedModel | None]:
+        """What the single-image model finds on a golden board being stored (its own
+        defects), with the model; ``([], None)`` while no model is ready. Not an inspection:
+        nothing is recorded or counted as one.
+
+        Raises:
+            ApiError: 503 over the memory budget, and :func:`run_board`'s errors.
+        """
+        model = self.state.model
+        if model is None or self.state.draining:
+            return [], None
+        config = RuleParams().config(model.inferencer, self.settings)
+        try:
+            with self.state.budget.admit(int(pixels.size)):
+                result = await run_board(request, self.settings, model, pixels, config)
+        except BudgetExceededError as exc:
+            raise _over_budget(exc) from None
+        return list(result.defects), model
 
     # ----------------------------------------------------------------- the memory budget
     def _check_body_fits(self, request: Request) -> None:

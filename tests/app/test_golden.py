@@ -155,8 +155,13 @@ def test_template_with_overlay_and_png_mask(client: TestClient) -> None:
 def test_golden_board_lifecycle(client: TestClient) -> None:
     created = put_board(client, "crud-1")
     assert created.status_code == 201, created.text
-    meta = created.json()
-    assert set(meta) == {"product", "width", "height", "sha256", "created"}
+    answer = created.json()
+    # The PUT's answer adds the single-image model's check of the golden board.
+    assert set(answer) == {"product", "width", "height", "sha256", "created", "warnings",
+                           "checked_by"}
+    assert isinstance(answer["warnings"], list)
+    assert answer["checked_by"]["name"] == "tiny-test-unet"
+    meta = {k: v for k, v in answer.items() if k not in ("warnings", "checked_by")}
     assert (meta["product"], meta["width"], meta["height"]) == ("crud-1", SIDE, SIDE)
 
     listed = ok(client.get("/v1/golden-boards"))
