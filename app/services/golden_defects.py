@@ -8,14 +8,16 @@ speck of copper). Two places deal with that:
   board is caught before any board is compared with it (it is stored all the same);
 * **when a board is compared with it**, each difference that the pair model reports is
   checked for where it comes from. On the binarised board and golden board (registered onto
-  the board), the pixels that differ inside the defect's box belong, on the golden board, to
-  some connected region of copper or of substrate. When that region is a small island closed
-  on every side (a hole in copper, a speck on substrate) while the board has the surrounding
-  copper or substrate through it, the golden board is the odd one: the difference is reported
-  in ``reference_defects`` and not as a defect of the board (its pixels leave the class
-  mask, the summary and the verdict). A real short, spur, open or mousebite on the board
-  differs from copper or substrate that runs on past the defect on the golden board, so it
-  stays a defect of the board.
+  the board), when the pixels that differ inside the defect's box are copper on the board
+  that the golden board lacks, and on the golden board they lie in a hole: substrate closed
+  on every side by copper, which the board fills whole with copper that runs on, then the
+  golden board is the odd one (a pin hole in it). The difference is reported in
+  ``reference_defects`` and not as a defect of the board: its pixels leave the class mask,
+  the summary and the verdict. Anything else stays a defect of the board: a real short or
+  spur adds copper into substrate that runs on, or covers only part of a closed area; an
+  open, mousebite or pin hole of the board is copper the board lacks. A speck of copper on
+  the golden board cannot be told from a small pad by shape alone, so it is left to the
+  check when the board is stored.
 """
 
 from __future__ import annotations
@@ -34,8 +36,10 @@ _COPPER_BELOW = 128
 #: The window that an island of the golden board must fit in, around the defect's box: the
 #: box grown by this many pixels, or by the box's own size when that is larger.
 _ISLAND_MARGIN_PX = 24
-#: Share of the differing pixels that must sit on golden-board islands.
+#: Share of the differing pixels that must sit in holes of the golden board.
 _ISLAND_SHARE = 0.5
+#: Share of a golden-board hole that the board must cover with copper.
+_FILLED_SHARE = 0.8
 #: Opening that drops the one-pixel slivers registration leaves along copper edges, so that
 #: they do not vote.
 _SLIVER_KERNEL = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
@@ -54,21 +58,10 @@ def _touches_border(labels: np.ndarray) -> set[int]:
     return {int(v) for v in np.unique(edge)}
 
 
-def _island_share(phase: np.ndarray, where: np.ndarray) -> float:
-    """Share of ``where``'s pixels whose connected region of ``phase`` (in the window) closes
-    inside the window, i.e. does not reach its border."""
-    _, labels = cv2.connectedComponents(phase.astype(np.uint8), connectivity=8)
-    open_ = _touches_border(labels)
-    hits = labels[where]
-    hits = hits[hits > 0]
-    if not hits.size:
-        return 0.0
-    return float(np.isin(hits, list(open_), invert=True).mean())
-
-
 def comes_from_reference(board: np.ndarray, reference: np.ndarray,
                          bbox: tuple[int, int, int, int]) -> bool:
-    """Whether the difference inside ``bbox`` is a defect of the golden board.
+    """Whether the difference inside ``bbox`` is a hole in the golden board's copper that the
+    board does not have.
 
     Args:
         board: The board, ``(H, W)`` uint8.
@@ -84,16 +77,27 @@ def comes_from_reference(board: np.ndarray, reference: np.ndarray,
     changed = ((b != r) & inside).astype(np.uint8)
     solid = cv2.morphologyEx(changed, cv2.MORPH_OPEN, _SLIVER_KERNEL)
     where = (solid if solid.any() else changed).astype(bool)
-    if not where.any():
+    # Copper on the board that the golden board lacks: the polarity of a hole in the golden
+    # board (the other polarity is the board's missing copper, never the golden board's hole).
+    target = where & b & ~r
+    if not target.any() or target.sum() < _ISLAND_SHARE * where.sum():
         return False
-    # On the golden board, the differing pixels are copper (a speck) or substrate (a hole):
-    # each pixel is judged in its own phase. The golden board is the odd one where those
-    # regions are islands, and the board's regions there are not.
-    ref_islands = (_island_share(r, where & r) * int((where & r).sum())
-                   + _island_share(~r, where & ~r) * int((where & ~r).sum())) / int(where.sum())
-    board_islands = (_island_share(b, where & b) * int((where & b).sum())
-                     + _island_share(~b, where & ~b) * int((where & ~b).sum())) / int(where.sum())
-    return ref_islands >= _ISLAND_SHARE and board_islands < _ISLAND_SHARE
+    _, ref_labels = cv2.connectedComponents((~r).astype(np.uint8), connectivity=8)
+    _, board_labels = cv2.connectedComponents(b.astype(np.uint8), connectivity=8)
+    open_ref = _touches_border(ref_labels)
+    open_board = _touches_border(board_labels)
+    holes = 0
+    for label in np.unique(ref_labels[target]):
+        region = ref_labels == label
+        # A hole of the golden board: substrate closed on every side by copper, which the
+        # board fills (nearly) whole with copper that runs on out of the window. A real spur
+        # or short into a closed substrate area covers only part of it.
+        if int(label) in open_ref or b[region].mean() < _FILLED_SHARE:
+            continue
+        if not set(np.unique(board_labels[region & b]).tolist()) <= open_board:
+            continue
+        holes += int((region & target).sum())
+    return bool(holes >= _ISLAND_SHARE * target.sum())
 
 
 def registered_reference(result: InferenceResult, board: np.ndarray,
