@@ -14,10 +14,10 @@ set -uo pipefail
 if [ "${1:-}" = "--dry-run" ]; then
   shift
   plan="${1:?usage: gpu_burst.sh --dry-run PLAN [--strict]}"; shift
-  exec env KERAS_BACKEND=jax JAX_PLATFORMS=cpu python -m training.burst dry-run "$plan" "$@"
+  exec env KERAS_BACKEND=jax JAX_PLATFORMS=cpu "${PYTHON:-python}" -m training.burst dry-run "$plan" "$@"
 fi
 plan="${1:?usage: gpu_burst.sh PLAN [MINUTES]}"
-minutes="${2:-4}"
+minutes="${2:-3.5}"
 out="${OUT:-runs/burst}"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
   --target /tmp/site burst/whl/*.whl || exit 1

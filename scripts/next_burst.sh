@@ -4,7 +4,7 @@
 #   bash scripts/next_burst.sh before DATA
 #       burst/ (the shipped weights as float16 shards, the packs, the wheels), the dry runs of
 #       both plans, weights/*.keras out of git's index, the strict checks; prints the two calls.
-#   ... the two device calls it printed: plan pair, then plan single (about 5 minutes each) ...
+#   ... the two device calls it printed: plan pair, then plan single (5.5 minutes each at most) ...
 #   bash scripts/next_burst.sh after DATA PAIR_DIR SINGLE_DIR
 #       weights/*.keras back into git's index; P2 and S2 (trained without group 44000) scored
 #       on 44000 against the shipped models; P1 and S1 (every group) shipped only where their
