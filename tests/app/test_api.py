@@ -77,9 +77,10 @@ def check_result(body: dict[str, Any], width: int, height: int) -> None:
     """Every field of one board's result, and their consistency with each other."""
     assert set(body) == {
         "inspection_id", "image", "model", "defects", "summary", "mask", "params",
-        "timings_ms", "reference",
+        "timings_ms", "reference", "reference_defects",
     }
     assert body["reference"] is None  # sent alone: the single-image model, no golden board
+    assert body["reference_defects"] == []
     assert body["image"] == {"width": width, "height": height}
     assert body["model"] == {"name": "tiny-test-unet", "version": "0.0.1-test", "mode": "single"}
     params = body["params"]
