@@ -262,8 +262,8 @@ class Check:
 #: sizes they have (every group's pack is the largest; keras + namex + optree wheels).
 _PACK_RESERVE = 10 * 2**20
 _WHEELS_RESERVE = 4 * 2**20
-#: Per returned file besides the shards: state.json and train_log.jsonl.
-_SMALL_FILES = 2
+#: What each run returns besides its shards, and the size counted for each.
+_SMALL_FILES = ("state.json", "train_log.jsonl")
 _SMALL_FILE_RESERVE = 256 * 2**10
 
 
@@ -325,8 +325,7 @@ def check(plan_name: str, minutes: float, burst: Path = BURST, root: Path = ROOT
     for run in plan:
         for k, nbytes in enumerate(checkpoint_files(run)):
             files.append((f"{run.name}/weights-{k:02d}.npz", nbytes))
-        files += [(f"{run.name}/state.json", _SMALL_FILE_RESERVE),
-                  (f"{run.name}/train_log.jsonl", _SMALL_FILE_RESERVE)][:_SMALL_FILES]
+        files += [(f"{run.name}/{name}", _SMALL_FILE_RESERVE) for name in _SMALL_FILES]
     if len(files) > FILES_BACK:
         failures.append(f"{len(files)} files would come back > {FILES_BACK}: "
                         f"{[f for f, _ in files]}")
