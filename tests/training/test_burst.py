@@ -129,7 +129,7 @@ def test_dry_run_starts_every_run_of_the_plan(plan: str, prepared: Path, tmp_pat
         state = report["states"][run.name]
         assert state["stint_steps"] == 2
         assert state["config"]["mode"] == run.mode
-        assert state["config"]["bn_batches"] == 1
+        assert state["config"]["bn_batches"] == 1  # the tiny runs' override
         # Each process trained on its own pack: P2 never saw group 44000.
         excluded = set(burst.PACKS[run.pack])
         assert state["groups"] and not excluded & set(state["groups"])
