@@ -21,6 +21,10 @@ _RESNET50_STAGES = {
     16: "conv4_block6_out",
     32: "conv5_block3_out",
 }
+#: The lighter encoder variant: ResNet50 cut after stage 3 (stride 8), without the stage-4
+#: blocks that hold most of the shipped stage-4 cut's parameters and much of its forward
+#: FLOPs. Trained by the GPU burst's ``light`` plan; shipped only at accuracy parity.
+LIGHT_ENCODER_DEPTH = 3
 _IMAGENET_MEAN = 116.78  # mean of ImageNet's per-channel means; the input is grayscale
 
 
@@ -82,7 +86,8 @@ def build_model(
         encoder_weights: ``None`` (train from scratch) or ``"imagenet"``; the latter downloads
             the ImageNet weights, so it needs internet.
         encoder_depth: Last ResNet50 stage used: 5 (stride 32, the full encoder), 4 (stride
-            16, the shipped default), or 2-3 for tiny test and edge models.
+            16, the shipped default), 3 (stride 8, :data:`LIGHT_ENCODER_DEPTH`, the lighter
+            variant), or 2 for tiny test models.
         decoder_filters: Filters of the decoder blocks, from the deepest to full resolution;
             one per block, so ``encoder_depth`` entries. ``None`` picks the last
             ``encoder_depth`` entries of ``(256, 128, 64, 32, 16)``.

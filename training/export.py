@@ -65,39 +65,14 @@ def annotation_box_margin(train: Sequence[Sample]) -> int:
 
 
 def recalibrate_batchnorm(model: Any, images: np.ndarray, batch_size: int = 4) -> int:
-    """Re-estimates every BatchNorm layer's moving mean and variance on ``images``.
+    """Re-estimates every BatchNorm layer's statistics on whole boards (``(N, H, W)`` uint8),
+    ``batch_size`` a forward pass (:func:`training.batchnorm.recalibrate`); returns the number
+    of batches used."""
+    from training.batchnorm import recalibrate
 
-    Training updates the moving averages on crops while the weights still move fast, so they
-    lag behind the final weights; the service sees whole boards. This runs the whole boards
-    through the model in training mode (no gradient step) with a momentum that makes each
-    moving statistic the plain mean over the batches.
-
-    Args:
-        model: The model; its BatchNorm layers are updated in place.
-        images: ``(N, H, W)`` uint8 boards.
-        batch_size: Boards per forward pass.
-
-    Returns:
-        The number of batches used.
-    """
-    import keras
-
-    norms = [layer for layer in model.layers if
-             isinstance(layer, keras.layers.BatchNormalization)]
-    momenta = [layer.momentum for layer in norms]
-    batches = 0
-    try:
-        for start in range(0, len(images) - batch_size + 1, batch_size):
-            for layer in norms:
-                # Cumulative mean: the i-th batch gets weight 1 / (i + 1).
-                layer.momentum = batches / (batches + 1)
-            x = images[start : start + batch_size, ..., None].astype("float32")
-            model(x, training=True)
-            batches += 1
-    finally:
-        for layer, momentum in zip(norms, momenta, strict=True):
-            layer.momentum = momentum
-    return batches
+    starts = range(0, len(images) - batch_size + 1, batch_size)
+    return recalibrate(model, (images[s : s + batch_size, ..., None].astype("float32")
+                               for s in starts))
 
 
 def export(args: argparse.Namespace) -> dict[str, Any]:

@@ -12,7 +12,9 @@ The loop is a plain JAX loop over ``model.stateless_call`` and
   step; the number of steps is ``--steps``, or, with ``--minutes``, measured after the first
   steps from the real step rate and then fixed (so the cosine ends when the budget does);
 * **EMA** of the weights (decay ``--ema``, with the usual ``(1 + t) / (10 + t)`` warmup):
-  what is checkpointed and exported is the EMA;
+  what is checkpointed and exported is the EMA, with its BatchNorm statistics re-estimated
+  on ``--bn-batches`` training batches (:mod:`training.batchnorm`): the moving statistics
+  that training kept belong to the live weights, which the EMA lags;
 * **checkpoints** every ``--checkpoint-minutes`` into ``DIR``: the weights split into
   ``weights-NN.npz`` shards of at most ``--shard-mb`` (kernels in float16, everything else in
   float32), written atomically, and ``state.json`` (step, schedule, seed, split, config,
@@ -40,6 +42,8 @@ import numpy as np
 #: Kernel arrays are stored in float16 in checkpoints (half the size); vectors (biases,
 #: BatchNorm statistics, whose variances can be tiny) stay float32.
 _HALF_MIN_NDIM = 2
+#: First sampler index of the batches that re-estimate BatchNorm statistics.
+_BN_BATCH_BASE = 10**9
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,6 +75,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--state", type=Path, default=None,
                    help="state.json of the run to continue (step, seed, time totals)")
     p.add_argument("--log-every", type=int, default=50)
+    p.add_argument("--bn-batches", type=int, default=0,
+                   help="re-estimate the EMA weights' BatchNorm statistics on this many "
+                        "training batches at each checkpoint (0: keep the live statistics)")
+    p.add_argument("--template-negatives", type=float, default=0.0,
+                   help="single mode: share of crops cut from the defect-free template, "
+                        "with an empty mask")
+    p.add_argument("--synthetic", type=float, default=0.0,
+                   help="share of crops cut from synthetic boards (pcb_inspect.synth)")
+    p.add_argument("--synthetic-boards", type=int, default=64,
+                   help="synthetic boards drawn once at start, cropped at random")
     return p
 
 
@@ -199,6 +213,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     import jax
 
     from model_defs import build_model, get_custom_objects
+    from training.batchnorm import recalibrate
     from training.pack import load_pack
     from training.sampler import CropSampler, prefetch
 
@@ -220,7 +235,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "ema": args.ema,
         "precision": args.precision,
         "loss": "DiceIoULoss(cross_entropy_weight=1.0, reduction_mode='per_batch')",
+        "bn_batches": args.bn_batches,
+        "template_negatives": args.template_negatives,
+        "synthetic": args.synthetic,
     }
+    if args.template_negatives and args.mode != "single":
+        raise SystemExit(
+            "--template-negatives is for the single-image model (the pair model sees the "
+            f"template as its reference). Received: --mode {args.mode}"
+        )
     if previous and previous.get("config", {}).get("mode", args.mode) != args.mode:
         raise SystemExit(f"--state is a {previous['config']['mode']} run, not {args.mode}")
 
@@ -236,7 +259,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                             compile=False)
             model.set_weights(saved.get_weights())
     sampler = CropSampler(pack, args.crop, args.batch_size, pair=args.mode == "pair",
-                          seed=seed)
+                          seed=seed, template_negative_prob=args.template_negatives,
+                          synthetic_prob=args.synthetic,
+                          synthetic_boards=args.synthetic_boards if args.synthetic else 0)
     train_step_jit, state = make_train_step(model, args.lr, args.weight_decay)
 
     def checkpoint(step: int, total_steps: int, losses: list[float], final: bool) -> None:
@@ -245,6 +270,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             v.assign(value)
         for v, value in zip(model.non_trainable_variables, ntv, strict=True):
             v.assign(value)
+        if args.bn_batches:
+            # Batches far past any training step: crops the run never trained on, drawn the
+            # same way, so the statistics are those of the training distribution.
+            recalibrate(model, (sampler.batch(_BN_BATCH_BASE + k)[0]
+                                for k in range(args.bn_batches)))
         shards = save_shards(model, args.out, args.shard_mb)
         elapsed = time.time() - started
         _write_json(args.out / "state.json", {

@@ -1,7 +1,9 @@
 """A compact, TensorFlow-free pack of registered DeepPCB pairs for training anywhere.
 
 ``python -m training.pack --data DIR --out runs/pack/train.npz --part train`` reads the pairs,
-registers each template to its board, derives the masks, and writes one ``.npz``:
+registers each template to its board, derives the masks, and writes one ``.npz``. ``--groups``
+and ``--exclude-groups`` choose board groups (designs) by name instead of by part, so that each
+process of a GPU burst trains on its own set (all seven groups; all but one held out):
 
 * ``keys`` (N,) the DeepPCB keys, ``groups`` (N,) their board groups;
 * ``boards``, ``references``: the images, **binarised and bit-packed** (DeepPCB's scans are
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -63,16 +66,46 @@ def _bits(images: np.ndarray) -> np.ndarray:
     return np.packbits(images >= BINARY_THRESHOLD, axis=-1)
 
 
-def build_pack(data: Path, part: str, workers: int = 2) -> dict[str, np.ndarray]:
-    """Reads, registers and packs the pairs of ``part`` (``train``, ``val`` or ``all``)."""
+def select_groups(keys: Sequence[str], groups: Sequence[str] = (),
+                  exclude_groups: Sequence[str] = ()) -> list[int]:
+    """Indices of the ``keys`` whose board group is in ``groups`` (all when empty) and not in
+    ``exclude_groups``.
+
+    Raises:
+        ValueError: A named group that no key belongs to (a typo would silently train on
+            another set than meant).
+    """
+    from training.data import group_of
+
+    present = {group_of(k) for k in keys}
+    unknown = sorted((set(groups) | set(exclude_groups)) - present)
+    if unknown:
+        raise ValueError(
+            f"board groups {unknown} are not in the data; expected some of {sorted(present)}"
+        )
+    keep = set(groups) or present
+    return [i for i, k in enumerate(keys)
+            if group_of(k) in keep and group_of(k) not in set(exclude_groups)]
+
+
+def build_pack(data: Path, part: str, workers: int = 2, groups: Sequence[str] = (),
+               exclude_groups: Sequence[str] = ()) -> dict[str, np.ndarray]:
+    """Reads, registers and packs the pairs of ``part`` (``train``, ``val`` or ``all``),
+    restricted to ``groups`` (when given) minus ``exclude_groups``."""
     from training.data import group_of, read_split, split_by_groups
 
     samples = read_split(data)
     if part != "all":
         train, val = split_by_groups(samples)
         samples = train if part == "train" else val
+    if groups or exclude_groups:
+        samples = [samples[i] for i in
+                   select_groups([s.key for s in samples], groups, exclude_groups)]
     if not samples:
-        raise ValueError(f"no pairs in part {part!r} of {data}")
+        raise ValueError(
+            f"no pairs in part {part!r} of {data} (groups {list(groups) or 'any'}, "
+            f"excluding {list(exclude_groups)})"
+        )
     with ProcessPoolExecutor(workers) as pool:
         loaded = list(pool.map(_load_one, samples, chunksize=8))
     max_boxes = max(1, max(len(x[3]) for x in loaded))
@@ -106,6 +139,16 @@ def load_pack(path: Path | str) -> PairPack:
         )
 
 
+def _group_list(text: str) -> tuple[str, ...]:
+    groups = tuple(g.strip() for g in text.split(",") if g.strip())
+    bad = [g for g in groups if not (len(g) == 5 and g.isascii() and g.isdigit())]
+    if bad:
+        raise argparse.ArgumentTypeError(
+            f"board groups are five digits, comma-separated; received {text!r}"
+        )
+    return groups
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: ``python -m training.pack --data DIR --out FILE [--part train]``."""
     p = argparse.ArgumentParser(prog="python -m training.pack", description=__doc__)
@@ -113,12 +156,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, type=Path, help="the .npz to write")
     p.add_argument("--part", choices=("train", "val", "all"), default="train",
                    help="which board groups (validation groups: training.data.VAL_GROUPS)")
+    p.add_argument("--groups", type=_group_list, default=(),
+                   help="comma-separated board groups to keep, e.g. 00041,13000 (default: all "
+                        "of --part)")
+    p.add_argument("--exclude-groups", type=_group_list, default=(),
+                   help="comma-separated board groups to leave out, e.g. 44000")
     p.add_argument("--workers", type=int, default=2)
     args = p.parse_args(argv)
-    arrays = build_pack(args.data, args.part, args.workers)
+    try:
+        arrays = build_pack(args.data, args.part, args.workers, args.groups,
+                            args.exclude_groups)
+    except ValueError as exc:
+        p.error(str(exc))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(args.out, **arrays)  # type: ignore[arg-type]
-    print(f"{args.out}: {len(arrays['keys'])} pairs, {args.out.stat().st_size / 1e6:.1f} MB")
+    groups = sorted(set(arrays["groups"].tolist()))
+    print(f"{args.out}: {len(arrays['keys'])} pairs of groups {groups}, "
+          f"{args.out.stat().st_size / 1e6:.1f} MB")
     return 0
 
 

@@ -17,6 +17,16 @@ What a crop is:
   edge (trace edges, pads, vias), where single-image false positives come from;
 * anywhere on the board otherwise.
 
+Two more sources, off by default:
+
+* **template negatives** (single-image model, ``template_negative_prob``): the crop is cut,
+  at a point chosen as above, from the pair's defect-free template instead of the board,
+  with an empty mask. Around a defect's place it shows the same copper without the defect,
+  the closest negative there is to a positive;
+* **synthetic boards** (``synthetic_prob``): the crop comes from one of ``synthetic_boards``
+  boards drawn once by :func:`pcb_inspect.synth.make_board` (binarised like the pack), with
+  their masks, for designs the dataset lacks.
+
 Augmentations, the same on every array of a crop: a random multiple of 90 degrees and a
 flip (layouts have no preferred orientation). Then, per image: the reference is shifted by a
 random sub-pixel amount up to ``reference_shift_px`` and turned by up to 0.1 degree, so a
@@ -62,6 +72,10 @@ class CropSampler(keras.utils.PyDataset):
         reference_shift_px: Largest random shift of the reference, per axis.
         jpeg_prob: Probability that an image goes through JPEG (quality 50-95).
         blur_prob: Probability of a slight Gaussian blur per image.
+        template_negative_prob: Share of crops cut from the template with an empty mask
+            (single-image model only).
+        synthetic_prob: Share of crops cut from synthetic boards.
+        synthetic_boards: How many synthetic boards to draw (once) for those crops.
     """
 
     def __init__(
@@ -78,6 +92,9 @@ class CropSampler(keras.utils.PyDataset):
         reference_shift_px: float = 1.5,
         jpeg_prob: float = 0.8,
         blur_prob: float = 0.2,
+        template_negative_prob: float = 0.0,
+        synthetic_prob: float = 0.0,
+        synthetic_boards: int = 0,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -89,7 +106,9 @@ class CropSampler(keras.utils.PyDataset):
         if batch_size < 1:
             raise ValueError(f"`batch_size` must be >= 1. Received: batch_size={batch_size}")
         probabilities = {"defect_prob": defect_prob, "hard_negative_prob": hard_negative_prob,
-                         "jpeg_prob": jpeg_prob, "blur_prob": blur_prob}
+                         "jpeg_prob": jpeg_prob, "blur_prob": blur_prob,
+                         "template_negative_prob": template_negative_prob,
+                         "synthetic_prob": synthetic_prob}
         for name, value in probabilities.items():
             if not 0 <= value <= 1:
                 raise ValueError(f"`{name}` must be in [0, 1]. Received: {name}={value}")
@@ -97,6 +116,22 @@ class CropSampler(keras.utils.PyDataset):
             raise ValueError(
                 "`defect_prob + hard_negative_prob` must be in [0, 1]. Received: "
                 f"{defect_prob} + {hard_negative_prob}"
+            )
+        if template_negative_prob + synthetic_prob > 1:
+            raise ValueError(
+                "`template_negative_prob + synthetic_prob` must be in [0, 1]. Received: "
+                f"{template_negative_prob} + {synthetic_prob}"
+            )
+        if template_negative_prob and pair:
+            raise ValueError(
+                "`template_negative_prob` is for the single-image model: the pair model sees "
+                f"the template as its reference. Received: template_negative_prob="
+                f"{template_negative_prob} with pair=True"
+            )
+        if synthetic_prob and synthetic_boards < 1:
+            raise ValueError(
+                "`synthetic_prob` > 0 needs `synthetic_boards` >= 1. Received: "
+                f"synthetic_prob={synthetic_prob}, synthetic_boards={synthetic_boards}"
             )
         if not reference_shift_px >= 0:
             raise ValueError(
@@ -115,6 +150,9 @@ class CropSampler(keras.utils.PyDataset):
         self.reference_shift_px = reference_shift_px
         self.jpeg_prob = jpeg_prob
         self.blur_prob = blur_prob
+        self.template_negative_prob = template_negative_prob
+        self.synthetic_prob = synthetic_prob
+        self._synthetic = _synthetic_boards(synthetic_boards, max(h, w, crop), crop, seed)
         # Boxes by class, as (image, box) index pairs.
         self._by_class: list[np.ndarray] = []
         for label in range(1, _NUM_CLASSES + 1):
@@ -176,16 +214,22 @@ class CropSampler(keras.utils.PyDataset):
 
     def sample(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """One augmented crop: ``(board, reference, mask)``, each ``(crop, crop)`` uint8."""
-        _, h, w = self.pack.boards.shape
         c = self.crop
-        i, y, x = self._centre(rng)
-        jitter = rng.integers(-(c // 3), c // 3 + 1, size=2)
-        top = int(np.clip(y - c // 2 + jitter[0], 0, h - c))
-        left = int(np.clip(x - c // 2 + jitter[1], 0, w - c))
-        window = (slice(top, top + c), slice(left, left + c))
-        board = self.pack.boards[i][window]
-        ref = self.pack.references[i][window]
-        mask = self.pack.masks[i][window]
+        source = rng.random()
+        if source < self.synthetic_prob:
+            board, ref, mask = self._synthetic_crop(rng)
+        else:
+            _, h, w = self.pack.boards.shape
+            i, y, x = self._centre(rng)
+            jitter = rng.integers(-(c // 3), c // 3 + 1, size=2)
+            top = int(np.clip(y - c // 2 + jitter[0], 0, h - c))
+            left = int(np.clip(x - c // 2 + jitter[1], 0, w - c))
+            window = (slice(top, top + c), slice(left, left + c))
+            board = self.pack.boards[i][window]
+            ref = self.pack.references[i][window]
+            mask = self.pack.masks[i][window]
+            if source < self.synthetic_prob + self.template_negative_prob:
+                board, mask = ref, np.zeros_like(mask)
         k = int(rng.integers(4))
         flip = bool(rng.integers(2))
         arrays = []
@@ -198,6 +242,23 @@ class CropSampler(keras.utils.PyDataset):
             ref = self._degrade(self._shift(ref, rng), rng)
         return board, ref, mask
 
+    def _synthetic_crop(self, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
+        """A crop of a synthetic board, around one of its defects or anywhere."""
+        boards, refs, masks = self._synthetic
+        i = int(rng.integers(len(boards)))
+        _, h, w = boards.shape
+        c = self.crop
+        ys, xs = np.nonzero(masks[i])
+        if len(ys) and rng.random() < self.defect_prob:
+            k = int(rng.integers(len(ys)))
+            y, x = int(ys[k]), int(xs[k])
+        else:
+            y, x = int(rng.integers(h)), int(rng.integers(w))
+        top = int(np.clip(y - c // 2 + rng.integers(-(c // 3), c // 3 + 1), 0, h - c))
+        left = int(np.clip(x - c // 2 + rng.integers(-(c // 3), c // 3 + 1), 0, w - c))
+        window = (slice(top, top + c), slice(left, left + c))
+        return boards[i][window], refs[i][window], masks[i][window]
+
     def batch(self, index: int) -> tuple[Any, np.ndarray]:
         """Batch number ``index`` (absolute: resumed runs pass their step)."""
         rng = np.random.default_rng([self.seed, index])
@@ -208,6 +269,34 @@ class CropSampler(keras.utils.PyDataset):
             refs = np.stack([r for _, r, _ in crops])[..., None].astype(np.float32)
             return [boards, refs], masks
         return boards, masks
+
+
+def _synthetic_boards(count: int, size: int, crop: int,
+                      seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``count`` synthetic boards of ``size`` px, binarised as the pack's are, with their
+    templates and masks; empty arrays for ``count == 0``."""
+    if count < 1:
+        empty = np.zeros((0, crop, crop), np.uint8)
+        return empty, empty, empty
+    from pcb_inspect.synth import make_board
+    from training.pack import BINARY_THRESHOLD
+
+    boards, refs, masks = [], [], []
+    for k in range(count):
+        # Seeds apart from any test's or demo's boards; fewer defects where six do not fit.
+        for n_defects in (6, 3, 1):
+            try:
+                board = make_board(seed=1_000_003 * (seed + 1) + k, size=size,
+                                   n_defects=n_defects)
+                break
+            except ValueError:
+                continue
+        else:
+            raise ValueError(f"cannot draw a synthetic board of {size} px with defects")
+        boards.append(np.where(board.image >= BINARY_THRESHOLD, 255, 0).astype(np.uint8))
+        refs.append(np.where(board.template >= BINARY_THRESHOLD, 255, 0).astype(np.uint8))
+        masks.append(board.mask)
+    return np.stack(boards), np.stack(refs), np.stack(masks)
 
 
 def prefetch(sampler: CropSampler, start: int, workers: int = 4,

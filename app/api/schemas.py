@@ -18,7 +18,7 @@ from pydantic import (
     model_serializer,
 )
 
-from app.inference.defects import Summary
+from app.inference.defects import Defect, Summary
 from app.inference.encoding import encode_mask_png, encode_rle
 from app.records import Inspection as InspectionRecordOut
 from app.records import Review
@@ -81,6 +81,12 @@ class DefectOut(BaseModel):
     area_px: int
     area_mm2: float
     centroid: list[float] = Field(description="[x, y] in pixels.")
+
+    @classmethod
+    def of(cls, d: Defect) -> DefectOut:
+        """The answer's form of one defect."""
+        return cls(id=d.id, class_=d.class_name, confidence=d.confidence, bbox=list(d.bbox),
+                   area_px=d.area_px, area_mm2=d.area_mm2, centroid=list(d.centroid))
 
 
 class ParamsOut(BaseModel):
@@ -179,6 +185,12 @@ class PredictionOut(BaseModel):
     recipe: RecipeRefOut | None = Field(
         None, description="The recipe revision applied (?product= with a recipe); else null."
     )
+    reference_defects: list[DefectOut] = Field(
+        default_factory=list,
+        description="Differences that come from the golden board itself (a pin hole or a "
+        "speck of copper in it, where the board is right): warnings about the golden board, "
+        "not defects of the board, so they are left out of defects, summary and mask.",
+    )
 
     @classmethod
     def of(cls, inspection: Inspection, mask: MaskEncoding) -> PredictionOut:
@@ -203,13 +215,8 @@ class PredictionOut(BaseModel):
                 version=inferencer.card.version,
                 mode="pair" if inferencer.mode == "pair" else "single",
             ),
-            defects=[
-                DefectOut(
-                    id=d.id, class_=d.class_name, confidence=d.confidence, bbox=list(d.bbox),
-                    area_px=d.area_px, area_mm2=d.area_mm2, centroid=list(d.centroid),
-                )
-                for d in result.defects
-            ],
+            defects=[DefectOut.of(d) for d in result.defects],
+            reference_defects=[DefectOut.of(d) for d in inspection.reference_defects],
             summary=result.summary,
             mask=mask_out,
             params=ParamsOut(
@@ -333,6 +340,17 @@ class GoldenBoardOut(BaseModel):
     height: int
     sha256: str = Field(description="sha256 of the stored PNG (what Accept: image/png returns).")
     created: str = Field(description="When this version was stored (ISO 8601, UTC).")
+
+
+class GoldenBoardPutOut(GoldenBoardOut):
+    warnings: list[DefectOut] = Field(
+        description="What the single-image model finds on the golden board itself (a board "
+        "with defects makes a bad reference; it is stored all the same). Empty when it finds "
+        "nothing."
+    )
+    checked_by: ModelRef | None = Field(
+        description="The model that checked it; null when none could (warnings then empty)."
+    )
 
 
 class GoldenBoardListOut(BaseModel):

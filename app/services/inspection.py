@@ -35,11 +35,13 @@ from app.core.metrics import (
     REJECTED,
     VERDICTS,
 )
+from app.inference.defects import Defect
 from app.inference.imaging import declared_pixels
 from app.inference.inferencer import Inferencer, InferenceResult
 from app.inference.postprocess import PostprocessConfig
 from app.services.admission import BudgetExceededError, Hold
 from app.services.board_meta import META_FIELDS, BoardMeta, with_form
+from app.services.golden_defects import split_reference_defects
 from app.services.recipe_store import RecipeRevision, call_recipes
 from app.services.recipes import (
     IgnoredDefect,
@@ -108,6 +110,21 @@ def _check_unit_serials(meta: BoardMeta, recipe: RecipeRevision | None) -> None:
         )
 
 
+async def _split_reference(
+    result: InferenceResult, pixels: np.ndarray, reference: Reference | None,
+    config: PostprocessConfig, model: ServedModel,
+) -> tuple[InferenceResult, tuple[Defect, ...]]:
+    """The result without the differences that come from the golden board, and those."""
+    if reference is None:
+        return result, ()
+    # A warp of the golden board and a few windows' components: off the event loop.
+    kept, moved = await run_in_threadpool(
+        split_reference_defects, result, pixels, reference.pixels, config,
+        tuple(model.inferencer.card.classes),
+    )
+    return kept, tuple(moved)
+
+
 def _first(*values: Any) -> Any:
     return next(v for v in values if v is not None)
 
@@ -144,6 +161,9 @@ class Inspection:
     units: tuple[UnitVerdict, ...] = ()
     ignored: tuple[IgnoredDefect, ...] = ()
     recipe: RecipeRevision | None = None
+    #: Differences that come from the golden board, not the board
+    #: (:mod:`app.services.golden_defects`); already out of ``result``.
+    reference_defects: tuple[Defect, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -253,9 +273,12 @@ class InspectionService:
                 config if recipe is None else loosest(config, recipe.body), reference,
                 rules.gating, hold,
             )
+            result, from_reference = await _split_reference(
+                result, decoded.pixels, reference, config, model)
             return await self.finish(await self._judged(
                 Inspection(result, model.inferencer, config, reference, uploads[0],
-                           decoded.pixels, meta, recipe=recipe)
+                           decoded.pixels, meta, recipe=recipe,
+                           reference_defects=from_reference)
             ))
 
     async def inspect_batch(
@@ -314,9 +337,12 @@ class InspectionService:
                         request, self.settings, model, decoded.pixels, run_config, reference,
                         rules.gating, hold,
                     )
+                    result, from_reference = await _split_reference(
+                        result, decoded.pixels, reference, config, model)
                     inspection = await self.finish(await self._judged(
                         Inspection(result, model.inferencer, config, reference, upload,
-                                   decoded.pixels, meta, recipe=recipe)
+                                   decoded.pixels, meta, recipe=recipe,
+                                   reference_defects=from_reference)
                     ))
             except ApiError as exc:
                 # Counted here: the exception handler that counts the others never sees it.
@@ -338,6 +364,27 @@ class InspectionService:
         for hook in self.on_result:
             inspection = await hook(inspection) or inspection
         return inspection
+
+    async def check_golden(
+        self, request: Request, pixels: np.ndarray
+    ) -> tuple[list[Defect], ServedModel | None]:
+        """What the single-image model finds on a golden board being stored (its own
+        defects), with the model; ``([], None)`` while no model is ready. Not an inspection:
+        nothing is recorded or counted as one.
+
+        Raises:
+            ApiError: 503 over the memory budget, and :func:`run_board`'s errors.
+        """
+        model = self.state.model
+        if model is None or self.state.draining:
+            return [], None
+        config = RuleParams().config(model.inferencer, self.settings)
+        try:
+            with self.state.budget.admit(int(pixels.size)):
+                result = await run_board(request, self.settings, model, pixels, config)
+        except BudgetExceededError as exc:
+            raise _over_budget(exc) from None
+        return list(result.defects), model
 
     # ----------------------------------------------------------------- the memory budget
     def _check_body_fits(self, request: Request) -> None:

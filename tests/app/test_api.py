@@ -78,10 +78,12 @@ def check_result(body: dict[str, Any], width: int, height: int) -> None:
     assert set(body) == {
         "inspection_id", "image", "model", "defects", "summary", "mask", "params",
         "tiles", "timings_ms", "reference", "units", "ignored", "recipe",
+        "reference_defects",
     }
     assert body["reference"] is None  # sent alone: the single-image model, no golden board
     # No recipe: nothing set aside, and one unit, the whole board, judged as the board.
     assert body["recipe"] is None and body["ignored"] == []
+    assert body["reference_defects"] == []
     assert body["units"] == [{
         "position": 1, "identifier": None, "verdict": body["summary"]["verdict"],
         "defect_ids": [d["id"] for d in body["defects"]], "bbox": [0, 0, width, height],

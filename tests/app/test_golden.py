@@ -155,8 +155,13 @@ def test_template_with_overlay_and_png_mask(client: TestClient) -> None:
 def test_golden_board_lifecycle(client: TestClient) -> None:
     created = put_board(client, "crud-1")
     assert created.status_code == 201, created.text
-    meta = created.json()
-    assert set(meta) == {"product", "width", "height", "sha256", "created"}
+    answer = created.json()
+    # The PUT's answer adds the single-image model's check of the golden board.
+    assert set(answer) == {"product", "width", "height", "sha256", "created", "warnings",
+                           "checked_by"}
+    assert isinstance(answer["warnings"], list)
+    assert answer["checked_by"]["name"] == "tiny-test-unet"
+    meta = {k: v for k, v in answer.items() if k not in ("warnings", "checked_by")}
     assert (meta["product"], meta["width"], meta["height"]) == ("crud-1", SIDE, SIDE)
 
     listed = ok(client.get("/v1/golden-boards"))
@@ -238,10 +243,27 @@ def test_predict_with_product(client: TestClient) -> None:
     assert reference["source"] == "product" and reference["product"] == "line7-ctrl"
     assert reference["sha256"] == meta["sha256"]
     assert reference["alignment"]["score"] > 0.9
+    # This golden board is the board's own clean template: nothing of it is a hole the board
+    # fills, so every difference stays the board's.
+    assert body["reference_defects"] == []
     # A raw body works with ?product= as well.
     raw = ok(client.post("/predict", params={"product": "line7-ctrl"}, content=IMAGE,
                          headers={"content-type": "image/png"}))
     assert raw["reference"]["product"] == "line7-ctrl"
+
+
+def test_the_golden_board_is_checked_on_put_even_without_a_pair_model(
+    single_client: TestClient,
+) -> None:
+    answer = put_board(single_client, "no-pair")
+    assert answer.status_code == 201, answer.text
+    body = answer.json()
+    assert body["checked_by"]["name"] == "tiny-test-unet" and body["checked_by"]["mode"] == "single"
+    for warning in body["warnings"]:
+        assert set(warning) >= {"class", "confidence", "bbox"}
+    # A board inspected alone has no golden board, so nothing can come from one.
+    alone = ok(single_client.post("/predict", files={"file": ("b.png", IMAGE, "image/png")}))
+    assert alone["reference_defects"] == [] and alone["reference"] is None
 
 
 def test_predict_sees_a_replaced_golden_board(client: TestClient) -> None:

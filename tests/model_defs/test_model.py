@@ -266,3 +266,31 @@ def test_decoder_reduction_is_lighter_and_saves_its_config(tmp_path):
     loaded = keras.models.load_model(path, custom_objects=get_custom_objects(), compile=False)
     x = np.random.default_rng(1).integers(0, 256, (1, 32, 32, 1)).astype("float32")
     np.testing.assert_allclose(np.asarray(loaded(x)), np.asarray(light(x)), atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["pair", "single"])
+def test_lighter_encoder_variant_round_trips_as_the_burst_configures_it(mode, tmp_path):
+    from app.inference.loading import load_keras_model
+    from model_defs.model import LIGHT_ENCODER_DEPTH
+    from training.jax_train import model_kwargs
+
+    # What training.jax_train writes into state.json, and what convert and the card read.
+    config = {"mode": mode, "encoder_depth": LIGHT_ENCODER_DEPTH, "decoder_filters": [],
+              "decoder_reduction": True}
+    keras.utils.set_random_seed(0)
+    light = build_model(**model_kwargs(config))
+    shipped = build_model(**model_kwargs({**config, "encoder_depth": 4}))
+    names = {layer.name for layer in light.layers}
+    assert not any(n.startswith("conv4_") for n in names)  # cut after stage 3
+    assert "conv3_block4_out" in names
+    assert light.count_params() < shipped.count_params() / 3
+    # Any side that is a multiple of 8 (its stride), not only of 16.
+    shape = (1, 40, 56, 1)
+    x = board(shape, seed=2)
+    inputs = [x, board(shape, seed=3)] if mode == "pair" else x
+    y = np.asarray(light(inputs, training=False))
+    assert y.shape == (1, 40, 56, NUM_OUTPUTS)
+    path = tmp_path / f"{light.name}.keras"
+    light.save(path)
+    loaded = load_keras_model(path)  # the service's loader
+    np.testing.assert_allclose(np.asarray(loaded(inputs, training=False)), y, atol=1e-5)

@@ -143,3 +143,26 @@ def test_bit_packing_keeps_a_width_that_is_not_a_multiple_of_eight(tmp_path):
     assert pack.boards.shape == (1, SIZE, SIZE + 4)
     np.testing.assert_array_equal(pack.boards[0], rows)
     np.testing.assert_array_equal(pack.masks[0], board.mask)
+
+
+def test_groups_choose_board_groups(tmp_path):
+    data = write_deeppcb_folder(tmp_path / "data", n_pairs=1, seed=0, size=SIZE, group="00041")
+    write_deeppcb_folder(data, n_pairs=2, seed=5, size=SIZE, group="44000")
+    only = build_pack(data, "all", workers=1, groups=("44000",))
+    assert set(only["groups"].tolist()) == {"44000"} and len(only["keys"]) == 2
+    without = build_pack(data, "all", workers=1, exclude_groups=("44000",))
+    assert without["groups"].tolist() == ["00041"]
+    with pytest.raises(ValueError, match=r"board groups \['12345'\] are not in the data"):
+        build_pack(data, "all", workers=1, exclude_groups=("12345",))
+    out = tmp_path / "no44000.npz"
+    assert pack_main(["--data", str(data), "--out", str(out), "--part", "all",
+                      "--exclude-groups", "44000", "--workers", "1"]) == 0
+    assert load_pack(out).groups == ["00041"]
+
+
+@pytest.mark.parametrize("value", ["4400", "44000,abc"])
+def test_groups_must_be_five_digits(tmp_path, value, capsys):
+    with pytest.raises(SystemExit):
+        pack_main(["--data", str(tmp_path), "--out", str(tmp_path / "x.npz"),
+                   "--groups", value])
+    assert "board groups are five digits" in capsys.readouterr().err

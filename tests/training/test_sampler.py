@@ -203,3 +203,59 @@ def test_prefetch_yields_the_batches_in_order(pack):
         stream.close()
     for k, batch in enumerate(got):
         assert_batches_equal(batch, sampler.batch(4 + k))
+
+
+def _window_of(crop: np.ndarray, images: np.ndarray) -> bool:
+    """Whether ``crop`` is a turned/flipped window of one of ``images`` (0/255 uint8)."""
+    for k in range(4):
+        for flip in (False, True):
+            image = np.ascontiguousarray(np.rot90(crop[:, ::-1] if flip else crop, -k))
+            for board in images:
+                scores = cv2.matchTemplate(board.astype(np.float32), image.astype(np.float32),
+                                           cv2.TM_SQDIFF)
+                # Candidates only (float rounding): each is then compared exactly.
+                for row, col in zip(*np.nonzero(scores < 255**2 / 2), strict=True):
+                    window = board[row : row + image.shape[0], col : col + image.shape[1]]
+                    if np.array_equal(window, image):
+                        return True
+    return False
+
+
+def test_template_negatives_are_template_windows_with_empty_masks(pack):
+    sampler = CropSampler(pack, CROP, 8, pair=False, seed=4, defect_prob=1.0,
+                          hard_negative_prob=0.0, jpeg_prob=0.0, blur_prob=0.0,
+                          template_negative_prob=1.0)
+    x, y = sampler.batch(0)
+    assert not y.any()  # no defect pixel in a crop of the defect-free template
+    crops = x[..., 0].astype(np.uint8)
+    assert all(_window_of(c, pack.references) for c in crops)
+    # Centred on the defects' places: the same window of the board would hold a defect.
+    assert not all(_window_of(c, pack.boards) for c in crops)
+
+
+def test_template_negatives_are_refused_for_the_pair_model(pack):
+    with pytest.raises(ValueError, match="template_negative_prob=0.5 with pair=True"):
+        CropSampler(pack, CROP, 2, pair=True, template_negative_prob=0.5)
+
+
+def test_synthetic_crops_come_from_synthetic_boards_with_their_masks(pack):
+    sampler = CropSampler(pack, CROP, 8, pair=True, seed=1, defect_prob=1.0,
+                          hard_negative_prob=0.0, jpeg_prob=0.0, blur_prob=0.0,
+                          reference_shift_px=0.0, synthetic_prob=1.0, synthetic_boards=2)
+    boards, refs, masks = sampler._synthetic
+    assert boards.shape == (2, SIZE, SIZE) and set(np.unique(boards)) <= {0, 255}
+    (x, _), y = sampler.batch(0)
+    crops = x[..., 0].astype(np.uint8)
+    assert all(_window_of(c, boards) for c in crops)
+    assert not any(_window_of(c, pack.boards) for c in crops)
+    assert y.any()  # defect-centred crops of boards that carry defects
+    # Pure in (seed, index), like every other crop.
+    assert_batches_equal(sampler.batch(3), CropSampler(
+        pack, CROP, 8, pair=True, seed=1, defect_prob=1.0, hard_negative_prob=0.0, jpeg_prob=0.0,
+        blur_prob=0.0,
+        reference_shift_px=0.0, synthetic_prob=1.0, synthetic_boards=2).batch(3))
+
+
+def test_synthetic_crops_need_boards(pack):
+    with pytest.raises(ValueError, match="synthetic_boards=0"):
+        CropSampler(pack, CROP, 2, pair=False, synthetic_prob=0.1)

@@ -10,9 +10,15 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Request
 from fastapi.responses import Response
 
-from app.api.deps import AdminAuth, AuthDep, SettingsDep, StoreDep
+from app.api.deps import AdminAuth, AuthDep, InspectionsDep, SettingsDep, StoreDep
 from app.api.openapi import BINARY, error_responses, upload_doc
-from app.api.schemas import GoldenBoardListOut, GoldenBoardOut
+from app.api.schemas import (
+    DefectOut,
+    GoldenBoardListOut,
+    GoldenBoardOut,
+    GoldenBoardPutOut,
+    ModelRef,
+)
 from app.core.errors import ApiError
 from app.services.golden_store import (
     PRODUCT_PATTERN,
@@ -50,24 +56,26 @@ def _out(board: GoldenBoard) -> GoldenBoardOut:
 @router.put(
     "/{product}",
     summary="Store or replace the golden board of a product",
-    response_model=GoldenBoardOut,
+    response_model=GoldenBoardPutOut,
     status_code=201,
     # Storing or removing a golden board changes what every later inspection of the product
     # is compared with: an administrator's act, not a station's.
     dependencies=[AdminAuth],
-    responses={**_UPLOAD_ERRORS, 200: {"model": GoldenBoardOut, "description": "Replaced."},
+    responses={**_UPLOAD_ERRORS, 200: {"model": GoldenBoardPutOut, "description": "Replaced."},
                201: {"description": "Stored (new product)."}},
     openapi_extra=_UPLOAD_DOC,
 )
 async def put_golden_board(
     product: ProductPath, request: Request, response: Response, settings: SettingsDep,
-    store: StoreDep,
-) -> GoldenBoardOut:
+    store: StoreDep, inspections: InspectionsDep,
+) -> GoldenBoardPutOut:
     """Stores the multipart field ``file`` (or a raw ``image/*`` body) as ``product``'s
     defect-free reference: 201 when new, 200 when it replaced one.
 
     The image obeys the same rules and limits as a board sent to ``/predict``; it is stored
-    as an 8-bit grayscale PNG, whose sha256 the answer gives.
+    as an 8-bit grayscale PNG, whose sha256 the answer gives. The single-image model then
+    inspects it: what it finds comes back as ``warnings`` (a golden board with defects makes
+    every comparison with it wrong there; it is stored all the same, so replace it).
     """
     product = _product(product)
     uploads = await read_uploads(request, settings, "file")
@@ -79,7 +87,13 @@ async def put_golden_board(
     decoded = await decode_or_error(uploads[0], settings)
     board, created = await call_store(store, "put", product, decoded.pixels)
     response.status_code = 201 if created else 200
-    return _out(board)
+    found, checker = await inspections.check_golden(request, decoded.pixels)
+    card = checker.inferencer.card if checker is not None else None
+    return GoldenBoardPutOut(
+        **board.as_dict(), warnings=[DefectOut.of(d) for d in found],
+        checked_by=None if card is None else ModelRef(name=card.name, version=card.version,
+                                                      mode="single"),
+    )
 
 
 @router.get(
