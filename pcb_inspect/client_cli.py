@@ -813,19 +813,7 @@ def build_product_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
 
 def run_product(args: argparse.Namespace) -> int:
     """Runs ``pcb-inspect product ACTION``; returns the exit code (0 done, 2 error)."""
-    out, err = _console(), _console(stderr=True)
-    what = escape(f"product {args.action} {args.product}")
-    try:
-        with _client(args, connections=1) as client:
-            return _PRODUCT_ACTIONS[args.action](client, args, out)
-    except InspectError as exc:
-        err.print(f"[bold red]ERROR[/] {what}: {_describe(exc)}")
-    except OSError as exc:
-        detail = escape(f"{exc.filename or ''}: {exc.strerror or exc}")
-        err.print(f"[bold red]ERROR[/] {what}: {detail}")
-    except ValueError as exc:
-        err.print(f"[bold red]ERROR[/] {what}: {escape(str(exc))}")
-    return EXIT_ERROR
+    return _run_action(args, f"product {args.action} {args.product}", _PRODUCT_ACTIONS)
 
 
 def _read_recipe(path: Path) -> dict[str, Any]:
@@ -942,13 +930,19 @@ def build_golden_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
 
 def run_golden(args: argparse.Namespace) -> int:
     """Runs ``pcb-inspect golden ACTION``; returns the exit code (0 done, 2 error)."""
+    product = getattr(args, "product", None)
+    return _run_action(args, f"golden {args.action}" + (f" {product}" if product else ""),
+                       _GOLDEN_ACTIONS)
+
+
+def _run_action(args: argparse.Namespace, what: str, actions: dict[str, Any]) -> int:
+    """Runs ``actions[args.action]`` with one client; every failure is one line on stderr
+    naming ``what`` (exit 2), never a traceback."""
     out, err = _console(), _console(stderr=True)
-    what = escape(
-        f"golden {args.action}" + (f" {args.product}" if getattr(args, "product", None) else "")
-    )
+    what = escape(what)
     try:
         with _client(args, connections=1) as client:
-            return _GOLDEN_ACTIONS[args.action](client, args, out)
+            return int(actions[args.action](client, args, out))
     except InspectError as exc:
         err.print(f"[bold red]ERROR[/] {what}: {_describe(exc)}")
     except OSError as exc:
