@@ -10,7 +10,7 @@ import pytest
 
 from app.inference.defects import Defect
 from app.inference.pipeline import InferenceResult
-from app.inference.postprocess import PostprocessConfig, _summarize
+from app.inference.postprocess import PostprocessConfig, summarize
 from app.services.golden_defects import comes_from_reference, split_reference_defects
 from pcb_inspect.classes import CLASS_NAMES
 from pcb_inspect.registration import Alignment
@@ -59,7 +59,7 @@ def test_nothing_differs_nothing_moves():
 def _result(defects: list[Defect], class_map: np.ndarray, config: PostprocessConfig,
             alignment: Alignment | None) -> InferenceResult:
     h, w = class_map.shape
-    return InferenceResult(w, h, defects, _summarize(defects, CLASS_NAMES, h * w, config),
+    return InferenceResult(w, h, defects, summarize(defects, CLASS_NAMES, h * w, config),
                            class_map, 1, {}, alignment)
 
 
