@@ -9,9 +9,16 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import Depends, Query
+from fastapi import Depends, Path, Query
 
+from app.core.errors import ApiError
 from app.services.board_meta import BoardMeta, query_meta
+from app.services.golden_store import (
+    PRODUCT_PATTERN,
+    PRODUCT_RULE,
+    InvalidProductError,
+    check_product,
+)
 from app.services.inspection import RuleParams
 
 MaskParam = Annotated[
@@ -106,3 +113,17 @@ def get_rules(
 
 
 RulesDep = Annotated[RuleParams, Depends(get_rules)]
+
+
+#: A product id in a route's path: its rule in the schema, checked by :func:`product_id` (for
+#: the one 422 ``invalid_product`` of the golden-board and recipe routes).
+ProductPath = Annotated[str, Path(description=f"The product id: {PRODUCT_RULE}.",
+                                  json_schema_extra={"pattern": f"^{PRODUCT_PATTERN.pattern}$"})]
+
+
+def product_id(product: str) -> str:
+    """``product``, or 422 ``invalid_product`` naming what the rule expects."""
+    try:
+        return check_product(product)
+    except InvalidProductError as exc:
+        raise ApiError(422, "invalid_product", str(exc)) from None

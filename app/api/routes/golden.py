@@ -5,13 +5,12 @@ Thin routes over :class:`app.services.golden_store.GoldenStore`, which does the 
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Path, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from app.api.deps import AdminAuth, AuthDep, InspectionsDep, SettingsDep, StoreDep
 from app.api.openapi import BINARY, error_responses, upload_doc
+from app.api.params import ProductPath, product_id
 from app.api.schemas import (
     DefectOut,
     GoldenBoardListOut,
@@ -21,11 +20,7 @@ from app.api.schemas import (
 )
 from app.core.errors import ApiError
 from app.services.golden_store import (
-    PRODUCT_PATTERN,
-    PRODUCT_RULE,
     GoldenBoard,
-    InvalidProductError,
-    check_product,
 )
 from app.services.references import call_store
 from app.services.uploads import decode_or_error, read_uploads
@@ -37,16 +32,6 @@ _UPLOAD_ERRORS = error_responses(400, 401, 403, 413, 415, 422, 500)
 _UPLOAD_DOC = upload_doc({"file": BINARY}, required=["file"], raw_types=("image/png",))
 
 
-#: The product id, its rule in the schema (checked by _product, for its own 422 code).
-ProductPath = Annotated[str, Path(description=f"The product id: {PRODUCT_RULE}.",
-                                  json_schema_extra={"pattern": f"^{PRODUCT_PATTERN.pattern}$"})]
-
-
-def _product(product: str) -> str:
-    try:
-        return check_product(product)
-    except InvalidProductError as exc:
-        raise ApiError(422, "invalid_product", str(exc)) from None
 
 
 def _out(board: GoldenBoard) -> GoldenBoardOut:
@@ -77,7 +62,7 @@ async def put_golden_board(
     inspects it: what it finds comes back as ``warnings`` (a golden board with defects makes
     every comparison with it wrong there; it is stored all the same, so replace it).
     """
-    product = _product(product)
+    product = product_id(product)
     uploads = await read_uploads(request, settings, "file")
     if len(uploads) > 1:
         raise ApiError(
@@ -120,7 +105,7 @@ async def get_golden_board(
 ) -> GoldenBoardOut | Response:
     """The metadata of ``product``'s golden board as JSON, or with ``Accept: image/png`` the
     stored PNG (its sha256 is the metadata's)."""
-    product = _product(product)
+    product = product_id(product)
     accept = request.headers.get("accept", "").lower()
     if "image/png" in accept and "application/json" not in accept:
         board, png = await call_store(store, "png", product)
@@ -138,6 +123,6 @@ async def get_golden_board(
 )
 async def delete_golden_board(product: ProductPath, store: StoreDep) -> Response:
     """Removes ``product``'s golden board; inspections with ``?product=`` then get 404."""
-    product = _product(product)
+    product = product_id(product)
     await call_store(store, "delete", product)
     return Response(status_code=204)

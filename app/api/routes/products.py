@@ -13,14 +13,8 @@ from fastapi.responses import Response
 
 from app.api.deps import AdminDep, AuthDep, StateDep
 from app.api.openapi import error_responses
+from app.api.params import ProductPath, product_id
 from app.api.schemas import RecipeOut, RecipeRevisionListOut, RecipeRevisionOut
-from app.core.errors import ApiError
-from app.services.golden_store import (
-    PRODUCT_PATTERN,
-    PRODUCT_RULE,
-    InvalidProductError,
-    check_product,
-)
 from app.services.recipe_store import RecipeRevision, call_recipes
 from app.services.recipes import RecipeBody
 from app.services.references import call_store
@@ -29,16 +23,6 @@ router = APIRouter(prefix="/v1/products", tags=["product recipes"], dependencies
 
 _ERRORS = error_responses(401, 404, 422, 500)
 RevisionParam = Annotated[int, Path(ge=1, le=10**9, description="The revision, 1-based.")]
-#: The product id, its rule in the schema (checked by _product, for its own 422 code).
-ProductPath = Annotated[str, Path(description=f"The product id: {PRODUCT_RULE}.",
-                                  json_schema_extra={"pattern": f"^{PRODUCT_PATTERN.pattern}$"})]
-
-
-def _product(product: str) -> str:
-    try:
-        return check_product(product)
-    except InvalidProductError as exc:
-        raise ApiError(422, "invalid_product", str(exc)) from None
 
 
 def _out(rev: RecipeRevision) -> RecipeOut:
@@ -68,7 +52,7 @@ async def put_recipe(
     Storing a recipe changes how every later board of the product is judged: an
     administrator's act, as for the golden board.
     """
-    product = _product(product)
+    product = product_id(product)
     golden = await call_store(state.golden, "get", product)
     rev, created = await call_recipes(state.recipes, "put", product, body, golden,
                                       principal.name)
@@ -84,7 +68,7 @@ async def put_recipe(
 )
 async def get_recipe(product: ProductPath, state: StateDep) -> RecipeOut:
     """The current (latest) revision of ``product``'s recipe."""
-    return _out(await call_recipes(state.recipes, "current", _product(product)))
+    return _out(await call_recipes(state.recipes, "current", product_id(product)))
 
 
 @router.get(
@@ -95,7 +79,7 @@ async def get_recipe(product: ProductPath, state: StateDep) -> RecipeOut:
 )
 async def list_revisions(product: ProductPath, state: StateDep) -> RecipeRevisionListOut:
     """Number, sha256, time and author of every revision, oldest first."""
-    product = _product(product)
+    product = product_id(product)
     revs: list[RecipeRevision] = await call_recipes(state.recipes, "revisions", product)
     return RecipeRevisionListOut(
         product=product, count=len(revs),
@@ -113,4 +97,4 @@ async def list_revisions(product: ProductPath, state: StateDep) -> RecipeRevisio
 async def get_revision(product: ProductPath, revision: RevisionParam, state: StateDep) -> RecipeOut:
     """Revision ``revision`` of ``product``'s recipe, as it was stored (what an inspection
     that names it in its ``recipe`` block was judged by)."""
-    return _out(await call_recipes(state.recipes, "revision", _product(product), revision))
+    return _out(await call_recipes(state.recipes, "revision", product_id(product), revision))
