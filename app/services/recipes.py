@@ -24,6 +24,7 @@ applies them with :func:`apply_recipe`.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import hashlib
 import json
@@ -168,6 +169,11 @@ class ProductRules(_Strict):
     fail_min_area_mm2: float | None = Field(None, ge=0, le=10**6)
 
 
+def _repeated(values: list[Any]) -> list[Any]:
+    """The values that occur more than once, sorted (empty when all are distinct)."""
+    return sorted(v for v, n in collections.Counter(values).items() if n > 1)
+
+
 class RecipeBody(_Strict):
     """What ``PUT /v1/products/{product}/recipe`` takes."""
 
@@ -184,9 +190,8 @@ class RecipeBody(_Strict):
     @field_validator("units")
     @classmethod
     def _distinct_units(cls, units: list[Unit]) -> list[Unit]:
-        positions = [u.position for u in units]
-        if len(set(positions)) != len(positions):
-            twice = sorted({p for p in positions if positions.count(p) > 1})
+        twice = _repeated([u.position for u in units])
+        if twice:
             raise ValueError(f"position(s) {twice} given to several units; expected unique")
         # Units sorted by x_min: a unit can only overlap those starting before its x_max.
         ordered = sorted(units, key=lambda u: u.bbox[0])
@@ -204,9 +209,8 @@ class RecipeBody(_Strict):
     @field_validator("zones")
     @classmethod
     def _distinct_zones(cls, zones: list[Zone]) -> list[Zone]:
-        names = [z.name for z in zones]
-        if len(set(names)) != len(names):
-            twice = sorted({n for n in names if names.count(n) > 1})
+        twice = _repeated([z.name for z in zones])
+        if twice:
             raise ValueError(f"zone name(s) {twice} used twice; expected unique names")
         return zones
 
