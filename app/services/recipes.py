@@ -70,8 +70,22 @@ ZONE_NAME_PATTERN = r"^[A-Za-z0-9._ -]{1,64}$"
 Reason = Literal["zone", "class", "min_area_px", "min_confidence"]
 
 
+def _holds_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return True
+    return isinstance(value, list | tuple) and any(_holds_bool(v) for v in value)
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_booleans(cls, value: Any) -> Any:
+        # No recipe field is a boolean, and pydantic's lax mode would read JSON true as 1.
+        if _holds_bool(value):
+            raise ValueError(f"expected numbers or text, received a boolean in {value!r}")
+        return value
 
 
 class Unit(_Strict):
