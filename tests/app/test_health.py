@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import io
 import json
@@ -55,6 +56,18 @@ def test_probes_after_the_lifespan(client: TestClient) -> None:
     assert client.get("/livez").json() == {"status": "alive"}
     ready = client.get("/readyz")
     assert ready.status_code == 200 and ready.json() == {"status": "ready"}
+
+
+def test_the_lifespan_freezes_the_loaded_models_objects_out_of_the_collector(
+    tiny_weights: Path
+) -> None:
+    # Unfrozen, a full collection walks TensorFlow's objects with the GIL held (~0.3 s on 2
+    # cores) and stalls every request; tests/security/test_hostile_livez.py measures that.
+    gc.unfreeze()
+    assert gc.get_freeze_count() == 0
+    with app_client(tiny_weights) as c:
+        assert c.get("/readyz").status_code == 200
+        assert gc.get_freeze_count() > 10_000, gc.get_freeze_count()
 
 
 def test_readyz_is_503_after_shutdown_while_livez_answers(tiny_weights: Path) -> None:
