@@ -15,7 +15,7 @@ def upload_doc(
     properties: dict[str, Any], required: list[str], raw_types: tuple[str, ...] = ()
 ) -> dict[str, Any]:
     """The ``openapi_extra`` of a route that reads its files itself (with
-    :func:`app.services.uploads.read_upload_fields`).
+    :func:`app.api.uploads.read_upload_form`).
 
     Such a route declares no body parameters, so FastAPI cannot describe the body; this does.
 

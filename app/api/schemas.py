@@ -18,6 +18,7 @@ from pydantic import (
     model_serializer,
 )
 
+from app.core.errors import as_api_error
 from app.inference.defects import Defect, Summary
 from app.inference.encoding import encode_mask_png, encode_rle
 from app.records import Inspection as InspectionRecordOut
@@ -292,7 +293,7 @@ class BatchOut(BaseModel):
             if item.inspection is not None:
                 out.result = PredictionOut.of(item.inspection, mask)
             elif item.error is not None:
-                out.status = item.error.status
+                out.status = as_api_error(item.error).status
                 out.error = ErrorDetail(code=item.error.code, message=item.error.message)
             results.append(out)
         ok = sum(1 for r in results if r.status == 200)

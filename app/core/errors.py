@@ -6,6 +6,7 @@ Handlers turn every exception into that JSON, so a client never sees a stack tra
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any
 
@@ -15,6 +16,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
+from app.core.domain_errors import DomainError
 from app.core.metrics import REJECTED
 
 logger = logging.getLogger("pcb_inspect.errors")
@@ -38,6 +40,76 @@ class ApiError(Exception):
         self.headers = headers or {}
         # Client errors and load shedding are counted as rejections, by reason.
         self.reject_reason = reject_reason or (code if 400 <= status < 600 else None)
+
+
+@dataclasses.dataclass(frozen=True)
+class HttpOf:
+    """How a domain error is answered: its status, and the reason its rejection is counted
+    under (``None``: its code)."""
+
+    status: int
+    reason: str | None = None
+
+
+#: The one place where a domain error (:class:`app.core.domain_errors.DomainError`) becomes
+#: HTTP: its code, the same in the JSON body, gives the status. Keyed by code, not class: the
+#: classes live in the layers above core (services, records, inference), which core does not
+#: import.
+DOMAIN_ERRORS: dict[str, HttpOf] = {
+    # The uploaded image (app.inference.imaging, and the upload's filename).
+    "empty_image": HttpOf(400),
+    "truncated_image": HttpOf(400),
+    "corrupt_image": HttpOf(400),
+    "filename_too_long": HttpOf(400),
+    "image_too_large": HttpOf(413),
+    "not_an_image": HttpOf(415),
+    "unsupported_image_format": HttpOf(415),
+    "unsupported_image_mode": HttpOf(415),
+    "image_too_small": HttpOf(422),
+    "multi_frame_image": HttpOf(422),
+    # The request's values.
+    "invalid_request": HttpOf(422),
+    "invalid_metadata": HttpOf(422),
+    "invalid_product": HttpOf(422),
+    "invalid_recipe": HttpOf(422),
+    "alignment_failed": HttpOf(422),
+    # What the request names and the service does not have.
+    "unknown_product": HttpOf(404),
+    "unknown_recipe": HttpOf(404),
+    "recipe_outdated": HttpOf(409),
+    # Records and reviews.
+    "unknown_inspection": HttpOf(404),
+    "image_not_kept": HttpOf(404),
+    "invalid_cursor": HttpOf(422),
+    "invalid_review": HttpOf(422),
+    "unknown_defect": HttpOf(422),
+    "unknown_class": HttpOf(422),
+    "box_outside_image": HttpOf(422),
+    # Load, time and the client.
+    "overloaded": HttpOf(503, "queue_full"),
+    "over_capacity": HttpOf(503, "memory_budget"),
+    "shutting_down": HttpOf(503),
+    "pair_model_unavailable": HttpOf(503),
+    "records_unavailable": HttpOf(503),
+    "timeout": HttpOf(504),
+    # nginx's "client closed request": never read, it labels logs and metrics.
+    "client_closed_request": HttpOf(499),
+    # The server's own failures.
+    "model_error": HttpOf(500),
+    "golden_store_error": HttpOf(500),
+    "recipe_store_error": HttpOf(500),
+}
+
+
+def as_api_error(exc: DomainError) -> ApiError:
+    """The HTTP answer of a domain error, by :data:`DOMAIN_ERRORS`.
+
+    Raises:
+        KeyError: A code the table does not have: a server bug, answered as one (500).
+    """
+    http = DOMAIN_ERRORS[exc.code]
+    headers = {} if exc.retry_after_s is None else {"Retry-After": str(exc.retry_after_s)}
+    return ApiError(http.status, exc.code, exc.message, headers, reject_reason=http.reason)
 
 
 def error_body(code: str, message: str, **extra: Any) -> dict[str, Any]:
@@ -67,11 +139,25 @@ _HTTP_CODES = {
 }
 
 
+def count_rejection(error: ApiError | DomainError) -> None:
+    """Counts a client error or shed load as a rejection, by reason (a 500 is no rejection)."""
+    if isinstance(error, DomainError):
+        error = as_api_error(error)
+    if error.reject_reason and error.status != 500:
+        REJECTED.labels(reason=error.reject_reason).inc()
+
+
 async def _api_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ApiError)
-    if exc.reject_reason and exc.status != 500:
-        REJECTED.labels(reason=exc.reject_reason).inc()
+    count_rejection(exc)
     return error_response(exc.status, exc.code, exc.message, exc.headers)
+
+
+async def _domain_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, DomainError)
+    if exc.code not in DOMAIN_ERRORS:
+        return await _unhandled(request, exc)
+    return await _api_error(request, as_api_error(exc))
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
@@ -116,6 +202,7 @@ async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
 def install_error_handlers(app: FastAPI) -> None:
     """Registers the JSON error handlers on ``app``."""
     app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(DomainError, _domain_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(ClientDisconnect, _client_gone)

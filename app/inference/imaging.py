@@ -5,9 +5,9 @@ and can happen before a request ever reaches the model.
 
 Every client-side problem with the bytes (empty, not an image, truncated, too large, animated,
 too small, an unaccepted format) is raised as :class:`ImageError`, which carries a short
-machine code, a one-line message for an operator on the factory line and the HTTP status to
-answer with. Nothing Pillow raises while parsing untrusted bytes is allowed to escape as
-anything else.
+machine code and a one-line message for an operator on the factory line (the status it is
+answered with is in :data:`app.core.errors.DOMAIN_ERRORS`). Nothing Pillow raises while
+parsing untrusted bytes is allowed to escape as anything else.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from app.core.domain_errors import DomainError
 
 __all__ = ["ALLOWED_FORMATS", "DecodedImage", "ImageError", "declared_pixels", "decode_image"]
 
@@ -63,8 +65,8 @@ _DECODE_LOCK = threading.Lock()
 _BOMB_PIXELS = re.compile(r"\((\d+) pixels\)")
 
 
-class ImageError(ValueError):
-    """A client-side image problem, to be answered with a 4xx status.
+class ImageError(DomainError, ValueError):
+    """A client-side image problem.
 
     Attributes:
         code: Short snake_case machine code, e.g. ``"empty_image"``, ``"not_an_image"``,
@@ -73,23 +75,13 @@ class ImageError(ValueError):
             ``"unsupported_image_mode"``.
         message: One line an operator on the factory line understands, naming the value
             received and what is expected.
-        status: HTTP status to answer with: 400, 413, 415 or 422.
     """
 
-    _STATUSES = frozenset({400, 413, 415, 422})
-
-    def __init__(self, code: str, message: str, status: int) -> None:
-        if status not in self._STATUSES:
-            raise ValueError(
-                f"ImageError status must be one of {sorted(self._STATUSES)}, got {status}"
-            )
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.status = status
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message, code=code)
 
     def __repr__(self) -> str:
-        return f"ImageError(code={self.code!r}, status={self.status}, message={self.message!r})"
+        return f"ImageError(code={self.code!r}, message={self.message!r})"
 
 
 # eq=False: the generated __eq__/__hash__ would compare and hash the pixel array, which numpy
@@ -158,7 +150,7 @@ def decode_image(
         raise ValueError(f"min_side must be a positive int, got {min_side!r}")
     data = bytes(data)
     if not data:
-        raise ImageError("empty_image", f"the upload is empty (0 bytes); expected {_EXPECTED}", 400)
+        raise ImageError("empty_image", f"the upload is empty (0 bytes); expected {_EXPECTED}")
 
     declared = _header_size(data)
     if declared is not None:
@@ -215,7 +207,6 @@ def _check_size(fmt: str, width: int, height: int, *, max_pixels: int) -> None:
             "image_too_large",
             f"the {fmt} image is {width}x{height} = {width * height:,} pixels; "
             f"the limit is {max_pixels:,} pixels",
-            413,
         )
 
 
@@ -250,7 +241,6 @@ def _decode(data: bytes, *, max_pixels: int, min_side: int) -> DecodedImage:
                 "image_too_small",
                 f"the {fmt} image is {width}x{height} pixels; "
                 f"each side must be at least {min_side} pixels",
-                422,
             )
         try:
             # For GIF and TIFF this walks the frame headers, not the pixel data.
@@ -262,7 +252,6 @@ def _decode(data: bytes, *, max_pixels: int, min_side: int) -> DecodedImage:
                 "multi_frame_image",
                 f"the {fmt} image has {n_frames} frames (an animation or several pages); "
                 "expected a single-frame image",
-                422,
             )
         try:
             img.load()
@@ -305,7 +294,6 @@ def _to_gray(img: Image.Image) -> np.ndarray:
                 "unsupported_image_mode",
                 f"the image's pixel mode {mode} cannot be converted to grayscale; "
                 "expected grayscale, palette, RGB(A), CMYK or 16-bit grayscale pixels",
-                415,
             ) from exc
     return np.array(gray, dtype=np.uint8)
 
@@ -328,7 +316,6 @@ def _unidentified_error(data: bytes) -> ImageError:
             "truncated_image",
             f"the {claimed} file's header is cut short or damaged ({len(data):,} bytes "
             f"received); expected a complete {claimed} file",
-            400,
         )
     # Only now ask every Pillow reader, and only for the format's name, so that an ICO or PSD
     # is reported as "unsupported format" rather than as "not an image".
@@ -342,7 +329,6 @@ def _unidentified_error(data: bytes) -> ImageError:
     return ImageError(
         "not_an_image",
         f"the upload ({len(data):,} bytes) is not a recognisable image file; expected {_EXPECTED}",
-        415,
     )
 
 
@@ -350,7 +336,6 @@ def _format_error(fmt: str) -> ImageError:
     return ImageError(
         "unsupported_image_format",
         f"image format {fmt} is not accepted; expected {_EXPECTED}",
-        415,
     )
 
 
@@ -362,13 +347,11 @@ def _damaged_error(fmt: str, data: bytes, exc: BaseException) -> ImageError:
             "truncated_image",
             f"the {fmt} image is truncated: its data ends early ({len(data):,} bytes "
             f"received); expected a complete {fmt} file",
-            400,
         )
     return ImageError(
         "corrupt_image",
         f"the {fmt} image is damaged and cannot be decoded ({detail}); "
         f"expected a valid {fmt} file",
-        400,
     )
 
 
@@ -382,6 +365,5 @@ def _bomb_error(exc: BaseException, max_pixels: int) -> ImageError:
     return ImageError(
         "image_too_large",
         f"the image declares {received}; the limit is {limit:,} pixels",
-        413,
     )
 

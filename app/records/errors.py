@@ -1,13 +1,16 @@
 """Typed errors of the records package; each names the value received and what was expected.
 
-The routes map them to HTTP: :class:`UnknownInspectionError` to 404, the
-:class:`ReviewValidationError` family and :class:`InvalidCursorError` to 422,
+Those a client's request meets are domain errors, answered by their code
+(:data:`app.core.errors.DOMAIN_ERRORS`): :class:`UnknownInspectionError` (404), the
+:class:`ReviewValidationError` family and :class:`InvalidCursorError` (422).
 :class:`SchemaError` stops the service at startup.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+from app.core.domain_errors import DomainError
 
 __all__ = [
     "InvalidBoxError",
@@ -25,16 +28,21 @@ class RecordsError(Exception):
     """Base class of every error raised by :mod:`app.records`."""
 
 
-class UnknownInspectionError(RecordsError, LookupError):
+class UnknownInspectionError(RecordsError, DomainError, LookupError):
     """No inspection has this id."""
 
+    code = "unknown_inspection"
+
     def __init__(self, inspection_id: str) -> None:
-        super().__init__(f"no inspection has id {inspection_id!r}")
+        super().__init__(f"No inspection has id {inspection_id!r}; expected an inspection_id "
+                         "from /predict or GET /v1/inspections.")
         self.inspection_id = inspection_id
 
 
-class InvalidCursorError(RecordsError, ValueError):
+class InvalidCursorError(RecordsError, DomainError, ValueError):
     """A pagination cursor that this store did not hand out (or that was altered)."""
+
+    code = "invalid_cursor"
 
     def __init__(self, cursor: str, reason: str) -> None:
         super().__init__(
@@ -43,13 +51,15 @@ class InvalidCursorError(RecordsError, ValueError):
         self.cursor = cursor
 
 
-class ReviewValidationError(RecordsError, ValueError):
+class ReviewValidationError(RecordsError, DomainError, ValueError):
     """A review that does not fit its inspection.
 
     Attributes:
         loc: Where in the review body the bad value is, e.g. ``("defects", 2, "defect_id")``.
         value: The value received.
     """
+
+    code = "invalid_review"
 
     def __init__(self, loc: tuple[str | int, ...], value: Any, message: str) -> None:
         where = ".".join(str(p) for p in loc)
@@ -61,13 +71,19 @@ class ReviewValidationError(RecordsError, ValueError):
 class UnknownDefectError(ReviewValidationError):
     """A review outcome for a defect id that the inspection does not have."""
 
+    code = "unknown_defect"
+
 
 class UnknownClassError(ReviewValidationError):
     """A class that is not in the model's class list."""
 
+    code = "unknown_class"
+
 
 class InvalidBoxError(ReviewValidationError):
     """A missed-defect box outside the image, or with no area."""
+
+    code = "box_outside_image"
 
 
 class SchemaError(RecordsError, RuntimeError):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping, Sequence
 
-from app.core.errors import ApiError
+from app.services.errors import InvalidMetadataError
 
 #: The multipart text fields read as metadata.
 META_FIELDS: tuple[str, ...] = ("serial", "line", "station", "product", "tags", "unit_serials")
@@ -35,8 +35,8 @@ class BoardMeta:
     unit_serials: tuple[str, ...] = ()
 
 
-def _invalid(message: str) -> ApiError:
-    return ApiError(422, "invalid_metadata", message)
+def _invalid(message: str) -> InvalidMetadataError:
+    return InvalidMetadataError(message)
 
 
 def check_text(name: str, value: str) -> str:

@@ -35,6 +35,7 @@ from typing import Any, BinaryIO
 import cv2
 import numpy as np
 
+from app.core.domain_errors import DomainError
 from app.core.files import fsync_dir, write_atomic
 from app.services.golden_cache import BoardCache
 
@@ -59,19 +60,28 @@ _MAX_HEADER_BYTES = 4096
 _PNG_LEVEL = 3
 
 
-class GoldenStoreError(RuntimeError):
+class GoldenStoreError(DomainError, RuntimeError):
     """A stored board cannot be read (damaged or foreign file) or written (I/O error)."""
 
+    code = "golden_store_error"
 
-class InvalidProductError(ValueError):
+
+class InvalidProductError(DomainError, ValueError):
     """A product id that does not match :data:`PRODUCT_PATTERN`."""
 
+    code = "invalid_product"
 
-class UnknownProductError(LookupError):
+
+class UnknownProductError(DomainError, LookupError):
     """No golden board is stored for the product."""
 
+    code = "unknown_product"
+
     def __init__(self, product: str) -> None:
-        super().__init__(f"no golden board is stored for product {product!r}")
+        super().__init__(
+            f"No golden board is stored for product {product!r}; register one with "
+            f"PUT /v1/golden-boards/{product} or list them with GET /v1/golden-boards."
+        )
         self.product = product
 
 

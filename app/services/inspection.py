@@ -1,9 +1,11 @@
-"""The inspection service: from a request's uploads to a finished board result.
+"""The inspection service: from a board's upload to a finished board result.
 
-The routes (:mod:`app.api.routes.predict`) keep the HTTP: parameters, status codes, headers and
-response models. Everything between them and the inferencer is here: reading and decoding the
-uploads, which model and which golden board, the rules, the timeout and the client that
-leaves, the mapping of inference failures to API errors, and the metrics.
+The routes (:mod:`app.api.routes.predict`) keep the HTTP: reading the request, parameters,
+status codes, headers and response models. Everything between them and the inferencer is here:
+decoding the uploads, which model and which golden board, the rules, the timeout and the client
+that leaves, the inference failures as domain errors (:mod:`app.services.errors`), and the
+metrics. It takes values (uploads, board metadata, rules, a disconnect check) and no request,
+so a CLI or a test can inspect a board without HTTP.
 
 Every board that finishes passes through :meth:`InspectionService.finish`, with what it was
 inspected against: the one place where each inspection can be recorded (``on_result``).
@@ -21,18 +23,16 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import numpy as np
-from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
+from anyio.to_thread import run_sync
 
 from app.core.config import Settings
-from app.core.errors import ApiError
+from app.core.domain_errors import DomainError
 from app.core.metrics import (
     DEFECTS,
     IMAGES,
     IN_FLIGHT_REQUESTS,
     INFLIGHT_PIXELS,
     INSPECTIONS,
-    REJECTED,
     VERDICTS,
 )
 from app.inference.defects import Defect
@@ -40,9 +40,15 @@ from app.inference.imaging import declared_pixels
 from app.inference.inferencer import Inferencer, InferenceResult
 from app.inference.postprocess import PostprocessConfig
 from app.services.admission import BudgetExceededError, Hold
-from app.services.board_meta import META_FIELDS, BoardMeta, with_form
+from app.services.board_meta import BoardMeta
+from app.services.errors import (
+    InvalidMetadataError,
+    OverCapacityError,
+    PairModelUnavailableError,
+    RecipeOutdatedError,
+)
 from app.services.golden_defects import split_reference_defects
-from app.services.recipe_store import RecipeRevision, call_recipes
+from app.services.recipe_store import RecipeRevision, in_recipes
 from app.services.recipes import (
     IgnoredDefect,
     ProductRules,
@@ -56,9 +62,9 @@ from app.services.references import (
     stored_reference,
     uploaded_reference,
 )
-from app.services.running import run_board
+from app.services.running import DisconnectCheck, run_board
 from app.services.state import ServedModel, ServiceState
-from app.services.uploads import Upload, decode_or_error, read_upload_form
+from app.services.uploads import Upload, decode_upload
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,11 +105,11 @@ class RuleParams:
 
 
 def _check_unit_serials(meta: BoardMeta, recipe: RecipeRevision | None) -> None:
-    """422 before the board runs when ``unit_serials`` are not one per unit of the recipe."""
+    """:class:`InvalidMetadataError` before the board runs when ``unit_serials`` are not one
+    per unit of the recipe."""
     units = 1 if recipe is None else max(1, len(recipe.body.units))
     if meta.unit_serials and len(meta.unit_serials) != units:
-        raise ApiError(
-            422, "invalid_metadata",
+        raise InvalidMetadataError(
             f"unit_serials: expected one serial per unit ({units}, by position"
             f"{'' if recipe is None else f' in revision {recipe.revision} of the recipe'}), "
             f"received {len(meta.unit_serials)}",
@@ -118,9 +124,9 @@ async def _split_reference(
     if reference is None:
         return result, ()
     # A warp of the golden board and a few windows' components: off the event loop.
-    kept, moved = await run_in_threadpool(
-        split_reference_defects, result, pixels, reference.pixels, config,
-        tuple(model.inferencer.card.classes),
+    classes = tuple(model.inferencer.card.classes)
+    kept, moved = await run_sync(
+        lambda: split_reference_defects(result, pixels, reference.pixels, config, classes)
     )
     return kept, tuple(moved)
 
@@ -129,15 +135,14 @@ def _first(*values: Any) -> Any:
     return next(v for v in values if v is not None)
 
 
-def _over_budget(exc: BudgetExceededError) -> ApiError:
+def _over_budget(exc: BudgetExceededError) -> OverCapacityError:
     # Boards finish at about 0.8 Mpx a second on 2 cores: ask to come back when the pixels in
     # flight should be done, within [1, 60] s.
     retry = min(60, max(1, round(exc.in_flight / 800_000)))
-    return ApiError(
-        503, "over_capacity",
+    return OverCapacityError(
         f"The service is at its memory budget: {exc}. Nothing of this board was computed; "
         f"retry after {retry} s, or send it to another replica.",
-        {"Retry-After": str(retry)}, reject_reason="memory_budget",
+        retry_after_s=retry,
     )
 
 
@@ -173,7 +178,17 @@ class BatchItem:
     index: int
     upload: Upload
     inspection: Inspection | None = None
-    error: ApiError | None = None
+    error: DomainError | None = None
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Target:
+    """What boards are inspected with: the model, and for a product its golden board and
+    current recipe (``None``: none)."""
+
+    model: ServedModel
+    reference: Reference | None = None
+    recipe: RecipeRevision | None = None
 
 
 #: Called with every finished inspection, in :meth:`InspectionService.finish`; an exception
@@ -216,115 +231,87 @@ class InspectionService:
 
     # ----------------------------------------------------------------------- the requests
     async def inspect(
-        self, request: Request, model: ServedModel, rules: RuleParams, product: str | None,
-        meta: BoardMeta | None = None,
+        self, model: ServedModel, board: Upload, rules: RuleParams, meta: BoardMeta,
+        template: Upload | None = None, disconnected: DisconnectCheck | None = None,
     ) -> Inspection:
-        """Inspects the one board of a ``/predict`` request (field ``file`` or a raw body),
-        against the golden board of the field ``template`` or of ``product`` (the query's or
-        the form field's) if given. ``meta``: the query's board metadata.
+        """Inspects one board, against the golden board ``template`` or the stored one of
+        ``meta.product`` if given (with the pair model), else with ``model``.
+
+        ``disconnected``: polled while the board runs; its work is dropped once it says the
+        client has left (``None``: never).
 
         Raises:
-            ApiError: The request's error (its status, code and message).
+            DomainError: What fails the board (:mod:`app.services.errors`, the stores' errors,
+                :class:`app.inference.imaging.ImageError`).
         """
-        check_product_param(product)
-        self._check_body_fits(request)
-        form = await read_upload_form(
-            request, self.settings, "file", ("template",), META_FIELDS
-        )
-        uploads, extra = form.uploads, form.extra
-        meta = with_form(meta or BoardMeta(product=product), form.texts)
         product = meta.product
         check_product_param(product)
-        if len(uploads) > 1:
-            raise ApiError(
-                400, "too_many_files",
-                f"/predict takes one image; received {len(uploads)} in field 'file'. "
-                "Use /predict/batch for several.",
-            )
-        templates = extra["template"]
-        if len(templates) > 1:
-            raise ApiError(
-                400, "too_many_files",
-                f"template: /predict takes one golden board; received {len(templates)} in "
-                "field 'template'.",
-            )
-        if templates and product is not None:
-            raise ApiError(
-                422, "invalid_request",
-                f"Send the golden board either as the field 'template' or as ?product={product}, "
-                "not both.",
-            )
-        pair = bool(templates) or product is not None
+        pair = template is not None or product is not None
         if pair:
             model = self.pair_model()
-        async with self._admitted(uploads[0], pair) as hold:
-            decoded = await decode_or_error(uploads[0], self.settings)
+        async with self._admitted(board, pair) as hold:
+            decoded = await decode_upload(board, self.settings)
             reference = None
             recipe = None
-            if templates:
-                reference = await uploaded_reference(templates[0], self.settings)
+            if template is not None:
+                reference = await uploaded_reference(template, self.settings)
             elif product is not None:
                 reference, recipe = await self._product(product)
             _check_unit_serials(meta, recipe)
             config = rules.config(model.inferencer, self.settings,
                                   None if recipe is None else recipe.body.rules)
             result = await run_board(
-                request, self.settings, model, decoded.pixels,
+                disconnected, self.settings, model, decoded.pixels,
                 config if recipe is None else loosest(config, recipe.body), reference,
                 rules.gating, hold,
             )
             result, from_reference = await _split_reference(
                 result, decoded.pixels, reference, config, model)
             return await self.finish(await self._judged(
-                Inspection(result, model.inferencer, config, reference, uploads[0],
+                Inspection(result, model.inferencer, config, reference, board,
                            decoded.pixels, meta, recipe=recipe,
                            reference_defects=from_reference)
             ))
 
-    async def inspect_batch(
-        self, request: Request, model: ServedModel, rules: RuleParams, product: str | None,
-        meta: BoardMeta | None = None,
-    ) -> list[BatchItem]:
-        """Inspects the boards of a ``/predict/batch`` request (field ``files``), each on its
-        own: a board's own failure is its item's error, and never fails the others. ``meta``
-        (the query's and the form's) goes with every board of the batch.
+    async def target(self, model: ServedModel, product: str | None) -> Target:
+        """What boards of ``product`` are inspected with: the pair model, its stored golden
+        board and recipe; ``model`` alone without a product.
+
+        A batch asks for it before its upload is read: a batch for a product without a golden
+        board (or without a pair model) fails at once, not after every file has arrived.
 
         Raises:
-            ApiError: What fails the whole request (the product, the upload).
+            InvalidProductError, UnknownProductError, PairModelUnavailableError,
+            RecipeOutdatedError, and the stores' errors.
         """
+        if product is None:
+            return Target(model)
         check_product_param(product)
-        reference = None
-        recipe = None
-        if product is not None:
-            # Checked before the upload is read: a batch for a product without a golden board
-            # (or without a pair model) fails at once, not after every file has arrived.
-            model = self.pair_model()
-            reference, recipe = await self._product(product)
-        # "template" is read only to be refused: ignored, it would inspect every board alone
-        # while the station believes they were compared with its golden board.
-        form = await read_upload_form(request, self.settings, "files", ("template",),
-                                      META_FIELDS)
-        if form.extra["template"]:
-            raise ApiError(
-                422, "invalid_request",
-                "template: /predict/batch takes no golden board in the request; store it "
-                "with PUT /v1/golden-boards/{product} and send ?product= (the form field "
-                "'product' works too), or send each board with its template to /predict.",
-            )
-        uploads = form.uploads
-        meta = with_form(meta or BoardMeta(product=product), form.texts)
+        pair = self.pair_model()
+        reference, recipe = await self._product(product)
+        return Target(pair, reference, recipe)
+
+    async def inspect_batch(
+        self, target: Target, boards: list[Upload], rules: RuleParams, meta: BoardMeta,
+        disconnected: DisconnectCheck | None = None,
+    ) -> list[BatchItem]:
+        """Inspects ``boards`` with ``target`` (:meth:`target`), each on its own: a board's
+        own failure is its item's error, and never fails the others. ``meta`` goes with every
+        board; a ``meta.product`` that ``target`` has no golden board for is looked up here.
+
+        Raises:
+            DomainError: What fails the whole batch (its metadata, its product).
+        """
         if meta.unit_serials:
-            raise ApiError(
-                422, "invalid_metadata",
+            raise InvalidMetadataError(
                 f"unit_serials: /predict/batch takes none (received {len(meta.unit_serials)}): "
                 "each panel of a batch has its own boards; send panels with unit serials to "
-                "/predict one at a time, or name the boards from 'serial'.",
+                "/predict one at a time, or name the boards from 'serial'."
             )
-        if product is None and meta.product is not None:
+        if target.reference is None and meta.product is not None:
             # The product came as a form field: the same golden board as ?product= would.
-            check_product_param(meta.product)
-            model = self.pair_model()
-            reference, recipe = await self._product(meta.product)
+            target = await self.target(target.model, meta.product)
+        model, reference, recipe = target.model, target.reference, target.recipe
         config = rules.config(model.inferencer, self.settings,
                               None if recipe is None else recipe.body.rules)
         run_config = config if recipe is None else loosest(config, recipe.body)
@@ -332,10 +319,10 @@ class InspectionService:
         async def one(index: int, upload: Upload) -> BatchItem:
             try:
                 async with self._admitted(upload, reference is not None) as hold:
-                    decoded = await decode_or_error(upload, self.settings)
+                    decoded = await decode_upload(upload, self.settings)
                     result = await run_board(
-                        request, self.settings, model, decoded.pixels, run_config, reference,
-                        rules.gating, hold,
+                        disconnected, self.settings, model, decoded.pixels, run_config,
+                        reference, rules.gating, hold,
                     )
                     result, from_reference = await _split_reference(
                         result, decoded.pixels, reference, config, model)
@@ -344,14 +331,11 @@ class InspectionService:
                                    decoded.pixels, meta, recipe=recipe,
                                    reference_defects=from_reference)
                     ))
-            except ApiError as exc:
-                # Counted here: the exception handler that counts the others never sees it.
-                if exc.status != 500 and exc.reject_reason:
-                    REJECTED.labels(reason=exc.reject_reason).inc()
+            except DomainError as exc:
                 return BatchItem(index, upload, error=exc)
             return BatchItem(index, upload, inspection=inspection)
 
-        return list(await asyncio.gather(*(one(i, u) for i, u in enumerate(uploads))))
+        return list(await asyncio.gather(*(one(i, u) for i, u in enumerate(boards))))
 
     async def finish(self, inspection: Inspection) -> Inspection:
         """Where every finished board passes: records its metrics, then calls ``on_result``."""
@@ -366,14 +350,14 @@ class InspectionService:
         return inspection
 
     async def check_golden(
-        self, request: Request, pixels: np.ndarray
+        self, pixels: np.ndarray, disconnected: DisconnectCheck | None = None
     ) -> tuple[list[Defect], ServedModel | None]:
         """What the single-image model finds on a golden board being stored (its own
         defects), with the model; ``([], None)`` while no model is ready. Not an inspection:
         nothing is recorded or counted as one.
 
         Raises:
-            ApiError: 503 over the memory budget, and :func:`run_board`'s errors.
+            OverCapacityError: Over the memory budget; and :func:`run_board`'s errors.
         """
         model = self.state.model
         if model is None or self.state.draining:
@@ -381,18 +365,18 @@ class InspectionService:
         config = RuleParams().config(model.inferencer, self.settings)
         try:
             with self.state.budget.admit(int(pixels.size)):
-                result = await run_board(request, self.settings, model, pixels, config)
+                result = await run_board(disconnected, self.settings, model, pixels, config)
         except BudgetExceededError as exc:
             raise _over_budget(exc) from None
         return list(result.defects), model
 
     # ----------------------------------------------------------------- the memory budget
-    def _check_body_fits(self, request: Request) -> None:
-        """503 before the body is read when even its smallest decoding cannot fit now."""
-        length = request.headers.get("content-length", "")
-        if length.isdigit():
+    def check_body_fits(self, length: int | None) -> None:
+        """:class:`OverCapacityError` before a body of ``length`` bytes (``None``: unknown) is
+        read when even its smallest decoding cannot fit now."""
+        if length is not None:
             try:
-                self.state.budget.check_body(int(length))
+                self.state.budget.check_body(length)
             except BudgetExceededError as exc:
                 raise _over_budget(exc) from None
 
@@ -407,7 +391,7 @@ class InspectionService:
         Yields the board's hold, through which gating gives back its golden board's count.
         """
         # A header is parsed in a worker thread: a hostile file can make even that slow.
-        pixels = await run_in_threadpool(declared_pixels, upload.data) or 0
+        pixels = await run_sync(declared_pixels, upload.data) or 0
         if pixels > self.settings.max_image_pixels:
             pixels = 0
         cost = pixels * (2 if pair else 1)
@@ -428,18 +412,16 @@ class InspectionService:
         """The stored golden board of ``product`` and its current recipe (``None``: none).
 
         Raises:
-            ApiError: 404 ``unknown_product``, 409 ``recipe_outdated`` (the golden board was
-                replaced by one of another size than the recipe was drawn on), 500.
+            UnknownProductError, RecipeOutdatedError (the golden board was replaced by one of
+                another size than the recipe was drawn on), and the stores' errors.
         """
         reference = await stored_reference(self.state.golden, product)
-        recipe: RecipeRevision | None = await call_recipes(
-            self.state.recipes, "current_or_none", product)
+        recipe = await in_recipes(self.state.recipes.current_or_none, product)
         if recipe is not None:
             height, width = reference.pixels.shape[:2]
             board = recipe.golden_board
             if (board["width"], board["height"]) != (width, height):
-                raise ApiError(
-                    409, "recipe_outdated",
+                raise RecipeOutdatedError(
                     f"Revision {recipe.revision} of {product!r}'s recipe was drawn on a "
                     f"{board['width']}x{board['height']} golden board, but the stored golden "
                     f"board is now {width}x{height}: its units and zones would be misplaced. "
@@ -453,7 +435,7 @@ class InspectionService:
         post-processing's own, and the one unit is the whole image.
 
         Raises:
-            ApiError: 422 ``invalid_metadata`` for ``unit_serials`` that are not one per unit.
+            InvalidMetadataError: ``unit_serials`` that are not one per unit.
         """
         result, recipe, meta = inspection.result, inspection.recipe, inspection.meta
         try:
@@ -463,7 +445,7 @@ class InspectionService:
                 result.height, meta.serial, meta.unit_serials,
             )
         except ValueError as exc:
-            raise ApiError(422, "invalid_metadata", str(exc)) from None
+            raise InvalidMetadataError(str(exc)) from None
         if recipe is not None:
             result = dataclasses.replace(result, defects=panel.defects, summary=panel.summary)
         return dataclasses.replace(inspection, result=result, units=tuple(panel.units),
@@ -471,15 +453,14 @@ class InspectionService:
 
     # ------------------------------------------------------------------- models, references
     def pair_model(self) -> ServedModel:
-        """The golden-board (pair) model, or 503 ``pair_model_unavailable``.
+        """The golden-board (pair) model, or :class:`PairModelUnavailableError`.
 
         Asked for only once a request has a reference, so that the many requests without one
         never depend on the pair model.
         """
         pair = self.state.pair_model
         if pair is None:
-            raise ApiError(
-                503, "pair_model_unavailable",
+            raise PairModelUnavailableError(
                 "This request has a reference board (the 'template' field or ?product=), but "
                 f"the service has no golden-board model: {self.state.pair_unavailable_reason}. "
                 "Send the board alone for a single-image inspection, or install the pair model "

@@ -25,15 +25,19 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from pydantic import ValidationError
 
-from app.core.errors import ApiError
+from app.core.domain_errors import DomainError
 from app.core.files import fsync_dir
-from app.services.golden_store import GoldenBoard, InvalidProductError, check_product
-from app.services.recipes import RecipeBody, RecipeFitError, canonical_json, sha256_of
+from app.services.golden_store import GoldenBoard, check_product
+from app.services.recipes import RecipeBody, canonical_json, sha256_of
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 FORMAT = "pcb-recipe/1"
 SUFFIX = ".recipe"
@@ -44,16 +48,23 @@ _PARTIAL_SUFFIX = ".partial"
 _RACE_RETRIES = 20
 
 
-class RecipeStoreError(RuntimeError):
+class RecipeStoreError(DomainError, RuntimeError):
     """A stored revision cannot be read (damaged or foreign file) or written (I/O error)."""
 
+    code = "recipe_store_error"
 
-class UnknownRecipeError(LookupError):
+
+class UnknownRecipeError(DomainError, LookupError):
     """No recipe (or no such revision) is stored for the product."""
 
+    code = "unknown_recipe"
+
     def __init__(self, product: str, revision: int | None = None) -> None:
-        what = "no recipe" if revision is None else f"no revision {revision} of the recipe"
-        super().__init__(f"{what} is stored for product {product!r}")
+        what = "No recipe" if revision is None else f"No revision {revision} of the recipe"
+        hint = (f"list them with GET /v1/products/{product}/recipe/revisions"
+                if revision is not None else
+                f"write one with PUT /v1/products/{product}/recipe")
+        super().__init__(f"{what} is stored for product {product!r}; {hint}.")
         self.product = product
         self.revision = revision
 
@@ -260,25 +271,8 @@ class RecipeStore:
         return rev
 
 
-async def call_recipes(store: RecipeStore, method: str, *args: Any) -> Any:
-    """Runs a recipe-store method in a worker thread (file I/O), mapping its errors the one
-    way for the recipe routes and inspections.
-
-    Raises:
-        ApiError: 422 ``invalid_product`` or naming the unit or zone that does not fit the
-            golden board, 404 ``unknown_recipe``, 500 ``recipe_store_error``.
-    """
-    try:
-        return await asyncio.to_thread(getattr(store, method), *args)
-    except InvalidProductError as exc:
-        raise ApiError(422, "invalid_product", str(exc)) from None
-    except RecipeFitError as exc:
-        raise ApiError(422, "invalid_recipe", str(exc)) from None
-    except UnknownRecipeError as exc:
-        hint = (f"list them with GET /v1/products/{exc.product}/recipe/revisions"
-                if exc.revision is not None else
-                f"write one with PUT /v1/products/{exc.product}/recipe")
-        text = str(exc)
-        raise ApiError(404, "unknown_recipe", f"{text[0].upper()}{text[1:]}; {hint}.") from None
-    except RecipeStoreError as exc:
-        raise ApiError(500, "recipe_store_error", str(exc)) from None
+async def in_recipes(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    """Runs a recipe-store call in a worker thread (file I/O); its errors are domain errors
+    (:class:`InvalidProductError`, :class:`RecipeFitError`, :class:`UnknownRecipeError`,
+    :class:`RecipeStoreError`)."""
+    return await asyncio.to_thread(fn, *args, **kwargs)

@@ -36,6 +36,7 @@ import cv2
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from app.core.domain_errors import DomainError
 from app.inference.defects import Defect, PostprocessConfig, Summary
 from app.inference.postprocess import summarize
 from pcb_inspect.classes import CLASS_NAMES
@@ -254,8 +255,10 @@ class RecipeBody(_Strict):
         return self.model_dump(mode="json")
 
 
-class RecipeFitError(ValueError):
+class RecipeFitError(DomainError, ValueError):
     """A unit or zone that does not fit the golden board; ``field`` names it."""
+
+    code = "invalid_recipe"
 
     def __init__(self, field: str, message: str) -> None:
         super().__init__(f"{field}: {message}")

@@ -14,7 +14,6 @@ import dataclasses
 import hashlib
 import logging
 
-from app.core.errors import ApiError
 from app.core.metrics import RECORDS, RECORDS_SPOOLED
 from app.inference.defects import Defect
 from app.records import (
@@ -28,6 +27,7 @@ from app.records import (
     Rules,
     UnitRecord,
 )
+from app.services.errors import RecordsUnavailableError
 from app.services.golden_store import GoldenStore, GoldenStoreError, UnknownProductError
 from app.services.inspection import Inspection
 
@@ -82,14 +82,13 @@ def build_record(inspection: Inspection, image_path: str | None) -> InspectionRe
 RETRY_AFTER_S = 5
 
 
-def records_unavailable() -> ApiError:
-    """The 503 of a board whose record neither the database nor the spool could take."""
-    return ApiError(
-        503, "records_unavailable",
+def records_unavailable() -> RecordsUnavailableError:
+    """The error of a board whose record neither the database nor the spool could take."""
+    return RecordsUnavailableError(
         "The board was inspected but its record could not be written: neither the records "
         "database nor the local spool (PCB_DATA_DIR/spool) takes records now. Nothing was "
         f"recorded; send the board again after {RETRY_AFTER_S} s, or to another replica.",
-        {"Retry-After": str(RETRY_AFTER_S)},
+        retry_after_s=RETRY_AFTER_S,
     )
 
 

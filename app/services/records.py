@@ -11,15 +11,17 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Literal, ParamSpec, TypeVar
 
 from alembic.util import CommandError
+from anyio.to_thread import run_sync
 from sqlalchemy import Engine
 from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 
 from app.core.config import Settings
+from app.core.domain_errors import DomainError
 from app.core.metrics import FALSE_CALL_RATE, RECORDS_SPOOLED, REVIEWS
 from app.inference.card import ModelCardError, load_card
 from app.records import (
@@ -48,12 +50,16 @@ from app.records.errors import UnknownInspectionError
 from app.records.ids import INSPECTION_PREFIX, id_pattern
 from app.records.outbox import Outbox
 from app.services.cfx_publisher import AmqpTarget, CfxPublisher
+from app.services.errors import RecordsUnavailableError
 from app.services.golden_store import GoldenStore
 from app.services.inspection import InspectionService
 from app.services.recording import RecordingHook
 from app.services.state import ServiceState
 
 logger = logging.getLogger("pcb_inspect.records")
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 #: How often kept images are checked against the retention limits (s); the first check runs
 #: at startup. Retention is in days and MiB: ten minutes late is nothing.
@@ -84,8 +90,28 @@ class RecordsStartupError(RuntimeError):
     """The records database cannot be used; the message is one line naming it."""
 
 
-class ImageNotKeptError(LookupError):
+class ImageNotKeptError(DomainError, LookupError):
     """The inspection's image was not kept (policy) or has expired (retention)."""
+
+    code = "image_not_kept"
+
+    def __init__(self, inspection_id: str) -> None:
+        super().__init__(f"The image of inspection {inspection_id!r} was not kept "
+                         "(PCB_KEEP_IMAGES) or has expired (PCB_IMAGE_RETENTION_DAYS, _MB).")
+        self.inspection_id = inspection_id
+
+
+async def read_records(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    """Runs a blocking records call in a worker thread; a database that does not answer is
+    :class:`RecordsUnavailableError` (the records' own errors are domain errors already)."""
+    try:
+        return await run_sync(lambda: fn(*args, **kwargs))
+    except DBAPIError:
+        # Inspections keep being recorded (to the spool); only reading waits for the database.
+        raise RecordsUnavailableError(
+            "The records database does not answer; inspections are still recorded (spooled). "
+            "Retry shortly.", retry_after_s=5,
+        ) from None
 
 
 class RecordsService:

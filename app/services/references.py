@@ -6,22 +6,24 @@ import dataclasses
 import hashlib
 import logging
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal, ParamSpec, TypeVar
 
 import numpy as np
-from starlette.concurrency import run_in_threadpool
+from anyio.to_thread import run_sync
 
 from app.core.config import Settings
-from app.core.errors import ApiError
 from app.services.golden_store import (
     GoldenStore,
     GoldenStoreError,
     InvalidProductError,
-    UnknownProductError,
     check_product,
 )
-from app.services.uploads import Upload, decode_or_error
+from app.services.uploads import Upload, decode_upload
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 logger = logging.getLogger("pcb_inspect.golden")
 
@@ -40,34 +42,30 @@ class Reference:
 
 
 def check_product_param(product: str | None) -> None:
-    """Checks ``?product=``; 422 ``invalid_product`` for an id that cannot be one."""
+    """Checks ``?product=``; :class:`InvalidProductError` for an id that cannot be one."""
     if product is None:
         return
     try:
         check_product(product)
     except InvalidProductError as exc:
-        raise ApiError(422, "invalid_product", f"?product=: {exc}") from None
+        raise InvalidProductError(f"?product=: {exc.message}") from None
 
 
-async def call_store(store: GoldenStore, method: str, *args: Any) -> Any:
-    """Runs a golden-store method in the threadpool (file I/O, PNG coding), mapping its errors
-    the one way for inspections and the golden-board routes.
+async def in_store(
+    store: GoldenStore, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs
+) -> T:
+    """Runs a call of ``store`` in a worker thread (file I/O, PNG coding).
 
     Raises:
-        ApiError: 404 ``unknown_product``, 500 ``golden_store_error``.
+        UnknownProductError: As the store does.
+        GoldenStoreError: The store's, without the server's paths (the log has them).
     """
     try:
-        return await run_in_threadpool(getattr(store, method), *args)
-    except UnknownProductError as exc:
-        raise ApiError(
-            404, "unknown_product",
-            f"No golden board is stored for product {exc.product!r}; register one with "
-            f"PUT /v1/golden-boards/{exc.product} or list them with GET /v1/golden-boards.",
-        ) from None
+        return await run_sync(lambda: fn(*args, **kwargs))
     except GoldenStoreError as exc:
         # The log has the file; the client learns what is wrong, not where the server keeps it.
         logger.error("golden board store: %s", exc)
-        raise ApiError(500, "golden_store_error", without_paths(str(exc), store.root)) from None
+        raise GoldenStoreError(without_paths(exc.message, store.root)) from None
 
 
 def without_paths(message: str, root: Path) -> str:
@@ -84,9 +82,9 @@ async def stored_reference(store: GoldenStore, product: str) -> Reference:
     """The stored golden board of ``product`` (decoded, from the cache when current).
 
     Raises:
-        ApiError: 404 ``unknown_product``, 500 ``golden_store_error``.
+        UnknownProductError, GoldenStoreError: As :func:`in_store`.
     """
-    board, pixels = await call_store(store, "pixels", product)
+    board, pixels = await in_store(store, store.pixels, product)
     return Reference("product", product, board.sha256, pixels)
 
 
@@ -94,8 +92,8 @@ async def uploaded_reference(upload: Upload, settings: Settings) -> Reference:
     """The golden board of the ``template`` field, decoded under the board's rules.
 
     Raises:
-        ApiError: Its image error, the message starting with ``template: ``.
+        ImageError: Its image error, the message starting with ``template: ``.
     """
-    decoded = await decode_or_error(upload, settings, "template")
+    decoded = await decode_upload(upload, settings, "template")
     sha256 = hashlib.sha256(upload.data).hexdigest()
     return Reference("upload", None, sha256, decoded.pixels, upload.data)

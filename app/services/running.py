@@ -1,18 +1,18 @@
 """Running one board through the model for a request: under the request's timeout, dropped
-when the client leaves, its failures mapped to API errors, its model time told from its wait."""
+when the client leaves, its failures raised as domain errors, its model time told from its
+wait."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
 import functools
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import numpy as np
-from starlette.requests import Request
 
 from app.core.config import Settings
-from app.core.errors import ApiError
 from app.core.metrics import (
     GATING_SKIPPED_PIXELS,
     GATING_SKIPPED_TILES,
@@ -28,13 +28,24 @@ from app.inference.batcher import (
 from app.inference.inferencer import InferenceResult
 from app.inference.postprocess import PostprocessConfig
 from app.services.admission import Hold
+from app.services.errors import (
+    AlignmentFailedError,
+    ClientGoneError,
+    InspectionTimeoutError,
+    ModelFailedError,
+    OverloadedError,
+    ShuttingDownError,
+)
 from app.services.references import Reference
 from app.services.state import ServedModel
 from pcb_inspect.registration import MIN_SCORE, AlignmentError
 
+#: Polled while a board runs: ``True`` once its client has left.
+DisconnectCheck = Callable[[], Awaitable[bool]]
+
 
 async def run_board(
-    request: Request,
+    disconnected: DisconnectCheck | None,
     settings: Settings,
     model: ServedModel,
     pixels: np.ndarray,
@@ -49,6 +60,9 @@ async def run_board(
     ``timings_ms`` has the tiles' time in the model (``forward``) apart from their wait for
     it (``queue``).
 
+    ``disconnected``: polled while the board runs, to drop its work once its client has left
+    (``None``: nobody leaves, as for a CLI).
+
     ``gating`` (``"on"``/``"off"``; ``None``: ``PCB_PAIR_GATING``): only the tiles with work go
     through the model (:mod:`app.inference.gating`). The timeout first allows for every tile;
     once the tiles to compute are known (before any is), it counts only those; and ``hold``,
@@ -56,9 +70,9 @@ async def run_board(
     freed then.
 
     Raises:
-        ApiError: 503 (queue full, shutting down), 504 (timeout), 500 (model failure), 499
-            (client gone; nobody reads it, it only ends the handler), 422 (the reference
-            cannot be aligned).
+        OverloadedError, ShuttingDownError, InspectionTimeoutError, ModelFailedError,
+        ClientGoneError (nobody reads it, it only ends the handler), AlignmentFailedError
+        (the reference cannot be aligned).
     """
     inferencer = model.inferencer
     gated = (settings.pair_gating if gating is None else gating) == "on"
@@ -74,7 +88,7 @@ async def run_board(
             gating=gated, on_plan=functools.partial(_Plan.set, plan, settings, hold),
         )
     )
-    watcher = asyncio.ensure_future(_wait_disconnect(request))
+    watcher = asyncio.ensure_future(_wait_disconnect(disconnected))
     waiters: set[asyncio.Future[Any]] = {task, watcher}
     try:
         while True:
@@ -98,14 +112,12 @@ async def run_board(
             return result
         task.cancel()  # frees the request's places in the queue
         if watcher in done:
-            raise ApiError(499, "client_closed_request", "The client closed the request.")
-        raise ApiError(
-            504, "timeout",
+            raise ClientGoneError("The client closed the request.")
+        raise InspectionTimeoutError(
             f"Inspection took longer than {plan.timeout:g} s (PCB_REQUEST_TIMEOUT_S "
             f"{settings.request_timeout_s:g} s + PCB_REQUEST_TIMEOUT_PER_TILE_S "
             f"{settings.request_timeout_per_tile_s:g} s for each tile after the first that "
-            "goes through the model); the work was dropped.",
-            reject_reason="timeout",
+            "goes through the model); the work was dropped."
         )
     finally:
         for waiter in waiters - {task}:
@@ -131,9 +143,12 @@ class _Plan:
             INFLIGHT_PIXELS.set(hold.budget.in_flight)
 
 
-async def _wait_disconnect(request: Request) -> None:
-    while not await request.is_disconnected():
-        await asyncio.sleep(0.05)
+async def _wait_disconnect(disconnected: DisconnectCheck | None) -> None:
+    if disconnected is None:
+        await asyncio.Event().wait()  # until cancelled: the board ends first
+    else:
+        while not await disconnected():
+            await asyncio.sleep(0.05)
 
 
 def _with_queue_time(result: InferenceResult, timing: SubmitTiming) -> InferenceResult:
@@ -164,25 +179,21 @@ def _result_or_error(
         detail = str(exc)
         if "score" not in detail:
             detail += f" (alignment score {exc.score:.3f})"
-        raise ApiError(
-            422, "alignment_failed",
+        raise AlignmentFailedError(
             f"Cannot align {what} to this board: {detail}. Alignment needs a score of at least "
             f"{MIN_SCORE}; check that the golden board is the same design, side and "
             "orientation.",
         ) from None
     except QueueFullError as exc:
-        raise ApiError(
-            503, "overloaded", f"The service is at capacity ({exc}); retry after a second.",
-            {"Retry-After": "1"}, reject_reason="queue_full",
+        raise OverloadedError(
+            f"The service is at capacity ({exc}); retry after a second.", retry_after_s=1
         ) from None
     except BatcherClosedError:
-        raise ApiError(
-            503, "shutting_down", "The service is shutting down; retry on another replica.",
-            {"Retry-After": "5"}, reject_reason="shutting_down",
+        raise ShuttingDownError(
+            "The service is shutting down; retry on another replica.", retry_after_s=5
         ) from None
     except ModelCallError:
-        raise ApiError(
-            500, "model_error",
+        raise ModelFailedError(
             "The model failed on the batch holding this image; the image itself may be fine. "
             "Retry.",
         ) from None

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from app.core.errors import DOMAIN_ERRORS
 from app.inference import imaging
 from app.inference.imaging import ImageError, declared_pixels, decode_image
 from tests.helpers.app import app_client
@@ -49,7 +50,8 @@ def test_the_service_limit_wins_over_a_higher_pillow_limit() -> None:
     data = encode(np.full((60, 60), 200, np.uint8))
     with pytest.raises(ImageError) as caught:
         decode_image(data, max_pixels=3_599)
-    assert caught.value.status == 413 and caught.value.code == "image_too_large"
+    assert DOMAIN_ERRORS[caught.value.code].status == 413
+    assert caught.value.code == "image_too_large"
     assert "3,600" in caught.value.message and "3,599" in caught.value.message
 
 

@@ -9,8 +9,7 @@ from pydantic import BaseModel, Field
 
 from app.api.deps import AdminAuth, RecordsDep
 from app.api.openapi import error_responses
-from app.api.records_errors import call_records
-from app.services.records import RecordsService
+from app.services.records import RecordsService, read_records
 
 router = APIRouter(prefix="/v1/admin/cfx", tags=["admin"], dependencies=[AdminAuth])
 
@@ -56,4 +55,4 @@ def _status(records: RecordsService) -> CfxOutboxStatus:
             response_model=CfxOutboxStatus, responses=error_responses(401, 403, 404, 500))
 async def get_cfx_status(records: RecordsDep) -> CfxOutboxStatus:
     """What waits to be published to the CFX broker and how the publishing goes."""
-    return await call_records(_status, records)
+    return await read_records(_status, records)

@@ -18,12 +18,12 @@ from app.api.schemas import (
     GoldenBoardPutOut,
     ModelRef,
 )
-from app.core.errors import ApiError
+from app.api.uploads import disconnect_check, one_upload, read_uploads
 from app.services.golden_store import (
     GoldenBoard,
 )
-from app.services.references import call_store
-from app.services.uploads import decode_or_error, read_uploads
+from app.services.references import in_store
+from app.services.uploads import decode_upload
 
 router = APIRouter(prefix="/v1/golden-boards", tags=["golden boards"], dependencies=[AuthDep])
 
@@ -64,15 +64,14 @@ async def put_golden_board(
     """
     product = product_id(product)
     uploads = await read_uploads(request, settings, "file")
-    if len(uploads) > 1:
-        raise ApiError(
-            400, "too_many_files",
-            f"A product has one golden board; received {len(uploads)} images in field 'file'.",
-        )
-    decoded = await decode_or_error(uploads[0], settings)
-    board, created = await call_store(store, "put", product, decoded.pixels)
+    upload = one_upload(
+        uploads, f"A product has one golden board; received {len(uploads)} images in field "
+        "'file'."
+    )
+    decoded = await decode_upload(upload, settings)
+    board, created = await in_store(store, store.put, product, decoded.pixels)
     response.status_code = 201 if created else 200
-    found, checker = await inspections.check_golden(request, decoded.pixels)
+    found, checker = await inspections.check_golden(decoded.pixels, disconnect_check(request))
     card = checker.inferencer.card if checker is not None else None
     return GoldenBoardPutOut(
         **board.as_dict(), warnings=[DefectOut.of(d) for d in found],
@@ -89,7 +88,7 @@ async def put_golden_board(
 )
 async def list_golden_boards(store: StoreDep) -> GoldenBoardListOut:
     """Every stored golden board: product, size, sha256 of its PNG, when it was stored."""
-    boards = await call_store(store, "list_boards")
+    boards = await in_store(store, store.list_boards)
     return GoldenBoardListOut(count=len(boards), boards=[_out(b) for b in boards])
 
 
@@ -108,9 +107,9 @@ async def get_golden_board(
     product = product_id(product)
     accept = request.headers.get("accept", "").lower()
     if "image/png" in accept and "application/json" not in accept:
-        board, png = await call_store(store, "png", product)
+        board, png = await in_store(store, store.png, product)
         return Response(png, media_type="image/png", headers={"ETag": f'"{board.sha256}"'})
-    return _out(await call_store(store, "get", product))
+    return _out(await in_store(store, store.get, product))
 
 
 @router.delete(
@@ -124,5 +123,5 @@ async def get_golden_board(
 async def delete_golden_board(product: ProductPath, store: StoreDep) -> Response:
     """Removes ``product``'s golden board; inspections with ``?product=`` then get 404."""
     product = product_id(product)
-    await call_store(store, "delete", product)
+    await in_store(store, store.delete, product)
     return Response(status_code=204)

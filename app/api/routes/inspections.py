@@ -15,10 +15,11 @@ from fastapi.responses import Response, StreamingResponse
 from app.api.deps import AdminAuth, RecordsDep, ReviewAuth, ReviewerDep
 from app.api.json_body import bounded_json_route
 from app.api.openapi import error_responses
-from app.api.records_errors import call_records, utc_param
 from app.api.schemas import InspectionDetailOut, InspectionPageOut
+from app.api.time_params import utc_param
 from app.records import MAX_REVIEW_BYTES, InspectionFilter, Review, ReviewRequest
 from app.services.board_meta import check_text, query_meta, split_tags
+from app.services.records import read_records
 
 # The review's JSON body is bounded before it is read, and parsed off the event loop.
 router = APIRouter(prefix="/v1/inspections", tags=["inspections"], dependencies=[ReviewAuth],
@@ -73,7 +74,7 @@ async def list_inspections(
 ) -> InspectionPageOut:
     """The records matching the filters, newest first, a page at a time: pass the answer's
     ``next_cursor`` as ``?cursor=`` (with the same filters) for the next page."""
-    page = await call_records(records.page, filters, limit, cursor)
+    page = await read_records(records.page, filters, limit, cursor)
     return InspectionPageOut(items=page.items, next_cursor=page.next_cursor)
 
 
@@ -108,7 +109,7 @@ async def export_inspections(
 async def get_inspection(inspection_id: str, records: RecordsDep) -> InspectionDetailOut:
     """The record: metadata, image hash, model, rules, verdict and defects, and every
     distinct review of it (oldest first; the last is the current one)."""
-    inspection, reviews = await call_records(records.detail, inspection_id)
+    inspection, reviews = await read_records(records.detail, inspection_id)
     return InspectionDetailOut(**dict(inspection), reviews=reviews)
 
 
@@ -122,7 +123,7 @@ async def get_inspection(inspection_id: str, records: RecordsDep) -> InspectionD
 async def get_inspection_image(inspection_id: str, records: RecordsDep) -> Response:
     """The board's image as it was sent (its sha256 is the record's); 404 ``image_not_kept``
     when the policy did not keep it or retention removed it."""
-    data, media_type = await call_records(records.image, inspection_id)
+    data, media_type = await read_records(records.image, inspection_id)
     # The bytes are what a station sent: a browser must not guess another type from them.
     return Response(data, media_type=media_type, headers={"X-Content-Type-Options": "nosniff"})
 
@@ -150,7 +151,7 @@ async def review_inspection(
     ``defects`` and ``missed`` or with more than the bounds of either, 413 for a body over
     its byte bound.
     """
-    review, created = await call_records(records.review, inspection_id, reviewer.name, body)
+    review, created = await read_records(records.review, inspection_id, reviewer.name, body)
     response.status_code = 201 if created else 200
     return review
 
@@ -166,5 +167,5 @@ async def review_inspection(
 async def delete_inspection(inspection_id: str, records: RecordsDep) -> Response:
     """Deletes the record and its reviews; its image too unless another record (the same
     bytes sent again) still uses it."""
-    await call_records(records.delete, inspection_id)
+    await read_records(records.delete, inspection_id)
     return Response(status_code=204)

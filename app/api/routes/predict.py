@@ -18,10 +18,15 @@ from app.api.deps import AuthDep, InspectionsDep, ModelDep
 from app.api.openapi import BINARY, error_responses, upload_doc
 from app.api.params import MaskParam, MetaDep, ProductParam, RenderParam, RulesDep
 from app.api.schemas import BatchOut, PredictionOut
+from app.api.uploads import declared_length, disconnect_check, one_upload, read_upload_form
+from app.core.errors import ApiError, count_rejection
 from app.inference.defects import Defect
 from app.inference.encoding import encode_mask_png
 from app.inference.render import UnitFrame, ZoneOutline, render_overlay
-from app.services.inspection import Inspection
+from app.services.board_meta import META_FIELDS, BoardMeta, with_form
+from app.services.inspection import Inspection, InspectionService
+from app.services.references import check_product_param
+from app.services.uploads import Upload
 
 router = APIRouter(prefix="/predict", tags=["inspection"], dependencies=[AuthDep])
 
@@ -70,6 +75,16 @@ def recipe_drawing(
     return units, zones, [i.defect for i in done.ignored]
 
 
+async def _board_form(
+    request: Request, inspections: InspectionService, meta: BoardMeta, field: str,
+) -> tuple[list[Upload], list[Upload], BoardMeta]:
+    """The boards of ``field``, the templates, and ``meta`` with the form's metadata fields."""
+    form = await read_upload_form(
+        request, inspections.settings, field, ("template",), META_FIELDS
+    )
+    return form.uploads, form.extra["template"], with_form(meta, form.texts)
+
+
 def _wants_png(request: Request) -> bool:
     accept = request.headers.get("accept", "").lower()
     return "image/png" in accept and "application/json" not in accept
@@ -111,7 +126,30 @@ async def predict(
     ``product`` and ``tags`` (query parameters or form fields) go into the record.
     """
     async with inspections.request_in_flight():
-        done = await inspections.inspect(request, model, rules, product, meta)
+        check_product_param(product)
+        inspections.check_body_fits(declared_length(request))
+        boards, templates, meta = await _board_form(
+            request, inspections, meta or BoardMeta(product=product), "file"
+        )
+        product = meta.product
+        check_product_param(product)
+        board = one_upload(
+            boards, f"/predict takes one image; received {len(boards)} in field 'file'. "
+            "Use /predict/batch for several."
+        )
+        template = one_upload(
+            templates, f"template: /predict takes one golden board; received {len(templates)} "
+            "in field 'template'."
+        ) if templates else None
+        if template is not None and product is not None:
+            raise ApiError(
+                422, "invalid_request",
+                f"Send the golden board either as the field 'template' or as ?product={product}, "
+                "not both.",
+            )
+        done = await inspections.inspect(
+            model, board, rules, meta, template, disconnect_check(request)
+        )
         result = done.result
         headers = {"X-Inspection-ID": done.record_id} if done.record_id else {}
         # Encoding a large board's mask or overlay takes a while: keep it off the event loop.
@@ -155,5 +193,27 @@ async def predict_batch(
     in its ``result``.
     """
     async with inspections.request_in_flight():
-        items = await inspections.inspect_batch(request, model, rules, product, meta)
+        check_product_param(product)
+        # Before the upload is read: a batch for a product without a golden board (or without
+        # a pair model) fails at once, not after every file has arrived.
+        target = await inspections.target(model, product)
+        # "template" is read only to be refused: ignored, it would inspect every board alone
+        # while the station believes they were compared with its golden board.
+        boards, templates, meta = await _board_form(
+            request, inspections, meta or BoardMeta(product=product), "files"
+        )
+        if templates:
+            raise ApiError(
+                422, "invalid_request",
+                "template: /predict/batch takes no golden board in the request; store it "
+                "with PUT /v1/golden-boards/{product} and send ?product= (the form field "
+                "'product' works too), or send each board with its template to /predict.",
+            )
+        items = await inspections.inspect_batch(
+            target, boards, rules, meta, disconnect_check(request)
+        )
+        for item in items:
+            if item.error is not None:
+                # Counted here: the exception handler that counts the others never sees it.
+                count_rejection(item.error)
         return await run_in_threadpool(BatchOut.of, items, mask)

@@ -15,9 +15,9 @@ from app.api.deps import AdminDep, AuthDep, StateDep
 from app.api.openapi import error_responses
 from app.api.params import ProductPath, product_id
 from app.api.schemas import RecipeOut, RecipeRevisionListOut, RecipeRevisionOut
-from app.services.recipe_store import RecipeRevision, call_recipes
+from app.services.recipe_store import RecipeRevision, in_recipes
 from app.services.recipes import RecipeBody
-from app.services.references import call_store
+from app.services.references import in_store
 
 router = APIRouter(prefix="/v1/products", tags=["product recipes"], dependencies=[AuthDep])
 
@@ -53,9 +53,8 @@ async def put_recipe(
     administrator's act, as for the golden board.
     """
     product = product_id(product)
-    golden = await call_store(state.golden, "get", product)
-    rev, created = await call_recipes(state.recipes, "put", product, body, golden,
-                                      principal.name)
+    golden = await in_store(state.golden, state.golden.get, product)
+    rev, created = await in_recipes(state.recipes.put, product, body, golden, principal.name)
     response.status_code = 201 if created else 200
     return _out(rev)
 
@@ -68,7 +67,7 @@ async def put_recipe(
 )
 async def get_recipe(product: ProductPath, state: StateDep) -> RecipeOut:
     """The current (latest) revision of ``product``'s recipe."""
-    return _out(await call_recipes(state.recipes, "current", product_id(product)))
+    return _out(await in_recipes(state.recipes.current, product_id(product)))
 
 
 @router.get(
@@ -80,7 +79,7 @@ async def get_recipe(product: ProductPath, state: StateDep) -> RecipeOut:
 async def list_revisions(product: ProductPath, state: StateDep) -> RecipeRevisionListOut:
     """Number, sha256, time and author of every revision, oldest first."""
     product = product_id(product)
-    revs: list[RecipeRevision] = await call_recipes(state.recipes, "revisions", product)
+    revs = await in_recipes(state.recipes.revisions, product)
     return RecipeRevisionListOut(
         product=product, count=len(revs),
         revisions=[RecipeRevisionOut(revision=r.revision, sha256=r.sha256, created=r.created,
@@ -97,4 +96,4 @@ async def list_revisions(product: ProductPath, state: StateDep) -> RecipeRevisio
 async def get_revision(product: ProductPath, revision: RevisionParam, state: StateDep) -> RecipeOut:
     """Revision ``revision`` of ``product``'s recipe, as it was stored (what an inspection
     that names it in its ``recipe`` block was judged by)."""
-    return _out(await call_recipes(state.recipes, "revision", product_id(product), revision))
+    return _out(await in_recipes(state.recipes.revision, product_id(product), revision))

@@ -9,9 +9,10 @@ from fastapi import APIRouter, Query
 
 from app.api.deps import RecordsDep, ReviewAuth
 from app.api.openapi import error_responses
-from app.api.records_errors import call_records, utc_param
+from app.api.time_params import utc_param
 from app.core.errors import ApiError
 from app.records import Stats
+from app.services.records import read_records
 
 router = APIRouter(prefix="/v1/stats", tags=["inspections"], dependencies=[ReviewAuth])
 
@@ -42,4 +43,4 @@ async def get_stats(
         raise ApiError(422, "too_many_buckets",
                        f"{bucket} buckets from {start.isoformat()} to {end.isoformat()} are "
                        f"more than {MAX_BUCKETS:,}; expected a shorter range or bucket=day")
-    return await call_records(records.stats, start, end, bucket)
+    return await read_records(records.stats, start, end, bucket)

@@ -47,7 +47,7 @@ def test_revisions_are_numbered_kept_and_checked(tmp_path: Path) -> None:
     # Back to the first content: a new revision (3), with the first one's sha256.
     third, created = store.put("p1", TWO, GOLDEN, "boss")
     assert created and third.revision == 3 and third.sha256 == first.sha256
-    with pytest.raises(UnknownRecipeError, match="no revision 4"):
+    with pytest.raises(UnknownRecipeError, match="No revision 4"):
         store.revision("p1", 4)
 
 
