@@ -22,7 +22,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "product": ("pcb_inspect.client_cli",
                 "store a product's recipe (panel units, zones, rules), get it, list revisions"),
     "db": ("app.records.cli", "the inspection-records database: upgrade, current"),
-    "export-reviews": ("app.services.review_export",
+    "export-reviews": ("app.export_reviews",
                        "write the reviewed boards as a DeepPCB-format training folder"),
 }
 
