@@ -68,7 +68,6 @@ DOMAIN_ERRORS: dict[str, HttpOf] = {
     "image_too_small": HttpOf(422),
     "multi_frame_image": HttpOf(422),
     # The request's values.
-    "invalid_request": HttpOf(422),
     "invalid_metadata": HttpOf(422),
     "invalid_product": HttpOf(422),
     "invalid_recipe": HttpOf(422),

@@ -18,7 +18,12 @@ from fastapi.testclient import TestClient
 
 from app.core.metrics import IN_FLIGHT_IMAGES, IN_FLIGHT_REQUESTS
 from app.inference.batcher import DynamicBatcher, SubmitTiming
-from app.services.inspection import Inspection, InspectionService
+from app.inference.imaging import ImageError
+from app.services.board_meta import BoardMeta
+from app.services.errors import ClientGoneError, InvalidMetadataError
+from app.services.golden_store import InvalidProductError
+from app.services.inspection import Inspection, InspectionService, RuleParams, Target
+from app.services.uploads import Upload
 from tests.helpers.app import app_client
 from tests.helpers.boards import board_png
 
@@ -127,3 +132,60 @@ def test_the_cards_merge_distance_reaches_post_processing(tiny_weights: Path,
     (tmp_path / "model_card.json").write_text(json.dumps(card))
     with pytest.raises(ModelLoadError, match="merge_distance_px"):
         Inferencer.load(weights)
+
+
+# --- the service without HTTP: values in, a result or a domain error out ------------------
+def test_a_board_is_inspected_by_the_service_without_a_request(client: TestClient) -> None:
+    service: InspectionService = client.app.state.inspections  # type: ignore[attr-defined]
+    model = service.state.model
+    assert model is not None
+    # On the app's event loop (where its batcher runs), but with no request: an upload, the
+    # board's metadata and the rules, as a CLI or a queue consumer would pass them.
+    done = client.portal.call(
+        service.inspect, model, Upload("one.png", BOARD), RuleParams(threshold=0.0),
+        BoardMeta(serial="SN-1", tags=("night",)),
+    )
+    assert done.upload.filename == "one.png" and done.pixels.shape == (96, 80)
+    assert done.meta.serial == "SN-1" and done.reference is None and done.recipe is None
+    # The same board through /predict: the same defects, so the route only adds the HTTP.
+    http = client.post("/predict", params={"threshold": 0.0},
+                       files={"file": ("one.png", BOARD, "image/png")}).json()
+    assert len(done.result.defects) == len(http["defects"]) > 0
+    assert [list(d.bbox) for d in done.result.defects] == [d["bbox"] for d in http["defects"]]
+    assert done.result.summary.verdict == http["summary"]["verdict"]
+
+
+def test_the_service_raises_domain_errors_not_http(client: TestClient) -> None:
+    service: InspectionService = client.app.state.inspections  # type: ignore[attr-defined]
+    model = service.state.model
+    assert model is not None
+    with pytest.raises(ImageError) as bad_image:
+        client.portal.call(service.inspect, model, Upload("x.png", b"not an image"),
+                           RuleParams(), BoardMeta())
+    assert bad_image.value.code == "not_an_image" and "12 bytes" in bad_image.value.message
+    with pytest.raises(InvalidProductError, match=r"\?product=: product id 'a b'"):
+        client.portal.call(service.inspect, model, Upload(None, BOARD), RuleParams(),
+                           BoardMeta(product="a b"))
+    with pytest.raises(InvalidMetadataError, match="unit_serials: /predict/batch takes none"):
+        client.portal.call(service.inspect_batch, Target(model), [Upload(None, BOARD)],
+                           RuleParams(), BoardMeta(unit_serials=("u1",)))
+
+
+def test_a_client_that_left_drops_the_board_through_the_disconnect_check(
+    client: TestClient,
+) -> None:
+    service: InspectionService = client.app.state.inspections  # type: ignore[attr-defined]
+    model = service.state.model
+    assert model is not None
+    polls = 0
+
+    async def gone() -> bool:
+        nonlocal polls
+        polls += 1
+        return True
+
+    with pytest.raises(ClientGoneError):
+        client.portal.call(service.inspect, model, Upload(None, BOARD), RuleParams(),
+                           BoardMeta(), None, gone)
+    assert polls >= 1
+    assert gauge(IN_FLIGHT_IMAGES) == 0
