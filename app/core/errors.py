@@ -2,6 +2,10 @@
 
 Handlers turn every exception into that JSON, so a client never sees a stack trace; a
 ``500`` says only that the server failed and carries the request id to look it up in the logs.
+
+The services, records and inference raise domain errors (:mod:`app.core.domain_errors`), which
+:data:`DOMAIN_ERRORS` answers by their code; :class:`ApiError` is for what only the HTTP layer
+knows (a malformed body, a query parameter).
 """
 
 from __future__ import annotations
@@ -23,7 +27,8 @@ logger = logging.getLogger("pcb_inspect.errors")
 
 
 class ApiError(Exception):
-    """An error with its HTTP status, machine-readable code and operator-readable message."""
+    """An error with its HTTP status, machine-readable code and operator-readable message,
+    raised by the HTTP layer only (routes, middleware)."""
 
     def __init__(
         self,
