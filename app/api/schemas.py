@@ -23,7 +23,7 @@ from app.inference.defects import Defect, Summary
 from app.inference.encoding import encode_mask_png, encode_rle
 from app.records import Inspection as InspectionRecordOut
 from app.records import Review
-from app.services.inspection import BatchItem, Inspection
+from app.services.inspection import BatchItem, InspectedBoard
 from app.services.recipes import ProductRules, Unit, Zone
 
 MaskEncoding = Literal["png", "rle", "none"]
@@ -194,7 +194,7 @@ class PredictionOut(BaseModel):
     )
 
     @classmethod
-    def of(cls, inspection: Inspection, mask: MaskEncoding) -> PredictionOut:
+    def of(cls, inspection: InspectedBoard, mask: MaskEncoding) -> PredictionOut:
         """The answer for one inspected board, its mask encoded as asked (takes a while on a
         large board: call it off the event loop)."""
         result, inferencer, config = inspection.result, inspection.inferencer, inspection.config

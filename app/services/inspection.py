@@ -57,7 +57,7 @@ from app.services.recipes import (
     loosest,
 )
 from app.services.references import (
-    Reference,
+    GoldenBoardImage,
     check_product_param,
     stored_reference,
     uploaded_reference,
@@ -117,7 +117,7 @@ def _check_unit_serials(meta: BoardMeta, recipe: RecipeRevision | None) -> None:
 
 
 async def _split_reference(
-    result: InferenceResult, pixels: np.ndarray, reference: Reference | None,
+    result: InferenceResult, pixels: np.ndarray, reference: GoldenBoardImage | None,
     config: PostprocessConfig, model: ServedModel,
 ) -> tuple[InferenceResult, tuple[Defect, ...]]:
     """The result without the differences that come from the golden board, and those."""
@@ -147,13 +147,13 @@ def _over_budget(exc: BudgetExceededError) -> OverCapacityError:
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class Inspection:
+class InspectedBoard:
     """One finished board: what its response is made of, and what a record of it would keep."""
 
     result: InferenceResult
     inferencer: Inferencer
     config: PostprocessConfig
-    reference: Reference | None
+    reference: GoldenBoardImage | None
     upload: Upload
     #: The decoded board (``(H, W)`` uint8), for the overlay.
     pixels: np.ndarray
@@ -177,7 +177,7 @@ class BatchItem:
 
     index: int
     upload: Upload
-    inspection: Inspection | None = None
+    inspection: InspectedBoard | None = None
     error: DomainError | None = None
 
 
@@ -187,14 +187,14 @@ class Target:
     current recipe (``None``: none)."""
 
     model: ServedModel
-    reference: Reference | None = None
+    reference: GoldenBoardImage | None = None
     recipe: RecipeRevision | None = None
 
 
 #: Called with every finished inspection, in :meth:`InspectionService.finish`; an exception
 #: fails that board's inspection. A hook may return the inspection with what it added (the
 #: record's id), which the next hooks and the response then see.
-ResultHook = Callable[[Inspection], Awaitable[Inspection | None]]
+ResultHook = Callable[[InspectedBoard], Awaitable[InspectedBoard | None]]
 
 
 class InspectionService:
@@ -233,7 +233,7 @@ class InspectionService:
     async def inspect(
         self, model: ServedModel, board: Upload, rules: RuleParams, meta: BoardMeta,
         template: Upload | None = None, disconnected: DisconnectCheck | None = None,
-    ) -> Inspection:
+    ) -> InspectedBoard:
         """Inspects one board, against the golden board ``template`` or the stored one of
         ``meta.product`` if given (with the pair model), else with ``model``.
 
@@ -268,7 +268,7 @@ class InspectionService:
             result, from_reference = await _split_reference(
                 result, decoded.pixels, reference, config, model)
             return await self.finish(await self._judged(
-                Inspection(result, model.inferencer, config, reference, board,
+                InspectedBoard(result, model.inferencer, config, reference, board,
                            decoded.pixels, meta, recipe=recipe,
                            reference_defects=from_reference)
             ))
@@ -327,7 +327,7 @@ class InspectionService:
                     result, from_reference = await _split_reference(
                         result, decoded.pixels, reference, config, model)
                     inspection = await self.finish(await self._judged(
-                        Inspection(result, model.inferencer, config, reference, upload,
+                        InspectedBoard(result, model.inferencer, config, reference, upload,
                                    decoded.pixels, meta, recipe=recipe,
                                    reference_defects=from_reference)
                     ))
@@ -337,7 +337,7 @@ class InspectionService:
 
         return list(await asyncio.gather(*(one(i, u) for i, u in enumerate(boards))))
 
-    async def finish(self, inspection: Inspection) -> Inspection:
+    async def finish(self, inspection: InspectedBoard) -> InspectedBoard:
         """Where every finished board passes: records its metrics, then calls ``on_result``."""
         result, inferencer = inspection.result, inspection.inferencer
         IMAGES.inc()
@@ -408,7 +408,7 @@ class InspectionService:
             INFLIGHT_PIXELS.set(budget.in_flight)  # the budget's own count, after the release
 
     # ------------------------------------------------------------------------- recipes
-    async def _product(self, product: str) -> tuple[Reference, RecipeRevision | None]:
+    async def _product(self, product: str) -> tuple[GoldenBoardImage, RecipeRevision | None]:
         """The stored golden board of ``product`` and its current recipe (``None``: none).
 
         Raises:
@@ -429,7 +429,7 @@ class InspectionService:
                 )
         return reference, recipe
 
-    async def _judged(self, inspection: Inspection) -> Inspection:
+    async def _judged(self, inspection: InspectedBoard) -> InspectedBoard:
         """``inspection`` with its units and verdicts under its recipe (a worker thread: a
         panel may have many defects and zones). Without a recipe the defects and summary are
         post-processing's own, and the one unit is the whole image.

@@ -29,7 +29,7 @@ from app.records import (
 )
 from app.services.errors import RecordsUnavailableError
 from app.services.golden_store import GoldenStore, GoldenStoreError, UnknownProductError
-from app.services.inspection import Inspection
+from app.services.inspection import InspectedBoard
 
 logger = logging.getLogger("pcb_inspect.records")
 
@@ -41,7 +41,7 @@ def _defect_fields(d: Defect) -> dict[str, object]:
     }
 
 
-def build_record(inspection: Inspection, image_path: str | None) -> InspectionRecord:
+def build_record(inspection: InspectedBoard, image_path: str | None) -> InspectionRecord:
     """The record of one finished board (its image kept at ``image_path``, or not kept)."""
     result, inferencer, config = inspection.result, inspection.inferencer, inspection.config
     meta, data = inspection.meta, inspection.upload.data
@@ -107,7 +107,7 @@ class RecordingHook:
         self.images = images
         self.golden = golden
 
-    async def __call__(self, inspection: Inspection) -> Inspection:
+    async def __call__(self, inspection: InspectedBoard) -> InspectedBoard:
         # A commit or an fsync: off the event loop, and awaited, so the record is durable
         # before the answer that carries its id.
         record_id = await asyncio.to_thread(self.record, inspection)
@@ -115,7 +115,7 @@ class RecordingHook:
             raise records_unavailable()
         return dataclasses.replace(inspection, record_id=record_id)
 
-    def record(self, inspection: Inspection) -> str | None:
+    def record(self, inspection: InspectedBoard) -> str | None:
         """Records ``inspection`` (blocking); its id, or ``None`` when neither the database
         nor the spool took it. A record that cannot be built is a bug, and raises."""
         try:
@@ -129,7 +129,7 @@ class RecordingHook:
             RECORDS_SPOOLED.inc()
         return None if stored.stored == "lost" else stored.inspection_id
 
-    def _keep(self, inspection: Inspection) -> str | None:
+    def _keep(self, inspection: InspectedBoard) -> str | None:
         """Keeps the image if the policy says so (and the golden board it was compared with,
         for the training export); its path, or ``None``. A full disk loses the image, not the
         record."""
@@ -144,7 +144,7 @@ class RecordingHook:
             return None
         return kept.path
 
-    def _keep_reference(self, inspection: Inspection) -> None:
+    def _keep_reference(self, inspection: InspectedBoard) -> None:
         reference = inspection.reference
         if reference is None:
             return

@@ -29,7 +29,7 @@ logger = logging.getLogger("pcb_inspect.golden")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class Reference:
+class GoldenBoardImage:
     """The golden board a board is compared with."""
 
     source: Literal["upload", "product"]
@@ -78,17 +78,17 @@ def without_paths(message: str, root: Path) -> str:
                   message)
 
 
-async def stored_reference(store: GoldenStore, product: str) -> Reference:
+async def stored_reference(store: GoldenStore, product: str) -> GoldenBoardImage:
     """The stored golden board of ``product`` (decoded, from the cache when current).
 
     Raises:
         UnknownProductError, GoldenStoreError: As :func:`in_store`.
     """
     board, pixels = await in_store(store, store.pixels, product)
-    return Reference("product", product, board.sha256, pixels)
+    return GoldenBoardImage("product", product, board.sha256, pixels)
 
 
-async def uploaded_reference(upload: Upload, settings: Settings) -> Reference:
+async def uploaded_reference(upload: Upload, settings: Settings) -> GoldenBoardImage:
     """The golden board of the ``template`` field, decoded under the board's rules.
 
     Raises:
@@ -96,4 +96,4 @@ async def uploaded_reference(upload: Upload, settings: Settings) -> Reference:
     """
     decoded = await decode_upload(upload, settings, "template")
     sha256 = hashlib.sha256(upload.data).hexdigest()
-    return Reference("upload", None, sha256, decoded.pixels, upload.data)
+    return GoldenBoardImage("upload", None, sha256, decoded.pixels, upload.data)

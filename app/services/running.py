@@ -36,7 +36,7 @@ from app.services.errors import (
     OverloadedError,
     ShuttingDownError,
 )
-from app.services.references import Reference
+from app.services.references import GoldenBoardImage
 from app.services.state import ServedModel
 from pcb_inspect.registration import MIN_SCORE, AlignmentError
 
@@ -50,7 +50,7 @@ async def run_board(
     model: ServedModel,
     pixels: np.ndarray,
     config: PostprocessConfig,
-    reference: Reference | None = None,
+    reference: GoldenBoardImage | None = None,
     gating: str | None = None,
     hold: Hold | None = None,
 ) -> InferenceResult:
@@ -166,7 +166,7 @@ def _with_queue_time(result: InferenceResult, timing: SubmitTiming) -> Inference
 
 
 def _result_or_error(
-    task: asyncio.Future[InferenceResult], reference: Reference | None
+    task: asyncio.Future[InferenceResult], reference: GoldenBoardImage | None
 ) -> InferenceResult:
     try:
         return task.result()

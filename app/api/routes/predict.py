@@ -24,7 +24,7 @@ from app.inference.defects import Defect
 from app.inference.encoding import encode_mask_png
 from app.inference.render import UnitFrame, ZoneOutline, render_overlay
 from app.services.board_meta import META_FIELDS, BoardMeta, with_form
-from app.services.inspection import Inspection, InspectionService
+from app.services.inspection import InspectedBoard, InspectionService
 from app.services.references import check_product_param
 from app.services.uploads import Upload
 
@@ -59,7 +59,7 @@ _ERRORS = error_responses(400, 401, 404, 409, 413, 415, 422, 500, 503, 504)
 
 
 def recipe_drawing(
-    done: Inspection,
+    done: InspectedBoard,
 ) -> tuple[list[UnitFrame], list[ZoneOutline], list[Defect]]:
     """What the overlay draws of a recipe: the boards (when it has units), its zones and the
     defects they set aside; nothing without a recipe, so that overlay stays as it was."""

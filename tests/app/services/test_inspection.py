@@ -22,7 +22,7 @@ from app.inference.imaging import ImageError
 from app.services.board_meta import BoardMeta
 from app.services.errors import ClientGoneError, InvalidMetadataError
 from app.services.golden_store import InvalidProductError
-from app.services.inspection import Inspection, InspectionService, RuleParams, Target
+from app.services.inspection import InspectedBoard, InspectionService, RuleParams, Target
 from app.services.uploads import Upload
 from tests.helpers.app import app_client
 from tests.helpers.boards import board_png
@@ -42,9 +42,9 @@ def gauge(metric: object) -> float:
 
 def test_every_finished_board_passes_through_finish(client: TestClient) -> None:
     service: InspectionService = client.app.state.inspections  # type: ignore[attr-defined]
-    seen: list[tuple[Inspection, float]] = []
+    seen: list[tuple[InspectedBoard, float]] = []
 
-    async def hook(inspection: Inspection) -> None:
+    async def hook(inspection: InspectedBoard) -> None:
         seen.append((inspection, gauge(IN_FLIGHT_REQUESTS)))
 
     service.on_result.append(hook)
