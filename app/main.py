@@ -35,7 +35,7 @@ from app.core.network import is_loopback
 from app.inference.batcher import DynamicBatcher
 from app.inference.inferencer import Inferencer, ModelLoadError, check_weights_file
 from app.services.inspection import InspectionService
-from app.services.records import running_records
+from app.services.records_service import running_records
 from app.services.state import ServiceState
 
 logger = logging.getLogger("pcb_inspect")

@@ -12,7 +12,7 @@ from app.core.config import ROLES, Role, Settings
 from app.core.errors import ApiError
 from app.services.golden_store import GoldenStore
 from app.services.inspection import InspectionService
-from app.services.records import RecordsService
+from app.services.records_service import RecordsService
 from app.services.state import ServedModel, ServiceState
 
 

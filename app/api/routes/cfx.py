@@ -9,7 +9,7 @@ from pydantic import BaseModel, Field
 
 from app.api.deps import AdminAuth, RecordsDep
 from app.api.openapi import error_responses
-from app.services.records import RecordsService, read_records
+from app.services.records_service import RecordsService, read_records
 
 router = APIRouter(prefix="/v1/admin/cfx", tags=["admin"], dependencies=[AdminAuth])
 

@@ -1,7 +1,7 @@
 """Inspection records: query, one record and its image, export, review, deletion.
 
-Thin routes over :class:`app.services.records.RecordsService`. Reading and reviewing need the
-``review`` role; exporting and deleting ``admin``.
+Thin routes over :class:`app.services.records_service.RecordsService`. Reading and reviewing
+need the ``review`` role; exporting and deleting ``admin``.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from app.api.schemas import InspectionDetailOut, InspectionPageOut
 from app.api.time_params import utc_param
 from app.records import MAX_REVIEW_BYTES, InspectionFilter, Review, ReviewRequest
 from app.services.board_meta import check_text, query_meta, split_tags
-from app.services.records import read_records
+from app.services.records_service import read_records
 
 # The review's JSON body is bounded before it is read, and parsed off the event loop.
 router = APIRouter(prefix="/v1/inspections", tags=["inspections"], dependencies=[ReviewAuth],

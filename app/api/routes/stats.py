@@ -12,7 +12,7 @@ from app.api.openapi import error_responses
 from app.api.time_params import utc_param
 from app.core.errors import ApiError
 from app.records import Stats
-from app.services.records import read_records
+from app.services.records_service import read_records
 
 router = APIRouter(prefix="/v1/stats", tags=["inspections"], dependencies=[ReviewAuth])
 

@@ -43,7 +43,7 @@ from app.services.errors import (
 from app.services.golden_store import GoldenStoreError, InvalidProductError, UnknownProductError
 from app.services.recipe_store import RecipeStoreError, UnknownRecipeError
 from app.services.recipes import RecipeFitError
-from app.services.records import ImageNotKeptError
+from app.services.records_service import ImageNotKeptError
 
 #: (error, status, code, Retry-After or None)
 CASES: list[tuple[DomainError, int, str, str | None]] = [

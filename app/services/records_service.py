@@ -53,7 +53,7 @@ from app.services.cfx_publisher import AmqpTarget, CfxPublisher
 from app.services.errors import RecordsUnavailableError
 from app.services.golden_store import GoldenStore
 from app.services.inspection import InspectionService
-from app.services.recording import RecordingHook
+from app.services.record_hook import RecordingHook
 from app.services.state import ServiceState
 
 logger = logging.getLogger("pcb_inspect.records")
