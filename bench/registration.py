@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from app.inference.registration import REFINE_MAX_PIXELS, AlignmentError, register
 from bench.common import memory_mb
-from pcb_inspect.registration import REFINE_MAX_PIXELS, AlignmentError, register
 from pcb_inspect.synth import make_board, moved
 
 #: ``(dx, dy, degrees)``: the motions the template is moved by.

@@ -27,10 +27,10 @@ from app.inference.batcher import (
 )
 from app.inference.inferencer import InferenceResult
 from app.inference.postprocess import PostprocessConfig
+from app.inference.registration import MIN_SCORE, AlignmentError
 from app.services.admission import Hold
 from app.services.references import Reference
 from app.services.state import ServedModel
-from pcb_inspect.registration import MIN_SCORE, AlignmentError
 
 
 async def run_board(

@@ -9,8 +9,8 @@ import cv2
 import numpy as np
 import pytest
 
-import pcb_inspect.registration as registration
-from pcb_inspect.registration import SCREEN_SIDE, AlignmentError, register
+import app.inference.registration as registration
+from app.inference.registration import SCREEN_SIDE, AlignmentError, register
 from pcb_inspect.synth import make_board, moved
 
 
