@@ -18,7 +18,7 @@ from app.inference.registration import (
     register,
     warp_reference,
 )
-from pcb_inspect.synth import make_board, moved
+from training.synth import make_board, moved
 
 
 @pytest.fixture(scope="module")
@@ -155,8 +155,8 @@ _MEMORY_PROBE = """
 import sys
 from pathlib import Path
 from app.inference.registration import register
-from pcb_inspect.synth import make_board, moved
-from pcb_inspect.synth import moved
+from training.synth import make_board, moved
+from training.synth import moved
 
 board = make_board(seed=3, size=4000, jpeg_quality=90)
 reference = moved(board.template, 7.5, -4.25, 0.4)

@@ -11,7 +11,7 @@ import pytest
 
 import app.inference.registration as registration
 from app.inference.registration import SCREEN_SIDE, AlignmentError, register
-from pcb_inspect.synth import make_board, moved
+from training.synth import make_board, moved
 
 
 @pytest.fixture
