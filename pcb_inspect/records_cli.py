@@ -142,7 +142,9 @@ def _list(client: InspectClient, args: argparse.Namespace, out: Console) -> int:
         return EXIT_PASS
     table = Table(title=f"Inspections ({len(page['items'])})", title_justify="left")
     for column in ("id", "created", "product", "serial", "verdict", "defects", "reviewed"):
-        table.add_column(column, justify="right" if column == "defects" else "left")
+        # An id is copied from here into `inspections get` and `review`: never wrapped.
+        table.add_column(column, justify="right" if column == "defects" else "left",
+                         no_wrap=column == "id")
     for record in page["items"]:
         table.add_row(*(escape(str(v)) for v in (
             record["id"], record["created_at"], record.get("product") or "-",
