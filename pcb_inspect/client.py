@@ -986,10 +986,9 @@ class InspectClient(_Client):
                 if written:
                     raise InspectError(None, outcome.code, f"{outcome.message} (after "
                                        f"{written} bytes of the export)") from exc
-            done, value = self._settle(request, outcome, attempt)
-            if done:  # pragma: no cover - a success returned above
-                return written
-            self._sleep(value)
+            # Only an error gets here: _settle raises it or says how long to wait.
+            _, delay = self._settle(request, outcome, attempt)
+            self._sleep(delay)
             attempt += 1
 
 

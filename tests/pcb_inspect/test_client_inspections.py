@@ -75,6 +75,16 @@ def test_bad_arguments_fail_before_any_request(
     assert said in str(info.value)
 
 
+def test_an_export_that_cannot_start_is_retried_then_raised() -> None:
+    waits: list[float] = []
+    with InspectClient(NOWHERE, retries=2, sleep=waits.append) as client:
+        out = io.BytesIO()
+        with pytest.raises(InspectError) as info:
+            client.export_inspections_to(out, format="jsonl", verdict="fail")
+    assert (info.value.status, info.value.code) == (None, "connection_error")
+    assert len(waits) == 2 and out.getvalue() == b""
+
+
 @pytest.mark.parametrize(("argv", "said"), [
     (["inspections", "list", "--since", "yesterday"], "expected an ISO 8601 time with a zone"),
     (["inspections", "list", "--since", "2026-12-01T06:00:00"], "expected a time with a zone"),
