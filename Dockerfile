@@ -40,11 +40,12 @@ COPY pcb_inspect ./pcb_inspect
 
 # Fail early on a typo in VARIANT instead of silently building the CPU image. The "./" spelling
 # (not ".") is what hadolint's DL3013 recognises as a local path rather than an unpinned package.
-# The postgres extra (psycopg's binary wheel, a few MB) lets PCB_DATABASE_URL name PostgreSQL,
+# The server extra is the service's dependencies (a bare install is only the line client). The
+# postgres extra (psycopg's binary wheel, a few MB) lets PCB_DATABASE_URL name PostgreSQL,
 # which several replicas need for their inspection records.
 RUN case "$VARIANT" in \
-        cpu) extras="[postgres]" ;; \
-        gpu) extras="[gpu,postgres]" ;; \
+        cpu) extras="[server,postgres]" ;; \
+        gpu) extras="[server,gpu,postgres]" ;; \
         *) echo "VARIANT must be cpu or gpu, got '$VARIANT'" >&2; exit 1 ;; \
     esac \
     && pip install --no-cache-dir "./${extras}"

@@ -116,7 +116,7 @@ def gating_run(weights: Path, size: int, defects: list[int]) -> dict[str, Any]:
     """For each K, one panel of ``size`` px with K defects, gated then ungated on one server."""
     import numpy as np
 
-    from pcb_inspect.synth import encode, make_board, moved
+    from training.synth import encode, make_board, moved
 
     result: dict[str, Any] = {"size": size, "mode": "pair", "runs": []}
     with bench_server(weights) as server:

@@ -3,7 +3,7 @@ and what the shipped single model says on them.
 
     python -m bench.blank_tiles [--sizes 640 2000 8000] [--check 8]
 
-For each size, a synthetic panel (``pcb_inspect.synth``, 10 defects where they fit) is planned
+For each size, a synthetic panel (``training.synth``, 10 defects where they fit) is planned
 into the service's 640 px tiles; :func:`app.inference.gating.blank_tiles` marks those with no
 copper edge. Up to ``--check`` blank tiles then go through the shipped single model (the full
 path's tile, float32): the pixels at or above its card's threshold there are what skipping them
@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     from app.inference.gating import blank_tiles
     from app.inference.inferencer import Inferencer
     from app.inference.tiling import extract_tiles, plan_tiles
-    from pcb_inspect.synth import make_board
+    from training.synth import make_board
 
     p = argparse.ArgumentParser(prog="python -m bench.blank_tiles", description=__doc__)
     p.add_argument("--sizes", type=int, nargs="+", default=[640, 2000, 8000])

@@ -1,6 +1,6 @@
 """Shared pieces of the benchmarks: boards, load generation, memory, statistics.
 
-Server processes come from :mod:`pcb_inspect.testing.server`, the harness the tests use too.
+Server processes come from :mod:`tests.helpers.server`, the harness the tests use too.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any
 
 import httpx
 
-from pcb_inspect.testing.server import SERVE_ARGV, ServerProcess, running_server
+from tests.helpers.server import SERVE_ARGV, ServerProcess, running_server
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -54,7 +54,7 @@ def memory_mb(pid: int, field: str = "VmRSS") -> float:
 
 def board_png(size: int | tuple[int, int] = 640, seed: int = 0) -> bytes:
     """A synthetic DeepPCB-style board, PNG-encoded."""
-    from pcb_inspect.synth import encode, make_board
+    from training.synth import encode, make_board
 
     return encode(make_board(seed=seed, size=size).image, "PNG")
 

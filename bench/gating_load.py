@@ -4,7 +4,7 @@
 
 Starts the real server with its defaults, stores the golden board (template) of each of the
 first ``--boards`` held-out DeepPCB pairs (``training.data.VAL_GROUPS``; without ``--data``,
-synthetic pairs from :mod:`pcb_inspect.synth`) as its own product, then sends every board
+synthetic pairs from :mod:`training.synth`) as its own product, then sends every board
 ``--rounds`` times from ``--clients`` concurrent clients, once with ``?gating=off`` and once
 gated, alternating the order each round so neither mode always runs on a warmer server.
 Reports boards/s, latency percentiles and whether both modes found the same defects (class
@@ -29,7 +29,7 @@ from bench.common import bench_server, machine
 def pairs(data: Path | None, n: int) -> list[tuple[bytes, bytes]]:
     """``(board, golden board)`` PNG/JPEG bytes of ``n`` pairs."""
     if data is None:
-        from pcb_inspect.synth import encode, make_board
+        from training.synth import encode, make_board
 
         boards = [make_board(seed=100 + i, size=640, n_defects=6, jpeg_quality=90)
                   for i in range(n)]

@@ -36,7 +36,7 @@ def main() -> int:
     from app.inference.gating import CELL_PX, MARGIN_PX, candidate_cells, gate_tiles
     from app.inference.inferencer import Inferencer
     from app.inference.tiling import plan_tiles
-    from pcb_inspect.synth import make_board
+    from training.synth import make_board
 
     weights = Path(__file__).resolve().parents[1] / "weights" / "pcb_pair_unet.keras"
     inf = Inferencer.load(weights, device="cpu", precision="float32", max_batch_size=1)

@@ -2,7 +2,7 @@
 
     python -m bench.registration --sizes 2000 4000 8000
 
-For each size, a synthetic board (``pcb_inspect.synth``) and its template moved by known
+For each size, a synthetic board (``training.synth``) and its template moved by known
 translations and rotations; ``register`` must recover them. Prints one JSON line per size: the
 largest translation and rotation error over the motions, the median seconds a pair, the
 peak resident memory above the two images (``/proc/self/clear_refs`` resets the peak after the
@@ -22,9 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
+from app.inference.registration import REFINE_MAX_PIXELS, AlignmentError, register
 from bench.common import memory_mb
-from pcb_inspect.registration import REFINE_MAX_PIXELS, AlignmentError, register
-from pcb_inspect.synth import make_board, moved
+from training.synth import make_board, moved
 
 #: ``(dx, dy, degrees)``: the motions the template is moved by.
 MOTIONS = [(3.3, -2.7, 0.0), (-12.5, 8.25, 0.6), (10.0, -7.0, -1.0), (0.4, 0.2, 0.1)]

@@ -1,7 +1,7 @@
 """DeepPCB's defect classes: the one list the model, the data reader and the synthetic boards share.
 
 This module imports nothing (no TensorFlow, no numpy), so code that must stay light, such as
-:mod:`pcb_inspect.synth` and the test suite's TensorFlow-free parts, can use the list too. The
+:mod:`training.synth` and the test suite's TensorFlow-free parts, can use the list too. The
 service itself reads the class list from the model card, which ``training.export`` writes from
 this one.
 """

@@ -212,6 +212,110 @@ def _recipe_path(product: str, *rest: str) -> str:
                      "recipe", *rest])
 
 
+#: The service's bounds on the records' queries and reviews, checked here too so that a wrong
+#: value fails before anything is sent, with the value named.
+MAX_PAGE_LIMIT = 500
+MAX_TAGS = 32
+MAX_META_CHARS = 128
+MAX_CURSOR_CHARS = 512
+MAX_REVIEW_OUTCOMES = 2000
+MAX_REVIEW_MISSED = 500
+EXPORT_FORMATS = ("csv", "jsonl")
+STATS_BUCKETS = ("hour", "day")
+
+
+def _inspection_path(inspection_id: object, *rest: str) -> str:
+    """``/v1/inspections/{id}...``; an id that would name another endpoint is refused."""
+    if not isinstance(inspection_id, str):
+        raise TypeError(f"inspection_id must be a str; got {type(inspection_id).__name__}")
+    if (not inspection_id.strip() or inspection_id in (".", "..", "export")
+            or "/" in inspection_id or len(inspection_id) > MAX_META_CHARS):
+        raise ValueError("inspection_id must be a record's id (e.g. "
+                         f"'insp_01JD...', as predict returns it); got {inspection_id!r}")
+    return "/".join(["/v1/inspections", urllib.parse.quote(inspection_id, safe=""), *rest])
+
+
+def _time_param(name: str, value: datetime | str | None) -> str | None:
+    """A time filter as the service takes it: ISO 8601 with a zone."""
+    if value is None or isinstance(value, str):
+        return value
+    if not isinstance(value, datetime):
+        raise TypeError(f"{name} must be a datetime or an ISO 8601 string; got "
+                        f"{type(value).__name__}")
+    if value.tzinfo is None:
+        raise ValueError(f"{name} must carry a time zone (e.g. datetime.now(UTC)); got the "
+                         f"naive {value.isoformat()}")
+    return value.isoformat()
+
+
+def _text_param(name: str, value: object) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a str; got {type(value).__name__}")
+    if not 1 <= len(value) <= MAX_META_CHARS:
+        raise ValueError(f"{name} must have 1 to {MAX_META_CHARS} characters; got "
+                         f"{len(value)}: {value[:40]!r}")
+    return value
+
+
+def _filter_params(
+    since: datetime | str | None = None,
+    until: datetime | str | None = None,
+    verdict: Literal["pass", "fail"] | None = None,
+    product: str | None = None,
+    serial: str | None = None,
+    line: str | None = None,
+    station: str | None = None,
+    reviewed: bool | None = None,
+    tags: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """The records' filters as query parameters (unset ones left out)."""
+    if verdict not in (None, "pass", "fail"):
+        raise ValueError(f"verdict must be 'pass' or 'fail'; got {verdict!r}")
+    if reviewed is not None and not isinstance(reviewed, bool):
+        raise TypeError(f"reviewed must be a bool; got {type(reviewed).__name__}")
+    params: dict[str, Any] = {
+        "since": _time_param("since", since), "until": _time_param("until", until),
+        "verdict": verdict, "reviewed": None if reviewed is None else str(reviewed).lower(),
+    }
+    for name, value in (("product", product), ("serial", serial), ("line", line),
+                        ("station", station)):
+        params[name] = None if value is None else _text_param(name, value)
+    if tags is not None:
+        if isinstance(tags, str):
+            tags = [tags]
+        if len(tags) > MAX_TAGS:
+            raise ValueError(f"at most {MAX_TAGS} tags; got {len(tags)}")
+        params["tags"] = [_text_param("tag", tag) for tag in tags]
+    return {k: v for k, v in params.items() if v is not None}
+
+
+def _review_body(
+    defects: Sequence[Mapping[str, Any]], missed: Sequence[Mapping[str, Any]]
+) -> dict[str, Any]:
+    """A review's JSON body; the service checks each entry (422 naming it)."""
+    for name, items, bound in (("defects", defects, MAX_REVIEW_OUTCOMES),
+                               ("missed", missed, MAX_REVIEW_MISSED)):
+        if isinstance(items, str | bytes) or not isinstance(items, Sequence):
+            raise TypeError(f"{name} must be a list of objects; got {type(items).__name__}")
+        if len(items) > bound:
+            raise ValueError(f"{name}: at most {bound} entries per review; got {len(items)}")
+        for item in items:
+            if not isinstance(item, Mapping):
+                raise TypeError(f"{name}: each entry must be a mapping; got "
+                                f"{type(item).__name__}: {item!r}")
+    return {"defects": [dict(d) for d in defects], "missed": [dict(m) for m in missed]}
+
+
+def _review_stored(response: httpx.Response) -> dict[str, Any]:
+    """The stored review, with ``new_review``: whether it is a new one (201; 200: the current
+    one was sent again)."""
+    body = response.json()
+    if not isinstance(body, dict):
+        body = {"response": body}
+    body.setdefault("new_review", response.status_code == 201)
+    return body
+
+
 def _recipe_stored(response: httpx.Response) -> dict[str, Any]:
     """The stored revision, with ``new_revision``: whether it is a new one (201; 200: the
     current one was sent again)."""
@@ -382,6 +486,13 @@ def _predict_request(
         params = {**params, "product": _product_id(product)}
     return _Request("POST", "/predict", params=params, files=files,
                     headers={"Accept": accept} if accept else None, parse=parse)
+
+
+def _export_request(format: str, filters: Mapping[str, Any]) -> _Request:
+    if format not in EXPORT_FORMATS:
+        raise ValueError(f"format must be 'csv' or 'jsonl'; got {format!r}")
+    params = {**_filter_params(**filters), "format": format}
+    return _Request("GET", "/v1/inspections/export", params=params, parse=_content)
 
 
 def _is_ready(response: httpx.Response) -> bool:
@@ -646,6 +757,136 @@ class _Client:
         return self._call(_Request("GET", _recipe_path(product, "revisions"),
                                    parse=_revision_list))
 
+    def list_inspections(
+        self,
+        *,
+        limit: int = 50,
+        cursor: str | None = None,
+        since: datetime | str | None = None,
+        until: datetime | str | None = None,
+        verdict: Literal["pass", "fail"] | None = None,
+        product: str | None = None,
+        serial: str | None = None,
+        line: str | None = None,
+        station: str | None = None,
+        reviewed: bool | None = None,
+        tags: Sequence[str] | None = None,
+    ) -> Any:
+        """One page of the inspection records, newest first (``GET /v1/inspections``).
+
+        Args:
+            limit: Records per page, 1 to :data:`MAX_PAGE_LIMIT`.
+            cursor: The ``next_cursor`` of the previous page (with the same filters).
+            since: Inspected at or after (an aware datetime or ISO 8601 with a zone).
+            until: Inspected before.
+            verdict: ``"pass"`` or ``"fail"``.
+            product, serial, line, station: The board's metadata, each 1-128 characters.
+            reviewed: ``True`` reviewed boards only, ``False`` the review queue.
+            tags: Records carrying every one of these (at most :data:`MAX_TAGS`).
+
+        Returns:
+            ``{"items": [record, ...], "next_cursor"}``; ``next_cursor`` is ``None`` on the
+            last page.
+
+        Raises:
+            InspectError: E.g. ``records_disabled`` (404), ``forbidden`` (403: no review role).
+            ValueError: A value out of its bounds, named.
+        """
+        if isinstance(limit, bool) or not isinstance(limit, int) or not (
+                1 <= limit <= MAX_PAGE_LIMIT):
+            raise ValueError(f"limit must be an integer from 1 to {MAX_PAGE_LIMIT}; got {limit!r}")
+        params = _filter_params(since, until, verdict, product, serial, line, station,
+                                reviewed, tags)
+        params["limit"] = limit
+        if cursor is not None:
+            if not isinstance(cursor, str) or not 1 <= len(cursor) <= MAX_CURSOR_CHARS:
+                raise ValueError(f"cursor must be the next_cursor of a page (1 to "
+                                 f"{MAX_CURSOR_CHARS} characters); got {cursor!r:.60}")
+            params["cursor"] = cursor
+        return self._call(_Request("GET", "/v1/inspections", params=params))
+
+    def get_inspection(self, inspection_id: str) -> Any:
+        """One record (metadata, model, rules, verdict, defects) and its reviews, oldest first.
+
+        Raises:
+            InspectError: ``unknown_inspection`` (404).
+        """
+        return self._call(_Request("GET", _inspection_path(inspection_id)))
+
+    def export_inspections(
+        self, *, format: Literal["csv", "jsonl"] = "csv", **filters: Any
+    ) -> Any:
+        """Every matching record as CSV (a row per defect) or JSON lines, as bytes.
+
+        Held in memory whole: for a large export, :meth:`InspectClient.export_inspections_to`
+        writes it to a file as it arrives.
+
+        Args:
+            format: ``"csv"`` or ``"jsonl"``.
+            **filters: Those of :meth:`list_inspections` (``since``, ``verdict``, ``tags``, ...).
+
+        Raises:
+            InspectError: ``forbidden`` (403: exporting needs an admin key).
+        """
+        return self._call(_export_request(format, filters))
+
+    def review_inspection(
+        self,
+        inspection_id: str,
+        defects: Sequence[Mapping[str, Any]] = (),
+        missed: Sequence[Mapping[str, Any]] = (),
+    ) -> Any:
+        """Records an operator's review of an inspection
+        (``POST /v1/inspections/{id}/review``).
+
+        Sending the same review again changes nothing, so a retry is safe.
+
+        Args:
+            inspection_id: The record's id (``inspection_id`` of a ``predict`` result).
+            defects: An outcome per reported defect: ``{"defect_id": 1, "outcome":
+                "confirmed"}``, ``"false_call"``, or ``"reclassified"`` with ``"class"``; at
+                most :data:`MAX_REVIEW_OUTCOMES`.
+            missed: Defects the model missed: ``{"bbox": [x0, y0, x1, y1], "class": "spur"}``;
+                at most :data:`MAX_REVIEW_MISSED`. Both empty: the board is reviewed clean.
+
+        Returns:
+            The stored review (``id``, ``inspection_id``, ``reviewer``, ``created_at``,
+            ``digest``, ``body``), with ``new_review``: ``False`` when it was the current
+            review already.
+
+        Raises:
+            InspectError: ``unknown_inspection`` (404); ``unknown_defect``, ``unknown_class``,
+                ``box_outside_image`` (422); ``forbidden`` (403: no review role).
+        """
+        body = _review_body(defects, missed)
+        return self._call(_Request("POST", _inspection_path(inspection_id, "review"),
+                                   json=body, parse=_review_stored))
+
+    def stats(
+        self,
+        *,
+        since: datetime | str | None = None,
+        until: datetime | str | None = None,
+        bucket: Literal["hour", "day"] = "hour",
+    ) -> Any:
+        """Boards, fail rate and false-call rate per class in ``[since, until)``
+        (``GET /v1/stats``; default: the last 24 hours).
+
+        Returns:
+            ``{since, until, bucket, boards, failed, fail_rate, reviewed, buckets: [{start,
+            boards, failed, fail_rate}], classes: [{class, reviewed_calls, confirmed,
+            false_calls, reclassified, missed, false_call_rate}]}``.
+
+        Raises:
+            InspectError: ``invalid_time`` or ``too_many_buckets`` (422).
+        """
+        if bucket not in STATS_BUCKETS:
+            raise ValueError(f"bucket must be 'hour' or 'day'; got {bucket!r}")
+        params = {"since": _time_param("since", since), "until": _time_param("until", until),
+                  "bucket": bucket}
+        return self._call(_Request("GET", "/v1/stats",
+                                   params={k: v for k, v in params.items() if v is not None}))
+
     def health(self) -> Any:
         """Whether the service is ready now (``GET /readyz``); never raises, never retries."""
         return self._call(_Request("GET", "/readyz", parse=_is_ready, probe=True))
@@ -716,6 +957,38 @@ class InspectClient(_Client):
             if done:
                 return value
             self._sleep(value)
+            attempt += 1
+
+    def export_inspections_to(
+        self, out: IO[bytes], *, format: Literal["csv", "jsonl"] = "csv", **filters: Any
+    ) -> int:
+        """:meth:`export_inspections`, written to ``out`` as it arrives; the bytes written.
+
+        Retried as any request until the first byte arrives; a connection lost after that
+        raises (a retry would write the start again).
+        """
+        request = _export_request(format, filters)
+        attempt = 0
+        while True:
+            written = 0
+            outcome: httpx.Response | InspectError
+            try:
+                with self._http.stream(**self._send_args(request)) as response:
+                    if response.is_success:
+                        for chunk in response.iter_bytes():
+                            out.write(chunk)
+                            written += len(chunk)
+                        return written
+                    response.read()
+                    outcome = response
+            except httpx.TransportError as exc:
+                outcome = _transport_error(exc, self.base_url + request.path)
+                if written:
+                    raise InspectError(None, outcome.code, f"{outcome.message} (after "
+                                       f"{written} bytes of the export)") from exc
+            # Only an error gets here: _settle raises it or says how long to wait.
+            _, delay = self._settle(request, outcome, attempt)
+            self._sleep(delay)
             attempt += 1
 
 

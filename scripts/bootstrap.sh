@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Creates .venv and installs the project (with the extras named in $1, e.g. "test").
+# Creates .venv and installs the project with the extras named in $1: "server" (the service,
+# training), "test" (the tests; brings the server too); none: only the line client.
 # Re-running is cheap: pip only installs what changed.
 set -euo pipefail
 cd "$(dirname "$0")/.."

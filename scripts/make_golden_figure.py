@@ -21,7 +21,7 @@ from PIL import Image
 from app.inference.inferencer import Inferencer
 from app.inference.postprocess import PostprocessConfig
 from app.inference.render import render_overlay
-from pcb_inspect.synth import make_board
+from training.synth import make_board
 
 
 def main() -> int:

@@ -16,8 +16,8 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from pcb_inspect.synth import make_board
 from training.data import DIFF_THRESHOLD, Box, derive_mask
+from training.synth import make_board
 
 
 def _jpeg(a: np.ndarray) -> np.ndarray:

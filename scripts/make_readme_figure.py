@@ -20,7 +20,7 @@ from app.core.config import DEFAULT_WEIGHTS
 from app.inference.inferencer import Inferencer
 from app.inference.postprocess import PostprocessConfig
 from app.inference.render import CLASS_COLORS_BGR, render_overlay
-from pcb_inspect.synth import make_board
+from training.synth import make_board
 
 
 def main() -> int:

@@ -4,7 +4,7 @@
 # Settings come from PCB_* variables (see README), e.g. PCB_HOST=0.0.0.0 PCB_API_KEYS='["k"]'.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/bootstrap.sh
+bash scripts/bootstrap.sh server
 # Golden boards (PUT /v1/golden-boards/...) live here, in the clone, ignored by git.
 export PCB_DATA_DIR="${PCB_DATA_DIR:-./data}"
 exec .venv/bin/pcb-inspect serve "$@"

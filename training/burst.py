@@ -508,8 +508,8 @@ def _synthetic_packs(burst: Path, names: set[str]) -> None:
     ones are not built (CI has no dataset); their groups are the real ones'."""
     import numpy as np
 
-    from pcb_inspect.synth import write_deeppcb_folder
     from training.pack import build_pack, select_groups
+    from training.synth import write_deeppcb_folder
 
     with tempfile.TemporaryDirectory() as tmp:
         for k, group in enumerate(("00041", "44000", "50600", "77000")):

@@ -159,7 +159,7 @@ def derive_mask(test: np.ndarray, template: np.ndarray, boxes: Sequence[Box]) ->
     """Derives a per-pixel class mask from the boxes, the test image and its template.
 
     The template must already be registered to the test image (:func:`load_sample` does it
-    with :func:`pcb_inspect.registration.register`). Inside each box, the defect's pixels are
+    with :func:`app.inference.registration.register`). Inside each box, the defect's pixels are
     the connected components of ``|test - template| > DIFF_THRESHOLD`` that survive a 3x3
     opening somewhere: the opening only decides *which* components are real, and each real
     one is kept whole, so thin parts of a defect (a mousebite's rim, a spur's tip) stay.
@@ -238,7 +238,7 @@ def read_pair(sample: Sample) -> tuple[np.ndarray, np.ndarray]:
     Raises:
         OSError: When an image cannot be read.
     """
-    from pcb_inspect.registration import AlignmentError, register
+    from app.inference.registration import AlignmentError, register
 
     test = cv2.imread(str(sample.test_path), cv2.IMREAD_GRAYSCALE)
     if test is None:

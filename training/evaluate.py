@@ -426,7 +426,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     from app.core.config import DEFAULT_WEIGHTS
     from app.inference.inferencer import Inferencer
     from app.inference.postprocess import PostprocessConfig
-    from pcb_inspect.registration import AlignmentError
+    from app.inference.registration import AlignmentError
     from training.data import VAL_GROUPS, load_sample, read_split, split_by_groups
 
     weights = Path(args.weights or DEFAULT_WEIGHTS)

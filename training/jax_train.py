@@ -82,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="single mode: share of crops cut from the defect-free template, "
                         "with an empty mask")
     p.add_argument("--synthetic", type=float, default=0.0,
-                   help="share of crops cut from synthetic boards (pcb_inspect.synth)")
+                   help="share of crops cut from synthetic boards (training.synth)")
     p.add_argument("--synthetic-boards", type=int, default=64,
                    help="synthetic boards drawn once at start, cropped at random")
     return p

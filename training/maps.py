@@ -47,7 +47,7 @@ def board_maps(inferencer: Inferencer, sample: Sample) -> BoardMaps:
     Raises:
         OSError: An image cannot be read (or the pair model's template is missing).
     """
-    from pcb_inspect.registration import AlignmentError
+    from app.inference.registration import AlignmentError
 
     image = cv2.imread(str(sample.test_path), cv2.IMREAD_GRAYSCALE)
     if image is None:

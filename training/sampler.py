@@ -24,7 +24,7 @@ Two more sources, off by default:
   with an empty mask. Around a defect's place it shows the same copper without the defect,
   the closest negative there is to a positive;
 * **synthetic boards** (``synthetic_prob``): the crop comes from one of ``synthetic_boards``
-  boards drawn once by :func:`pcb_inspect.synth.make_board` (binarised like the pack), with
+  boards drawn once by :func:`training.synth.make_board` (binarised like the pack), with
   their masks, for designs the dataset lacks.
 
 Augmentations, the same on every array of a crop: a random multiple of 90 degrees and a
@@ -278,8 +278,8 @@ def _synthetic_boards(count: int, size: int, crop: int,
     if count < 1:
         empty = np.zeros((0, crop, crop), np.uint8)
         return empty, empty, empty
-    from pcb_inspect.synth import make_board
     from training.pack import BINARY_THRESHOLD
+    from training.synth import make_board
 
     boards, refs, masks = [], [], []
     for k in range(count):

@@ -38,6 +38,8 @@ from app.inference.postprocess import (
     gather_defect_pixels,
 )
 from app.inference.precision import read_cpu_flags, resolve_precision
+from app.inference.registration import Alignment
+from app.inference.registration import register as register_pair
 from app.inference.tiling import (
     FG_SCALE,
     Stitcher,
@@ -46,8 +48,6 @@ from app.inference.tiling import (
     extract_tiles,
     plan_tiles,
 )
-from pcb_inspect.registration import Alignment
-from pcb_inspect.registration import register as register_pair
 
 __all__ = [
     "InferenceResult",

@@ -17,8 +17,8 @@ from typing import Any, Protocol
 import numpy as np
 
 from app.inference.postprocess import Defect, Summary
+from app.inference.registration import Alignment
 from app.inference.tiling import Stitcher, Tile
-from pcb_inspect.registration import Alignment
 
 #: Chunks of one board in the batcher at once. One would leave the model idle while the board's
 #: next chunk is cut and the last one stitched; more than three would let a large board fill the

@@ -104,7 +104,7 @@ def registered_reference(result: InferenceResult, board: np.ndarray,
                          reference: np.ndarray) -> np.ndarray | None:
     """The golden board on the board's pixel grid, as the pair model saw it; ``None`` when
     the result has no alignment (the single-image model)."""
-    from pcb_inspect.registration import warp_reference
+    from app.inference.registration import warp_reference
 
     if result.alignment is None:
         return None

@@ -27,6 +27,7 @@ from app.inference.batcher import (
 )
 from app.inference.inferencer import InferenceResult
 from app.inference.postprocess import PostprocessConfig
+from app.inference.registration import MIN_SCORE, AlignmentError
 from app.services.admission import Hold
 from app.services.errors import (
     AlignmentFailedError,
@@ -38,7 +39,6 @@ from app.services.errors import (
 )
 from app.services.references import GoldenBoardImage
 from app.services.state import ServedModel
-from pcb_inspect.registration import MIN_SCORE, AlignmentError
 
 #: Polled while a board runs: ``True`` once its client has left.
 DisconnectCheck = Callable[[], Awaitable[bool]]

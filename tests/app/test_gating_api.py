@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from pcb_inspect.synth import make_board
 from tests.helpers.app import app_client, assert_error
 from tests.helpers.boards import encode
+from training.synth import make_board
 
 BOARD = make_board(seed=3, size=(320, 384), n_defects=3)
 IMAGE, TEMPLATE = encode(BOARD.image), encode(BOARD.template)

@@ -2,7 +2,7 @@
 ``/v1/golden-boards`` endpoints, and the service without a pair model.
 
 Two tiny real models (single and pair, built with ``model_defs`` and saved to tmp) run in
-the app's lifespan. The boards come from ``pcb_inspect.synth`` (256 px, so registration has
+the app's lifespan. The boards come from ``training.synth`` (256 px, so registration has
 structure to lock on to): ``image`` with defects and ``template`` without.
 """
 
@@ -23,9 +23,9 @@ from PIL import Image
 from app.core.config import Settings
 from app.inference.inferencer import ModelLoadError
 from app.main import create_app
-from pcb_inspect.synth import make_board, moved
 from tests.helpers.app import app_client, assert_error, png_array, tiny_settings
 from tests.helpers.boards import encode
+from training.synth import make_board, moved
 
 SIDE = 256
 BOARD = make_board(seed=1, size=SIDE)

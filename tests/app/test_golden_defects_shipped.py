@@ -2,7 +2,7 @@
 about the pin hole, and a good board inspected against it is not given that pin hole as a
 defect (a short, or anything else), while the same pin hole on the board itself is one.
 
-Boards from ``pcb_inspect.synth``: ``image`` carries one drawn pin hole, ``template`` is the
+Boards from ``training.synth``: ``image`` carries one drawn pin hole, ``template`` is the
 same board without it."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 
 from app.core.config import DEFAULT_WEIGHTS, Settings
 from app.main import create_app
-from pcb_inspect.synth import encode, make_board
+from training.synth import encode, make_board
 
 PAIR_WEIGHTS = DEFAULT_WEIGHTS.with_name("pcb_pair_unet.keras")
 #: Boards whose pin hole is large enough for both shipped models to see (seed 0 draws a 5 px

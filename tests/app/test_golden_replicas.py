@@ -16,9 +16,9 @@ import httpx
 import numpy as np
 import pytest
 
-from pcb_inspect.synth import make_board
 from tests.helpers.boards import encode
 from tests.helpers.server import REPO_ROOT, running_server, server_env
+from training.synth import make_board
 
 pytestmark = pytest.mark.slow
 

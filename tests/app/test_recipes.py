@@ -2,7 +2,7 @@
 ``?product=`` inspections of a two-board panel judged per board, with an ignore zone.
 
 The tiny real pair model runs in the app's lifespan. The panel is two synthetic boards side by
-side (:mod:`pcb_inspect.synth`), its golden board their two templates. What the tiny random
+side (:mod:`training.synth`), its golden board their two templates. What the tiny random
 model finds is not known in advance: the tests first inspect the panel without a recipe, then
 draw the units and zones around what it found, and check the verdicts against that.
 """
@@ -18,7 +18,6 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from pcb_inspect.synth import make_board
 from tests.helpers.app import (
     ADMIN,
     INSPECT,
@@ -29,6 +28,7 @@ from tests.helpers.app import (
     png_array,
 )
 from tests.helpers.boards import encode
+from training.synth import make_board
 
 SIDE = 256
 LEFT, RIGHT = make_board(seed=1, size=SIDE), make_board(seed=2, size=SIDE)

@@ -33,7 +33,6 @@ from PIL import Image
 from app.records import CSV_COLUMNS
 from pcb_inspect.classes import CLASS_NAMES
 from pcb_inspect.cli import main as cli_main
-from pcb_inspect.synth import make_board as synth_board
 from tests.helpers.app import (
     ADMIN,
     INSPECT,
@@ -46,6 +45,7 @@ from tests.helpers.app import (
 )
 from tests.helpers.boards import board_png, encode
 from tests.helpers.server import REPO_ROOT, ServerProcess, free_port, running_server, server_env
+from training.synth import make_board as synth_board
 
 BOARD = board_png(64, 64, seed=1)
 

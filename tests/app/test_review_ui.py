@@ -31,7 +31,7 @@ from helpers.live_server import live_server_running
 from helpers.server import ServerProcess
 
 from app.main import create_app
-from pcb_inspect.synth import encode, make_board
+from training.synth import encode, make_board
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 STATIC = REPO_ROOT / "app" / "static"

@@ -28,7 +28,7 @@ from helpers.server import ServerProcess
 
 from app.inference.render import CLASS_COLORS_BGR
 from app.main import create_app
-from pcb_inspect.synth import encode, make_board
+from training.synth import encode, make_board
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 STATIC = REPO_ROOT / "app" / "static"

@@ -20,7 +20,7 @@ from helpers.browser import collect_problems
 from helpers.live_server import live_server_running
 from helpers.server import ServerProcess
 
-from pcb_inspect.synth import encode, make_board
+from training.synth import encode, make_board
 
 SIDE = 192
 LEFT, RIGHT = make_board(seed=5, size=SIDE), make_board(seed=6, size=SIDE)

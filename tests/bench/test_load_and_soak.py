@@ -15,7 +15,7 @@ import pytest
 from bench import loadtest
 from bench.common import board_png
 from bench.soak import soak
-from pcb_inspect.testing.server import running_server
+from tests.helpers.server import running_server
 
 pytestmark = pytest.mark.slow
 

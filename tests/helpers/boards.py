@@ -1,4 +1,4 @@
-"""Boards for the service tests, from :mod:`pcb_inspect.synth` (the one board generator).
+"""Boards for the service tests, from :mod:`training.synth` (the one board generator).
 
 The tests only need something that looks like a binarised DeepPCB scan, of a given size, so
 that the model sees plausible input; they never rely on what the tiny random model finds.
@@ -6,8 +6,8 @@ that the model sees plausible input; they never rely on what the tiny random mod
 
 from __future__ import annotations
 
-from pcb_inspect.synth import encode
-from pcb_inspect.synth import plain_board as make_board
+from training.synth import encode
+from training.synth import plain_board as make_board
 
 __all__ = ["board_png", "encode", "make_board"]
 

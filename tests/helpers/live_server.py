@@ -1,6 +1,6 @@
 """Fixtures for end-to-end tests: a real pcb-inspect server on the session's tiny model.
 
-Built on :mod:`pcb_inspect.testing.server`, the one harness. Two module-scoped fixtures, so
+Built on :mod:`helpers.server`, the one harness. Two module-scoped fixtures, so
 one model load (5-20 s) serves a whole test module:
 
 * ``live_server``: a ready server with default settings;
@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from pcb_inspect.testing.server import READY_TIMEOUT_S, ServerProcess, running_server
+from helpers.server import READY_TIMEOUT_S, ServerProcess, running_server
 
 __all__ = ["LiveServer", "live_server", "live_server_factory", "live_server_running", "metric"]
 

@@ -35,7 +35,7 @@ from pcb_inspect.client import (
     InspectError,
     parse_retry_after,
 )
-from pcb_inspect.synth import encode, make_board
+from training.synth import encode, make_board
 
 BOARD_SIZE = 320  # 36 tiles of the 64 px tiny model: well under a second per board
 

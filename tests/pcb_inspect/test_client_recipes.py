@@ -1,6 +1,6 @@
 """Product recipes through the line client: ``put_recipe``/``get_recipe``/``recipe_revisions``
 (sync and async) and ``pcb-inspect product put|get|revisions``, against a real server process
-with the tiny pair model; a two-board panel drawn with :mod:`pcb_inspect.synth`."""
+with the tiny pair model; a two-board panel drawn with :mod:`training.synth`."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from helpers.server import ServerProcess
 
 from pcb_inspect.cli import main as cli_main
 from pcb_inspect.client import AsyncInspectClient, InspectClient, InspectError
-from pcb_inspect.synth import encode, make_board
+from training.synth import encode, make_board
 
 SIDE = 160
 UNITS = [{"position": 1, "bbox": [0, 0, SIDE, SIDE]},

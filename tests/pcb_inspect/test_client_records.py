@@ -17,7 +17,7 @@ import pytest
 from helpers.server import ServerProcess, free_port
 
 from pcb_inspect.cli import main as cli_main
-from pcb_inspect.synth import encode, make_board
+from training.synth import encode, make_board
 
 # --- export-reviews: a wrong value is one line (fast) ---------------------------------------
 

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 
 from app.inference.inferencer import Inferencer
-from pcb_inspect.synth import encode, make_board, write_deeppcb_folder
 from tests.conftest import save_tiny_pair_model
 from training.crossval import Variant, board_candidates, build_parser, crossvalidate
 from training.crossval import leave_one_group_out as logo
@@ -19,6 +18,7 @@ from training.crossval import nested_leave_one_group_out as nested_logo
 from training.data import read_split
 from training.evaluate import Detection, Truth, choose_operating_point, readme_protocol
 from training.maps import board_maps, cache_path, cached_board_maps, load_board_maps
+from training.synth import encode, make_board, write_deeppcb_folder
 
 CLASSES = ("open", "short", "mousebite", "spur", "spurious_copper", "pin_hole")
 

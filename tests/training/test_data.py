@@ -9,7 +9,6 @@ import cv2
 import numpy as np
 import pytest
 
-from pcb_inspect.synth import encode, make_board, write_deeppcb_folder
 from training.data import (
     VAL_GROUPS,
     Box,
@@ -25,6 +24,7 @@ from training.data import (
     split_by_groups,
     split_train_val,
 )
+from training.synth import encode, make_board, write_deeppcb_folder
 
 #: The real DeepPCB training split, where a machine has it (never part of the project).
 REAL_DATA = Path(__file__).resolve().parents[3] / "shared" / "datasets" / "deeppcb"

@@ -14,9 +14,8 @@ import pytest
 
 from app.inference.inferencer import Inferencer, InferenceResult
 from app.inference.postprocess import Defect
+from app.inference.registration import AlignmentError
 from pcb_inspect.cli import main as cli_main
-from pcb_inspect.registration import AlignmentError
-from pcb_inspect.synth import encode, make_board, write_deeppcb_folder
 from tests.conftest import save_tiny_model, save_tiny_pair_model
 from training.data import load_sample, read_split
 from training.evaluate import (
@@ -35,6 +34,7 @@ from training.evaluate import (
     official_protocol,
     readme_protocol,
 )
+from training.synth import encode, make_board, write_deeppcb_folder
 
 CLASSES = ("open", "short", "mousebite", "spur", "spurious_copper", "pin_hole")
 REPORT_KEYS = {

@@ -18,8 +18,8 @@ pytest.importorskip("jax", reason="the JAX path needs jax (the test extra instal
 # Slow: each test trains or converts in a fresh JAX interpreter (over a minute in all here).
 pytestmark = pytest.mark.slow
 
-from pcb_inspect.synth import write_deeppcb_folder  # noqa: E402
 from training.pack import build_pack  # noqa: E402
+from training.synth import write_deeppcb_folder  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -9,10 +9,10 @@ import cv2
 import numpy as np
 import pytest
 
-from pcb_inspect.synth import make_board, write_deeppcb_folder
 from training.data import load_sample, read_pair, read_split
 from training.pack import BINARY_THRESHOLD, PairPack, build_pack, load_pack
 from training.pack import main as pack_main
+from training.synth import make_board, write_deeppcb_folder
 
 SIZE = 160  # make_board cannot fit all six defects on every 128 px board
 N_PAIRS = 3

@@ -10,9 +10,9 @@ import keras
 import numpy as np
 import pytest
 
-from pcb_inspect.synth import make_board
 from training.pack import PairPack
 from training.sampler import CropSampler, prefetch
+from training.synth import make_board
 
 SIZE = 160  # make_board cannot fit all six defects on every 128 px board
 CROP = 32

@@ -13,9 +13,9 @@ import pytest
 from app.inference.card import load_card
 from app.inference.inferencer import load_keras_model
 from model_defs import EdgeEnhancementLayer, get_custom_objects
-from pcb_inspect.synth import write_deeppcb_folder
 from training import export as export_mod
 from training.data import Box, read_split, split_train_val
+from training.synth import write_deeppcb_folder
 from training.train import TrainConfig, build_parser, make_train_dataset, run, run_split
 
 BOARD = 160  # make_board cannot fit all six defects on every 128 px board

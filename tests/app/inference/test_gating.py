@@ -20,9 +20,9 @@ from app.inference.batcher import DynamicBatcher
 from app.inference.gating import blank_tiles, candidate_cells, gate_tiles
 from app.inference.inferencer import Inferencer, InferenceResult
 from app.inference.postprocess import PostprocessConfig
+from app.inference.registration import register
 from app.inference.tiling import Stitcher, plan_tiles
-from pcb_inspect.registration import register
-from pcb_inspect.synth import encode, make_board, moved
+from training.synth import encode, make_board, moved
 
 CONFIG = PostprocessConfig(threshold=0.0, min_area_px=0, pixels_per_mm=48.0)
 PAIR_WEIGHTS = Path(__file__).resolve().parents[3] / "weights" / "pcb_pair_unet.keras"

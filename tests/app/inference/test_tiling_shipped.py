@@ -18,7 +18,7 @@ import pytest
 from app.inference.inferencer import Inferencer
 from app.inference.postprocess import PostprocessConfig, postprocess
 from app.inference.tiling import Stitcher
-from pcb_inspect.synth import make_board
+from training.synth import make_board
 
 WEIGHTS = Path(__file__).resolve().parents[3] / "weights"
 

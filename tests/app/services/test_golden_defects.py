@@ -11,10 +11,10 @@ import pytest
 from app.inference.defects import Defect
 from app.inference.pipeline import InferenceResult
 from app.inference.postprocess import PostprocessConfig, summarize
+from app.inference.registration import Alignment
 from app.services.golden_defects import comes_from_reference, split_reference_defects
 from pcb_inspect.classes import CLASS_NAMES
-from pcb_inspect.registration import Alignment
-from pcb_inspect.synth import make_board, moved
+from training.synth import make_board, moved
 
 SIDE = 256
 SEEDS = range(4)

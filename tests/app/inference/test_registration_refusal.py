@@ -9,9 +9,9 @@ import cv2
 import numpy as np
 import pytest
 
-import pcb_inspect.registration as registration
-from pcb_inspect.registration import SCREEN_SIDE, AlignmentError, register
-from pcb_inspect.synth import make_board, moved
+import app.inference.registration as registration
+from app.inference.registration import SCREEN_SIDE, AlignmentError, register
+from training.synth import make_board, moved
 
 
 @pytest.fixture

@@ -10,15 +10,15 @@ import cv2
 import numpy as np
 import pytest
 
-from pcb_inspect import registration
-from pcb_inspect.registration import (
+from app.inference import registration
+from app.inference.registration import (
     MIN_SCORE,
     AlignmentError,
     estimate_alignment,
     register,
     warp_reference,
 )
-from pcb_inspect.synth import make_board, moved
+from training.synth import make_board, moved
 
 
 @pytest.fixture(scope="module")
@@ -154,9 +154,9 @@ def test_a_half_turned_reference_is_refused_even_when_a_corner_matches(seed, siz
 _MEMORY_PROBE = """
 import sys
 from pathlib import Path
-from pcb_inspect.registration import register
-from pcb_inspect.synth import make_board, moved
-from pcb_inspect.synth import moved
+from app.inference.registration import register
+from training.synth import make_board, moved
+from training.synth import moved
 
 board = make_board(seed=3, size=4000, jpeg_quality=90)
 reference = moved(board.template, 7.5, -4.25, 0.4)
@@ -177,6 +177,6 @@ def test_registration_memory_does_not_grow_with_the_board() -> None:
     # the two images (ECC's gradient and Jacobian images, float copies); on the 4 Mpx grid it
     # is the warped reference (16 MB) and a few hundred MB of transients.
     out = subprocess.run([sys.executable, "-c", _MEMORY_PROBE], capture_output=True, text=True,
-                         timeout=240, check=True, cwd=Path(__file__).resolve().parents[2])
+                         timeout=240, check=True, cwd=Path(__file__).resolve().parents[3])
     growth_mb = float(out.stdout.strip().splitlines()[-1])
     assert growth_mb < 500, f"registration of a 4000 px pair peaked {growth_mb:.0f} MB above"

@@ -32,9 +32,9 @@ This module does not import TensorFlow; its :data:`CLASS_NAMES` is the model's, 
 
 Command line, for demos::
 
-    python -m pcb_inspect.synth --out board.png --seed 3 [--size 640] [--mask-out mask.png]
+    python -m training.synth --out board.png --seed 3 [--size 640] [--mask-out mask.png]
     # a panel of two boards side by side (seeds 3 and 4) and its golden panel
-    python -m pcb_inspect.synth --out panel.png --boards 2 --seed 3 --template-out golden.png
+    python -m training.synth --out panel.png --boards 2 --seed 3 --template-out golden.png
 """
 
 from __future__ import annotations
@@ -833,7 +833,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         The exit status, 0 on success.
     """
     parser = argparse.ArgumentParser(
-        prog="python -m pcb_inspect.synth",
+        prog="python -m training.synth",
         description="Draw a synthetic PCB board in DeepPCB's style, with defects.",
     )
     parser.add_argument("--out", type=Path, required=True, help="image file to write (.png, .jpg)")

@@ -1,4 +1,4 @@
-"""Tests of ``pcb_inspect.synth``, the synthetic DeepPCB-style board generator."""
+"""Tests of ``training.synth``, the synthetic DeepPCB-style board generator."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pcb_inspect.synth import (
+from training.synth import (
     CLASS_NAMES,
     DEFECT_SPACING,
     SyntheticBoard,
@@ -57,7 +57,7 @@ def test_class_names_are_the_shared_list() -> None:
 
 def test_module_does_not_import_tensorflow() -> None:
     code = (
-        "import sys, pcb_inspect.synth; "
+        "import sys, training.synth; "
         "loaded = [m for m in ('tensorflow', 'keras') if m in sys.modules]; "
         "print(loaded); sys.exit(1 if loaded else 0)"
     )
@@ -236,7 +236,7 @@ def test_write_deeppcb_folder_layout(tmp_path: Path) -> None:
 def test_command_line(tmp_path: Path) -> None:
     out, mask_out = tmp_path / "board.png", tmp_path / "mask.png"
     result = subprocess.run(
-        [sys.executable, "-m", "pcb_inspect.synth", "--out", str(out), "--seed", "3",
+        [sys.executable, "-m", "training.synth", "--out", str(out), "--seed", "3",
          "--size", "256", "--mask-out", str(mask_out)],
         cwd=ROOT, capture_output=True, text=True, timeout=60,
     )
@@ -255,7 +255,7 @@ def test_command_line(tmp_path: Path) -> None:
 def test_command_line_draws_a_panel(tmp_path: Path) -> None:
     out, golden = tmp_path / "panel.png", tmp_path / "golden.png"
     result = subprocess.run(
-        [sys.executable, "-m", "pcb_inspect.synth", "--out", str(out), "--seed", "3",
+        [sys.executable, "-m", "training.synth", "--out", str(out), "--seed", "3",
          "--size", "128", "--boards", "2", "--n-defects", "2,1", "--template-out", str(golden)],
         cwd=ROOT, capture_output=True, text=True, timeout=60,
     )
@@ -277,7 +277,7 @@ def test_command_line_draws_a_panel(tmp_path: Path) -> None:
 
 def test_command_line_reports_a_bad_size(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "pcb_inspect.synth", "--out", str(tmp_path / "b.png"),
+        [sys.executable, "-m", "training.synth", "--out", str(tmp_path / "b.png"),
          "--size", "10"],
         cwd=ROOT, capture_output=True, text=True, timeout=60,
     )

@@ -1,4 +1,4 @@
-"""The one server harness of the tests and benchmarks (``pcb_inspect.testing.server``).
+"""The one server harness of the tests and benchmarks (``tests.helpers.server``).
 
 Its mechanics are checked on a plain ``python -m http.server``, which starts in a second; the
 service itself goes through it in every ``slow`` test.
@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from pcb_inspect.testing.server import TEST_ENV, running_server, server_env, start_server
+from helpers.server import TEST_ENV, running_server, server_env, start_server
 
 HTTP_SERVER = (sys.executable, "-m", "http.server", "{port}", "--bind", "127.0.0.1")
 
