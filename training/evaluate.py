@@ -424,8 +424,8 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     import cv2
 
     from app.core.config import DEFAULT_WEIGHTS
+    from app.inference.defects import PostprocessConfig
     from app.inference.inferencer import Inferencer
-    from app.inference.postprocess import PostprocessConfig
     from pcb_inspect.registration import AlignmentError
     from training.data import VAL_GROUPS, load_sample, read_split, split_by_groups
 

@@ -19,6 +19,7 @@ import numpy as np
 
 from app.core.config import Settings
 from app.inference.card import ModelCard
+from app.inference.defects import PostprocessConfig
 from app.inference.forward import build_forward, seconds_per_tile
 from app.inference.gating import Gate, blank_tiles, candidate_cells, gate_tiles
 from app.inference.loading import (
@@ -32,14 +33,9 @@ from app.inference.loading import (
     with_policy,
 )
 from app.inference.pipeline import BoardRun, InferenceResult, RunTiles, run_chunks
-from app.inference.postprocess import (
-    PostprocessConfig,
-    describe_defects,
-    gather_defect_pixels,
-)
+from app.inference.postprocess import postprocess
 from app.inference.precision import read_cpu_flags, resolve_precision
 from app.inference.tiling import (
-    FG_SCALE,
     Stitcher,
     Tile,
     chunk_tiles,
@@ -283,10 +279,7 @@ class Inferencer:
         """Turns the stitched maps into typed defects, summary and class map. The maps are
         released once the defect pixels are gathered, before the labelling's own maps."""
         started = time.perf_counter()
-        pixels = gather_defect_pixels(stitcher.fg_quantized, stitcher.cls, stitcher.cls_p,
-                                      config.threshold, fg_scale=FG_SCALE)
-        stitcher.release()
-        result = describe_defects(pixels, self.card.classes, config)
+        result = postprocess(stitcher, self.card.classes, config)
         timings["post_process"] = (time.perf_counter() - started) * 1e3
         h, w = result.class_map.shape
         return InferenceResult(

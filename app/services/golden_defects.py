@@ -27,9 +27,9 @@ import dataclasses
 import cv2
 import numpy as np
 
-from app.inference.defects import Defect
+from app.inference.defects import Defect, PostprocessConfig
 from app.inference.inferencer import InferenceResult
-from app.inference.postprocess import PostprocessConfig, summarize
+from app.inference.postprocess import summarize
 
 #: Gray level that splits copper (dark) from substrate (light).
 _COPPER_BELOW = 128

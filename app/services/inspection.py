@@ -35,10 +35,9 @@ from app.core.metrics import (
     REJECTED,
     VERDICTS,
 )
-from app.inference.defects import Defect
+from app.inference.defects import Defect, PostprocessConfig
 from app.inference.imaging import declared_pixels
 from app.inference.inferencer import Inferencer, InferenceResult
-from app.inference.postprocess import PostprocessConfig
 from app.services.admission import BudgetExceededError, Hold
 from app.services.board_meta import META_FIELDS, BoardMeta, with_form
 from app.services.golden_defects import split_reference_defects

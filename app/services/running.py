@@ -25,8 +25,8 @@ from app.inference.batcher import (
     QueueFullError,
     SubmitTiming,
 )
+from app.inference.defects import PostprocessConfig
 from app.inference.inferencer import InferenceResult
-from app.inference.postprocess import PostprocessConfig
 from app.services.admission import Hold
 from app.services.references import Reference
 from app.services.state import ServedModel

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from app.inference.defects import Defect
 from app.inference.inferencer import Inferencer, InferenceResult
-from app.inference.postprocess import Defect
 from pcb_inspect.cli import main as cli_main
 from pcb_inspect.registration import AlignmentError
 from pcb_inspect.synth import encode, make_board, write_deeppcb_folder

@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 
 from app.inference.batcher import DynamicBatcher
+from app.inference.defects import PostprocessConfig
 from app.inference.gating import blank_tiles, candidate_cells, gate_tiles
 from app.inference.inferencer import Inferencer, InferenceResult
-from app.inference.postprocess import PostprocessConfig
 from app.inference.tiling import Stitcher, plan_tiles
 from pcb_inspect.registration import register
 from pcb_inspect.synth import encode, make_board, moved

@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from app.inference.postprocess import Defect
+from app.inference.defects import Defect
 from app.inference.render import (
     CLASS_COLORS_BGR,
     FAIL_BGR,

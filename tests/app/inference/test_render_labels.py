@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 import pytest
 
-from app.inference.postprocess import Defect
+from app.inference.defects import Defect
 from app.inference.render import LabelPlace, place_labels, render_overlay
 
 NAMES = ["open", "short", "mousebite", "spur", "spurious_copper", "pin_hole"]

@@ -8,9 +8,9 @@ import dataclasses
 import numpy as np
 import pytest
 
-from app.inference.defects import Defect
+from app.inference.defects import Defect, PostprocessConfig
 from app.inference.pipeline import InferenceResult
-from app.inference.postprocess import PostprocessConfig, summarize
+from app.inference.postprocess import summarize
 from app.services.golden_defects import comes_from_reference, split_reference_defects
 from pcb_inspect.classes import CLASS_NAMES
 from pcb_inspect.registration import Alignment
