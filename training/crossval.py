@@ -89,7 +89,7 @@ def board_candidates(
     result = describe_defects(pixels, classes, config, link=link)
     h, w = maps.fg_q.shape
     return [
-        Detection(image, list(classes).index(d.class_name) + 1, float(d.confidence),
+        Detection(image, list(classes).index(d.class_) + 1, float(d.confidence),
                   int(d.area_px),
                   (max(0, d.bbox[0] - margin), max(0, d.bbox[1] - margin),
                    min(w, d.bbox[2] + margin), min(h, d.bbox[3] + margin)))

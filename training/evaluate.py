@@ -506,7 +506,7 @@ def _inspect_boards(
             x1, y1, x2, y2 = d.bbox
             grown = (max(0, x1 - margin), max(0, y1 - margin), min(w, x2 + margin),
                      min(h, y2 + margin))
-            scored.dets.append(Detection(i, classes.index(d.class_name) + 1,
+            scored.dets.append(Detection(i, classes.index(d.class_) + 1,
                                          float(d.confidence), int(d.area_px), grown))
     return scored
 

@@ -267,7 +267,7 @@ class _DefectStats:
             n = int(self.area[label])
             x0, y0 = int(self.x_min[label]), int(self.y_min[label])
             fields = {
-                "class_name": names[int(self.winner[label]) - 1],
+                "class_": names[int(self.winner[label]) - 1],
                 "confidence": round(float(self.confidence[label]), 4),
                 "bbox": (x0, y0, int(self.x_max[label]), int(self.y_max[label])),
                 "area_px": n,
@@ -310,7 +310,7 @@ def summarize(
     area_mm2 = round(area_px / config.pixels_per_mm**2, 6)
     by_class = dict.fromkeys(names, 0)
     for d in defects:
-        by_class[d.class_name] += 1
+        by_class[d.class_] += 1
     # The verdict uses the reported (rounded) area so that it always agrees with what a reader
     # of the summary can check by hand.
     if config.fail_rule == "count":

@@ -170,13 +170,13 @@ def _draw_defects(
     height, width = canvas.shape[:2]
     colors = []
     for d in defects:
-        k = class_names.index(d.class_name) + 1 if d.class_name in class_names else 0
+        k = class_names.index(d.class_) + 1 if d.class_ in class_names else 0
         colors.append(class_color(k))
         x0, y0, x1, y1 = d.bbox
         # One pixel outside the defect on every side, so the box never hides its edge.
         cv2.rectangle(canvas, (x0 - 2, y0 - 2), (x1 + 1, y1 + 1), colors[-1], thickness)
     # After every box, so that no box is drawn over a label.
-    texts = [f"{d.id} {d.class_name} {d.confidence:.2f}" for d in defects]
+    texts = [f"{d.id} {d.class_} {d.confidence:.2f}" for d in defects]
     sizes = [cv2.getTextSize(t, _FONT, scale, thickness) for t in texts]
     places = place_labels([(tw + 6, th + base + 6) for (tw, th), base in sizes],
                           [d.bbox for d in defects], width, height, gap=thickness + 1)
@@ -351,7 +351,7 @@ def _zone(canvas: np.ndarray, zone: ZoneOutline, scale: float, thickness: int) -
 
 def _legend(class_names: Sequence[str], defects: Sequence[Defect], width: int) -> np.ndarray:
     """White band with one swatch, name and defect count per class, in columns that fit."""
-    counts = Counter(d.class_name for d in defects)
+    counts = Counter(d.class_ for d in defects)
     cell_w, row_h = _LEGEND_MIN_WIDTH, 22
     columns = max(1, width // cell_w)
     rows = -(-len(class_names) // columns)

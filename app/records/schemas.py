@@ -23,13 +23,13 @@ from pydantic import (
     model_validator,
 )
 
+from app.inference.defects import Defect
 from app.records.ids import INSPECTION_PREFIX, REVIEW_PREFIX, id_pattern, new_id
 
 __all__ = [
     "Box",
     "ClassStats",
     "DefectOutcome",
-    "DefectRecord",
     "Inspection",
     "InspectionFilter",
     "IgnoredRecord",
@@ -95,18 +95,6 @@ class _Model(BaseModel):
                               protected_namespaces=())
 
 
-class DefectRecord(_Model):
-    """One defect as the service reported it."""
-
-    id: int = Field(ge=1)
-    class_: str = Field(alias="class")
-    confidence: float = Field(ge=0, le=1)
-    bbox: Box
-    area_px: int = Field(ge=0)
-    area_mm2: float = Field(ge=0)
-    centroid: tuple[float, float]
-
-
 class Rules(_Model):
     """The post-processing and verdict rules the board was judged by."""
 
@@ -146,7 +134,7 @@ class UnitRecord(_Model):
     bbox: Box
 
 
-class IgnoredRecord(DefectRecord):
+class IgnoredRecord(Defect):
     """A defect the recipe set aside (in no verdict), and the zone and rule that did."""
 
     zone: str | None = None
@@ -179,7 +167,7 @@ class InspectionRecord(_Model):
     weights_sha256: str = Field(pattern=_SHA256)
     rules: Rules
     verdict: Verdict
-    defects: list[DefectRecord] = Field(default_factory=list)
+    defects: list[Defect] = Field(default_factory=list)
     reference: Reference | None = None
     #: The recipe revision applied; ``None``: none (no ``?product=``, or no recipe).
     recipe: RecipeRef | None = None
@@ -201,7 +189,7 @@ class InspectionRecord(_Model):
 
     @field_validator("defects")
     @classmethod
-    def _unique_defect_ids(cls, defects: list[DefectRecord]) -> list[DefectRecord]:
+    def _unique_defect_ids(cls, defects: list[Defect]) -> list[Defect]:
         seen: set[int] = set()
         for d in defects:
             if d.id in seen:

@@ -138,7 +138,7 @@ def split_reference_defects(
     for d in from_reference:
         x0, y0, x1, y1 = d.bbox
         class_map[y0:y1, x0:x1][~keep[y0:y1, x0:x1]] = 0
-    kept = [dataclasses.replace(d, id=i) for i, d in enumerate(kept, start=1)]
+    kept = [d.model_copy(update={"id": i}) for i, d in enumerate(kept, start=1)]
     summary = summarize(kept, class_names, result.width * result.height, config)
     return dataclasses.replace(result, defects=kept, class_map=class_map,
                                summary=summary), from_reference

@@ -359,7 +359,7 @@ class InspectionService:
         INSPECTIONS.labels(mode=inferencer.mode).inc()
         VERDICTS.labels(verdict=result.summary.verdict).inc()
         for defect in result.defects:
-            DEFECTS.labels(class_name=defect.class_name).inc()
+            DEFECTS.labels(class_name=defect.class_).inc()
         for hook in self.on_result:
             inspection = await hook(inspection) or inspection
         return inspection

@@ -228,8 +228,8 @@ def test_shipped_pair_model_finds_the_same_defects_gated() -> None:
     full = inf.predict(synth.image, config, reference=synth.template)
     gated = inf.predict(synth.image, config, reference=synth.template, gating=True)
     assert gated.skipped_tiles > 0
-    assert [(d.class_name, d.bbox) for d in gated.defects] == [
-        (d.class_name, d.bbox) for d in full.defects
+    assert [(d.class_, d.bbox) for d in gated.defects] == [
+        (d.class_, d.bbox) for d in full.defects
     ]
     assert gated.defects == full.defects
     assert len(full.defects) >= 4  # the model does find the synthetic defects

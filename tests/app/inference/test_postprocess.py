@@ -80,7 +80,7 @@ def test_two_blobs_give_hand_computed_defects_and_summary() -> None:
     assert result.defects == [
         Defect(
             id=1,
-            class_name="open",
+            class_="open",
             confidence=0.75,
             bbox=(1, 1, 4, 3),
             area_px=6,
@@ -89,7 +89,7 @@ def test_two_blobs_give_hand_computed_defects_and_summary() -> None:
         ),
         Defect(
             id=2,
-            class_name="spur",
+            class_="spur",
             confidence=0.8,
             bbox=(8, 7, 11, 10),
             area_px=5,
@@ -138,7 +138,7 @@ def test_ids_follow_bbox_top_then_left() -> None:
 
     defects = postprocess(stitched(fg, cls), NAMES, config()).defects
 
-    assert [(d.id, d.bbox, d.class_name) for d in defects] == [
+    assert [(d.id, d.bbox, d.class_) for d in defects] == [
         (1, (12, 0, 13, 1), "pin_hole"),
         (2, (0, 5, 1, 6), "open"),
         (3, (6, 5, 7, 6), "open"),
@@ -166,7 +166,7 @@ def test_threshold_zero_never_flags_zero_confidence() -> None:
 
     fg[2, 2] = 1e-4  # a few quantization steps: under half a step (7.6e-6) reads as 0
     result = postprocess(stitched(fg, cls), NAMES, config(threshold=0.0))
-    assert [(d.class_name, d.bbox) for d in result.defects] == [("mousebite", (2, 2, 3, 3))]
+    assert [(d.class_, d.bbox) for d in result.defects] == [("mousebite", (2, 2, 3, 3))]
 
 
 def test_min_area_drops_small_components_and_zeroes_them_in_class_map() -> None:
@@ -225,7 +225,7 @@ def test_touching_blobs_of_different_classes_are_one_defect() -> None:
 
     result = postprocess(stitched(fg, cls), NAMES, config())
 
-    assert [(d.class_name, d.bbox, d.area_px) for d in result.defects] == [
+    assert [(d.class_, d.bbox, d.area_px) for d in result.defects] == [
         ("open", (1, 1, 5, 3), 8)
     ]
     assert result.defects[0].confidence == 0.45  # mean fg 0.9 x purity 4 * 0.9 / (8 * 0.9)
@@ -248,7 +248,7 @@ def test_mixed_class_blob_is_one_defect_of_the_probability_weighted_majority() -
     assert result.defects == [
         Defect(
             id=1,
-            class_name="spur",
+            class_="spur",
             confidence=0.5091,
             bbox=(1, 1, 6, 2),
             area_px=5,
@@ -276,7 +276,7 @@ def test_confidence_is_mean_fg_times_class_purity() -> None:
 
     (defect,) = postprocess(stitched(fg, cls, cls_p), NAMES, config()).defects
 
-    assert defect.class_name == "mousebite"
+    assert defect.class_ == "mousebite"
     assert defect.confidence == round(mean_fg * purity, 4) == 0.4172
 
 
@@ -324,7 +324,7 @@ def test_merged_fragments_two_px_apart_give_one_hand_computed_defect() -> None:
 
     # bbox spans the gap, but the area and centroid count only the 4 defect pixels.
     assert (defect.bbox, defect.area_px, defect.centroid) == ((1, 5, 7, 6), 4, (3.5, 5.0))
-    assert defect.class_name == "short"  # 2 votes of 0.8 each: the tie goes to the lower id
+    assert defect.class_ == "short"  # 2 votes of 0.8 each: the tie goes to the lower id
     assert defect.confidence == 0.4  # mean fg 0.8 x purity 0.5
 
 
@@ -486,7 +486,7 @@ def test_cls_p_is_stitched_across_tiles_and_decides_the_class() -> None:
     np.testing.assert_array_equal(stitcher.cls_p, cls_p)
     result = postprocess(stitcher, NAMES, config(min_area_px=10))
     (defect,) = result.defects
-    assert (defect.class_name, defect.bbox, defect.area_px) == ("pin_hole", (45, 40, 56, 61), 231)
+    assert (defect.class_, defect.bbox, defect.area_px) == ("pin_hole", (45, 40, 56, 61), 231)
     vote_open = 147 * 0.9 * float(np.float16(0.4))  # cls_p is float16: 0.4 is 0.39990234
     vote_pin_hole = 84 * 0.9 * float(np.float16(0.9))
     purity = vote_pin_hole / (vote_open + vote_pin_hole)
@@ -587,7 +587,7 @@ def test_min_confidence_drops_less_confident_defects_after_merging():
     kept = postprocess(stitched(fg, cls), names, PostprocessConfig(**base, min_confidence=0.6))
     assert len(kept.defects) == 2  # equal to the cut: kept
     kept = postprocess(stitched(fg, cls), names, PostprocessConfig(**base, min_confidence=0.7))
-    assert [d.class_name for d in kept.defects] == ["open"]
+    assert [d.class_ for d in kept.defects] == ["open"]
     assert kept.class_map[27, 27] == 0  # dropped defects leave no mask pixels
 
 
@@ -622,5 +622,5 @@ def test_quantized_p_defect_gives_the_float_maps_defects(threshold: float) -> No
     cfg = config(threshold=threshold, min_area_px=4)
     a = describe_defects(exact, NAMES, cfg)
     b = describe_defects(quantized, NAMES, cfg)
-    assert [(d.bbox, d.class_name, round(d.confidence, 4)) for d in b.defects] == [
-        (d.bbox, d.class_name, round(d.confidence, 4)) for d in a.defects]
+    assert [(d.bbox, d.class_, round(d.confidence, 4)) for d in b.defects] == [
+        (d.bbox, d.class_, round(d.confidence, 4)) for d in a.defects]

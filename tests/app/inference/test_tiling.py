@@ -215,7 +215,7 @@ def test_defect_across_tile_edge_comes_back_as_one_defect(tile: int, overlap: in
         stitcher.add(t, f, c, np.ones(f.shape, dtype=np.float16))
     result = postprocess(stitcher, NAMES, PostprocessConfig(0.5, min_area_px=10, pixels_per_mm=1))
 
-    assert [(d.id, d.class_name, d.bbox, d.area_px) for d in result.defects] == [
+    assert [(d.id, d.class_, d.bbox, d.area_px) for d in result.defects] == [
         (1, "mousebite", (45, 40, 56, 61), 21 * 11)
     ]
     assert result.defects[0].centroid == (50.0, 50.0)

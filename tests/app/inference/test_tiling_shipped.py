@@ -61,6 +61,6 @@ def test_tiled_equals_whole_board(name: str) -> None:
     direct = postprocess(whole_board, inf.card.classes, config)
     # The same defects; a box may move by a pixel where a border pixel sits at the threshold
     # and another CPU's kernels round differently.
-    assert [d.class_name for d in tiled.defects] == [d.class_name for d in direct.defects]
+    assert [d.class_ for d in tiled.defects] == [d.class_ for d in direct.defects]
     for t, w in zip(tiled.defects, direct.defects, strict=True):
         assert np.abs(np.subtract(t.bbox, w.bbox)).max() <= 2, (t, w)
