@@ -195,8 +195,8 @@ async def serve_models(app: FastAPI) -> AsyncIterator[None]:
     state.inferencer, state.batcher = inferencer, batcher
     state.pair_inferencer, state.pair_batcher = pair, pair_batcher
     state.pair_unavailable_reason = why_no_pair
-    # TensorFlow and the models leave ~450k long-lived objects that every full collection
-    # walks with the GIL held: ~0.3 s on 2 cores, a stall of every request (/livez included)
+    # TensorFlow and the models leave hundreds of thousands of long-lived objects that every
+    # full collection walks with the GIL held: a stall of every request (/livez included)
     # whenever a large JSON body tips the collector. Frozen, they are skipped from now on.
     gc.collect()
     gc.freeze()

@@ -3,7 +3,7 @@
 A lent GPU machine (JAX, no TensorFlow) takes a copy of the checkout of at most 64 MiB
 (tracked and untracked-not-ignored files, plus the ignored paths a call names in ``carry``)
 and gives back at most 8 files of at most 16 MiB each, 64 MiB in all. The shipped
-``weights/*.keras`` (two float32 models, about 74 MB) alone are over the first limit, so a
+``weights/*.keras`` (two float32 models) alone are over the first limit, so a
 burst does not need them: what it trains from travels in ``burst/`` (ignored by git).
 
 ``python -m training.burst prepare --data DIR``

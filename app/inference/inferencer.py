@@ -211,8 +211,8 @@ class Inferencer:
         the best time per tile, among 1, 2, 4, ... up to ``cap``.
 
         The best batch depends on the machine: on a 2-core CPU one 640 px tile already keeps
-        both cores busy, so a larger batch gains at most a few per cent while every tile of it
-        holds about 150 MB (bfloat16) to 300 MB (float32) of activations at once; on a GPU the
+        both cores busy, so a larger batch gains little while every tile of it holds hundreds
+        of megabytes of activations at once (README "Benchmarks"); on a GPU the
         larger batch pays. The smallest batch that is as fast keeps memory and the wait for
         company low. Call after :meth:`warm_up`.
 
