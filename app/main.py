@@ -33,7 +33,8 @@ from app.core.metrics import MODEL_INFO, PAIR_MODEL_INFO
 from app.core.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from app.core.network import is_loopback
 from app.inference.batcher import DynamicBatcher
-from app.inference.inferencer import Inferencer, ModelLoadError, check_weights_file
+from app.inference.inferencer import Inferencer
+from app.inference.loading import ModelLoadError, check_weights_file
 from app.services.inspection import InspectionService
 from app.services.records import running_records
 from app.services.state import ServiceState

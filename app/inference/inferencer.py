@@ -24,10 +24,7 @@ from app.inference.forward import build_forward, seconds_per_tile
 from app.inference.gating import Gate, blank_tiles, candidate_cells, gate_tiles
 from app.inference.loading import (
     POLICIES,
-    ModelLoadError,
-    check_weights_file,
     configure_tensorflow,
-    load_keras_model,
     load_model_and_card,
     sha256_of,
     with_policy,
@@ -45,14 +42,7 @@ from app.inference.tiling import (
 from pcb_inspect.registration import Alignment
 from pcb_inspect.registration import register as register_pair
 
-__all__ = [
-    "InferenceResult",
-    "Inferencer",
-    "ModelLoadError",
-    "RunTiles",
-    "check_weights_file",
-    "load_keras_model",
-]
+__all__ = ["Inferencer"]
 
 logger = logging.getLogger("pcb_inspect.inferencer")
 

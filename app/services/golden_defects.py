@@ -28,7 +28,7 @@ import cv2
 import numpy as np
 
 from app.inference.defects import Defect, PostprocessConfig
-from app.inference.inferencer import InferenceResult
+from app.inference.pipeline import InferenceResult
 from app.inference.postprocess import summarize
 
 #: Gray level that splits copper (dark) from substrate (light).

@@ -37,7 +37,8 @@ from app.core.metrics import (
 )
 from app.inference.defects import Defect, PostprocessConfig
 from app.inference.imaging import declared_pixels
-from app.inference.inferencer import Inferencer, InferenceResult
+from app.inference.inferencer import Inferencer
+from app.inference.pipeline import InferenceResult
 from app.services.admission import BudgetExceededError, Hold
 from app.services.board_meta import META_FIELDS, BoardMeta, with_form
 from app.services.golden_defects import split_reference_defects

@@ -26,7 +26,7 @@ from app.inference.batcher import (
     SubmitTiming,
 )
 from app.inference.defects import PostprocessConfig
-from app.inference.inferencer import InferenceResult
+from app.inference.pipeline import InferenceResult
 from app.services.admission import Hold
 from app.services.references import Reference
 from app.services.state import ServedModel

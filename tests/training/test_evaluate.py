@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from app.inference.defects import Defect
-from app.inference.inferencer import Inferencer, InferenceResult
+from app.inference.inferencer import Inferencer
+from app.inference.pipeline import InferenceResult
 from pcb_inspect.cli import main as cli_main
 from pcb_inspect.registration import AlignmentError
 from pcb_inspect.synth import encode, make_board, write_deeppcb_folder

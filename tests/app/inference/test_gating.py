@@ -19,7 +19,8 @@ import pytest
 from app.inference.batcher import DynamicBatcher
 from app.inference.defects import PostprocessConfig
 from app.inference.gating import blank_tiles, candidate_cells, gate_tiles
-from app.inference.inferencer import Inferencer, InferenceResult
+from app.inference.inferencer import Inferencer
+from app.inference.pipeline import InferenceResult
 from app.inference.tiling import Stitcher, plan_tiles
 from pcb_inspect.registration import register
 from pcb_inspect.synth import encode, make_board, moved
