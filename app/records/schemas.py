@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Annotated, Any, Literal, NamedTuple
 
 from pydantic import (
@@ -88,6 +88,16 @@ def _aware_utc(value: dt.datetime) -> dt.datetime:
 UtcDatetime = Annotated[dt.datetime, AfterValidator(_aware_utc)]
 #: Free-text board metadata (serial, line, ...): bounded so it fits its indexed column.
 MetaText = Annotated[str, Field(min_length=1, max_length=128)]
+
+
+def _repeated(ids: Iterable[int]) -> int | None:
+    """The first id that comes a second time, or ``None``."""
+    seen: set[int] = set()
+    for i in ids:
+        if i in seen:
+            return i
+        seen.add(i)
+    return None
 
 
 class _Model(BaseModel):
@@ -190,11 +200,9 @@ class InspectionRecord(_Model):
     @field_validator("defects")
     @classmethod
     def _unique_defect_ids(cls, defects: list[Defect]) -> list[Defect]:
-        seen: set[int] = set()
-        for d in defects:
-            if d.id in seen:
-                raise ValueError(f"defect id {d.id} appears twice; expected unique ids")
-            seen.add(d.id)
+        repeated = _repeated(d.id for d in defects)
+        if repeated is not None:
+            raise ValueError(f"defect id {repeated} appears twice; expected unique ids")
         return defects
 
 
@@ -247,11 +255,9 @@ class ReviewBody(_Model):
     @field_validator("defects")
     @classmethod
     def _one_outcome_per_defect(cls, outcomes: list[DefectOutcome]) -> list[DefectOutcome]:
-        seen: set[int] = set()
-        for o in outcomes:
-            if o.defect_id in seen:
-                raise ValueError(f"defect_id {o.defect_id} has two outcomes; expected one")
-            seen.add(o.defect_id)
+        repeated = _repeated(o.defect_id for o in outcomes)
+        if repeated is not None:
+            raise ValueError(f"defect_id {repeated} has two outcomes; expected one")
         return outcomes
 
     def canonical(self) -> dict[str, Any]:
