@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Annotated, Any, Literal, NamedTuple
 
 from pydantic import (
@@ -90,14 +90,20 @@ UtcDatetime = Annotated[dt.datetime, AfterValidator(_aware_utc)]
 MetaText = Annotated[str, Field(min_length=1, max_length=128)]
 
 
-def _repeated(ids: Iterable[int]) -> int | None:
-    """The first id that comes a second time, or ``None``."""
-    seen: set[int] = set()
-    for i in ids:
-        if i in seen:
-            return i
-        seen.add(i)
-    return None
+def _unique_by(key: Callable[[Any], int], message: str) -> AfterValidator:
+    """Refuses a list in which two items have the same ``key``; ``message`` names it (``{}``:
+    the repeated key)."""
+
+    def check(items: list[Any]) -> list[Any]:
+        seen: set[int] = set()
+        for item in items:
+            k = key(item)
+            if k in seen:
+                raise ValueError(message.format(k))
+            seen.add(k)
+        return items
+
+    return AfterValidator(check)
 
 
 class _Model(BaseModel):
@@ -177,7 +183,9 @@ class InspectionRecord(_Model):
     weights_sha256: str = Field(pattern=_SHA256)
     rules: Rules
     verdict: Verdict
-    defects: list[Defect] = Field(default_factory=list)
+    defects: Annotated[
+        list[Defect], _unique_by(lambda d: d.id, "defect id {} appears twice; expected unique ids")
+    ] = Field(default_factory=list)
     reference: Reference | None = None
     #: The recipe revision applied; ``None``: none (no ``?product=``, or no recipe).
     recipe: RecipeRef | None = None
@@ -196,14 +204,6 @@ class InspectionRecord(_Model):
                 f"{value!r}"
             )
         return value
-
-    @field_validator("defects")
-    @classmethod
-    def _unique_defect_ids(cls, defects: list[Defect]) -> list[Defect]:
-        repeated = _repeated(d.id for d in defects)
-        if repeated is not None:
-            raise ValueError(f"defect id {repeated} appears twice; expected unique ids")
-        return defects
 
 
 class Inspection(InspectionRecord):
@@ -249,16 +249,11 @@ class ReviewBody(_Model):
     Defects without an outcome are left unreviewed (they count in no rate).
     """
 
-    defects: list[DefectOutcome] = Field(default_factory=list)
+    defects: Annotated[
+        list[DefectOutcome],
+        _unique_by(lambda o: o.defect_id, "defect_id {} has two outcomes; expected one"),
+    ] = Field(default_factory=list)
     missed: list[MissedDefect] = Field(default_factory=list)
-
-    @field_validator("defects")
-    @classmethod
-    def _one_outcome_per_defect(cls, outcomes: list[DefectOutcome]) -> list[DefectOutcome]:
-        repeated = _repeated(o.defect_id for o in outcomes)
-        if repeated is not None:
-            raise ValueError(f"defect_id {repeated} has two outcomes; expected one")
-        return outcomes
 
     def canonical(self) -> dict[str, Any]:
         """The body with its lists in a fixed order, so equal reviews compare equal."""
