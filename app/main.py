@@ -33,7 +33,8 @@ from app.core.metrics import MODEL_INFO, PAIR_MODEL_INFO
 from app.core.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from app.core.network import is_loopback
 from app.inference.batcher import DynamicBatcher
-from app.inference.inferencer import Inferencer, ModelLoadError, check_weights_file
+from app.inference.inferencer import Inferencer
+from app.inference.loading import ModelLoadError, check_weights_file
 from app.services.inspection import InspectionService
 from app.services.records_service import running_records
 from app.services.state import ServiceState
@@ -195,8 +196,8 @@ async def serve_models(app: FastAPI) -> AsyncIterator[None]:
     state.inferencer, state.batcher = inferencer, batcher
     state.pair_inferencer, state.pair_batcher = pair, pair_batcher
     state.pair_unavailable_reason = why_no_pair
-    # TensorFlow and the models leave ~450k long-lived objects that every full collection
-    # walks with the GIL held: ~0.3 s on 2 cores, a stall of every request (/livez included)
+    # TensorFlow and the models leave hundreds of thousands of long-lived objects that every
+    # full collection walks with the GIL held: a stall of every request (/livez included)
     # whenever a large JSON body tips the collector. Frozen, they are skipped from now on.
     gc.collect()
     gc.freeze()

@@ -129,7 +129,7 @@ def _check_pair_model(settings: Any) -> Any:
         The pair model's card, or ``None`` when no pair model will be loaded.
     """
     from app.inference.card import ModelCardError, load_card
-    from app.inference.inferencer import ModelLoadError, check_weights_file
+    from app.inference.loading import ModelLoadError, check_weights_file
 
     path = settings.pair_weights
     if path is None or (settings.pair_weights_is_default and not path.exists()):
@@ -211,7 +211,7 @@ def preflight(settings: Any) -> None:
         StartupError: Naming the setting or file and what is wrong with it.
     """
     from app.inference.card import ModelCardError, load_card
-    from app.inference.inferencer import ModelLoadError, check_weights_file
+    from app.inference.loading import ModelLoadError, check_weights_file
 
     try:
         check_weights_file(settings.weights_path)

@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/records_bench.py [--records 100000] [--pg-url URL | --no-pg]
 
-Targets (issue 13): ``Recorder.record()`` adds <= 5 ms (SQLite) and <= 10 ms (local
+Targets: ``Recorder.record()`` adds <= 5 ms (SQLite) and <= 10 ms (local
 PostgreSQL) to the p50 of an inspection; a filtered query over 100,000 records answers in
 <= 100 ms. Medians are reported (a shared machine's tail says more about its neighbours).
 

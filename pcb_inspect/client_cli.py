@@ -698,14 +698,8 @@ def _run_batch(args: argparse.Namespace, out: Console, err: Console) -> int:
     interrupted = fatal = None
     with _client(args, connections=args.concurrency) as client:
         if todo:
-            # One cheap call before uploading anything: a wrong URL or key fails here, once.
-            try:
-                classes = client.model_info()["classes"]
-                if args.product is not None:
-                    # An unknown product would fail every request: say so once, up front.
-                    client.get_golden_board(args.product)
-            except InspectError as exc:
-                err.print(f"[bold red]ERROR[/] {args.url}: {_describe(exc)}")
+            classes = _server_classes(client, args, err)
+            if classes is None:
                 return EXIT_ERROR
             results.ensure_header(classes)
         out.print(
@@ -760,6 +754,22 @@ def _run_batch(args: argparse.Namespace, out: Console, err: Console) -> int:
     if fatal is not None or interrupted or total.errors:
         return EXIT_ERROR
     return EXIT_FAIL if total.failed else EXIT_PASS
+
+
+def _server_classes(
+    client: InspectClient, args: argparse.Namespace, err: Console
+) -> list[str] | None:
+    """The model's classes, from one cheap call before anything is uploaded, so that a wrong
+    URL or key (or an unknown product, which would fail every request) is said once, up
+    front; ``None`` once it is said."""
+    try:
+        classes: list[str] = client.model_info()["classes"]
+        if args.product is not None:
+            client.get_golden_board(args.product)
+    except InspectError as exc:
+        err.print(f"[bold red]ERROR[/] {args.url}: {_describe(exc)}")
+        return None
+    return classes
 
 
 def _summary_table(total: _Totals, run: _Totals, skipped: int, out: Path) -> Table:

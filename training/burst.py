@@ -3,7 +3,7 @@
 A lent GPU machine (JAX, no TensorFlow) takes a copy of the checkout of at most 64 MiB
 (tracked and untracked-not-ignored files, plus the ignored paths a call names in ``carry``)
 and gives back at most 8 files of at most 16 MiB each, 64 MiB in all. The shipped
-``weights/*.keras`` (two float32 models, about 74 MB) alone are over the first limit, so a
+``weights/*.keras`` (two float32 models) alone are over the first limit, so a
 burst does not need them: what it trains from travels in ``burst/`` (ignored by git).
 
 ``python -m training.burst prepare --data DIR``
@@ -288,21 +288,8 @@ def check(plan_name: str, minutes: float, burst: Path = BURST, root: Path = ROOT
     notes: list[str] = []
     burst_abs = burst if burst.is_absolute() else root / burst
     tree = travelling_files(root)
-    carried: dict[str, int] = {}
-    for rel in carry_paths(plan):
-        path = burst_abs / Path(rel).relative_to(BURST)
-        if path.exists():
-            carried[rel] = _folder_bytes(path)
-        else:
-            reserve = _WHEELS_RESERVE if rel.endswith("whl") else _PACK_RESERVE
-            if "/init/" in rel:
-                reserve = sum(checkpoint_files(next(r for r in plan if r.init and
-                                                    rel.endswith(r.init)))) + 2**16
-            carried[rel] = reserve
-            (failures if strict else notes).append(
-                f"{rel} is missing (python -m training.burst prepare); counted as "
-                f"{reserve / 2**20:.1f} MiB"
-            )
+    carried, missing = _carried_sizes(plan, burst_abs)
+    (failures if strict else notes).extend(missing)
     tracked_hidden = [h for h in HIDDEN if _git("ls-files", "--", h, root=root).strip()]
     if tracked_hidden:
         (failures if strict else notes).append(
@@ -325,20 +312,9 @@ def check(plan_name: str, minutes: float, burst: Path = BURST, root: Path = ROOT
     command = device_command(plan_name, minutes)
     if len(command) > COMMAND_CHARS:
         failures.append(f"the command has {len(command)} characters > {COMMAND_CHARS}")
-    files: list[tuple[str, int]] = []
-    for run in plan:
-        for k, nbytes in enumerate(checkpoint_files(run)):
-            files.append((f"{run.name}/weights-{k:02d}.npz", nbytes))
-        files += [(f"{run.name}/{name}", _SMALL_FILE_RESERVE) for name in _SMALL_FILES]
-    if len(files) > FILES_BACK:
-        failures.append(f"{len(files)} files would come back > {FILES_BACK}: "
-                        f"{[f for f, _ in files]}")
-    too_big = [(f, round(b / 2**20, 2)) for f, b in files if b > FILE_BACK_LIMIT_MIB * 2**20]
-    if too_big:
-        failures.append(f"files over {FILE_BACK_LIMIT_MIB} MiB would be left out: {too_big}")
+    files = _files_back(plan)
+    failures += _return_failures(files)
     back_mib = sum(b for _, b in files) / 2**20
-    if back_mib > BACK_LIMIT_MIB:
-        failures.append(f"{back_mib:.1f} MiB would come back > {BACK_LIMIT_MIB} MiB")
     timeout_s = int(minutes * 60 + CALL_OVERHEAD_S)
     if timeout_s > COMMAND_SECONDS:
         failures.append(f"{minutes} minutes of training need a {timeout_s} s call > "
@@ -356,6 +332,50 @@ def check(plan_name: str, minutes: float, burst: Path = BURST, root: Path = ROOT
                                                                       COMMAND_SECONDS)},
     }
     return Check(numbers, failures, notes)
+
+
+def _carried_sizes(plan: tuple[Run, ...], burst_abs: Path) -> tuple[dict[str, int], list[str]]:
+    """The size of each path the call carries, and what is missing (counted at a reserve)."""
+    carried: dict[str, int] = {}
+    missing: list[str] = []
+    for rel in carry_paths(plan):
+        path = burst_abs / Path(rel).relative_to(BURST)
+        if path.exists():
+            carried[rel] = _folder_bytes(path)
+            continue
+        reserve = _WHEELS_RESERVE if rel.endswith("whl") else _PACK_RESERVE
+        if "/init/" in rel:
+            reserve = sum(checkpoint_files(next(r for r in plan if r.init and
+                                                rel.endswith(r.init)))) + 2**16
+        carried[rel] = reserve
+        missing.append(f"{rel} is missing (python -m training.burst prepare); counted as "
+                       f"{reserve / 2**20:.1f} MiB")
+    return carried, missing
+
+
+def _files_back(plan: tuple[Run, ...]) -> list[tuple[str, int]]:
+    """``(path, bytes)`` of every file the runs of a plan return."""
+    files: list[tuple[str, int]] = []
+    for run in plan:
+        for k, nbytes in enumerate(checkpoint_files(run)):
+            files.append((f"{run.name}/weights-{k:02d}.npz", nbytes))
+        files += [(f"{run.name}/{name}", _SMALL_FILE_RESERVE) for name in _SMALL_FILES]
+    return files
+
+
+def _return_failures(files: list[tuple[str, int]]) -> list[str]:
+    """What in the returned files breaks the device's limits on what comes back."""
+    failures: list[str] = []
+    if len(files) > FILES_BACK:
+        failures.append(f"{len(files)} files would come back > {FILES_BACK}: "
+                        f"{[f for f, _ in files]}")
+    too_big = [(f, round(b / 2**20, 2)) for f, b in files if b > FILE_BACK_LIMIT_MIB * 2**20]
+    if too_big:
+        failures.append(f"files over {FILE_BACK_LIMIT_MIB} MiB would be left out: {too_big}")
+    back_mib = sum(b for _, b in files) / 2**20
+    if back_mib > BACK_LIMIT_MIB:
+        failures.append(f"{back_mib:.1f} MiB would come back > {BACK_LIMIT_MIB} MiB")
+    return failures
 
 
 # --- prepare, hide, restore -----------------------------------------------------------------

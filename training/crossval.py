@@ -68,13 +68,12 @@ def board_candidates(
 ) -> list[Detection]:
     """Every defect above the pixel threshold of one board (no area or confidence rule), through
     the service's post-processing, with its box grown by the annotation margin."""
+    from app.inference.defects import PostprocessConfig
     from app.inference.postprocess import (
-        PostprocessConfig,
         describe_defects,
         gather_defect_pixels,
         registered_difference,
     )
-    from app.inference.tiling import FG_SCALE
 
     if maps.fg_q is None:  # registration refused the pair: the service reports nothing
         return []
@@ -86,12 +85,11 @@ def board_candidates(
         if maps.warped is None or board is None:
             raise ValueError("merging on the registered difference needs the pair model's maps")
         link = registered_difference(board, maps.warped)
-    pixels = gather_defect_pixels(maps.fg_q, maps.cls, maps.cls_p, variant.threshold,
-                                  fg_scale=FG_SCALE)
+    pixels = gather_defect_pixels(maps.fg_q, maps.cls, maps.cls_p, variant.threshold)
     result = describe_defects(pixels, classes, config, link=link)
     h, w = maps.fg_q.shape
     return [
-        Detection(image, list(classes).index(d.class_name) + 1, float(d.confidence),
+        Detection(image, list(classes).index(d.class_) + 1, float(d.confidence),
                   int(d.area_px),
                   (max(0, d.bbox[0] - margin), max(0, d.bbox[1] - margin),
                    min(w, d.bbox[2] + margin), min(h, d.bbox[3] + margin)))

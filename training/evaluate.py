@@ -419,22 +419,131 @@ def choose_operating_point(
     return best
 
 
+@dataclasses.dataclass
+class _Scored:
+    """What inspecting the boards gathers: pixel counts per class, the candidates and truths
+    (boxes), and the cost."""
+
+    n_classes: int
+    keys: list[str] = dataclasses.field(default_factory=list)
+    dets: list[Detection] = dataclasses.field(default_factory=list)
+    truths: list[Truth] = dataclasses.field(default_factory=list)
+    alignment_failures: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    seconds: float = 0.0
+    tiles_total: int = 0
+    tiles_skipped: int = 0
+
+    def __post_init__(self) -> None:
+        k = self.n_classes + 1
+        self.inter = np.zeros(k, dtype=np.int64)
+        self.pred_sum = np.zeros(k, dtype=np.int64)
+        self.true_sum = np.zeros(k, dtype=np.int64)
+
+    def add_pixels(self, pred: np.ndarray | None, mask: np.ndarray) -> None:
+        """Counts a board's class map against its mask; ``None``: nothing was predicted."""
+        k = self.n_classes + 1
+        for c in range(1, k):
+            t = mask == c
+            self.true_sum[c] += int(np.count_nonzero(t))
+            if pred is not None:
+                p = pred == c
+                self.inter[c] += int(np.count_nonzero(p & t))
+                self.pred_sum[c] += int(np.count_nonzero(p))
+
+    def per_class(self, classes: Sequence[str], readme: dict[str, Any]) -> dict[str, Any]:
+        """Dice and IoU of each class's pixels, beside its README-protocol figures."""
+        out: dict[str, dict[str, float]] = {}
+        for c in range(1, self.n_classes + 1):
+            inter, denom = self.inter[c], self.pred_sum[c] + self.true_sum[c]
+            out[classes[c - 1]] = {
+                "dice": float(2 * inter / denom) if denom else 1.0,
+                "iou": float(inter / (denom - inter)) if denom else 1.0,
+                **readme["per_class"][c],
+            }
+        return out
+
+
+def _inspect_boards(
+    inferencer: Any, samples: Sequence[Any], config: Any, margin: int, gating: bool
+) -> _Scored:
+    """Inspects every board as the service would and gathers what is scored."""
+    import cv2
+    from rich.progress import track
+
+    from app.inference.registration import AlignmentError
+    from training.data import load_sample
+
+    classes = list(inferencer.card.classes)
+    scored = _Scored(len(classes))
+    # Asked for only when on: the full path is predict's own default.
+    gated = {"gating": True} if gating else {}
+    for i, sample in enumerate(track(samples, description="evaluating", transient=True)):
+        image, mask, boxes = load_sample(sample)
+        reference = None
+        if inferencer.pair:
+            reference = cv2.imread(str(sample.template_path), cv2.IMREAD_GRAYSCALE)
+            if reference is None:
+                raise OSError(f"the pair model needs templates: cannot read "
+                              f"{sample.template_path}")
+        started = time.perf_counter()
+        scored.keys.append(sample.key)
+        scored.truths.extend(Truth(i, b.label, (b.x1, b.y1, b.x2, b.y2)) for b in boxes)
+        try:
+            result = inferencer.predict(image, config, reference=reference, **gated)
+        except AlignmentError as exc:
+            # What the service answers with a 422: no defects reported for this board, so
+            # every one of its truths counts as missed. Its time counts: it is in `boards`.
+            scored.seconds += time.perf_counter() - started
+            scored.alignment_failures.append({"key": sample.key, "score": round(exc.score, 4)})
+            scored.add_pixels(None, mask)
+            continue
+        scored.seconds += time.perf_counter() - started
+        scored.tiles_total += result.tiles
+        scored.tiles_skipped += result.skipped_tiles
+        scored.add_pixels(result.class_map, mask)
+        h, w = image.shape
+        for d in result.defects:
+            x1, y1, x2, y2 = d.bbox
+            grown = (max(0, x1 - margin), max(0, y1 - margin), min(w, x2 + margin),
+                     min(h, y2 + margin))
+            scored.dets.append(Detection(i, classes.index(d.class_) + 1,
+                                         float(d.confidence), int(d.area_px), grown))
+    return scored
+
+
+def _write_candidates(path: Path, scored: _Scored, classes: Sequence[str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({
+        "keys": scored.keys, "classes": list(classes),
+        "detections": [dataclasses.asdict(d) for d in scored.dets],
+        "truths": [dataclasses.asdict(t) for t in scored.truths],
+    }))
+
+
+def _write_dump(
+    path: Path, scored: _Scored, classes: Sequence[str], area: int, min_conf: float
+) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as fh:
+        kept = [d for d in scored.dets if d.area_px >= area and d.confidence >= min_conf]
+        for row in detection_outcomes(kept, scored.truths, len(scored.keys)):
+            row["key"] = scored.keys[row.pop("image")]
+            row["class"] = classes[row["class"] - 1]
+            fh.write(json.dumps(row) + "\n")
+
+
 def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     """Scores a model on a DeepPCB-format folder; returns the report."""
-    import cv2
-
     from app.core.config import DEFAULT_WEIGHTS
+    from app.inference.defects import PostprocessConfig
     from app.inference.inferencer import Inferencer
-    from app.inference.postprocess import PostprocessConfig
-    from app.inference.registration import AlignmentError
-    from training.data import VAL_GROUPS, load_sample, read_split, split_by_groups
+    from training.data import VAL_GROUPS, read_split, split_by_groups
 
     weights = Path(args.weights or DEFAULT_WEIGHTS)
     inferencer = Inferencer.load(weights, args.card, precision=args.precision,
                                  max_batch_size=args.batch_size)
     card = inferencer.card
     classes = list(card.classes)
-    n_classes = len(classes)
     samples = read_split(args.data)
     groups = [g for g in args.val_groups.split(",") if g] or list(VAL_GROUPS)
     if args.split == "val":
@@ -450,94 +559,27 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
              else card.thresholds.merge_distance_px)
     config = PostprocessConfig(threshold=threshold, min_area_px=0,
                                pixels_per_mm=card.pixels_per_mm, merge_distance_px=merge)
-    k = n_classes + 1
-    inter = np.zeros(k, dtype=np.int64)
-    pred_sum = np.zeros(k, dtype=np.int64)
-    true_sum = np.zeros(k, dtype=np.int64)
-    dets: list[Detection] = []
-    truths: list[Truth] = []
-    keys: list[str] = []
-    alignment_failures: list[dict[str, Any]] = []
     inferencer.warm_up()
-    seconds = 0.0
-    tiles_total = tiles_skipped = 0
-    # Asked for only when on: the full path is predict's own default.
-    gated = {"gating": True} if args.gating == "on" else {}
-    from rich.progress import track
-
-    for i, sample in enumerate(track(samples, description="evaluating", transient=True)):
-        image, mask, boxes = load_sample(sample)
-        reference = None
-        if inferencer.pair:
-            reference = cv2.imread(str(sample.template_path), cv2.IMREAD_GRAYSCALE)
-            if reference is None:
-                raise OSError(f"the pair model needs templates: cannot read "
-                              f"{sample.template_path}")
-        started = time.perf_counter()
-        keys.append(sample.key)
-        truths.extend(Truth(i, b.label, (b.x1, b.y1, b.x2, b.y2)) for b in boxes)
-        try:
-            result = inferencer.predict(image, config, reference=reference, **gated)
-        except AlignmentError as exc:
-            # What the service answers with a 422: no defects reported for this board, so
-            # every one of its truths counts as missed. Its time counts: it is in `boards`.
-            seconds += time.perf_counter() - started
-            alignment_failures.append({"key": sample.key, "score": round(exc.score, 4)})
-            true_sum[1:] += np.bincount(mask.ravel(), minlength=k)[1:k]
-            continue
-        seconds += time.perf_counter() - started
-        tiles_total += result.tiles
-        tiles_skipped += result.skipped_tiles
-        pred = result.class_map
-        for c in range(1, k):
-            p, t = pred == c, mask == c
-            inter[c] += int(np.count_nonzero(p & t))
-            pred_sum[c] += int(np.count_nonzero(p))
-            true_sum[c] += int(np.count_nonzero(t))
-        h, w = image.shape
-        for d in result.defects:
-            x1, y1, x2, y2 = d.bbox
-            grown = (max(0, x1 - margin), max(0, y1 - margin), min(w, x2 + margin),
-                     min(h, y2 + margin))
-            dets.append(Detection(i, classes.index(d.class_name) + 1, float(d.confidence),
-                                  int(d.area_px), grown))
+    scored = _inspect_boards(inferencer, samples, config, margin, args.gating == "on")
 
     n = len(samples)
     if args.candidates:
-        args.candidates.parent.mkdir(parents=True, exist_ok=True)
-        args.candidates.write_text(json.dumps({
-            "keys": keys, "classes": classes,
-            "detections": [dataclasses.asdict(d) for d in dets],
-            "truths": [dataclasses.asdict(t) for t in truths],
-        }))
-    card_min_conf = float(getattr(card.thresholds, "min_confidence", 0.0) or 0.0)
+        _write_candidates(args.candidates, scored, classes)
     chosen = None
     if args.choose_operating_point:
-        area, min_conf, _ = choose_operating_point(dets, truths, n, n_classes)
+        area, min_conf, _ = choose_operating_point(scored.dets, scored.truths, n, len(classes))
         chosen = {"min_area_px": area, "min_confidence": min_conf}
     else:
+        card_min_conf = float(getattr(card.thresholds, "min_confidence", 0.0) or 0.0)
         area = args.min_area_px if args.min_area_px is not None else card.thresholds.min_area_px
         min_conf = args.min_confidence if args.min_confidence is not None else card_min_conf
     # The ranking metrics (mAP, official AP) rank every candidate; the operating point
     # decides what P, R, F and hmean count.
-    readme = readme_protocol(dets, truths, n, n_classes, min_conf, area)
-    official = official_protocol(dets, truths, n, min_conf, area)
+    readme = readme_protocol(scored.dets, scored.truths, n, len(classes), min_conf, area)
+    official = official_protocol(scored.dets, scored.truths, n, min_conf, area)
     if args.dump:
-        args.dump.parent.mkdir(parents=True, exist_ok=True)
-        with args.dump.open("w") as fh:
-            kept = [d for d in dets if d.area_px >= area and d.confidence >= min_conf]
-            for row in detection_outcomes(kept, truths, n):
-                row["key"] = keys[row.pop("image")]
-                row["class"] = classes[row["class"] - 1]
-                fh.write(json.dumps(row) + "\n")
-    per_class: dict[str, dict[str, float]] = {}
-    for c in range(1, k):
-        denom = pred_sum[c] + true_sum[c]
-        per_class[classes[c - 1]] = {
-            "dice": float(2 * inter[c] / denom) if denom else 1.0,
-            "iou": float(inter[c] / (denom - inter[c])) if denom else 1.0,
-            **readme["per_class"][c],
-        }
+        _write_dump(args.dump, scored, classes, area, min_conf)
+    per_class = scored.per_class(classes, readme)
     return {
         "data": str(args.data),
         "split": args.split,
@@ -548,7 +590,8 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         "mode": inferencer.mode,
         "precision_mode": args.precision,
         "gating": args.gating,
-        "tiles": {"computed": tiles_total - tiles_skipped, "skipped": tiles_skipped},
+        "tiles": {"computed": scored.tiles_total - scored.tiles_skipped,
+                  "skipped": scored.tiles_skipped},
         "threshold": threshold,
         "min_area_px": area,
         "min_confidence": min_conf,
@@ -561,10 +604,10 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         "f_score": readme["f_score"],
         "map": readme["map"],
         "official": official,
-        "alignment_failures": alignment_failures,
+        "alignment_failures": scored.alignment_failures,
         "mean_dice": float(np.mean([v["dice"] for v in per_class.values()])),
         "mean_iou": float(np.mean([v["iou"] for v in per_class.values()])),
-        "boards_per_second": n / seconds if seconds else 0.0,
+        "boards_per_second": n / scored.seconds if scored.seconds else 0.0,
         "per_class": per_class,
     }
 

@@ -29,15 +29,18 @@ the training-time total continue from there.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
 import platform
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
 
 #: Kernel arrays are stored in float16 in checkpoints (half the size); vectors (biases,
 #: BatchNorm statistics, whose variances can be tiny) stay float32.
@@ -96,7 +99,7 @@ def lr_at(step: int, peak: float, warmup: int, total: int, min_ratio: float) -> 
     return peak * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def model_kwargs(config: dict[str, Any]) -> dict[str, Any]:
+def model_kwargs(config: Mapping[str, Any]) -> dict[str, Any]:
     """``build_model`` arguments from a run's config (shared with :mod:`training.convert`)."""
     filters = config.get("decoder_filters") or None
     return {
@@ -202,6 +205,176 @@ def make_train_step(model: Any, lr: float, weight_decay: float) -> tuple[Any, An
     return jax.jit(train_step, donate_argnums=(0,)), state
 
 
+class JaxTrainConfig(BaseModel):
+    """What a stint trains, typed: the model and the optimisation, from the command line.
+
+    Written into ``state.json`` as ``config``, which :mod:`training.convert`,
+    :mod:`training.stint` and :mod:`training.burst` read back to rebuild the same model.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    mode: Literal["pair", "single"]
+    encoder_depth: int = Field(ge=2, le=5)
+    decoder_filters: list[int]
+    decoder_reduction: bool
+    crop: int
+    batch_size: int
+    lr: float
+    warmup_steps: int
+    min_lr_ratio: float
+    weight_decay: float
+    ema: float
+    precision: Literal["float32", "mixed_bfloat16"]
+    loss: str
+    bn_batches: int
+    template_negatives: float
+    synthetic: float
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> JaxTrainConfig:
+        """The config of parsed :func:`build_parser` arguments."""
+        if args.template_negatives and args.mode != "single":
+            raise SystemExit(
+                "--template-negatives is for the single-image model (the pair model sees the "
+                f"template as its reference). Received: --mode {args.mode}"
+            )
+        return cls(
+            mode=args.mode,
+            encoder_depth=args.encoder_depth,
+            decoder_filters=[int(f) for f in args.decoder_filters.split(",") if f],
+            decoder_reduction=not args.no_reduction,
+            crop=args.crop,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            warmup_steps=args.warmup_steps,
+            min_lr_ratio=args.min_lr_ratio,
+            weight_decay=args.weight_decay,
+            ema=args.ema,
+            precision=args.precision,
+            loss="DiceIoULoss(cross_entropy_weight=1.0, reduction_mode='per_batch')",
+            bn_batches=args.bn_batches,
+            template_negatives=args.template_negatives,
+            synthetic=args.synthetic,
+        )
+
+
+@dataclasses.dataclass
+class _Stint:
+    """One stint of training: what it continues from, its model and data, and its state."""
+
+    args: argparse.Namespace
+    config: JaxTrainConfig
+    previous: dict[str, Any]
+    started: float
+    model: Any
+    pack: Any
+    sampler: Any
+
+    @property
+    def step0(self) -> int:
+        return int(self.previous.get("step", 0))
+
+    @property
+    def seed(self) -> int:
+        return int(self.previous.get("seed", self.args.seed))
+
+    def checkpoint(self, state: Any, step: int, total: int, losses: list[float],
+                   final: bool) -> None:
+        """Writes the EMA weights (BatchNorm statistics re-estimated if asked) and state.json."""
+        from training.batchnorm import recalibrate
+
+        _, ntv, _, ema = state
+        for v, value in zip(self.model.trainable_variables, ema, strict=True):
+            v.assign(value)
+        for v, value in zip(self.model.non_trainable_variables, ntv, strict=True):
+            v.assign(value)
+        if self.config.bn_batches:
+            # Batches far past any training step: crops the run never trained on, drawn the
+            # same way, so the statistics are those of the training distribution.
+            recalibrate(self.model, (self.sampler.batch(_BN_BATCH_BASE + k)[0]
+                                     for k in range(self.config.bn_batches)))
+        args = self.args
+        shards = save_shards(self.model, args.out, args.shard_mb)
+        elapsed = time.time() - self.started
+        _write_json(args.out / "state.json", {
+            "step": self.step0 + step,
+            "stint_steps": step,
+            "stint_total_steps": total,
+            "seed": self.seed,
+            "config": self.config.model_dump(mode="json"),
+            "split": {"pack": str(args.pack), "pairs": len(self.pack.keys),
+                      "groups": sorted(set(self.pack.groups))},
+            "train_seconds_total": round(float(self.previous.get("train_seconds_total", 0))
+                                         + elapsed, 1),
+            "stints": int(self.previous.get("stints", 0)) + (1 if final else 0),
+            "last_loss": round(float(np.mean(losses[-50:])), 5) if losses else None,
+            "hardware": _hardware(),
+            "shards": shards,
+            "final": final,
+        })
+
+    def train(self) -> None:
+        """Steps until ``--steps`` or the time budget, checkpointing on the way and at the end."""
+        import jax
+
+        from training.sampler import prefetch
+
+        args, config = self.args, self.config
+        train_step_jit, state = make_train_step(self.model, config.lr, config.weight_decay)
+        budget = args.minutes * 60
+        total = args.steps or 10**9
+        losses: list[float] = []
+        log = args.out / "train_log.jsonl"
+        last_ckpt = time.time()
+        t_rate = None
+        step = 0
+        for x, y in prefetch(self.sampler, start=self.step0, workers=args.workers):
+            if step == 10:
+                jax.block_until_ready(state[0])
+                t_rate = time.time()  # after compilation
+            if step == 60 and t_rate is not None and args.minutes and not args.steps:
+                rate = 50 / (time.time() - t_rate)
+                remaining = budget - (time.time() - self.started) - 20  # time for the last save
+                total = max(config.warmup_steps + 1, 60 + int(rate * remaining))
+                print(f"measured {rate:.2f} steps/s: this stint runs {total} steps", flush=True)
+            lr = lr_at(step, config.lr, config.warmup_steps, total, config.min_lr_ratio)
+            t = self.step0 + step
+            decay = min(config.ema, (1 + t) / (10 + t))
+            loss, state = train_step_jit(state, np.float32(lr), np.float32(decay), x, y)
+            step += 1
+            if step % args.log_every == 0 or step == 1:
+                value = float(loss)
+                losses.append(value)
+                line = {"step": self.step0 + step, "loss": round(value, 5), "lr": round(lr, 7),
+                        "elapsed_s": round(time.time() - self.started, 1)}
+                with log.open("a") as fh:
+                    fh.write(json.dumps(line) + "\n")
+                print(json.dumps(line), flush=True)
+            out_of_time = bool(budget) and time.time() - self.started > budget - 15
+            if step >= total or out_of_time:
+                break
+            if time.time() - last_ckpt > args.checkpoint_minutes * 60:
+                self.checkpoint(state, step, total, losses, final=False)
+                last_ckpt = time.time()
+        self.checkpoint(state, step, total, losses, final=True)
+
+
+def _load_init(model: Any, init: Path | None) -> None:
+    """Starts ``model`` from a checkpoint folder or a ``.keras`` file, if one is given."""
+    import keras
+
+    from model_defs import get_custom_objects
+
+    if init is None:
+        return
+    if init.is_dir():
+        load_shards(model, init)
+    else:
+        saved = keras.models.load_model(init, custom_objects=get_custom_objects(), compile=False)
+        model.set_weights(saved.get_weights())
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Trains as ``args`` say; returns the final state (also in ``OUT/state.json``)."""
     import keras
@@ -210,128 +383,29 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise SystemExit(
             f"training.jax_train needs KERAS_BACKEND=jax. Received: {keras.backend.backend()}"
         )
-    import jax
-
-    from model_defs import build_model, get_custom_objects
-    from training.batchnorm import recalibrate
+    from model_defs import build_model
     from training.pack import load_pack
-    from training.sampler import CropSampler, prefetch
+    from training.sampler import CropSampler
 
     started = time.time()
     previous: dict[str, Any] = json.loads(args.state.read_text()) if args.state else {}
-    step0 = int(previous.get("step", 0))
-    seed = int(previous.get("seed", args.seed))
-    config = {
-        "mode": args.mode,
-        "encoder_depth": args.encoder_depth,
-        "decoder_filters": [int(f) for f in args.decoder_filters.split(",") if f],
-        "decoder_reduction": not args.no_reduction,
-        "crop": args.crop,
-        "batch_size": args.batch_size,
-        "lr": args.lr,
-        "warmup_steps": args.warmup_steps,
-        "min_lr_ratio": args.min_lr_ratio,
-        "weight_decay": args.weight_decay,
-        "ema": args.ema,
-        "precision": args.precision,
-        "loss": "DiceIoULoss(cross_entropy_weight=1.0, reduction_mode='per_batch')",
-        "bn_batches": args.bn_batches,
-        "template_negatives": args.template_negatives,
-        "synthetic": args.synthetic,
-    }
-    if args.template_negatives and args.mode != "single":
-        raise SystemExit(
-            "--template-negatives is for the single-image model (the pair model sees the "
-            f"template as its reference). Received: --mode {args.mode}"
-        )
+    config = JaxTrainConfig.from_args(args)
     if previous and previous.get("config", {}).get("mode", args.mode) != args.mode:
         raise SystemExit(f"--state is a {previous['config']['mode']} run, not {args.mode}")
-
+    step0 = int(previous.get("step", 0))
+    seed = int(previous.get("seed", args.seed))
     keras.utils.set_random_seed(seed + step0)
-    keras.mixed_precision.set_global_policy(args.precision)
+    keras.mixed_precision.set_global_policy(config.precision)
     pack = load_pack(args.pack)
-    model = build_model(**model_kwargs(config))
-    if args.init is not None:
-        if args.init.is_dir():
-            load_shards(model, args.init)
-        else:
-            saved = keras.models.load_model(args.init, custom_objects=get_custom_objects(),
-                                            compile=False)
-            model.set_weights(saved.get_weights())
-    sampler = CropSampler(pack, args.crop, args.batch_size, pair=args.mode == "pair",
-                          seed=seed, template_negative_prob=args.template_negatives,
-                          synthetic_prob=args.synthetic,
-                          synthetic_boards=args.synthetic_boards if args.synthetic else 0)
-    train_step_jit, state = make_train_step(model, args.lr, args.weight_decay)
-
-    def checkpoint(step: int, total_steps: int, losses: list[float], final: bool) -> None:
-        _, ntv, _, ema = state
-        for v, value in zip(model.trainable_variables, ema, strict=True):
-            v.assign(value)
-        for v, value in zip(model.non_trainable_variables, ntv, strict=True):
-            v.assign(value)
-        if args.bn_batches:
-            # Batches far past any training step: crops the run never trained on, drawn the
-            # same way, so the statistics are those of the training distribution.
-            recalibrate(model, (sampler.batch(_BN_BATCH_BASE + k)[0]
-                                for k in range(args.bn_batches)))
-        shards = save_shards(model, args.out, args.shard_mb)
-        elapsed = time.time() - started
-        _write_json(args.out / "state.json", {
-            "step": step0 + step,
-            "stint_steps": step,
-            "stint_total_steps": total_steps,
-            "seed": seed,
-            "config": config,
-            "split": {"pack": str(args.pack), "pairs": len(pack.keys),
-                      "groups": sorted(set(pack.groups))},
-            "train_seconds_total": round(float(previous.get("train_seconds_total", 0))
-                                         + elapsed, 1),
-            "stints": int(previous.get("stints", 0)) + (1 if final else 0),
-            "last_loss": round(float(np.mean(losses[-50:])), 5) if losses else None,
-            "hardware": _hardware(),
-            "shards": shards,
-            "final": final,
-        })
-
-    budget = args.minutes * 60
-    total = args.steps or 10**9
-    losses: list[float] = []
-    log = (args.out / "train_log.jsonl")
+    model = build_model(**model_kwargs(config.model_dump()))
+    _load_init(model, args.init)
+    sampler = CropSampler(pack, config.crop, config.batch_size, pair=config.mode == "pair",
+                          seed=seed, template_negative_prob=config.template_negatives,
+                          synthetic_prob=config.synthetic,
+                          synthetic_boards=args.synthetic_boards if config.synthetic else 0)
     args.out.mkdir(parents=True, exist_ok=True)
-    last_ckpt = time.time()
-    t_rate = None
-    step = 0
-    for x, y in prefetch(sampler, start=step0, workers=args.workers):
-        if step == 10:
-            jax.block_until_ready(state[0])
-            t_rate = time.time()  # after compilation
-        if step == 60 and t_rate is not None and args.minutes and not args.steps:
-            rate = 50 / (time.time() - t_rate)
-            remaining = budget - (time.time() - started) - 20  # leave time for the last save
-            total = max(args.warmup_steps + 1, 60 + int(rate * remaining))
-            print(f"measured {rate:.2f} steps/s: this stint runs {total} steps", flush=True)
-        lr = lr_at(step, args.lr, args.warmup_steps, total, args.min_lr_ratio)
-        t = step0 + step
-        decay = min(args.ema, (1 + t) / (10 + t))
-        loss, state = train_step_jit(state, np.float32(lr), np.float32(decay), x, y)
-        step += 1
-        if step % args.log_every == 0 or step == 1:
-            value = float(loss)
-            losses.append(value)
-            line = {"step": step0 + step, "loss": round(value, 5), "lr": round(lr, 7),
-                    "elapsed_s": round(time.time() - started, 1)}
-            with log.open("a") as fh:
-                fh.write(json.dumps(line) + "\n")
-            print(json.dumps(line), flush=True)
-        out_of_time = bool(budget) and time.time() - started > budget - 15
-        if step >= total or out_of_time:
-            break
-        if time.time() - last_ckpt > args.checkpoint_minutes * 60:
-            checkpoint(step, total, losses, final=False)
-            last_ckpt = time.time()
-    checkpoint(step, total, losses, final=True)
-    final = json.loads((args.out / "state.json").read_text())
+    _Stint(args, config, previous, started, model, pack, sampler).train()
+    final: dict[str, Any] = json.loads((args.out / "state.json").read_text())
     print(json.dumps({k: final[k] for k in ("step", "train_seconds_total", "last_loss")}))
     return final
 

@@ -98,46 +98,14 @@ class CropSampler(keras.utils.PyDataset):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        n, h, w = pack.boards.shape
-        if not 16 <= crop <= min(h, w) or crop % 16:
-            raise ValueError(
-                f"`crop` must be a multiple of 16 in [16, {min(h, w)}]. Received: crop={crop}"
-            )
-        if batch_size < 1:
-            raise ValueError(f"`batch_size` must be >= 1. Received: batch_size={batch_size}")
-        probabilities = {"defect_prob": defect_prob, "hard_negative_prob": hard_negative_prob,
-                         "jpeg_prob": jpeg_prob, "blur_prob": blur_prob,
-                         "template_negative_prob": template_negative_prob,
-                         "synthetic_prob": synthetic_prob}
-        for name, value in probabilities.items():
-            if not 0 <= value <= 1:
-                raise ValueError(f"`{name}` must be in [0, 1]. Received: {name}={value}")
-        if not 0 <= defect_prob + hard_negative_prob <= 1:
-            raise ValueError(
-                "`defect_prob + hard_negative_prob` must be in [0, 1]. Received: "
-                f"{defect_prob} + {hard_negative_prob}"
-            )
-        if template_negative_prob + synthetic_prob > 1:
-            raise ValueError(
-                "`template_negative_prob + synthetic_prob` must be in [0, 1]. Received: "
-                f"{template_negative_prob} + {synthetic_prob}"
-            )
-        if template_negative_prob and pair:
-            raise ValueError(
-                "`template_negative_prob` is for the single-image model: the pair model sees "
-                f"the template as its reference. Received: template_negative_prob="
-                f"{template_negative_prob} with pair=True"
-            )
-        if synthetic_prob and synthetic_boards < 1:
-            raise ValueError(
-                "`synthetic_prob` > 0 needs `synthetic_boards` >= 1. Received: "
-                f"synthetic_prob={synthetic_prob}, synthetic_boards={synthetic_boards}"
-            )
-        if not reference_shift_px >= 0:
-            raise ValueError(
-                "`reference_shift_px` must be >= 0. Received: "
-                f"reference_shift_px={reference_shift_px}"
-            )
+        _, h, w = pack.boards.shape
+        _check_options(
+            crop=crop, size=min(h, w), batch_size=batch_size, pair=pair,
+            defect_prob=defect_prob, hard_negative_prob=hard_negative_prob,
+            reference_shift_px=reference_shift_px, jpeg_prob=jpeg_prob, blur_prob=blur_prob,
+            template_negative_prob=template_negative_prob, synthetic_prob=synthetic_prob,
+            synthetic_boards=synthetic_boards,
+        )
         self.pack = pack
         self.crop = crop
         self.batch_size = batch_size
@@ -159,14 +127,7 @@ class CropSampler(keras.utils.PyDataset):
             idx = np.argwhere(pack.boxes[..., 4] == label)
             self._by_class.append(idx)
         self._classes = [c for c in range(_NUM_CLASSES) if len(self._by_class[c])]
-        # A sample of copper-edge pixels per board, for hard negatives.
-        edge_rng = np.random.default_rng(seed)
-        self._edges: list[np.ndarray] = []
-        for board in pack.boards:
-            edges = np.argwhere(cv2.Canny(board, 50, 150) > 0)
-            if len(edges) > 512:
-                edges = edges[edge_rng.choice(len(edges), 512, replace=False)]
-            self._edges.append(edges.astype(np.int32))
+        self._edges = _edge_samples(pack.boards, seed)
 
     def __len__(self) -> int:
         return self.steps
@@ -314,3 +275,64 @@ def prefetch(sampler: CropSampler, start: int, workers: int = 4,
             pending.append(pool.submit(sampler.batch, index))
             index += 1
             yield result
+
+
+def _check_options(
+    *, crop: int, size: int, batch_size: int, pair: bool, defect_prob: float,
+    hard_negative_prob: float, reference_shift_px: float, jpeg_prob: float, blur_prob: float,
+    template_negative_prob: float, synthetic_prob: float, synthetic_boards: int,
+) -> None:
+    """Refuses :class:`CropSampler` options that cannot work together (``size``: the boards'
+    shorter side)."""
+    if not 16 <= crop <= size or crop % 16:
+        raise ValueError(
+            f"`crop` must be a multiple of 16 in [16, {size}]. Received: crop={crop}"
+        )
+    if batch_size < 1:
+        raise ValueError(f"`batch_size` must be >= 1. Received: batch_size={batch_size}")
+    probabilities = {"defect_prob": defect_prob, "hard_negative_prob": hard_negative_prob,
+                     "jpeg_prob": jpeg_prob, "blur_prob": blur_prob,
+                     "template_negative_prob": template_negative_prob,
+                     "synthetic_prob": synthetic_prob}
+    for name, value in probabilities.items():
+        if not 0 <= value <= 1:
+            raise ValueError(f"`{name}` must be in [0, 1]. Received: {name}={value}")
+    if not 0 <= defect_prob + hard_negative_prob <= 1:
+        raise ValueError(
+            "`defect_prob + hard_negative_prob` must be in [0, 1]. Received: "
+            f"{defect_prob} + {hard_negative_prob}"
+        )
+    if template_negative_prob + synthetic_prob > 1:
+        raise ValueError(
+            "`template_negative_prob + synthetic_prob` must be in [0, 1]. Received: "
+            f"{template_negative_prob} + {synthetic_prob}"
+        )
+    if template_negative_prob and pair:
+        raise ValueError(
+            "`template_negative_prob` is for the single-image model: the pair model sees "
+            f"the template as its reference. Received: template_negative_prob="
+            f"{template_negative_prob} with pair=True"
+        )
+    if synthetic_prob and synthetic_boards < 1:
+        raise ValueError(
+            "`synthetic_prob` > 0 needs `synthetic_boards` >= 1. Received: "
+            f"synthetic_prob={synthetic_prob}, synthetic_boards={synthetic_boards}"
+        )
+    if not reference_shift_px >= 0:
+        raise ValueError(
+            "`reference_shift_px` must be >= 0. Received: "
+            f"reference_shift_px={reference_shift_px}"
+        )
+
+
+def _edge_samples(boards: np.ndarray, seed: int) -> list[np.ndarray]:
+    """A sample of copper-edge pixels per board (at most 512, ``(y, x)`` int32), for hard
+    negatives."""
+    edge_rng = np.random.default_rng(seed)
+    samples: list[np.ndarray] = []
+    for board in boards:
+        edges = np.argwhere(cv2.Canny(board, 50, 150) > 0)
+        if len(edges) > 512:
+            edges = edges[edge_rng.choice(len(edges), 512, replace=False)]
+        samples.append(edges.astype(np.int32))
+    return samples

@@ -72,24 +72,6 @@ class ReferenceOut(BaseModel):
     alignment: AlignmentOut
 
 
-class DefectOut(BaseModel):
-    model_config = ConfigDict(populate_by_name=True)
-
-    id: int = Field(description="1-based, ordered by position (top to bottom, left to right).")
-    class_: str = Field(alias="class", description="Defect class, e.g. 'short'.")
-    confidence: float = Field(description="Mean defect probability over the defect's pixels.")
-    bbox: list[int] = Field(description="[x_min, y_min, x_max, y_max], max exclusive, pixels.")
-    area_px: int
-    area_mm2: float
-    centroid: list[float] = Field(description="[x, y] in pixels.")
-
-    @classmethod
-    def of(cls, d: Defect) -> DefectOut:
-        """The answer's form of one defect."""
-        return cls(id=d.id, class_=d.class_name, confidence=d.confidence, bbox=list(d.bbox),
-                   area_px=d.area_px, area_mm2=d.area_mm2, centroid=list(d.centroid))
-
-
 class ParamsOut(BaseModel):
     """The rules applied to this board (the request's, else the settings', else the card's)."""
 
@@ -134,7 +116,7 @@ class UnitOut(BaseModel):
                             "exclusive.")
 
 
-class IgnoredOut(DefectOut):
+class IgnoredOut(Defect):
     """A defect the recipe set aside: it counts in no verdict."""
 
     zone: str | None = Field(description="The zone that set it aside; null: the product's "
@@ -159,7 +141,7 @@ class PredictionOut(BaseModel):
     )
     image: ImageInfo
     model: ModelRef
-    defects: list[DefectOut]
+    defects: list[Defect]
     # The post-processing's own dataclass: pydantic validates it as it is, so the summary is
     # defined once.
     summary: Summary
@@ -186,7 +168,7 @@ class PredictionOut(BaseModel):
     recipe: RecipeRefOut | None = Field(
         None, description="The recipe revision applied (?product= with a recipe); else null."
     )
-    reference_defects: list[DefectOut] = Field(
+    reference_defects: list[Defect] = Field(
         default_factory=list,
         description="Differences that come from the golden board itself (a pin hole or a "
         "speck of copper in it, where the board is right): warnings about the golden board, "
@@ -216,8 +198,8 @@ class PredictionOut(BaseModel):
                 version=inferencer.card.version,
                 mode="pair" if inferencer.mode == "pair" else "single",
             ),
-            defects=[DefectOut.of(d) for d in result.defects],
-            reference_defects=[DefectOut.of(d) for d in inspection.reference_defects],
+            defects=result.defects,
+            reference_defects=inspection.reference_defects,
             summary=result.summary,
             mask=mask_out,
             params=ParamsOut(
@@ -243,12 +225,7 @@ class PredictionOut(BaseModel):
                            defect_ids=u.defect_ids, bbox=list(u.bbox))
                    for u in inspection.units],
             ignored=[
-                IgnoredOut(
-                    id=i.defect.id, class_=i.defect.class_name, confidence=i.defect.confidence,
-                    bbox=list(i.defect.bbox), area_px=i.defect.area_px,
-                    area_mm2=i.defect.area_mm2, centroid=list(i.defect.centroid),
-                    zone=i.zone, reason=i.reason,
-                )
+                IgnoredOut(**i.defect.model_dump(), zone=i.zone, reason=i.reason)
                 for i in inspection.ignored
             ],
             recipe=None if inspection.recipe is None else RecipeRefOut(
@@ -344,7 +321,7 @@ class GoldenBoardOut(BaseModel):
 
 
 class GoldenBoardPutOut(GoldenBoardOut):
-    warnings: list[DefectOut] = Field(
+    warnings: list[Defect] = Field(
         description="What the single-image model finds on the golden board itself (a board "
         "with defects makes a bad reference; it is stored all the same). Empty when it finds "
         "nothing."

@@ -69,7 +69,7 @@ IN_FLIGHT_IMAGES = Gauge(
 MODEL_INFO = Info("pcb_model", "The model being served.")
 PAIR_MODEL_INFO = Info("pcb_pair_model", "The golden-board (pair) model, when one is served.")
 
-# --- inspection records and reviews (issue 13) ---------------------------------------------
+# --- inspection records and reviews ----------------------------------------------------------
 RECORDS = Counter(
     "pcb_records_total",
     "Inspection records made, by where they went: 'db' (committed), 'spool' (fsynced to the "

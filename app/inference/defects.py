@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = ["Defect", "PostprocessConfig", "PostprocessResult", "Summary", "is_int"]
 
@@ -91,34 +92,41 @@ class PostprocessConfig:
             )
 
 
-@dataclass(frozen=True)
-class Defect:
+class Defect(BaseModel):
     """One defect: the pixels of one 8-connected component of defect pixels, any class, after
     merging fragments at most ``merge_distance_px`` apart.
 
-    Attributes:
-        id: 1-based, in order of the bbox's ``(y_min, x_min)``.
-        class_name: The defect's one class: the winner of the vote of its pixels, where each
-            pixel gives ``fg * cls_p`` to its ``cls`` (ties go to the lower class id).
-        confidence: ``mean(fg) * purity``, rounded to 4 decimals: the mean P(defect) over the
-            defect's pixels times its class purity, the winning class's share of the vote
-            (winning vote / total vote). Low for a faint defect and for one whose pixels
-            disagree on the class; 1 only if every pixel is a sure defect of the same class.
-        bbox: ``(x_min, y_min, x_max, y_max)`` in input-image pixels; the max is EXCLUSIVE, so
-            the width is ``x_max - x_min``. The box of the defect's own pixels: merging does
-            not grow it.
-        area_px: Number of defect pixels (``fg >= threshold``) in the defect.
-        area_mm2: ``area_px / pixels_per_mm**2``, rounded to 6 decimals.
-        centroid: ``(x, y)`` mean of the pixel coordinates, rounded to 2 decimals.
+    The one type of a defect: post-processing makes it, the API answers with it and the
+    records store it. Its class is ``class`` in JSON and ``class_`` in Python (a keyword); dump
+    with ``by_alias=True`` for the JSON form.
     """
 
-    id: int
-    class_name: str
-    confidence: float
-    bbox: tuple[int, int, int, int]
-    area_px: int
-    area_mm2: float
-    centroid: tuple[float, float]
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    id: int = Field(
+        ge=1, description="1-based, ordered by position (top to bottom, left to right)."
+    )
+    class_: str = Field(
+        alias="class",
+        description="Defect class, e.g. 'short': the winner of the vote of its pixels, where "
+        "each pixel gives P(defect) x P(class | defect) to its class (ties: the lower class id).",
+    )
+    confidence: float = Field(
+        ge=0,
+        le=1,
+        description="Mean P(defect) over the defect's pixels times its class purity (the "
+        "winning class's share of the vote), rounded to 4 decimals: low for a faint defect and "
+        "for one whose pixels disagree on the class.",
+    )
+    bbox: tuple[int, int, int, int] = Field(
+        description="[x_min, y_min, x_max, y_max], max exclusive, pixels: the box of the "
+        "defect's own pixels (merging does not grow it)."
+    )
+    area_px: int = Field(ge=0, description="Defect pixels (P(defect) >= threshold).")
+    area_mm2: float = Field(ge=0, description="area_px / pixels_per_mm², rounded to 6 decimals.")
+    centroid: tuple[float, float] = Field(
+        description="[x, y], the mean of the pixels' coordinates, rounded to 2 decimals."
+    )
 
 
 @dataclass(frozen=True)

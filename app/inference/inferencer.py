@@ -19,29 +19,22 @@ import numpy as np
 
 from app.core.config import Settings
 from app.inference.card import ModelCard
+from app.inference.defects import PostprocessConfig
 from app.inference.forward import build_forward, seconds_per_tile
 from app.inference.gating import Gate, blank_tiles, candidate_cells, gate_tiles
 from app.inference.loading import (
     POLICIES,
-    ModelLoadError,
-    check_weights_file,
     configure_tensorflow,
-    load_keras_model,
     load_model_and_card,
     sha256_of,
     with_policy,
 )
 from app.inference.pipeline import BoardRun, InferenceResult, RunTiles, run_chunks
-from app.inference.postprocess import (
-    PostprocessConfig,
-    describe_defects,
-    gather_defect_pixels,
-)
+from app.inference.postprocess import postprocess
 from app.inference.precision import read_cpu_flags, resolve_precision
 from app.inference.registration import Alignment
 from app.inference.registration import register as register_pair
 from app.inference.tiling import (
-    FG_SCALE,
     Stitcher,
     Tile,
     chunk_tiles,
@@ -49,14 +42,7 @@ from app.inference.tiling import (
     plan_tiles,
 )
 
-__all__ = [
-    "InferenceResult",
-    "Inferencer",
-    "ModelLoadError",
-    "RunTiles",
-    "check_weights_file",
-    "load_keras_model",
-]
+__all__ = ["Inferencer"]
 
 logger = logging.getLogger("pcb_inspect.inferencer")
 
@@ -215,8 +201,8 @@ class Inferencer:
         the best time per tile, among 1, 2, 4, ... up to ``cap``.
 
         The best batch depends on the machine: on a 2-core CPU one 640 px tile already keeps
-        both cores busy, so a larger batch gains at most a few per cent while every tile of it
-        holds about 150 MB (bfloat16) to 300 MB (float32) of activations at once; on a GPU the
+        both cores busy, so a larger batch gains little while every tile of it holds hundreds
+        of megabytes of activations at once (README "Benchmarks"); on a GPU the
         larger batch pays. The smallest batch that is as fast keeps memory and the wait for
         company low. Call after :meth:`warm_up`.
 
@@ -283,10 +269,7 @@ class Inferencer:
         """Turns the stitched maps into typed defects, summary and class map. The maps are
         released once the defect pixels are gathered, before the labelling's own maps."""
         started = time.perf_counter()
-        pixels = gather_defect_pixels(stitcher.fg_quantized, stitcher.cls, stitcher.cls_p,
-                                      config.threshold, fg_scale=FG_SCALE)
-        stitcher.release()
-        result = describe_defects(pixels, self.card.classes, config)
+        result = postprocess(stitcher, self.card.classes, config)
         timings["post_process"] = (time.perf_counter() - started) * 1e3
         h, w = result.class_map.shape
         return InferenceResult(

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from app.inference.postprocess import Defect, Summary
+from app.inference.defects import Defect, Summary
 from app.inference.registration import Alignment
 from app.inference.tiling import Stitcher, Tile
 

@@ -3,8 +3,8 @@
 The model's softmax over ``1 + len(class_names)`` classes (0 = background) is reduced inside the
 TensorFlow graph to three maps per image, and everything here works only on those maps:
 
-* ``fg``: ``1 - p_background`` (float32, H x W), P(defect): the confidence that a pixel is any
-  defect;
+* ``fg``: ``1 - p_background`` (float32, H x W; the stitcher keeps it as uint16 x
+  ``FG_SCALE``), P(defect): the confidence that a pixel is any defect;
 * ``cls``: ``1 + argmax`` over the foreground classes (uint8, H x W, values ``1..K``), the most
   likely defect class should the pixel be a defect;
 * ``cls_p``: P(``cls`` | defect) = ``p[cls] / sum(p[1:])`` (float16, H x W, in ``[1/K, 1]``),
@@ -26,43 +26,28 @@ from typing import Any
 import cv2
 import numpy as np
 
-# The types live in their own module; imported from here too, beside the function that makes
-# them, as every caller always has.
 from app.inference.defects import Defect, PostprocessConfig, PostprocessResult, Summary
-
-__all__ = [
-    "Defect",
-    "DefectPixels",
-    "PostprocessConfig",
-    "PostprocessResult",
-    "Summary",
-    "describe_defects",
-    "gather_defect_pixels",
-    "postprocess",
-    "registered_difference",
-    "summarize",
-]
+from app.inference.tiling import FG_SCALE, Stitcher
 
 #: ``|board - reference|`` above this is a change of the copper (see registered_difference).
 DIFF_THRESHOLD = 100
 _SLIVER_KERNEL = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
 
-# The class map is stored as uint8 (and written as an 8-bit PNG), so class ids must fit in it.
-_MAX_CLASSES = 255
 
 
 def postprocess(
-    fg: np.ndarray,
-    cls: np.ndarray,
+    stitcher: Stitcher,
     class_names: Sequence[str],
     config: PostprocessConfig,
-    cls_p: np.ndarray | None = None,
+    link: np.ndarray | None = None,
 ) -> PostprocessResult:
-    """Turns the output maps of one image into defects, a summary and a verdict.
+    """Turns the stitched output maps of one board into defects, a summary and a verdict.
 
     Steps, all vectorised (an 8000 x 8000 board is one pass of each):
 
-    1. Defect pixels: ``fg >= threshold`` (and ``fg > 0``, ``cls > 0``), whatever their class.
+    1. Defect pixels: ``fg >= threshold`` (and ``fg > 0``, ``cls > 0``), whatever their class
+       (:func:`gather_defect_pixels`). The stitcher's maps are released right after, before the
+       labelling allocates its own.
     2. Merge: the defect mask is dilated by ``merge_distance_px`` (``cv2.dilate``) and its
        8-connected components labelled (``cv2.connectedComponents``). A defect is the set of
        ORIGINAL defect pixels of one such component, i.e. a group of fragments: the dilation
@@ -76,25 +61,23 @@ def postprocess(
        ones into the class map with their one class, total and judge.
 
     Args:
-        fg: ``(H, W)`` float foreground confidence, ``1 - p_background`` = P(defect).
-        cls: ``(H, W)`` integer class ids in ``0..len(class_names)``; 1-based, so
-            ``cls == k`` means ``class_names[k - 1]``. Pixels with 0 are never defects.
+        stitcher: The board's stitched maps; ``cls == k`` means ``class_names[k - 1]``.
         class_names: Names of the foreground classes, in model output order.
         config: The post-processing rules.
-        cls_p: ``(H, W)`` float P(``cls`` | defect), in ``(0, 1]`` on defect pixels (float16
-            from the graph). ``None``: 1 everywhere, i.e. each pixel votes its ``fg`` for its
-            ``cls``.
+        link: See :func:`describe_defects`.
 
     Returns:
         The class map, the defects (ordered by the top-left of their bbox) and the summary.
 
     Raises:
-        ValueError: If the maps' shapes or dtypes are wrong, ``cls`` holds an id with no class
-            name, ``cls_p`` is outside ``(0, 1]`` on a defect pixel, or ``class_names`` is
-            empty or too long.
+        ValueError: ``cls_p`` is outside ``(0, 1]`` on a defect pixel, or ``link`` has another
+            shape than the maps.
     """
-    fg, cls, cls_p, names = _check_inputs(fg, cls, cls_p, class_names)
-    return describe_defects(gather_defect_pixels(fg, cls, cls_p, config.threshold), names, config)
+    pixels = gather_defect_pixels(
+        stitcher.fg_quantized, stitcher.cls, stitcher.cls_p, config.threshold
+    )
+    stitcher.release()
+    return describe_defects(pixels, class_names, config, link)
 
 
 @dataclass(frozen=True, eq=False)
@@ -109,55 +92,39 @@ class DefectPixels:
     #: ``(H, W)`` bool: ``fg >= threshold`` and ``fg > 0`` and ``cls > 0``.
     mask: np.ndarray
     #: The maps at the defect pixels, in row-major order: float32 ``fg``, uint8 ``cls`` and
-    #: ``cls_p`` (``None``: 1 everywhere).
+    #: float16 ``cls_p``.
     fg: np.ndarray
     cls: np.ndarray
-    cls_p: np.ndarray | None
+    cls_p: np.ndarray
 
 
 def gather_defect_pixels(
-    fg: np.ndarray,
-    cls: np.ndarray,
-    cls_p: np.ndarray | None,
-    threshold: float,
-    fg_scale: int | None = None,
+    fg_q: np.ndarray, cls: np.ndarray, cls_p: np.ndarray, threshold: float
 ) -> DefectPixels:
     """Step 1 of :func:`postprocess`: the defect pixels and the maps' values there.
 
-    The maps must have passed :func:`_check_inputs` (as in :func:`postprocess`) or come from
-    the inferencer's stitcher. ``fg_scale``: ``fg`` is integer, P(defect) x ``fg_scale`` (the
-    stitcher's :attr:`~app.inference.tiling.Stitcher.fg_quantized`); its values at the defect
-    pixels come back as float32 probabilities.
+    ``fg_q`` is P(defect) x :data:`~app.inference.tiling.FG_SCALE` as the stitcher keeps it
+    (:attr:`~app.inference.tiling.Stitcher.fg_quantized`); its values at the defect pixels come
+    back as float32 probabilities.
 
     Raises:
         ValueError: ``cls_p`` is outside ``(0, 1]`` on a defect pixel.
     """
-    # Compare in float32: a float64 threshold such as 0.7 is slightly above float32(0.7), which
-    # would make a pixel whose confidence "equals" the threshold miss it. ``fg > 0`` is folded
-    # into the threshold (the smallest positive float32 at the least), and ``cls > 0`` is
-    # and-ed in place: a large board holds one boolean map here, not two (64 MB at 8000 px).
-    if fg_scale is None:
-        cut = max(np.float32(threshold), np.nextafter(np.float32(0), np.float32(1)))
-        mask = np.greater_equal(fg, cut)
-    else:
-        # The threshold quantized as the values were: rounding keeps order, so every pixel at
-        # or above the threshold is kept (one whose P(defect) "equals" it included); a pixel
-        # within half a step (7.6e-6) below it may join them. q >= 1 stands for fg > 0.
-        mask = np.greater_equal(fg, max(1, round(float(np.float32(threshold)) * fg_scale)))
+    # The threshold quantized as the values were: rounding keeps order, so every pixel at or
+    # above the threshold is kept (one whose P(defect) "equals" it included); a pixel within
+    # half a step below it may join them. q >= 1 stands for fg > 0. ``cls > 0`` is and-ed in
+    # place: a large board holds one boolean map here, not two.
+    mask = np.greater_equal(fg_q, max(1, round(float(np.float32(threshold)) * FG_SCALE)))
     np.logical_and(mask, cls, out=mask)
-    pix_p = None
-    if cls_p is not None:
-        pix_p = cls_p[mask]
-        if pix_p.size:
-            lo, hi = float(pix_p.min()), float(pix_p.max())
-            if not (lo > 0 and hi <= 1):  # written so that NaN fails too
-                raise ValueError(
-                    "cls_p must be in (0, 1] on defect pixels (it is P(cls | defect) >= 1/K). "
-                    f"Received: cls_p values in [{lo}, {hi}] on defect pixels"
-                )
-    pix_fg = fg[mask]
-    if fg_scale is not None:
-        pix_fg = pix_fg.astype(np.float32) / np.float32(fg_scale)
+    pix_p = cls_p[mask]
+    if pix_p.size:
+        lo, hi = float(pix_p.min()), float(pix_p.max())
+        if not (lo > 0 and hi <= 1):  # written so that NaN fails too
+            raise ValueError(
+                "cls_p must be in (0, 1] on defect pixels (it is P(cls | defect) >= 1/K). "
+                f"Received: cls_p values in [{lo}, {hi}] on defect pixels"
+            )
+    pix_fg = fg_q[mask].astype(np.float32) / np.float32(FG_SCALE)
     return DefectPixels(mask, pix_fg, cls[mask].astype(np.uint8, copy=False), pix_p)
 
 
@@ -176,113 +143,143 @@ def describe_defects(
     which fragments belong together and adds no pixel to any defect.
     """
     names = tuple(class_names)
-    defect_px = pixels.mask
-    height, width = defect_px.shape
+    height, width = pixels.mask.shape
     if not pixels.fg.size:
         summary = summarize([], names, height * width, config)
         return PostprocessResult(
             class_map=np.zeros((height, width), dtype=np.uint8), defects=[], summary=summary
         )
+    n_labels, lab = _label_defect_pixels(pixels.mask, config.merge_distance_px, link)
+    stats = _DefectStats.measure(pixels, lab, n_labels, len(names))
+    # Compared on the rounded value that is reported, so a defect shown with confidence c
+    # survives min_confidence=c. A label with no defect pixel (a component of ``link`` that
+    # touches no fragment) is no defect, whatever min_area_px says.
+    keep = (stats.area > 0) & (stats.area >= config.min_area_px)
+    keep &= np.round(stats.confidence, 4) >= config.min_confidence
+    keep[0] = False
+    lut = np.where(keep, stats.winner, 0).astype(np.uint8)
+    class_map = np.zeros((height, width), dtype=np.uint8)
+    class_map[pixels.mask] = lut[lab]
+    defects = stats.defects(np.flatnonzero(keep), names, config.pixels_per_mm)
+    summary = summarize(defects, names, height * width, config)
+    return PostprocessResult(class_map=class_map, defects=defects, summary=summary)
 
-    # Defects: the components of the dilated mask, each keeping only its ORIGINAL defect pixels
-    # (the dilation decides which fragments belong together and adds no pixel to any defect).
-    # One full-size label map at a time: the labels are gathered at the defect pixels (few)
-    # and everything per defect below is computed from those, so no fragment labelling pass
-    # is needed (area, bbox and centroid of a defect are those of its pixels).
+
+def _label_defect_pixels(
+    defect_px: np.ndarray, merge_distance_px: int, link: np.ndarray | None
+) -> tuple[int, np.ndarray]:
+    """The number of labels, and the defect label of each defect pixel (row-major order).
+
+    Defects are the components of the dilated mask, each keeping only its ORIGINAL defect
+    pixels (the dilation decides which fragments belong together and adds no pixel to any
+    defect). One full-size label map at a time: the labels are gathered at the defect pixels
+    (few) and everything per defect is computed from those, so no fragment labelling pass is
+    needed (area, bbox and centroid of a defect are those of its pixels).
+    """
     mask: np.ndarray = defect_px.view(np.uint8)
     if link is not None and link.shape != mask.shape:
         raise ValueError(
             f"link must have the shape of the maps {mask.shape}. Received: {link.shape}"
         )
-    if config.merge_distance_px or link is not None:
-        grown = mask
-        if config.merge_distance_px:
-            # An (m+1) x (m+1) square anchored at its top-left corner grows every pixel by m up
-            # and left: two pixels' squares touch (8-connected) exactly when their Chebyshev
-            # distance is <= m + 1, i.e. when at most m background pixels lie between them.
-            side = config.merge_distance_px + 1
-            grown = cv2.dilate(mask, np.ones((side, side), dtype=np.uint8), anchor=(0, 0))
-        if link is not None:
-            # Components of the difference that touch no fragment label no defect pixel: they
-            # only add labels that nothing reads.
-            grown = np.bitwise_or(grown, link.astype(bool, copy=False).view(np.uint8))
-        n_labels, labels = cv2.connectedComponents(grown, connectivity=8, ltype=cv2.CV_32S)
-        del grown
-    else:
-        n_labels, labels = cv2.connectedComponents(mask, connectivity=8, ltype=cv2.CV_32S)
-    lab = labels[defect_px]
-    del labels
-    ys, xs = np.nonzero(defect_px)  # row-major, like every boolean gather here
+    grown = mask
+    if merge_distance_px:
+        # An (m+1) x (m+1) square anchored at its top-left corner grows every pixel by m up
+        # and left: two pixels' squares touch (8-connected) exactly when their Chebyshev
+        # distance is <= m + 1, i.e. when at most m background pixels lie between them.
+        side = merge_distance_px + 1
+        grown = cv2.dilate(mask, np.ones((side, side), dtype=np.uint8), anchor=(0, 0))
+    if link is not None:
+        # Components of the difference that touch no fragment label no defect pixel: they
+        # only add labels that nothing reads.
+        grown = np.bitwise_or(grown, link.astype(bool, copy=False).view(np.uint8))
+    n_labels, labels = cv2.connectedComponents(grown, connectivity=8, ltype=cv2.CV_32S)
+    del grown
+    return n_labels, labels[defect_px]
 
-    # Area, bbox and centroid of each defect from its pixels' coordinates.
-    area = np.bincount(lab, minlength=n_labels).astype(np.int64)
-    x_min = np.full(n_labels, width, dtype=np.int64)
-    y_min = np.full(n_labels, height, dtype=np.int64)
-    x_max = np.zeros(n_labels, dtype=np.int64)
-    y_max = np.zeros(n_labels, dtype=np.int64)
-    np.minimum.at(x_min, lab, xs)
-    np.minimum.at(y_min, lab, ys)
-    np.maximum.at(x_max, lab, xs + 1)
-    np.maximum.at(y_max, lab, ys + 1)
-    x_sum = np.bincount(lab, weights=xs, minlength=n_labels)
-    y_sum = np.bincount(lab, weights=ys, minlength=n_labels)
-    del xs, ys
 
-    # Mean fg and the class vote of each defect, from its pixels.
-    pix_fg = pixels.fg
-    pix_vote = pix_fg if pixels.cls_p is None else pix_fg.astype(np.float64) * pixels.cls_p
-    fg_sum = np.bincount(lab, weights=pix_fg, minlength=n_labels)
-    # One bincount over (defect, class) pairs.
-    n_ids = len(names) + 1
-    pair = lab.astype(np.int64)
-    pair *= n_ids
-    pair += pixels.cls
-    votes = np.bincount(pair, weights=pix_vote, minlength=n_labels * n_ids)
-    del pair, pix_vote
-    votes = votes.reshape(n_labels, n_ids)
-    winner = np.argmax(votes[:, 1:], axis=1) + 1  # ties: the lower class id
-    total_vote = votes.sum(axis=1)
-    purity = np.zeros(n_labels, dtype=np.float64)
-    np.divide(votes[np.arange(n_labels), winner], total_vote, out=purity, where=total_vote > 0)
+@dataclass(frozen=True, eq=False)
+class _DefectStats:
+    """Per-label arrays (index = label; label 0 is the background) of one board's defects."""
 
-    confidence = fg_sum / np.maximum(area, 1) * purity
-    # Compared on the rounded value that is reported, so a defect shown with confidence c
-    # survives min_confidence=c. A label with no defect pixel (a component of ``link`` that
-    # touches no fragment) is no defect, whatever min_area_px says.
-    keep = (area > 0) & (area >= config.min_area_px)
-    keep &= np.round(confidence, 4) >= config.min_confidence
-    keep[0] = False
-    lut = np.where(keep, winner, 0).astype(np.uint8)
-    class_map = np.zeros((height, width), dtype=np.uint8)
-    class_map[defect_px] = lut[lab]
+    area: np.ndarray
+    #: Bbox bounds; the max are exclusive.
+    x_min: np.ndarray
+    y_min: np.ndarray
+    x_max: np.ndarray
+    y_max: np.ndarray
+    x_sum: np.ndarray
+    y_sum: np.ndarray
+    #: The 1-based class id that wins each defect's vote, and ``mean(fg) * purity``.
+    winner: np.ndarray
+    confidence: np.ndarray
 
-    pixels_per_mm2 = config.pixels_per_mm**2
-    # (y_min, x_min, label) sort key, then the Defect fields without the id.
-    found: list[tuple[tuple[int, int, int], dict[str, Any]]] = []
-    for label in (int(v) for v in np.flatnonzero(keep)):
-        n = int(area[label])
-        x0, y0 = int(x_min[label]), int(y_min[label])
-        found.append(
-            (
-                (y0, x0, label),
-                {
-                    "class_name": names[int(winner[label]) - 1],
-                    "confidence": round(float(confidence[label]), 4),
-                    "bbox": (x0, y0, int(x_max[label]), int(y_max[label])),
-                    "area_px": n,
-                    "area_mm2": round(n / pixels_per_mm2, 6),
-                    "centroid": (
-                        round(float(x_sum[label] / n), 2),
-                        round(float(y_sum[label] / n), 2),
-                    ),
-                },
-            )
+    @classmethod
+    def measure(
+        cls, pixels: DefectPixels, lab: np.ndarray, n_labels: int, n_classes: int
+    ) -> _DefectStats:
+        """Area, bbox, centroid sums and class vote of each label, from its pixels."""
+        height, width = pixels.mask.shape
+        ys, xs = np.nonzero(pixels.mask)  # row-major, like every boolean gather here
+        x_min = np.full(n_labels, width, dtype=np.int64)
+        y_min = np.full(n_labels, height, dtype=np.int64)
+        x_max = np.zeros(n_labels, dtype=np.int64)
+        y_max = np.zeros(n_labels, dtype=np.int64)
+        np.minimum.at(x_min, lab, xs)
+        np.minimum.at(y_min, lab, ys)
+        np.maximum.at(x_max, lab, xs + 1)
+        np.maximum.at(y_max, lab, ys + 1)
+        area = np.bincount(lab, minlength=n_labels).astype(np.int64)
+        # One bincount over (defect, class) pairs; each pixel votes fg * cls_p for its class.
+        n_ids = n_classes + 1
+        pair = lab.astype(np.int64)
+        pair *= n_ids
+        pair += pixels.cls
+        pix_vote = pixels.fg.astype(np.float64) * pixels.cls_p
+        votes = np.bincount(pair, weights=pix_vote, minlength=n_labels * n_ids)
+        votes = votes.reshape(n_labels, n_ids)
+        winner = np.argmax(votes[:, 1:], axis=1) + 1  # ties: the lower class id
+        total_vote = votes.sum(axis=1)
+        purity = np.zeros(n_labels, dtype=np.float64)
+        np.divide(
+            votes[np.arange(n_labels), winner], total_vote, out=purity, where=total_vote > 0
+        )
+        fg_sum = np.bincount(lab, weights=pixels.fg, minlength=n_labels)
+        return cls(
+            area=area,
+            x_min=x_min,
+            y_min=y_min,
+            x_max=x_max,
+            y_max=y_max,
+            x_sum=np.bincount(lab, weights=xs, minlength=n_labels),
+            y_sum=np.bincount(lab, weights=ys, minlength=n_labels),
+            winner=winner,
+            confidence=fg_sum / np.maximum(area, 1) * purity,
         )
 
-    found.sort(key=lambda item: item[0])
-    defects = [Defect(id=i, **fields) for i, (_, fields) in enumerate(found, start=1)]
-    summary = summarize(defects, names, height * width, config)
-    return PostprocessResult(class_map=class_map, defects=defects, summary=summary)
+    def defects(
+        self, labels: np.ndarray, names: tuple[str, ...], pixels_per_mm: float
+    ) -> list[Defect]:
+        """The defects of ``labels``, as plain Python values, numbered in order of their
+        bbox's top-left corner (then label)."""
+        pixels_per_mm2 = pixels_per_mm**2
+        found: list[tuple[tuple[int, int, int], dict[str, Any]]] = []
+        for label in (int(v) for v in labels):
+            n = int(self.area[label])
+            x0, y0 = int(self.x_min[label]), int(self.y_min[label])
+            fields = {
+                "class_": names[int(self.winner[label]) - 1],
+                "confidence": round(float(self.confidence[label]), 4),
+                "bbox": (x0, y0, int(self.x_max[label]), int(self.y_max[label])),
+                "area_px": n,
+                "area_mm2": round(n / pixels_per_mm2, 6),
+                "centroid": (
+                    round(float(self.x_sum[label] / n), 2),
+                    round(float(self.y_sum[label] / n), 2),
+                ),
+            }
+            found.append(((y0, x0, label), fields))
+        found.sort(key=lambda item: item[0])
+        return [Defect(id=i, **fields) for i, (_, fields) in enumerate(found, start=1)]
 
 
 def registered_difference(
@@ -313,7 +310,7 @@ def summarize(
     area_mm2 = round(area_px / config.pixels_per_mm**2, 6)
     by_class = dict.fromkeys(names, 0)
     for d in defects:
-        by_class[d.class_name] += 1
+        by_class[d.class_] += 1
     # The verdict uses the reported (rounded) area so that it always agrees with what a reader
     # of the summary can check by hand.
     if config.fail_rule == "count":
@@ -329,47 +326,3 @@ def summarize(
         verdict="fail" if failed else "pass",
     )
 
-
-def _check_inputs(
-    fg: np.ndarray, cls: np.ndarray, cls_p: np.ndarray | None, class_names: Sequence[str]
-) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, tuple[str, ...]]:
-    """Validates postprocess' inputs; returns them as arrays and a tuple of names.
-
-    ``cls_p``'s values are checked later, on the defect pixels only (elsewhere they are unused).
-    """
-    names = tuple(class_names)
-    if not 1 <= len(names) <= _MAX_CLASSES or not all(isinstance(n, str) for n in names):
-        raise ValueError(
-            f"class_names must be 1 to {_MAX_CLASSES} strings. Received: class_names={names!r}"
-        )
-    if len(set(names)) != len(names):
-        raise ValueError(f"class_names must be unique. Received: class_names={names!r}")
-    fg = np.asarray(fg)
-    cls = np.asarray(cls)
-    if fg.ndim != 2 or fg.size == 0:
-        raise ValueError(f"fg must be a non-empty (H, W) array. Received: shape {fg.shape}")
-    if cls.shape != fg.shape:
-        raise ValueError(
-            f"cls must have the shape of fg {fg.shape}. Received: cls with shape {cls.shape}"
-        )
-    if not np.issubdtype(fg.dtype, np.floating):
-        raise ValueError(f"fg must be a float array. Received: dtype {fg.dtype}")
-    if not np.issubdtype(cls.dtype, np.integer):
-        raise ValueError(f"cls must be an integer array. Received: dtype {cls.dtype}")
-    if cls_p is not None:
-        cls_p = np.asarray(cls_p)
-        if cls_p.shape != fg.shape:
-            raise ValueError(
-                f"cls_p must have the shape of fg {fg.shape}. "
-                f"Received: cls_p with shape {cls_p.shape}"
-            )
-        if not np.issubdtype(cls_p.dtype, np.floating):
-            raise ValueError(f"cls_p must be a float array. Received: dtype {cls_p.dtype}")
-    lo, hi = int(cls.min()), int(cls.max())
-    if lo < 0 or hi > len(names):
-        raise ValueError(
-            f"cls values must be in [0, {len(names)}] (one id per class name). "
-            f"Received: cls values in [{lo}, {hi}]"
-        )
-    # uint8 for cv2's mask and cheap bincounts; fg is kept as given (float32 from the graph).
-    return fg, cls.astype(np.uint8, copy=False), cls_p, names

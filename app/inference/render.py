@@ -107,6 +107,33 @@ def render_overlay(
     Raises:
         ValueError: If the arrays' shapes or dtypes do not fit together.
     """
+    _check_arrays(pixels, class_map)
+    height, width = pixels.shape[:2]
+    canvas = cv2.cvtColor(pixels, cv2.COLOR_GRAY2BGR) if pixels.ndim == 2 else pixels.copy()
+    _tint_masks(canvas, class_map, len(class_names))
+    # Sizes grow with the board so that labels stay readable on large scans.
+    scale = max(0.4, min(height, width) / 1200)
+    thickness = max(1, round(scale * 2))
+    _draw_defects(canvas, defects, class_names, scale, thickness)
+    for zone in zones:
+        _zone(canvas, zone, scale, thickness)
+    for d in ignored:
+        x0, y0, x1, y1 = d.bbox
+        cv2.rectangle(canvas, (x0 - 2, y0 - 2), (x1 + 1, y1 + 1), IGNORED_BGR, 1)
+    for unit in units:
+        _unit_frame(canvas, unit, scale, thickness)
+
+    legend = _legend(class_names, defects, max(width, _LEGEND_MIN_WIDTH))
+    if width < legend.shape[1]:
+        pad = np.full((height, legend.shape[1] - width, 3), 255, dtype=np.uint8)
+        canvas = np.hstack([canvas, pad])
+    ok, png = cv2.imencode(".png", np.vstack([canvas, legend]))
+    if not ok:  # pragma: no cover - OpenCV fails here only when out of memory
+        raise RuntimeError("PNG encoding of the overlay failed")
+    return png.tobytes()
+
+
+def _check_arrays(pixels: np.ndarray, class_map: np.ndarray) -> None:
     if pixels.dtype != np.uint8 or not (
         pixels.ndim == 2 or (pixels.ndim == 3 and pixels.shape[2] == 3)
     ):
@@ -119,27 +146,37 @@ def render_overlay(
             f"class_map must have the board's shape {pixels.shape[:2]}. "
             f"Received: class_map with shape {class_map.shape}"
         )
-    height, width = pixels.shape[:2]
-    canvas = cv2.cvtColor(pixels, cv2.COLOR_GRAY2BGR) if pixels.ndim == 2 else pixels.copy()
-    for k in range(1, len(class_names) + 1):
+
+
+def _tint_masks(canvas: np.ndarray, class_map: np.ndarray, n_classes: int) -> None:
+    """Blends each class's colour over its mask pixels, in place."""
+    for k in range(1, n_classes + 1):
         where = class_map == k
         if where.any():
             tint = np.array(class_color(k), dtype=np.float32)
             blended = (1 - MASK_ALPHA) * canvas[where] + MASK_ALPHA * tint
             canvas[where] = blended.round().astype(np.uint8)
 
-    # Sizes grow with the board so that labels stay readable on large scans.
-    scale = max(0.4, min(height, width) / 1200)
-    thickness = max(1, round(scale * 2))
+
+def _draw_defects(
+    canvas: np.ndarray,
+    defects: Sequence[Defect],
+    class_names: Sequence[str],
+    scale: float,
+    thickness: int,
+) -> None:
+    """Boxes each defect in its class's colour, then places its label (with a leader line
+    when the label had to move away from its box), in place."""
+    height, width = canvas.shape[:2]
     colors = []
     for d in defects:
-        k = class_names.index(d.class_name) + 1 if d.class_name in class_names else 0
+        k = class_names.index(d.class_) + 1 if d.class_ in class_names else 0
         colors.append(class_color(k))
         x0, y0, x1, y1 = d.bbox
         # One pixel outside the defect on every side, so the box never hides its edge.
         cv2.rectangle(canvas, (x0 - 2, y0 - 2), (x1 + 1, y1 + 1), colors[-1], thickness)
     # After every box, so that no box is drawn over a label.
-    texts = [f"{d.id} {d.class_name} {d.confidence:.2f}" for d in defects]
+    texts = [f"{d.id} {d.class_} {d.confidence:.2f}" for d in defects]
     sizes = [cv2.getTextSize(t, _FONT, scale, thickness) for t in texts]
     places = place_labels([(tw + 6, th + base + 6) for (tw, th), base in sizes],
                           [d.bbox for d in defects], width, height, gap=thickness + 1)
@@ -152,32 +189,20 @@ def render_overlay(
     for text, ((_, th), _), color, place in zip(texts, sizes, colors, places, strict=True):
         _label(canvas, text, place, th, color, scale, thickness)
 
-    for zone in zones:
-        _zone(canvas, zone, scale, thickness)
-    for d in ignored:
-        x0, y0, x1, y1 = d.bbox
-        cv2.rectangle(canvas, (x0 - 2, y0 - 2), (x1 + 1, y1 + 1), IGNORED_BGR, 1)
-    for unit in units:
-        color = FAIL_BGR if unit.failed else PASS_BGR
-        x0, y0, x1, y1 = unit.bbox
-        # Inside the box (max exclusive), so neighbouring boards' frames never overlap.
-        t = thickness + 1
-        for rows, cols in ((slice(y0, y0 + t), slice(x0, x1)), (slice(y1 - t, y1), slice(x0, x1)),
-                           (slice(y0, y1), slice(x0, x0 + t)), (slice(y0, y1), slice(x1 - t, x1))):
-            canvas[rows, cols] = color
-        # Its tag inside its top-left corner, where no defect's tag is placed over it.
-        (tw, th), base = cv2.getTextSize(unit.label, _FONT, scale, thickness)
-        _label(canvas, unit.label, LabelPlace(x0 + t, y0 + t, tw + 6, th + base + 6, False), th,
-               color, scale, thickness)
 
-    legend = _legend(class_names, defects, max(width, _LEGEND_MIN_WIDTH))
-    if width < legend.shape[1]:
-        pad = np.full((height, legend.shape[1] - width, 3), 255, dtype=np.uint8)
-        canvas = np.hstack([canvas, pad])
-    ok, png = cv2.imencode(".png", np.vstack([canvas, legend]))
-    if not ok:  # pragma: no cover - OpenCV fails here only when out of memory
-        raise RuntimeError("PNG encoding of the overlay failed")
-    return png.tobytes()
+def _unit_frame(canvas: np.ndarray, unit: UnitFrame, scale: float, thickness: int) -> None:
+    """Frames one board of a panel green (pass) or red (fail), with its tag, in place."""
+    color = FAIL_BGR if unit.failed else PASS_BGR
+    x0, y0, x1, y1 = unit.bbox
+    # Inside the box (max exclusive), so neighbouring boards' frames never overlap.
+    t = thickness + 1
+    for rows, cols in ((slice(y0, y0 + t), slice(x0, x1)), (slice(y1 - t, y1), slice(x0, x1)),
+                       (slice(y0, y1), slice(x0, x0 + t)), (slice(y0, y1), slice(x1 - t, x1))):
+        canvas[rows, cols] = color
+    # Its tag inside its top-left corner, where no defect's tag is placed over it.
+    (tw, th), base = cv2.getTextSize(unit.label, _FONT, scale, thickness)
+    _label(canvas, unit.label, LabelPlace(x0 + t, y0 + t, tw + 6, th + base + 6, False), th,
+           color, scale, thickness)
 
 
 #: How far (in label heights) a label may move away from its box to find a free place.
@@ -326,7 +351,7 @@ def _zone(canvas: np.ndarray, zone: ZoneOutline, scale: float, thickness: int) -
 
 def _legend(class_names: Sequence[str], defects: Sequence[Defect], width: int) -> np.ndarray:
     """White band with one swatch, name and defect count per class, in columns that fit."""
-    counts = Counter(d.class_name for d in defects)
+    counts = Counter(d.class_ for d in defects)
     cell_w, row_h = _LEGEND_MIN_WIDTH, 22
     columns = max(1, width // cell_w)
     rows = -(-len(class_names) // columns)

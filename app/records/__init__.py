@@ -1,4 +1,4 @@
-"""Inspection records (issue 13): every verdict stored, reviewed, counted and exported.
+"""Inspection records: every verdict stored, reviewed, counted and exported.
 
 - :class:`RecordStore`: inspections and reviews in SQLite (default) or PostgreSQL.
 - :class:`Recorder`: records without ever failing or stalling an inspection (spool + replay).
@@ -31,7 +31,6 @@ from app.records.schemas import (
     MAX_REVIEW_OUTCOMES,
     ClassStats,
     DefectOutcome,
-    DefectRecord,
     IgnoredRecord,
     Inspection,
     InspectionFilter,
@@ -58,7 +57,6 @@ __all__ = [
     "MAX_REVIEW_OUTCOMES",
     "ClassStats",
     "DefectOutcome",
-    "DefectRecord",
     "IgnoredRecord",
     "ImageStore",
     "Inspection",

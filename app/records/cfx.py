@@ -32,8 +32,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from app.inference.defects import Defect
 from app.records.ids import INSPECTION_PREFIX
-from app.records.schemas import DefectRecord, InspectionRecord, Review
+from app.records.schemas import InspectionRecord, Review
 
 __all__ = [
     "CFX_VERSION",
@@ -269,7 +270,7 @@ def _unit(unit: _Unit, record: InspectionRecord, result: str, verification: str,
     }
 
 
-def _aoi_defect(record: InspectionRecord, d: DefectRecord, **kwargs: Any) -> dict[str, Any]:
+def _aoi_defect(record: InspectionRecord, d: Defect, **kwargs: Any) -> dict[str, Any]:
     return _defect(_uid(record.id, "defect", d.id), kwargs.pop("code", d.class_), d.bbox,
                    record.rules.pixels_per_mm, d.confidence, **kwargs)
 

@@ -33,12 +33,11 @@ from app.records.spool import (
     REJECTED_SUFFIX,
     REPLAYING_SUFFIX,
     SPOOL_SUFFIX,
-    iter_spool_records,
     spool_name,
 )
 from app.records.store import RecordStore
 
-__all__ = ["RecordResult", "Recorder", "ReplayResult", "iter_spool_records", "spool_name"]
+__all__ = ["RecordResult", "Recorder", "ReplayResult"]
 
 logger = logging.getLogger("pcb_inspect.records")
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Annotated, Any, Literal, NamedTuple
 
 from pydantic import (
@@ -23,13 +23,13 @@ from pydantic import (
     model_validator,
 )
 
+from app.inference.defects import Defect
 from app.records.ids import INSPECTION_PREFIX, REVIEW_PREFIX, id_pattern, new_id
 
 __all__ = [
     "Box",
     "ClassStats",
     "DefectOutcome",
-    "DefectRecord",
     "Inspection",
     "InspectionFilter",
     "IgnoredRecord",
@@ -90,21 +90,25 @@ UtcDatetime = Annotated[dt.datetime, AfterValidator(_aware_utc)]
 MetaText = Annotated[str, Field(min_length=1, max_length=128)]
 
 
+def _unique_by(key: Callable[[Any], int], message: str) -> AfterValidator:
+    """Refuses a list in which two items have the same ``key``; ``message`` names it (``{}``:
+    the repeated key)."""
+
+    def check(items: list[Any]) -> list[Any]:
+        seen: set[int] = set()
+        for item in items:
+            k = key(item)
+            if k in seen:
+                raise ValueError(message.format(k))
+            seen.add(k)
+        return items
+
+    return AfterValidator(check)
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True,
                               protected_namespaces=())
-
-
-class DefectRecord(_Model):
-    """One defect as the service reported it."""
-
-    id: int = Field(ge=1)
-    class_: str = Field(alias="class")
-    confidence: float = Field(ge=0, le=1)
-    bbox: Box
-    area_px: int = Field(ge=0)
-    area_mm2: float = Field(ge=0)
-    centroid: tuple[float, float]
 
 
 class Rules(_Model):
@@ -146,7 +150,7 @@ class UnitRecord(_Model):
     bbox: Box
 
 
-class IgnoredRecord(DefectRecord):
+class IgnoredRecord(Defect):
     """A defect the recipe set aside (in no verdict), and the zone and rule that did."""
 
     zone: str | None = None
@@ -179,7 +183,9 @@ class InspectionRecord(_Model):
     weights_sha256: str = Field(pattern=_SHA256)
     rules: Rules
     verdict: Verdict
-    defects: list[DefectRecord] = Field(default_factory=list)
+    defects: Annotated[
+        list[Defect], _unique_by(lambda d: d.id, "defect id {} appears twice; expected unique ids")
+    ] = Field(default_factory=list)
     reference: Reference | None = None
     #: The recipe revision applied; ``None``: none (no ``?product=``, or no recipe).
     recipe: RecipeRef | None = None
@@ -198,16 +204,6 @@ class InspectionRecord(_Model):
                 f"{value!r}"
             )
         return value
-
-    @field_validator("defects")
-    @classmethod
-    def _unique_defect_ids(cls, defects: list[DefectRecord]) -> list[DefectRecord]:
-        seen: set[int] = set()
-        for d in defects:
-            if d.id in seen:
-                raise ValueError(f"defect id {d.id} appears twice; expected unique ids")
-            seen.add(d.id)
-        return defects
 
 
 class Inspection(InspectionRecord):
@@ -253,18 +249,11 @@ class ReviewBody(_Model):
     Defects without an outcome are left unreviewed (they count in no rate).
     """
 
-    defects: list[DefectOutcome] = Field(default_factory=list)
+    defects: Annotated[
+        list[DefectOutcome],
+        _unique_by(lambda o: o.defect_id, "defect_id {} has two outcomes; expected one"),
+    ] = Field(default_factory=list)
     missed: list[MissedDefect] = Field(default_factory=list)
-
-    @field_validator("defects")
-    @classmethod
-    def _one_outcome_per_defect(cls, outcomes: list[DefectOutcome]) -> list[DefectOutcome]:
-        seen: set[int] = set()
-        for o in outcomes:
-            if o.defect_id in seen:
-                raise ValueError(f"defect_id {o.defect_id} has two outcomes; expected one")
-            seen.add(o.defect_id)
-        return outcomes
 
     def canonical(self) -> dict[str, Any]:
         """The body with its lists in a fixed order, so equal reviews compare equal."""

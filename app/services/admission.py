@@ -18,15 +18,15 @@ import dataclasses
 from collections.abc import Iterator
 
 #: Bytes of memory a board pixel costs while the board is in flight (decoded board 1, stitched
-#: maps 5; once those are freed, defect mask and labels 6 and the class map 1), rounded up from
-#: the 9.9 B measured on an 8000 x 8000 board (``python -m bench.big_board``; a pair board,
-#: counted twice: 11.7 B per board pixel with ``--mode pair``). Kept at 12 for headroom.
+#: maps 5; once those are freed, defect mask and labels 6 and the class map 1), with headroom
+#: over what ``python -m bench.big_board`` measures (README "Benchmarks"; a pair board counts
+#: twice).
 BYTES_PER_PIXEL = 12
 
 #: Memory of the service before any board: TensorFlow, both models and the activations of the
 #: tiles in the model at once, at the worst CPU default (float32, two tiles: ``AUTO_CPU_TILES_IN_
-#: FLIGHT``; peak 1.73 GB under ``python -m bench.run_bench``'s whole load plan with both
-#: models, bfloat16 1.47 GB), rounded up. ``deploy/`` sizes its memory limit with it and
+#: FLIGHT``), above the peak ``python -m bench.run_bench``'s whole load plan with both models
+#: measures (README "Benchmarks"). ``deploy/`` sizes its memory limit with it and
 #: :data:`BYTES_PER_PIXEL` (a test checks the arithmetic and the tiles in flight).
 FIXED_MEMORY_BYTES = 2 * 2**30
 

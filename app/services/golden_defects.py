@@ -27,9 +27,9 @@ import dataclasses
 import cv2
 import numpy as np
 
-from app.inference.defects import Defect
-from app.inference.inferencer import InferenceResult
-from app.inference.postprocess import PostprocessConfig, summarize
+from app.inference.defects import Defect, PostprocessConfig
+from app.inference.pipeline import InferenceResult
+from app.inference.postprocess import summarize
 
 #: Gray level that splits copper (dark) from substrate (light).
 _COPPER_BELOW = 128
@@ -138,7 +138,7 @@ def split_reference_defects(
     for d in from_reference:
         x0, y0, x1, y1 = d.bbox
         class_map[y0:y1, x0:x1][~keep[y0:y1, x0:x1]] = 0
-    kept = [dataclasses.replace(d, id=i) for i, d in enumerate(kept, start=1)]
+    kept = [d.model_copy(update={"id": i}) for i, d in enumerate(kept, start=1)]
     summary = summarize(kept, class_names, result.width * result.height, config)
     return dataclasses.replace(result, defects=kept, class_map=class_map,
                                summary=summary), from_reference

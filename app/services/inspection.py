@@ -35,10 +35,10 @@ from app.core.metrics import (
     INSPECTIONS,
     VERDICTS,
 )
-from app.inference.defects import Defect
+from app.inference.defects import Defect, PostprocessConfig
 from app.inference.imaging import declared_pixels
-from app.inference.inferencer import Inferencer, InferenceResult
-from app.inference.postprocess import PostprocessConfig
+from app.inference.inferencer import Inferencer
+from app.inference.pipeline import InferenceResult
 from app.services.admission import BudgetExceededError, Hold
 from app.services.board_meta import BoardMeta
 from app.services.errors import (
@@ -344,7 +344,7 @@ class InspectionService:
         INSPECTIONS.labels(mode=inferencer.mode).inc()
         VERDICTS.labels(verdict=result.summary.verdict).inc()
         for defect in result.defects:
-            DEFECTS.labels(class_name=defect.class_name).inc()
+            DEFECTS.labels(class_name=defect.class_).inc()
         for hook in self.on_result:
             inspection = await hook(inspection) or inspection
         return inspection

@@ -413,7 +413,7 @@ def apply_recipe(
         if zone.action == "ignore":
             ignored.append(IgnoredDefect(d, zone.name, "zone"))
             continue
-        if d.class_name in zone.ignored_classes:
+        if d.class_ in zone.ignored_classes:
             ignored.append(IgnoredDefect(d, zone.name, "class"))
             continue
         reason = _below(

@@ -15,9 +15,7 @@ import hashlib
 import logging
 
 from app.core.metrics import RECORDS, RECORDS_SPOOLED
-from app.inference.defects import Defect
 from app.records import (
-    DefectRecord,
     IgnoredRecord,
     ImageStore,
     InspectionRecord,
@@ -32,13 +30,6 @@ from app.services.golden_store import GoldenStore, GoldenStoreError, UnknownProd
 from app.services.inspection import InspectedBoard
 
 logger = logging.getLogger("pcb_inspect.records")
-
-
-def _defect_fields(d: Defect) -> dict[str, object]:
-    return {
-        "id": d.id, "class": d.class_name, "confidence": min(1.0, d.confidence),
-        "bbox": d.bbox, "area_px": d.area_px, "area_mm2": d.area_mm2, "centroid": d.centroid,
-    }
 
 
 def build_record(inspection: InspectedBoard, image_path: str | None) -> InspectionRecord:
@@ -60,7 +51,7 @@ def build_record(inspection: InspectedBoard, image_path: str | None) -> Inspecti
             fail_min_area_mm2=config.fail_min_area_mm2,
         ),
         verdict=result.summary.verdict,
-        defects=[DefectRecord.model_validate(_defect_fields(d)) for d in result.defects],
+        defects=list(result.defects),
         reference=None if reference is None else Reference(
             source=reference.source, product=reference.product, sha256=reference.sha256,
             alignment=None if result.alignment is None else result.alignment.as_dict(),
@@ -70,8 +61,7 @@ def build_record(inspection: InspectedBoard, image_path: str | None) -> Inspecti
         units=[UnitRecord(position=u.position, identifier=u.identifier, verdict=u.verdict,
                           defect_ids=u.defect_ids, bbox=u.bbox) for u in inspection.units],
         ignored=[
-            IgnoredRecord.model_validate({**_defect_fields(i.defect), "zone": i.zone,
-                                          "reason": i.reason})
+            IgnoredRecord(**i.defect.model_dump(), zone=i.zone, reason=i.reason)
             for i in inspection.ignored
         ],
     )

@@ -25,8 +25,8 @@ from app.inference.batcher import (
     QueueFullError,
     SubmitTiming,
 )
-from app.inference.inferencer import InferenceResult
-from app.inference.postprocess import PostprocessConfig
+from app.inference.defects import PostprocessConfig
+from app.inference.pipeline import InferenceResult
 from app.inference.registration import MIN_SCORE, AlignmentError
 from app.services.admission import Hold
 from app.services.errors import (

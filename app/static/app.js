@@ -314,27 +314,11 @@
       `rotation ${signed(a.rotation_deg, 2)}°, score ${a.score.toFixed(3)}`;
   }
 
-  // The boards of a panel (a product recipe's units) and their verdicts; a board without a
-  // recipe is one unit, itself, and shows nothing more.
-  function panelUnits(result) {
-    const units = Array.isArray(result.units) ? result.units : [];
-    return result.recipe || units.length > 1 ? units : [];
-  }
-
   function showUnits(result) {
-    const units = panelUnits(result);
+    const units = PCB.panelUnits(result);
     ui.unitsFact.hidden = units.length === 0;
-    ui.unitsTitle.textContent = result.recipe
-      ? `Boards (recipe ${result.recipe.product} rev. ${result.recipe.revision})` : "Boards";
-    const items = units.map((u) => {
-      const li = document.createElement("li");
-      li.dataset.verdict = u.verdict;
-      li.dataset.position = String(u.position);
-      const ids = u.defect_ids.length ? ` (defects ${u.defect_ids.join(", ")})` : "";
-      li.textContent = `${u.position}${u.identifier ? ` ${u.identifier}` : ""}: ` +
-        `${u.verdict.toUpperCase()}${ids}`;
-      return li;
-    });
+    ui.unitsTitle.textContent = PCB.unitsTitle(result);
+    const items = units.map((u) => PCB.unitItem(u, "defects"));
     for (const d of Array.isArray(result.ignored) ? result.ignored : []) {
       const li = document.createElement("li");
       li.dataset.verdict = "ignored";
@@ -414,16 +398,7 @@
     const { line } = p;
     // A panel's boards, framed inside their boxes in their verdict's colour; the defects a
     // zone set aside in thin grey: seen, not counted.
-    for (const u of panelUnits(result)) {
-      const [x0, y0, x1, y1] = u.bbox;
-      const color = u.verdict === "fail" ? "#dc0000" : "#009600";
-      ctx.lineWidth = 2 * line;
-      ctx.strokeStyle = color;
-      ctx.strokeRect(x0 + line, y0 + line, x1 - x0 - 2 * line, y1 - y0 - 2 * line);
-      ctx.fillStyle = color;
-      ctx.fillText(`${u.position}${u.identifier ? ` ${u.identifier}` : ""} ` +
-        `${u.verdict.toUpperCase()}`, x0 + 4 * line, y0 + 4 * line);
-    }
+    for (const u of PCB.panelUnits(result)) PCB.frameUnit(ctx, p, u);
     for (const d of Array.isArray(result.ignored) ? result.ignored : []) {
       const [x0, y0, x1, y1] = d.bbox;
       ctx.lineWidth = line;
@@ -457,24 +432,28 @@
       if (!busy) ui.file.click();
     }
   });
-  ui.file.addEventListener("change", () => {
-    const f = ui.file.files[0];
-    ui.file.value = ""; // so choosing the same file again inspects it again
-    inspect(f);
-  });
-  ["dragenter", "dragover"].forEach((type) => ui.drop.addEventListener(type, (e) => {
-    e.preventDefault();
-    ui.drop.classList.add("over");
-  }));
-  ["dragleave", "dragend"].forEach((type) => ui.drop.addEventListener(type, () => {
-    ui.drop.classList.remove("over");
-  }));
-  ui.drop.addEventListener("drop", (e) => {
-    e.preventDefault();
-    ui.drop.classList.remove("over");
-    const files = e.dataTransfer && e.dataTransfer.files;
-    if (files && files.length) inspect(files[0]);
-  });
+  // A file chosen with `input` or dropped on `zone` goes to `onFile`.
+  function takeFiles(zone, input, onFile) {
+    input.addEventListener("change", () => {
+      const f = input.files[0];
+      input.value = ""; // so choosing the same file again takes it again
+      onFile(f);
+    });
+    ["dragenter", "dragover"].forEach((type) => zone.addEventListener(type, (e) => {
+      e.preventDefault();
+      zone.classList.add("over");
+    }));
+    ["dragleave", "dragend"].forEach((type) => zone.addEventListener(type, () => {
+      zone.classList.remove("over");
+    }));
+    zone.addEventListener("drop", (e) => {
+      e.preventDefault();
+      zone.classList.remove("over");
+      const files = e.dataTransfer && e.dataTransfer.files;
+      if (files && files.length) onFile(files[0]);
+    });
+  }
+  takeFiles(ui.drop, ui.file, inspect);
   ui.refDrop.addEventListener("click", () => ui.refFile.click());
   ui.refDrop.addEventListener("keydown", (e) => {
     if (e.key === "Enter" || e.key === " ") {
@@ -485,24 +464,7 @@
       clearReference(true);
     }
   });
-  ui.refFile.addEventListener("change", () => {
-    const f = ui.refFile.files[0];
-    ui.refFile.value = "";
-    setReference(f);
-  });
-  ["dragenter", "dragover"].forEach((type) => ui.refDrop.addEventListener(type, (e) => {
-    e.preventDefault();
-    ui.refDrop.classList.add("over");
-  }));
-  ["dragleave", "dragend"].forEach((type) => ui.refDrop.addEventListener(type, () => {
-    ui.refDrop.classList.remove("over");
-  }));
-  ui.refDrop.addEventListener("drop", (e) => {
-    e.preventDefault();
-    ui.refDrop.classList.remove("over");
-    const files = e.dataTransfer && e.dataTransfer.files;
-    if (files && files.length) setReference(files[0]);
-  });
+  takeFiles(ui.refDrop, ui.refFile, setReference);
   ui.refClear.addEventListener("click", () => {
     clearReference(true);
     ui.refDrop.focus(); // the button disappears: keep the keyboard user's place

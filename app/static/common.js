@@ -249,9 +249,51 @@
     return drawLabels(ctx, p, [{ bbox, color, label }])[0];
   }
 
+  // --- panels ------------------------------------------------------------------------------
+  // The boards of a panel (a product recipe's units), each with its own verdict; a board
+  // without a recipe is one unit, itself, and shows nothing more.
+  function panelUnits(inspection) {
+    const units = Array.isArray(inspection.units) ? inspection.units : [];
+    return inspection.recipe || units.length > 1 ? units : [];
+  }
+
+  // The heading of a panel's list of boards.
+  function unitsTitle(inspection) {
+    const r = inspection.recipe;
+    return r ? `Boards (recipe ${r.product} rev. ${r.revision})` : "Boards";
+  }
+
+  // One board of a panel as a list item: position, identifier, verdict and its defects, which
+  // the page calls `defectWord` ("defects", "calls").
+  function unitItem(u, defectWord) {
+    const li = document.createElement("li");
+    li.dataset.verdict = u.verdict;
+    li.dataset.position = String(u.position);
+    const ids = u.defect_ids.length ? ` (${defectWord} ${u.defect_ids.join(", ")})` : "";
+    li.textContent = `${u.position}${u.identifier ? ` ${u.identifier}` : ""}: ` +
+      `${u.verdict.toUpperCase()}${ids}`;
+    return li;
+  }
+
+  // A board of a panel framed inside its box (max exclusive) in its verdict's colour, with its
+  // position, identifier and verdict in its top-left corner.
+  function frameUnit(ctx, p, u) {
+    const [x0, y0, x1, y1] = u.bbox;
+    const color = u.verdict === "fail" ? "#dc0000" : "#009600";
+    ctx.lineWidth = 2 * p.line;
+    ctx.strokeStyle = color;
+    ctx.strokeRect(x0 + p.line, y0 + p.line, x1 - x0 - 2 * p.line, y1 - y0 - 2 * p.line);
+    ctx.font = `bold ${p.font}px system-ui, sans-serif`;
+    ctx.fillStyle = color;
+    ctx.textBaseline = "top";
+    ctx.fillText(`${u.position}${u.identifier ? ` ${u.identifier}` : ""} ` +
+      `${u.verdict.toUpperCase()}`, x0 + 4 * p.line, y0 + 4 * p.line);
+  }
+
   window.PCB = Object.freeze({
     keepApiKey, authHeaders, errorOf, api, apiJson, showError,
     paletteReady, colorOf, hexToRgb, swatch,
     pen, strokeBox, drawLabel, drawLabels, placeLabels,
+    panelUnits, unitsTitle, unitItem, frameUnit,
   });
 })();

@@ -637,27 +637,11 @@
     draw();
   }
 
-  // The boards of a panel (a product recipe's units), each with its own verdict; a board
-  // without a recipe is one unit, itself, and shows nothing more than before.
-  function panelUnits(insp) {
-    const units = Array.isArray(insp.units) ? insp.units : [];
-    return insp.recipe || units.length > 1 ? units : [];
-  }
-
   function fillUnits(insp) {
-    const units = panelUnits(insp);
+    const units = PCB.panelUnits(insp);
     ui.inspUnitsFact.hidden = units.length === 0;
-    ui.inspUnitsTitle.textContent = insp.recipe
-      ? `Boards (recipe ${insp.recipe.product} rev. ${insp.recipe.revision})` : "Boards";
-    ui.inspUnits.replaceChildren(...units.map((u) => {
-      const li = document.createElement("li");
-      li.dataset.verdict = u.verdict;
-      li.dataset.position = String(u.position);
-      const ids = u.defect_ids.length ? ` (calls ${u.defect_ids.join(", ")})` : "";
-      li.textContent = `${u.position}${u.identifier ? ` ${u.identifier}` : ""}: ` +
-        `${u.verdict.toUpperCase()}${ids}`;
-      return li;
-    }));
+    ui.inspUnitsTitle.textContent = PCB.unitsTitle(insp);
+    ui.inspUnits.replaceChildren(...units.map((u) => PCB.unitItem(u, "calls")));
     const ignored = Array.isArray(insp.ignored) ? insp.ignored.length : 0;
     if (ignored) {
       const li = document.createElement("li");
@@ -728,18 +712,7 @@
     const geometry = PCB.pen(ctx, width, height);
     const { line } = geometry;
     // Unit frames first, inside each board's box, so the calls' boxes stay on top.
-    for (const u of panelUnits(insp)) {
-      const [x0, y0, x1, y1] = u.bbox;
-      const color = u.verdict === "fail" ? "#dc0000" : "#009600";
-      ctx.lineWidth = 2 * line;
-      ctx.strokeStyle = color;
-      ctx.strokeRect(x0 + line, y0 + line, x1 - x0 - 2 * line, y1 - y0 - 2 * line);
-      ctx.font = `bold ${geometry.font}px system-ui, sans-serif`;
-      ctx.fillStyle = color;
-      ctx.textBaseline = "top";
-      ctx.fillText(`${u.position}${u.identifier ? ` ${u.identifier}` : ""} ` +
-        `${u.verdict.toUpperCase()}`, x0 + 4 * line, y0 + 4 * line);
-    }
+    for (const u of PCB.panelUnits(insp)) PCB.frameUnit(ctx, geometry, u);
     const labels = [];
     board.insp.defects.forEach((d, i) => {
       const o = board.outcomes.get(d.id);

@@ -21,7 +21,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from app.core.config import Settings
-from app.inference.inferencer import ModelLoadError
+from app.inference.loading import ModelLoadError
 from app.main import create_app
 from tests.helpers.app import app_client, assert_error, png_array, tiny_settings
 from tests.helpers.boards import encode

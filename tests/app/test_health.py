@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from app.core.logging import JsonFormatter
-from app.inference.inferencer import ModelLoadError
+from app.inference.loading import ModelLoadError
 from app.main import create_app
 from pcb_inspect.classes import CLASS_NAMES
 from tests.helpers.app import app_client, assert_error, tiny_settings

@@ -205,12 +205,11 @@ def _save_screenshot(page: Any) -> None:
     save_screenshot(page, SCREENSHOT)
 
 
-@pytest.mark.slow
-def test_review_queue_and_dashboard_end_to_end(server: ServerProcess, browser: Any) -> None:
-    # 1. A few drawn boards inspected through the API, each with its serial.
+def _inspect_drawn_boards(server: ServerProcess) -> list[str]:
+    """A few drawn boards inspected through the API, each with its serial; the ids of those
+    that failed."""
     boards = [encode(make_board(seed=seed, size=512, n_defects=6).image) for seed in (42, 43, 44)]
     params = _pick_params(server, boards[0])
-    model_classes = httpx.get(f"{server.url}/v1/model", timeout=30).json()["classes"]
     failed: list[str] = []
     for k, data in enumerate(boards):
         response = _predict(server, data, f"board_{k}.png", serial=f"SN-{k:04d}", line="L3",
@@ -222,14 +221,17 @@ def test_review_queue_and_dashboard_end_to_end(server: ServerProcess, browser: A
             failed.append(body["inspection_id"])
     # The probe inspections in _pick_params fail too (same board): the queue holds them all.
     assert len(failed) >= 2, "the tiny model must fail at least two boards under these rules"
-    before = _by_class(_stats(server))
+    return failed
 
-    page = browser.new_page(viewport={"width": 1440, "height": 960})
-    problems = collect_problems(page)
-    page.goto(server.url + "/review")
-    assert page.title() == "PCB review"
 
-    # 2. The queue lists the failed boards, newest first, and opens the first with its image.
+def _outcomes_shown(page: Any) -> list[str]:
+    return page.locator("#review-defects tbody tr").evaluate_all(
+        "rs => rs.map(r => r.dataset.outcome)")
+
+
+def _check_queue(page: Any, server: ServerProcess, failed: list[str]) -> list[str]:
+    """The queue lists the failed boards, newest first, and opens the first with its image
+    and its calls; the ids it lists."""
     page.wait_for_selector('#review-canvas[data-rendered="image"]', timeout=60_000)
     queued = page.locator("#queue-list .queue-item").evaluate_all(
         "items => items.map(i => i.dataset.id)")
@@ -238,21 +240,23 @@ def test_review_queue_and_dashboard_end_to_end(server: ServerProcess, browser: A
                        timeout=30).json()
     assert queued == [item["id"] for item in listed["items"]][:25]  # the page's first page
     assert set(failed) <= set(queued)
-    first_id = page.inner_text("#insp-id")
-    assert first_id == queued[0]
-    first = _inspection(server, first_id)
-    defects = first["defects"]
-    assert defects, first
+    assert page.inner_text("#insp-id") == queued[0]
+    first = _inspection(server, queued[0])
+    assert first["defects"], first
     size = page.evaluate(
         "() => { const c = document.getElementById('review-canvas'); return [c.width, c.height]; }"
     )
     assert size == [first["width"], first["height"]]
-    rows = page.locator("#review-defects tbody tr")
-    assert rows.count() == len(defects)
+    assert page.locator("#review-defects tbody tr").count() == len(first["defects"])
     # Unmarked calls are shown as what they will be sent as.
-    assert all(o == "default" for o in rows.evaluate_all("rs => rs.map(r => r.dataset.outcome)"))
+    assert all(o == "default" for o in _outcomes_shown(page))
+    return queued
 
-    # 3. Keyboard only: the first call is a false call, the others confirmed.
+
+def _review_by_keyboard(page: Any, server: ServerProcess, inspection_id: str) -> None:
+    """Keyboard only: the first call is a false call, the others confirmed, then sent."""
+    defects = _inspection(server, inspection_id)["defects"]
+    rows = page.locator("#review-defects tbody tr")
     page.keyboard.press("f")
     assert rows.nth(0).get_attribute("data-outcome") == "false_call"
     if len(defects) > 1:
@@ -261,8 +265,7 @@ def test_review_queue_and_dashboard_end_to_end(server: ServerProcess, browser: A
     assert SCREENSHOT.stat().st_size < SCREENSHOT_MAX_BYTES
     for _ in defects[1:]:
         page.keyboard.press("c")
-    assert rows.evaluate_all("rs => rs.map(r => r.dataset.outcome)") == (
-        ["false_call"] + ["confirmed"] * (len(defects) - 1))
+    assert _outcomes_shown(page) == ["false_call"] + ["confirmed"] * (len(defects) - 1)
     # Arrows move the selection back and forth.
     page.keyboard.press("ArrowLeft")
     page.keyboard.press("ArrowRight")
@@ -271,9 +274,10 @@ def test_review_queue_and_dashboard_end_to_end(server: ServerProcess, browser: A
     page.keyboard.press("Escape")
     assert not page.evaluate("document.getElementById('help').open")
     page.keyboard.press("Enter")
-    page.wait_for_selector(f'#review-result[data-inspection-id="{first_id}"]', timeout=30_000)
+    page.wait_for_selector(f'#review-result[data-inspection-id="{inspection_id}"]',
+                           timeout=30_000)
     result = page.inner_text("#review-result")
-    stored = _inspection(server, first_id)
+    stored = _inspection(server, inspection_id)
     review = stored["reviews"][-1]
     assert stored["reviewed"] and review["reviewer"] in result
     assert page.get_attribute("#review-result", "data-created-at") == review["created_at"]
@@ -282,17 +286,21 @@ def test_review_queue_and_dashboard_end_to_end(server: ServerProcess, browser: A
                         for d in defects}
     assert review["body"]["missed"] == []
 
-    # 4. The next board opens by itself: reclassify its first call, draw a missed spur.
+
+def _reclassify_and_draw_a_missed_spur(page: Any, server: ServerProcess, previous_id: str,
+                                       expected_id: str) -> None:
+    """The next board opens by itself: its first call is reclassified and a missed spur
+    drawn, then sent."""
     # (Selectors, not wait_for_function: the page's CSP forbids the eval that would need.)
     page.wait_for_selector(
-        f'#board-area[data-inspection-id]:not([data-inspection-id="{first_id}"])'
+        f'#board-area[data-inspection-id]:not([data-inspection-id="{previous_id}"])'
     )
     page.wait_for_selector('#review-canvas[data-rendered="image"]')
-    second_id = page.inner_text("#insp-id")
-    assert second_id == queued[1]
-    second = _inspection(server, second_id)
+    assert page.inner_text("#insp-id") == expected_id
+    board = _inspection(server, expected_id)
+    model_classes = httpx.get(f"{server.url}/v1/model", timeout=30).json()["classes"]
     target = next(k for k, name in enumerate(model_classes, 1)
-                  if name != second["defects"][0]["class"])
+                  if name != board["defects"][0]["class"])
     page.keyboard.press("r")
     page.keyboard.press(str(target))
     spur = model_classes.index("spur") + 1
@@ -306,32 +314,23 @@ def test_review_queue_and_dashboard_end_to_end(server: ServerProcess, browser: A
     missed_row = page.locator('#review-defects tbody tr[data-outcome="missed"]')
     assert missed_row.get_attribute("data-class") == "spur"
     page.keyboard.press("Enter")
-    page.wait_for_selector(f'#review-result[data-inspection-id="{second_id}"]', timeout=30_000)
-    review = _inspection(server, second_id)["reviews"][-1]["body"]
+    page.wait_for_selector(f'#review-result[data-inspection-id="{expected_id}"]',
+                           timeout=30_000)
+    review = _inspection(server, expected_id)["reviews"][-1]["body"]
     reclassified = review["defects"][0]
-    assert reclassified == {"defect_id": second["defects"][0]["id"], "outcome": "reclassified",
+    assert reclassified == {"defect_id": board["defects"][0]["id"], "outcome": "reclassified",
                             "class": model_classes[target - 1]}
     [missed] = review["missed"]
     assert missed["class"] == "spur"
     x0, y0, x1, y1 = missed["bbox"]
-    w, h = second["width"], second["height"]
+    w, h = board["width"], board["height"]
     assert 0.35 * w < x0 < x1 < 0.53 * w and 0.40 * h < y0 < y1 < 0.57 * h, missed
 
-    # 5. Back on the reviewed board (P, unless it was the last and stayed on screen): it shows
-    # who reviewed it, and the calls as sent.
-    page.wait_for_selector(
-        f'#board-area[data-inspection-id]:not([data-inspection-id="{second_id}"]), '
-        'body[data-queue="done"]'
-    )
-    if page.get_attribute("body", "data-queue") != "done":
-        page.keyboard.press("p")
-    page.wait_for_selector(f'#board-area[data-inspection-id="{second_id}"]')
-    assert "anonymous" in page.inner_text("#insp-reviewed")
-    assert page.locator('#review-defects tbody tr[data-outcome="reclassified"]').count() == 1
 
-    # 6. The false-call rate moved: in the API, and on the dashboard.
+def _check_dashboard(page: Any, server: ServerProcess, before: dict[str, dict[str, Any]],
+                     cls: str) -> None:
+    """The false-call rate of ``cls`` moved: in the API, and on the dashboard."""
     after = _by_class(_stats(server))
-    cls = defects[0]["class"]
     assert after[cls]["false_calls"] >= before.get(cls, {}).get("false_calls", 0) + 1
     rate = after[cls]["false_call_rate"]
     assert rate and rate != before.get(cls, {}).get("false_call_rate")
@@ -351,7 +350,9 @@ def test_review_queue_and_dashboard_end_to_end(server: ServerProcess, browser: A
     assert page.locator("#chart-boards rect").count() >= 1
     assert page.locator("#chart-fail circle").count() >= 1
 
-    # 7. Refusals are shown as the API words them, as text; with what to do about them.
+
+def _check_refusals(page: Any) -> None:
+    """Refusals are shown as the API words them, as text; with what to do about them."""
     page.click("#tab-queue")
     markup = '<img src="x" id="injected"> needs role <b>review</b>'
 
@@ -382,7 +383,38 @@ def test_review_queue_and_dashboard_end_to_end(server: ServerProcess, browser: A
     assert page.evaluate("document.querySelector('details.settings').open")
     page.unroute(listing, unauthorized)
 
-    # 8. Reloaded, the queue no longer lists the reviewed boards.
+
+@pytest.mark.slow
+def test_review_queue_and_dashboard_end_to_end(server: ServerProcess, browser: Any) -> None:
+    failed = _inspect_drawn_boards(server)
+    before = _by_class(_stats(server))
+    page = browser.new_page(viewport={"width": 1440, "height": 960})
+    problems = collect_problems(page)
+    page.goto(server.url + "/review")
+    assert page.title() == "PCB review"
+
+    queued = _check_queue(page, server, failed)
+    first_id, second_id = queued[:2]
+    first_class = _inspection(server, first_id)["defects"][0]["class"]
+    _review_by_keyboard(page, server, first_id)
+    _reclassify_and_draw_a_missed_spur(page, server, first_id, second_id)
+
+    # Back on the reviewed board (P, unless it was the last and stayed on screen): it shows
+    # who reviewed it, and the calls as sent.
+    page.wait_for_selector(
+        f'#board-area[data-inspection-id]:not([data-inspection-id="{second_id}"]), '
+        'body[data-queue="done"]'
+    )
+    if page.get_attribute("body", "data-queue") != "done":
+        page.keyboard.press("p")
+    page.wait_for_selector(f'#board-area[data-inspection-id="{second_id}"]')
+    assert "anonymous" in page.inner_text("#insp-reviewed")
+    assert page.locator('#review-defects tbody tr[data-outcome="reclassified"]').count() == 1
+
+    _check_dashboard(page, server, before, first_class)
+    _check_refusals(page)
+
+    # Reloaded, the queue no longer lists the reviewed boards.
     page.click("#queue-reload")
     page.wait_for_selector("#error", state="hidden")
     remaining = page.locator("#queue-list .queue-item").evaluate_all(

@@ -188,6 +188,72 @@ def _save_screenshot(page: Any) -> None:
     save_screenshot(page, SCREENSHOT)
 
 
+def _canvas_colour_count(page: Any) -> tuple[int, int, int]:
+    """The canvas's width, height and number of pixels that are not grey."""
+    width, height, tinted = page.evaluate(
+        """() => {
+            const c = document.getElementById('canvas');
+            const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+            let n = 0;
+            for (let i = 0; i < d.length; i += 4) {
+                if (d[i] !== d[i + 1] || d[i + 1] !== d[i + 2]) n++;
+            }
+            return [c.width, c.height, n];
+        }"""
+    )
+    return width, height, tinted
+
+
+def _check_text_file_shows_the_api_error(page: Any, server: ServerProcess) -> None:
+    """A text file: the page shows the API's own error, and no stale verdict."""
+    text = b"lot 7, line 3: not an image"
+    api_error = _api(server, text, "notes.txt").json()["error"]
+    page.set_input_files(
+        "#file", files=[{"name": "notes.txt", "mimeType": "text/plain", "buffer": text}]
+    )
+    page.wait_for_selector('body[data-state="error"]', timeout=60_000)
+    assert page.is_visible("#error")
+    assert page.inner_text("#error-code") == api_error["code"]
+    assert page.inner_text("#error-message") == api_error["message"]
+    assert api_error["code"] in page.inner_text("#status")
+    assert not page.is_visible("#results")
+
+
+def _check_keyboard_pick_of_a_clean_board(page: Any, board: Path) -> None:
+    """Keyboard only: focus the drop zone, Enter opens the picker. A cut of 1 and a huge
+    minimum area: a clean board (a trained model's P(defect) can saturate at exactly 1)."""
+    page.click("details.settings summary")
+    page.fill("#threshold", "1")
+    page.fill("#min-area", "100000000")
+    page.focus("#drop")
+    with page.expect_file_chooser() as chooser:
+        page.keyboard.press("Enter")
+    chooser.value.set_files(str(board))
+    page.wait_for_selector('body[data-state="done"]', timeout=60_000)
+    assert page.inner_text("#verdict").endswith("PASS")
+    assert "pass" in (page.get_attribute("#verdict", "class") or "")
+    assert page.is_visible("#no-defects")
+    assert page.locator("#defects tbody tr").count() == 0
+
+
+def _check_tiff_shows_the_service_overlay(page: Any, board: Path) -> None:
+    """A TIFF, which browsers cannot decode: the page shows the service's own overlay."""
+    from PIL import Image
+
+    tiff = io.BytesIO()
+    Image.open(board).save(tiff, format="TIFF")
+    page.set_input_files(
+        "#file", files=[{"name": "board.tif", "mimeType": "image/tiff", "buffer": tiff.getvalue()}]
+    )
+    page.wait_for_selector('#canvas[data-rendered="service"]', timeout=60_000)
+    assert page.get_attribute("body", "data-state") == "done"
+    size = page.evaluate(
+        "() => { const c = document.getElementById('canvas'); return [c.width, c.height]; }"
+    )
+    assert size[0] == 512 and size[1] > 512  # the service's overlay, legend below the board
+    assert "service rendering" in page.inner_text("#status")
+
+
 @pytest.mark.slow
 def test_inspection_page_end_to_end(
     server: ServerProcess, browser: Any, tmp_path: Path
@@ -223,18 +289,7 @@ def test_inspection_page_end_to_end(
     page.wait_for_selector('#canvas[data-rendered="true"]')
     _check_matches_api(page, expected)
     assert sent_keys[-1] == "line-7"
-    chromatic = page.evaluate(
-        """() => {
-            const c = document.getElementById('canvas');
-            const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
-            let n = 0;
-            for (let i = 0; i < d.length; i += 4) {
-                if (d[i] !== d[i + 1] || d[i + 1] !== d[i + 2]) n++;
-            }
-            return [c.width, c.height, n];
-        }"""
-    )
-    width, height, tinted = chromatic
+    width, height, tinted = _canvas_colour_count(page)
     assert (width, height) == (512, 512)
     # The board is grey: every coloured pixel is overlay. Each mask pixel is tinted (a label's
     # black text may sit on a few of them), and boxes and labels add more.
@@ -242,49 +297,9 @@ def test_inspection_page_end_to_end(
     _save_screenshot(page)
     assert SCREENSHOT.stat().st_size < SCREENSHOT_MAX_BYTES
 
-    # 2. A text file: the page shows the API's own error, and no stale verdict.
-    text = b"lot 7, line 3: not an image"
-    api_error = _api(server, text, "notes.txt").json()["error"]
-    page.set_input_files(
-        "#file", files=[{"name": "notes.txt", "mimeType": "text/plain", "buffer": text}]
-    )
-    page.wait_for_selector('body[data-state="error"]', timeout=60_000)
-    assert page.is_visible("#error")
-    assert page.inner_text("#error-code") == api_error["code"]
-    assert page.inner_text("#error-message") == api_error["message"]
-    assert api_error["code"] in page.inner_text("#status")
-    assert not page.is_visible("#results")
-
-    # 3. Keyboard only: focus the drop zone, Enter opens the picker. A cut of 1 and a huge
-    # minimum area: a clean board (a trained model's P(defect) can saturate at exactly 1).
-    page.click("details.settings summary")
-    page.fill("#threshold", "1")
-    page.fill("#min-area", "100000000")
-    page.focus("#drop")
-    with page.expect_file_chooser() as chooser:
-        page.keyboard.press("Enter")
-    chooser.value.set_files(str(board))
-    page.wait_for_selector('body[data-state="done"]', timeout=60_000)
-    assert page.inner_text("#verdict").endswith("PASS")
-    assert "pass" in (page.get_attribute("#verdict", "class") or "")
-    assert page.is_visible("#no-defects")
-    assert page.locator("#defects tbody tr").count() == 0
-
-    # 4. A TIFF, which browsers cannot decode: the page shows the service's own overlay.
-    from PIL import Image
-
-    tiff = io.BytesIO()
-    Image.open(board).save(tiff, format="TIFF")
-    page.set_input_files(
-        "#file", files=[{"name": "board.tif", "mimeType": "image/tiff", "buffer": tiff.getvalue()}]
-    )
-    page.wait_for_selector('#canvas[data-rendered="service"]', timeout=60_000)
-    assert page.get_attribute("body", "data-state") == "done"
-    size = page.evaluate(
-        "() => { const c = document.getElementById('canvas'); return [c.width, c.height]; }"
-    )
-    assert size[0] == 512 and size[1] > 512  # the service's overlay, legend below the board
-    assert "service rendering" in page.inner_text("#status")
+    _check_text_file_shows_the_api_error(page, server)
+    _check_keyboard_pick_of_a_clean_board(page, board)
+    _check_tiff_shows_the_service_overlay(page, board)
 
     # The key survives a reload of the tab (sessionStorage), and nothing went wrong in JS.
     page.reload()
@@ -354,12 +369,7 @@ def test_inspection_against_a_golden_board(
     assert page.inner_text("#model-mode").startswith("pair")
     assert page.get_attribute("#reference", "data-source") == "upload"
     assert "golden_42.png" in page.inner_text("#reference")
-    alignment = expected["reference"]["alignment"]
-    shown = page.evaluate("({...document.getElementById('alignment').dataset})")
-    assert float(shown["dx"]) == pytest.approx(alignment["dx"])
-    assert float(shown["rotationDeg"]) == pytest.approx(alignment["rotation_deg"])
-    assert float(shown["score"]) == pytest.approx(alignment["score"])
-    assert f"score {alignment['score']:.3f}" in page.inner_text("#alignment")
+    _check_alignment_shown(page, expected["reference"]["alignment"])
     assert page.inner_text("#defect-count") == str(expected["summary"]["defect_count"])
 
     # 2. Choosing the stored board clears the uploaded one, and the other way round.
@@ -389,6 +399,14 @@ def test_inspection_against_a_golden_board(
     # The only failed load is the comparison the API refused (422), by design.
     assert [p for p in problems if "status of 422" not in p] == [], problems
     page.close()
+
+
+def _check_alignment_shown(page: Any, alignment: dict[str, Any]) -> None:
+    shown = page.evaluate("({...document.getElementById('alignment').dataset})")
+    assert float(shown["dx"]) == pytest.approx(alignment["dx"])
+    assert float(shown["rotationDeg"]) == pytest.approx(alignment["rotation_deg"])
+    assert float(shown["score"]) == pytest.approx(alignment["score"])
+    assert f"score {alignment['score']:.3f}" in page.inner_text("#alignment")
 
 
 def _check_matches_api(page: Any, expected: dict[str, Any]) -> None:

@@ -12,8 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from app.inference.inferencer import Inferencer, InferenceResult
-from app.inference.postprocess import Defect
+from app.inference.defects import Defect
+from app.inference.inferencer import Inferencer
+from app.inference.pipeline import InferenceResult
 from app.inference.registration import AlignmentError
 from pcb_inspect.cli import main as cli_main
 from tests.conftest import save_tiny_model, save_tiny_pair_model
@@ -529,8 +530,9 @@ def oracle(eval_setup, monkeypatch) -> None:
         defects = []
         for k, b in enumerate(boxes, start=1):
             area = int(np.count_nonzero(mask[b.y1 : b.y2, b.x1 : b.x2] == b.label))
-            defects.append(Defect(k, b.class_name, 0.9, (b.x1, b.y1, b.x2, b.y2), area, 0.0,
-                                  ((b.x1 + b.x2) / 2, (b.y1 + b.y2) / 2)))
+            defects.append(Defect(id=k, class_=b.class_name, confidence=0.9,
+                                  bbox=(b.x1, b.y1, b.x2, b.y2), area_px=area, area_mm2=0.0,
+                                  centroid=((b.x1 + b.x2) / 2, (b.y1 + b.y2) / 2)))
         h, w = pixels.shape
         return InferenceResult(w, h, defects, None, mask.copy(), 1, {})
 
@@ -563,8 +565,8 @@ def test_evaluate_with_the_class_confused_is_wrong_class(eval_setup, oracle, tmp
 
     def shuffled(self, pixels, config, reference=None):
         result = perfect(self, pixels, config, reference)
-        turned = [dataclasses.replace(d, class_name=CLASSES[(CLASSES.index(d.class_name) + 1)
-                                                            % len(CLASSES)])
+        turned = [d.model_copy(update={"class_": CLASSES[(CLASSES.index(d.class_) + 1)
+                                                         % len(CLASSES)]})
                   for d in result.defects]
         return dataclasses.replace(result, defects=turned)
 

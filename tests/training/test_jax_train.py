@@ -107,7 +107,7 @@ def test_round_trip_to_tensorflow_gives_equal_outputs(trained: Path, tmp_path: P
     proc = run_jax(["-c", script])
     assert proc.returncode == 0, proc.stderr[-3000:]
 
-    from app.inference.inferencer import load_keras_model
+    from app.inference.loading import load_keras_model
     from training.convert import convert
 
     weights = tmp_path / "pair.keras"

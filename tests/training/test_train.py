@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from app.inference.card import load_card
-from app.inference.inferencer import load_keras_model
+from app.inference.loading import load_keras_model
 from model_defs import EdgeEnhancementLayer, get_custom_objects
 from training import export as export_mod
 from training.data import Box, read_split, split_train_val

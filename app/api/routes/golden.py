@@ -12,7 +12,6 @@ from app.api.deps import AdminAuth, AuthDep, InspectionsDep, SettingsDep, StoreD
 from app.api.openapi import BINARY, error_responses, upload_doc
 from app.api.params import ProductPath, product_id
 from app.api.schemas import (
-    DefectOut,
     GoldenBoardListOut,
     GoldenBoardOut,
     GoldenBoardPutOut,
@@ -74,7 +73,7 @@ async def put_golden_board(
     found, checker = await inspections.check_golden(decoded.pixels, disconnect_check(request))
     card = checker.inferencer.card if checker is not None else None
     return GoldenBoardPutOut(
-        **board.as_dict(), warnings=[DefectOut.of(d) for d in found],
+        **board.as_dict(), warnings=found,
         checked_by=None if card is None else ModelRef(name=card.name, version=card.version,
                                                       mode="single"),
     )

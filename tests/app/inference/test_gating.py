@@ -17,9 +17,10 @@ import numpy as np
 import pytest
 
 from app.inference.batcher import DynamicBatcher
+from app.inference.defects import PostprocessConfig
 from app.inference.gating import blank_tiles, candidate_cells, gate_tiles
-from app.inference.inferencer import Inferencer, InferenceResult
-from app.inference.postprocess import PostprocessConfig
+from app.inference.inferencer import Inferencer
+from app.inference.pipeline import InferenceResult
 from app.inference.registration import register
 from app.inference.tiling import Stitcher, plan_tiles
 from training.synth import encode, make_board, moved
@@ -228,8 +229,8 @@ def test_shipped_pair_model_finds_the_same_defects_gated() -> None:
     full = inf.predict(synth.image, config, reference=synth.template)
     gated = inf.predict(synth.image, config, reference=synth.template, gating=True)
     assert gated.skipped_tiles > 0
-    assert [(d.class_name, d.bbox) for d in gated.defects] == [
-        (d.class_name, d.bbox) for d in full.defects
+    assert [(d.class_, d.bbox) for d in gated.defects] == [
+        (d.class_, d.bbox) for d in full.defects
     ]
     assert gated.defects == full.defects
     assert len(full.defects) >= 4  # the model does find the synthetic defects

@@ -13,8 +13,10 @@ import pytest
 
 from app.core.config import Settings
 from app.inference.batcher import DynamicBatcher, QueueFullError
-from app.inference.inferencer import Inferencer, InferenceResult, ModelLoadError, load_keras_model
-from app.inference.postprocess import PostprocessConfig
+from app.inference.defects import PostprocessConfig
+from app.inference.inferencer import Inferencer
+from app.inference.loading import ModelLoadError, load_keras_model
+from app.inference.pipeline import InferenceResult
 from tests.helpers.boards import make_board
 from tests.helpers.probs import split_probs
 

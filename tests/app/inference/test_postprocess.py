@@ -1,4 +1,8 @@
-"""Tests for app.inference.postprocess, on tiny maps whose answers are worked out by hand."""
+"""Tests for app.inference.postprocess, on tiny maps whose answers are worked out by hand.
+
+The maps go through a :class:`~app.inference.tiling.Stitcher`, as the model's do in the server,
+so post-processing reads them as it does there: P(defect) quantized to uint16, cls_p float16.
+"""
 
 from __future__ import annotations
 
@@ -13,11 +17,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from app.inference.defects import Defect, PostprocessConfig, Summary
 from app.inference.encoding import decode_rle, encode_mask_png, encode_rle
 from app.inference.postprocess import (
-    Defect,
-    PostprocessConfig,
-    Summary,
+    DefectPixels,
     describe_defects,
     gather_defect_pixels,
     postprocess,
@@ -53,6 +56,15 @@ def two_blob_maps() -> tuple[np.ndarray, np.ndarray]:
     return fg, cls
 
 
+def stitched(fg: np.ndarray, cls: np.ndarray, cls_p: np.ndarray | None = None) -> Stitcher:
+    """The maps as one tile of the board stitched; ``cls_p`` defaults to 1 (sure of the class)."""
+    height, width = fg.shape
+    (tile,) = plan_tiles(height, width, max(height, width), 0)
+    stitcher = Stitcher(height, width)
+    stitcher.add(tile, fg, cls, np.ones(fg.shape, np.float16) if cls_p is None else cls_p)
+    return stitcher
+
+
 def config(**overrides: object) -> PostprocessConfig:
     """threshold 0.5, no area cut, 2 px/mm (so mm² = px / 4), count rule."""
     values: dict[str, object] = {"threshold": 0.5, "min_area_px": 0, "pixels_per_mm": 2.0}
@@ -63,12 +75,12 @@ def config(**overrides: object) -> PostprocessConfig:
 def test_two_blobs_give_hand_computed_defects_and_summary() -> None:
     fg, cls = two_blob_maps()
 
-    result = postprocess(fg, cls, NAMES, config())
+    result = postprocess(stitched(fg, cls), NAMES, config())
 
     assert result.defects == [
         Defect(
             id=1,
-            class_name="open",
+            class_="open",
             confidence=0.75,
             bbox=(1, 1, 4, 3),
             area_px=6,
@@ -77,7 +89,7 @@ def test_two_blobs_give_hand_computed_defects_and_summary() -> None:
         ),
         Defect(
             id=2,
-            class_name="spur",
+            class_="spur",
             confidence=0.8,
             bbox=(8, 7, 11, 10),
             area_px=5,
@@ -110,7 +122,7 @@ def test_two_blobs_give_hand_computed_defects_and_summary() -> None:
 def test_defect_fields_are_plain_python_types() -> None:
     # The API serialises these to JSON; numpy scalars would not survive json.dumps.
     fg, cls = two_blob_maps()
-    defect = postprocess(fg, cls, NAMES, config()).defects[0]
+    defect = postprocess(stitched(fg, cls), NAMES, config()).defects[0]
     assert type(defect.confidence) is float
     assert type(defect.area_px) is int
     assert all(type(v) is int for v in defect.bbox)
@@ -124,9 +136,9 @@ def test_ids_follow_bbox_top_then_left() -> None:
     fg[5, 0] = fg[0, 12] = fg[5, 6] = 0.9  # top-most first, then left-most on the same row
     cls[0, 12] = 6
 
-    defects = postprocess(fg, cls, NAMES, config()).defects
+    defects = postprocess(stitched(fg, cls), NAMES, config()).defects
 
-    assert [(d.id, d.bbox, d.class_name) for d in defects] == [
+    assert [(d.id, d.bbox, d.class_) for d in defects] == [
         (1, (12, 0, 13, 1), "pin_hole"),
         (2, (0, 5, 1, 6), "open"),
         (3, (6, 5, 7, 6), "open"),
@@ -134,13 +146,14 @@ def test_ids_follow_bbox_top_then_left() -> None:
 
 
 def test_confidence_equal_to_threshold_counts() -> None:
-    # 0.7 is not exact in float32; the cut must still treat float32(0.7) as "equal".
+    # 0.7 is not exact in float32 nor in the stitcher's steps of 1 / FG_SCALE; the cut must
+    # still treat it as "equal". One step below is not a defect.
     fg = np.zeros((3, 4), dtype=np.float32)
     cls = np.ones((3, 4), dtype=np.uint8)
     fg[1, 0] = np.float32(0.7)
-    fg[1, 3] = np.nextafter(np.float32(0.7), np.float32(0))
+    fg[1, 3] = (round(0.7 * FG_SCALE) - 1) / FG_SCALE  # the step below
 
-    result = postprocess(fg, cls, NAMES, config(threshold=0.7))
+    result = postprocess(stitched(fg, cls), NAMES, config(threshold=0.7))
 
     assert [d.bbox for d in result.defects] == [(0, 1, 1, 2)]
     assert result.defects[0].confidence == 0.7
@@ -149,11 +162,11 @@ def test_confidence_equal_to_threshold_counts() -> None:
 def test_threshold_zero_never_flags_zero_confidence() -> None:
     fg = np.zeros((4, 4), dtype=np.float32)
     cls = np.full((4, 4), 3, dtype=np.uint8)
-    assert postprocess(fg, cls, NAMES, config(threshold=0.0)).defects == []
+    assert postprocess(stitched(fg, cls), NAMES, config(threshold=0.0)).defects == []
 
-    fg[2, 2] = 1e-6
-    result = postprocess(fg, cls, NAMES, config(threshold=0.0))
-    assert [(d.class_name, d.bbox) for d in result.defects] == [("mousebite", (2, 2, 3, 3))]
+    fg[2, 2] = 1e-4  # a few quantization steps: under half a step (7.6e-6) reads as 0
+    result = postprocess(stitched(fg, cls), NAMES, config(threshold=0.0))
+    assert [(d.class_, d.bbox) for d in result.defects] == [("mousebite", (2, 2, 3, 3))]
 
 
 def test_min_area_drops_small_components_and_zeroes_them_in_class_map() -> None:
@@ -162,7 +175,7 @@ def test_min_area_drops_small_components_and_zeroes_them_in_class_map() -> None:
     fg[0, 0:3] = 0.9  # 3 px: dropped at min_area_px=4
     fg[5:7, 5:7] = 0.9  # 4 px: kept (the rule drops only components with FEWER pixels)
 
-    result = postprocess(fg, cls, NAMES, config(min_area_px=4))
+    result = postprocess(stitched(fg, cls), NAMES, config(min_area_px=4))
 
     assert [(d.id, d.bbox, d.area_px) for d in result.defects] == [(1, (5, 5, 7, 7), 4)]
     expected_map = np.zeros((8, 8), dtype=np.uint8)
@@ -177,7 +190,7 @@ def test_empty_map_passes_with_zeros_and_no_nan() -> None:
     fg = np.zeros((10, 10), dtype=np.float32)
     cls = np.ones((10, 10), dtype=np.uint8)
 
-    result = postprocess(fg, cls, NAMES, config())
+    result = postprocess(stitched(fg, cls), NAMES, config())
 
     assert result.defects == []
     assert result.summary == Summary(
@@ -197,7 +210,7 @@ def test_diagonal_neighbours_are_one_defect() -> None:
     cls = np.ones((5, 5), dtype=np.uint8)
     fg[[1, 2, 3], [1, 2, 3]] = 0.9  # touching only at corners: one 8-connected component
 
-    defects = postprocess(fg, cls, NAMES, config()).defects
+    defects = postprocess(stitched(fg, cls), NAMES, config()).defects
 
     assert [(d.bbox, d.area_px, d.centroid) for d in defects] == [((1, 1, 4, 4), 3, (2.0, 2.0))]
 
@@ -210,9 +223,9 @@ def test_touching_blobs_of_different_classes_are_one_defect() -> None:
     fg[1:3, 1:5] = 0.9
     cls[1:3, 3:5] = 5  # right half is spurious copper
 
-    result = postprocess(fg, cls, NAMES, config())
+    result = postprocess(stitched(fg, cls), NAMES, config())
 
-    assert [(d.class_name, d.bbox, d.area_px) for d in result.defects] == [
+    assert [(d.class_, d.bbox, d.area_px) for d in result.defects] == [
         ("open", (1, 1, 5, 3), 8)
     ]
     assert result.defects[0].confidence == 0.45  # mean fg 0.9 x purity 4 * 0.9 / (8 * 0.9)
@@ -229,13 +242,13 @@ def test_mixed_class_blob_is_one_defect_of_the_probability_weighted_majority() -
     cls[1, 1:6] = [1, 1, 1, 4, 4]
     cls_p[1, 1:6] = [0.5, 0.5, 0.5, 1.0, 1.0]
 
-    result = postprocess(fg, cls, NAMES, config(), cls_p=cls_p)
+    result = postprocess(stitched(fg, cls, cls_p), NAMES, config())
 
     # confidence = mean fg x purity = (3.5 / 5) x (2.0 / 2.75) = 0.7 x 8/11 = 0.50909...
     assert result.defects == [
         Defect(
             id=1,
-            class_name="spur",
+            class_="spur",
             confidence=0.5091,
             bbox=(1, 1, 6, 2),
             area_px=5,
@@ -261,9 +274,9 @@ def test_confidence_is_mean_fg_times_class_purity() -> None:
     mean_fg = (0.9 + 0.8 + 0.6 + 1.0) / 4
     purity = 1.1 / (1.075 + 1.1)
 
-    (defect,) = postprocess(fg, cls, NAMES, config(), cls_p=cls_p).defects
+    (defect,) = postprocess(stitched(fg, cls, cls_p), NAMES, config()).defects
 
-    assert defect.class_name == "mousebite"
+    assert defect.class_ == "mousebite"
     assert defect.confidence == round(mean_fg * purity, 4) == 0.4172
 
 
@@ -295,7 +308,7 @@ def test_fragments_within_the_merge_distance_are_one_defect(
 ) -> None:
     fg, cls = two_fragments(gap, diagonal)
 
-    result = postprocess(fg, cls, NAMES, config(merge_distance_px=merge_distance_px))
+    result = postprocess(stitched(fg, cls), NAMES, config(merge_distance_px=merge_distance_px))
 
     assert len(result.defects) == n_defects
     # Merging never adds the gap's pixels: the area is the defect pixels only.
@@ -307,11 +320,11 @@ def test_merged_fragments_two_px_apart_give_one_hand_computed_defect() -> None:
     fg, cls = two_fragments(2)  # pixels at x = 1, 2 and 5, 6 of row 5
     cls[5, 5:7] = 6  # the right fragment was argmax'ed to another class
 
-    (defect,) = postprocess(fg, cls, NAMES, config()).defects
+    (defect,) = postprocess(stitched(fg, cls), NAMES, config()).defects
 
     # bbox spans the gap, but the area and centroid count only the 4 defect pixels.
     assert (defect.bbox, defect.area_px, defect.centroid) == ((1, 5, 7, 6), 4, (3.5, 5.0))
-    assert defect.class_name == "short"  # 2 votes of 0.8 each: the tie goes to the lower id
+    assert defect.class_ == "short"  # 2 votes of 0.8 each: the tie goes to the lower id
     assert defect.confidence == 0.4  # mean fg 0.8 x purity 0.5
 
 
@@ -327,10 +340,9 @@ def test_fragments_on_one_component_of_the_difference_are_one_defect() -> None:
     link[2:5, 1:13] = True
     link[9, 18:20] = True
     link[0, 22:24] = True  # a change the model found nothing on: no defect
-    pixels = gather_defect_pixels(fg, cls, None, 0.5)
 
-    linked = describe_defects(pixels, NAMES, config(merge_distance_px=3), link=link)
-    plain = describe_defects(pixels, NAMES, config(merge_distance_px=3))
+    linked = postprocess(stitched(fg, cls), NAMES, config(merge_distance_px=3), link=link)
+    plain = postprocess(stitched(fg, cls), NAMES, config(merge_distance_px=3))
 
     assert [(d.bbox, d.area_px) for d in linked.defects] == [((1, 3, 13, 4), 4),
                                                             ((18, 9, 20, 10), 2)]
@@ -340,7 +352,7 @@ def test_fragments_on_one_component_of_the_difference_are_one_defect() -> None:
     # With min_area_px 0, a component of the difference alone is still no defect.
     assert all(d.area_px > 0 for d in linked.defects)
     with pytest.raises(ValueError, match="link must have the shape"):
-        describe_defects(pixels, NAMES, config(), link=link[:5])
+        postprocess(stitched(fg, cls), NAMES, config(), link=link[:5])
 
 
 def test_registered_difference_keeps_changes_and_drops_edge_slivers() -> None:
@@ -370,8 +382,8 @@ def test_min_area_applies_after_merging() -> None:
     fg[3, 1:6] = 0.9
     fg[3, 8:13] = 0.9
 
-    merged = postprocess(fg, cls, NAMES, config(min_area_px=8))
-    unmerged = postprocess(fg, cls, NAMES, config(min_area_px=8, merge_distance_px=0))
+    merged = postprocess(stitched(fg, cls), NAMES, config(min_area_px=8))
+    unmerged = postprocess(stitched(fg, cls), NAMES, config(min_area_px=8, merge_distance_px=0))
 
     assert [(d.bbox, d.area_px) for d in merged.defects] == [((1, 3, 13, 4), 10)]
     np.testing.assert_array_equal(merged.class_map, np.where(fg > 0, 3, 0))
@@ -382,7 +394,7 @@ def test_min_area_applies_after_merging() -> None:
 @pytest.mark.parametrize(("fail_min_count", "verdict"), [(1, "fail"), (2, "fail"), (3, "pass")])
 def test_count_rule(fail_min_count: int, verdict: str) -> None:
     fg, cls = two_blob_maps()  # 2 defects
-    result = postprocess(fg, cls, NAMES, config(fail_min_count=fail_min_count))
+    result = postprocess(stitched(fg, cls), NAMES, config(fail_min_count=fail_min_count))
     assert result.summary.verdict == verdict
 
 
@@ -392,7 +404,7 @@ def test_count_rule(fail_min_count: int, verdict: str) -> None:
 def test_area_rule(fail_min_area_mm2: float, verdict: str) -> None:
     fg, cls = two_blob_maps()  # 11 px at 2 px/mm = 2.75 mm²; the rule is strictly greater
     result = postprocess(
-        fg, cls, NAMES, config(fail_rule="area", fail_min_area_mm2=fail_min_area_mm2)
+        stitched(fg, cls), NAMES, config(fail_rule="area", fail_min_area_mm2=fail_min_area_mm2)
     )
     assert result.summary.verdict == verdict
 
@@ -400,7 +412,7 @@ def test_area_rule(fail_min_area_mm2: float, verdict: str) -> None:
 def test_area_rule_passes_a_clean_board_at_zero_limit() -> None:
     fg = np.zeros((3, 3), dtype=np.float32)
     cls = np.ones((3, 3), dtype=np.uint8)
-    result = postprocess(fg, cls, NAMES, config(fail_rule="area", fail_min_area_mm2=0.0))
+    result = postprocess(stitched(fg, cls), NAMES, config(fail_rule="area", fail_min_area_mm2=0.0))
     assert result.summary.verdict == "pass"
 
 
@@ -433,34 +445,16 @@ def test_config_validation(field: str, value: object, message: str) -> None:
         config(**{field: value})
 
 
-def test_postprocess_rejects_bad_maps() -> None:
-    fg, cls = two_blob_maps()
-    with pytest.raises(ValueError, match=re.escape("cls must have the shape of fg (12, 12)")):
-        postprocess(fg, cls[:5], NAMES, config())
-    with pytest.raises(ValueError, match=re.escape("Received: cls values in [1, 7]")):
-        postprocess(fg, np.where(cls == 4, 7, cls).astype(np.uint8), NAMES, config())
-    with pytest.raises(ValueError, match=re.escape("fg must be a non-empty (H, W) array")):
-        postprocess(fg[None], cls[None], NAMES, config())
-    with pytest.raises(ValueError, match="class_names must be unique"):
-        postprocess(fg, cls, ("a", "a", "b", "c"), config())
-
-
-def test_postprocess_rejects_bad_cls_p() -> None:
+def test_postprocess_rejects_cls_p_outside_0_1_on_defect_pixels() -> None:
     fg, cls = two_blob_maps()
     cls_p = np.ones(fg.shape, dtype=np.float16)
-    with pytest.raises(ValueError, match=re.escape("Received: cls_p with shape (12, 11)")):
-        postprocess(fg, cls, NAMES, config(), cls_p=cls_p[:, :11])
-    with pytest.raises(
-        ValueError, match=re.escape("cls_p must be a float array. Received: dtype uint8")
-    ):
-        postprocess(fg, cls, NAMES, config(), cls_p=cls_p.astype(np.uint8))
     # Values only matter on defect pixels: a 0 on the background is fine, one on a defect not.
     cls_p[0, 0] = 0
-    assert len(postprocess(fg, cls, NAMES, config(), cls_p=cls_p).defects) == 2
+    assert len(postprocess(stitched(fg, cls, cls_p), NAMES, config()).defects) == 2
     for bad in (0.0, 1.5, np.nan):
         cls_p[1, 1] = bad
         with pytest.raises(ValueError, match=r"cls_p must be in \(0, 1\] on defect pixels"):
-            postprocess(fg, cls, NAMES, config(), cls_p=cls_p)
+            postprocess(stitched(fg, cls, cls_p), NAMES, config())
 
 
 def test_cls_p_is_stitched_across_tiles_and_decides_the_class() -> None:
@@ -490,11 +484,9 @@ def test_cls_p_is_stitched_across_tiles_and_decides_the_class() -> None:
 
     assert stitcher.cls_p.dtype == np.float16
     np.testing.assert_array_equal(stitcher.cls_p, cls_p)
-    result = postprocess(
-        stitcher.fg, stitcher.cls, NAMES, config(min_area_px=10), cls_p=stitcher.cls_p
-    )
+    result = postprocess(stitcher, NAMES, config(min_area_px=10))
     (defect,) = result.defects
-    assert (defect.class_name, defect.bbox, defect.area_px) == ("pin_hole", (45, 40, 56, 61), 231)
+    assert (defect.class_, defect.bbox, defect.area_px) == ("pin_hole", (45, 40, 56, 61), 231)
     vote_open = 147 * 0.9 * float(np.float16(0.4))  # cls_p is float16: 0.4 is 0.39990234
     vote_pin_hole = 84 * 0.9 * float(np.float16(0.9))
     purity = vote_pin_hole / (vote_open + vote_pin_hole)
@@ -590,12 +582,12 @@ def test_min_confidence_drops_less_confident_defects_after_merging():
     fg[25:30, 25:30], cls[25:30, 25:30] = 0.6, 2  # less so
     base = dict(threshold=0.5, min_area_px=0, pixels_per_mm=48.0)
     names = ("open", "short")
-    both = postprocess(fg, cls, names, PostprocessConfig(**base))
+    both = postprocess(stitched(fg, cls), names, PostprocessConfig(**base))
     assert [d.confidence for d in both.defects] == [0.9, 0.6]
-    kept = postprocess(fg, cls, names, PostprocessConfig(**base, min_confidence=0.6))
+    kept = postprocess(stitched(fg, cls), names, PostprocessConfig(**base, min_confidence=0.6))
     assert len(kept.defects) == 2  # equal to the cut: kept
-    kept = postprocess(fg, cls, names, PostprocessConfig(**base, min_confidence=0.7))
-    assert [d.class_name for d in kept.defects] == ["open"]
+    kept = postprocess(stitched(fg, cls), names, PostprocessConfig(**base, min_confidence=0.7))
+    assert [d.class_ for d in kept.defects] == ["open"]
     assert kept.class_map[27, 27] == 0  # dropped defects leave no mask pixels
 
 
@@ -607,10 +599,10 @@ def test_min_confidence_out_of_range_is_rejected():
 @pytest.mark.parametrize("threshold", [0.3, 0.5, 0.7, 1.0])
 def test_quantized_p_defect_gives_the_float_maps_defects(threshold: float) -> None:
     # What the inferencer does (the stitcher's uint16 map) against the float map it stands
-    # for: the same defect pixels (0.7 sits exactly on the threshold for 200 of them), their
-    # P(defect) within half a quantization step, and so the same defects, boxes, classes and
-    # confidences to the reported 4 decimals. (At threshold 0 a P(defect) under half a step,
-    # 7.6e-6, reads as 0 and is no defect.)
+    # for, gathered by hand: the same defect pixels (0.7 sits exactly on the threshold for 200
+    # of them), their P(defect) within half a quantization step, and so the same defects,
+    # boxes, classes and confidences to the reported 4 decimals. (At threshold 0 a P(defect)
+    # under half a step, 7.6e-6, reads as 0 and is no defect.)
     rng = np.random.default_rng(3)
     fg = rng.random((96, 128), dtype=np.float32) ** 3
     fg[10:20, 10:30] = 0.7  # exactly at one of the thresholds
@@ -621,13 +613,14 @@ def test_quantized_p_defect_gives_the_float_maps_defects(threshold: float) -> No
     stitcher = Stitcher(96, 128)
     stitcher.add(tile, np.pad(fg, ((0, 32), (0, 0))), np.pad(cls, ((0, 32), (0, 0))),
                  np.pad(cls_p, ((0, 32), (0, 0)), constant_values=1))
-    exact = gather_defect_pixels(fg, cls, cls_p, threshold)
+    mask = (fg >= np.float32(threshold)) & (fg > 0)
+    exact = DefectPixels(mask, fg[mask], cls[mask], cls_p[mask])
     quantized = gather_defect_pixels(stitcher.fg_quantized, stitcher.cls, stitcher.cls_p,
-                                     threshold, fg_scale=FG_SCALE)
+                                     threshold)
     np.testing.assert_array_equal(quantized.mask, exact.mask)
     np.testing.assert_allclose(quantized.fg, exact.fg, rtol=0, atol=0.5 / FG_SCALE)
     cfg = config(threshold=threshold, min_area_px=4)
     a = describe_defects(exact, NAMES, cfg)
     b = describe_defects(quantized, NAMES, cfg)
-    assert [(d.bbox, d.class_name, round(d.confidence, 4)) for d in b.defects] == [
-        (d.bbox, d.class_name, round(d.confidence, 4)) for d in a.defects]
+    assert [(d.bbox, d.class_, round(d.confidence, 4)) for d in b.defects] == [
+        (d.bbox, d.class_, round(d.confidence, 4)) for d in a.defects]

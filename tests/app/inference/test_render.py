@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from app.inference.postprocess import Defect
+from app.inference.defects import Defect
 from app.inference.render import (
     CLASS_COLORS_BGR,
     FAIL_BGR,
@@ -38,8 +38,10 @@ def _board() -> tuple[np.ndarray, np.ndarray, list[Defect]]:
     class_map[200:220, 100:130] = 2  # short, well inside the board
     class_map[100:110, 300:310] = 6  # pin_hole
     defects = [
-        Defect(1, "pin_hole", 0.7, (300, 100, 310, 110), 100, 0.04, (304.5, 104.5)),
-        Defect(2, "short", 0.91, (100, 200, 130, 220), 600, 0.26, (114.5, 209.5)),
+        Defect(id=1, class_="pin_hole", confidence=0.7, bbox=(300, 100, 310, 110),
+               area_px=100, area_mm2=0.04, centroid=(304.5, 104.5)),
+        Defect(id=2, class_="short", confidence=0.91, bbox=(100, 200, 130, 220),
+               area_px=600, area_mm2=0.26, centroid=(114.5, 209.5)),
     ]
     return pixels, class_map, defects
 
@@ -70,7 +72,8 @@ def test_panel_units_zones_and_ignored_defects_are_drawn() -> None:
     zones = [ZoneOutline([(250.0, 150.0), (350.0, 150.0), (350.0, 250.0), (250.0, 250.0)],
                          "fid", ignore=False),
              ZoneOutline([(20.0, 40.0), (180.0, 40.0), (180.0, 60.0)], "rail", ignore=True)]
-    ignored = [Defect(3, "spur", 0.5, (60, 100, 70, 110), 40, 0.02, (64.5, 104.5))]
+    ignored = [Defect(id=3, class_="spur", confidence=0.5, bbox=(60, 100, 70, 110),
+                      area_px=40, area_mm2=0.02, centroid=(64.5, 104.5))]
     image = _decode(render_overlay(pixels, class_map, defects, NAMES, units, zones, ignored))
     # Unit frames inside their boxes, max exclusive: the left board's right edge at x=199
     # is red, the right board's left edge at x=200 green.
@@ -110,7 +113,8 @@ def test_labels_stay_inside_the_image_at_the_borders() -> None:
     pixels = np.full((120, 160), GREY, dtype=np.uint8)
     class_map = np.zeros_like(pixels)
     class_map[0:5, 150:160] = 1  # top right corner: no room above, none to the right
-    defects = [Defect(1, "open", 0.8, (150, 0, 160, 5), 50, 0.02, (154.5, 2.0))]
+    defects = [Defect(id=1, class_="open", confidence=0.8, bbox=(150, 0, 160, 5),
+                      area_px=50, area_mm2=0.02, centroid=(154.5, 2.0))]
     image = _decode(render_overlay(pixels, class_map, defects, NAMES))
     board = image[:120]
     # The tag (filled with the class colour) was moved below the box and left of the edge.
@@ -122,7 +126,8 @@ def test_labels_stay_inside_the_image_at_the_borders() -> None:
 
 def test_defect_of_an_unknown_class_is_grey() -> None:
     pixels = np.full((100, 100), 0, dtype=np.uint8)
-    defects = [Defect(1, "mystery", 0.5, (40, 40, 50, 50), 100, 0.04, (44.5, 44.5))]
+    defects = [Defect(id=1, class_="mystery", confidence=0.5, bbox=(40, 40, 50, 50),
+                      area_px=100, area_mm2=0.04, centroid=(44.5, 44.5))]
     image = _decode(render_overlay(pixels, np.zeros_like(pixels), defects, NAMES))
     np.testing.assert_array_equal(image[45, 38], UNKNOWN_COLOR_BGR)
 

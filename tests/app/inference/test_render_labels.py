@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 import pytest
 
-from app.inference.postprocess import Defect
+from app.inference.defects import Defect
 from app.inference.render import LabelPlace, place_labels, render_overlay
 
 NAMES = ["open", "short", "mousebite", "spur", "spurious_copper", "pin_hole"]
@@ -69,14 +69,14 @@ def test_the_overlay_of_a_crowded_board_draws_every_label_apart() -> None:
     pixels = np.full((360, 480), 90, dtype=np.uint8)
     class_map = np.zeros_like(pixels)
     boxes = _grid(4, 26, size=10, origin=150)
-    defects = [Defect(i + 1, NAMES[i % 6], 0.9, box, 100, 0.04,
-                      ((box[0] + box[2]) / 2, (box[1] + box[3]) / 2))
+    defects = [Defect(id=i + 1, class_=NAMES[i % 6], confidence=0.9, bbox=box, area_px=100,
+                      area_mm2=0.04, centroid=((box[0] + box[2]) / 2, (box[1] + box[3]) / 2))
                for i, box in enumerate(boxes)]
     png = render_overlay(pixels, class_map, defects, NAMES)
     image = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)
     (SHOT / "pcb-inspect-crowded-overlay.png").write_bytes(png)
     scale, thickness = 0.4, 1  # render_overlay's for a board this size
-    sizes = [cv2.getTextSize(f"{d.id} {d.class_name} 0.90", cv2.FONT_HERSHEY_SIMPLEX, scale,
+    sizes = [cv2.getTextSize(f"{d.id} {d.class_} 0.90", cv2.FONT_HERSHEY_SIMPLEX, scale,
                              thickness) for d in defects]
     places = place_labels([(tw + 6, th + b + 6) for (tw, th), b in sizes], boxes, 480, 360,
                           gap=thickness + 1)
@@ -86,5 +86,5 @@ def test_the_overlay_of_a_crowded_board_draws_every_label_apart() -> None:
 
     for d, p in zip(defects, places, strict=True):
         # The tag's top-left corner is in its class colour (text starts 3 px in).
-        color = class_color(NAMES.index(d.class_name) + 1)
+        color = class_color(NAMES.index(d.class_) + 1)
         np.testing.assert_array_equal(image[p.y + 1, p.x + 1], color)

@@ -7,7 +7,8 @@ import re
 import numpy as np
 import pytest
 
-from app.inference.postprocess import PostprocessConfig, postprocess
+from app.inference.defects import PostprocessConfig
+from app.inference.postprocess import postprocess
 from app.inference.tiling import FG_SCALE, Stitcher, Tile, extract_tiles, plan_tiles
 
 NAMES = ("open", "short", "mousebite", "spur", "spurious_copper", "pin_hole")
@@ -212,15 +213,9 @@ def test_defect_across_tile_edge_comes_back_as_one_defect(tile: int, overlap: in
     stitcher = Stitcher(height, width)
     for t, f, c in zip(tiles, fg_tiles, cls_tiles, strict=True):
         stitcher.add(t, f, c, np.ones(f.shape, dtype=np.float16))
-    result = postprocess(
-        stitcher.fg,
-        stitcher.cls,
-        NAMES,
-        PostprocessConfig(0.5, min_area_px=10, pixels_per_mm=1),
-        cls_p=stitcher.cls_p,
-    )
+    result = postprocess(stitcher, NAMES, PostprocessConfig(0.5, min_area_px=10, pixels_per_mm=1))
 
-    assert [(d.id, d.class_name, d.bbox, d.area_px) for d in result.defects] == [
+    assert [(d.id, d.class_, d.bbox, d.area_px) for d in result.defects] == [
         (1, "mousebite", (45, 40, 56, 61), 21 * 11)
     ]
     assert result.defects[0].centroid == (50.0, 50.0)

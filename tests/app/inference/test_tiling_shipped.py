@@ -15,9 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from app.inference.defects import PostprocessConfig
 from app.inference.inferencer import Inferencer
-from app.inference.postprocess import PostprocessConfig, postprocess
-from app.inference.tiling import Stitcher
+from app.inference.postprocess import postprocess
+from app.inference.tiling import Stitcher, plan_tiles
 from training.synth import make_board
 
 WEIGHTS = Path(__file__).resolve().parents[3] / "weights"
@@ -47,16 +48,19 @@ def test_tiled_equals_whole_board(name: str) -> None:
     print(f"{name}: largest |P(defect)| difference, tiled vs whole: {diff.max():.4f}")
     assert diff.max() < 0.02
     config = PostprocessConfig(threshold=0.5, min_area_px=0, pixels_per_mm=48.0)
-    tiled = postprocess(stitcher.fg, stitcher.cls, inf.card.classes, config,
-                        cls_p=stitcher.cls_p)
+    tiled = postprocess(stitcher, inf.card.classes, config)
     defect_probs = whole[..., 1:]
     cls_whole = (np.argmax(defect_probs, axis=-1) + 1).astype(np.uint8)
     cls_p_whole = (defect_probs.max(-1) / np.maximum(defect_probs.sum(-1), 1e-12)).astype(
         np.float16)
-    direct = postprocess((1.0 - whole[..., 0]).astype(np.float32), cls_whole, inf.card.classes,
-                         config, cls_p=np.clip(cls_p_whole, 1 / 6, 1).astype(np.float16))
+    # The whole board's maps as one tile: the stitcher keeps them as it keeps the tiles'.
+    whole_board = Stitcher(1280, 1280)
+    (one_tile,) = plan_tiles(1280, 1280, 1280, 0)
+    whole_board.add(one_tile, 1.0 - whole[..., 0], cls_whole,
+                    np.clip(cls_p_whole, 1 / 6, 1).astype(np.float16))
+    direct = postprocess(whole_board, inf.card.classes, config)
     # The same defects; a box may move by a pixel where a border pixel sits at the threshold
     # and another CPU's kernels round differently.
-    assert [d.class_name for d in tiled.defects] == [d.class_name for d in direct.defects]
+    assert [d.class_ for d in tiled.defects] == [d.class_ for d in direct.defects]
     for t, w in zip(tiled.defects, direct.defects, strict=True):
         assert np.abs(np.subtract(t.bbox, w.bbox)).max() <= 2, (t, w)

@@ -13,7 +13,7 @@ import port_for
 import pytest
 
 from app.records import InspectionRecord, Recorder, RecordStore, upgrade
-from app.records.recorder import iter_spool_records
+from app.records.spool import iter_spool_records
 from tests.app.records.factory import make_record
 
 #: What record() may take while the database is failing (an fsync on a busy 2-core CI box):

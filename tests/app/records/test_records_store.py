@@ -58,6 +58,11 @@ def test_records_refuse_naive_times_and_bad_ids() -> None:
         make_record(id="board-1")
 
 
+def test_records_refuse_a_repeated_defect_id() -> None:
+    with pytest.raises(ValidationError, match="defect id 2 appears twice; expected unique ids"):
+        make_record(defects=[defect(1), defect(2), defect(2, "open")])
+
+
 def test_created_at_is_stored_in_utc(store: RecordStore) -> None:
     paris = dt.timezone(dt.timedelta(hours=1))
     rec = make_record(created_at=dt.datetime(2025, 3, 1, 13, 0, tzinfo=paris))

@@ -3,14 +3,12 @@ compared both ways (the board has it; the golden board has it)."""
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import pytest
 
-from app.inference.defects import Defect
+from app.inference.defects import Defect, PostprocessConfig
 from app.inference.pipeline import InferenceResult
-from app.inference.postprocess import PostprocessConfig, summarize
+from app.inference.postprocess import summarize
 from app.inference.registration import Alignment
 from app.services.golden_defects import comes_from_reference, split_reference_defects
 from pcb_inspect.classes import CLASS_NAMES
@@ -65,7 +63,8 @@ def _result(defects: list[Defect], class_map: np.ndarray, config: PostprocessCon
 
 def _defect(i: int, name: str, bbox: tuple[int, int, int, int]) -> Defect:
     area = (bbox[2] - bbox[0]) * (bbox[3] - bbox[1])
-    return Defect(i, name, 0.9, bbox, area, area / 48.0**2, (bbox[0] + 0.5, bbox[1] + 0.5))
+    return Defect(id=i, class_=name, confidence=0.9, bbox=bbox, area_px=area,
+                  area_mm2=area / 48.0**2, centroid=(bbox[0] + 0.5, bbox[1] + 0.5))
 
 
 def test_split_moves_the_golden_boards_defect_out_of_defects_summary_and_mask():
@@ -81,9 +80,8 @@ def test_split_moves_the_golden_boards_defect_out_of_defects_summary_and_mask():
     for bbox, label in ((hole, CLASS_NAMES.index("short") + 1),
                         (short, CLASS_NAMES.index("short") + 1)):
         class_map[bbox[1] : bbox[3], bbox[0] : bbox[2]] = label
-    defects = sorted([_defect(0, "short", hole), _defect(0, "short", short)],
-                     key=lambda d: (d.bbox[1], d.bbox[0]))
-    defects = [dataclasses.replace(d, id=i) for i, d in enumerate(defects, start=1)]
+    boxes = sorted([hole, short], key=lambda b: (b[1], b[0]))  # ids in the order of position
+    defects = [_defect(i, "short", b) for i, b in enumerate(boxes, start=1)]
     identity = Alignment(0.0, 0.0, 0.0, 1.0, np.array([[1, 0, 0], [0, 1, 0]], np.float32))
     result = _result(defects, class_map, config, identity)
 

@@ -113,7 +113,8 @@ def test_the_cards_merge_distance_reaches_post_processing(tiny_weights: Path,
     import shutil
 
     from app.inference.card import write_card
-    from app.inference.inferencer import Inferencer, ModelLoadError
+    from app.inference.inferencer import Inferencer
+    from app.inference.loading import ModelLoadError
     from app.services.inspection import RuleParams
     from tests.helpers.app import tiny_settings
 

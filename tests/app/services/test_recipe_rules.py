@@ -30,7 +30,7 @@ COUNT = PostprocessConfig(threshold=0.5, min_area_px=30, pixels_per_mm=10.0,
 
 def defect(id: int, cx: float, cy: float, area: int = 40, cls: str = "short",
            conf: float = 0.9) -> Defect:
-    return Defect(id=id, class_name=cls, confidence=conf,
+    return Defect(id=id, class_=cls, confidence=conf,
                   bbox=(int(cx) - 2, int(cy) - 2, int(cx) + 3, int(cy) + 3), area_px=area,
                   area_mm2=round(area / 100, 6), centroid=(cx, cy))
 
