@@ -38,7 +38,7 @@ def api_error(exc: Exception) -> ApiError | None:
     if isinstance(exc, ImageNotKeptError):
         return ApiError(404, "image_not_kept",
                         f"The image of inspection {exc.args[0]!r} was not kept "
-                        "(PCB_KEEP_IMAGES) or has expired (PCB_IMAGE_RETENTION_DAYS, _MB).")
+                        "(PCB_IMAGES_KEEP) or has expired (PCB_IMAGES_RETENTION_DAYS, _MB).")
     if isinstance(exc, InvalidCursorError):
         return ApiError(422, "invalid_cursor", str(exc))
     if isinstance(exc, ReviewValidationError):

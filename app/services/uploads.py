@@ -15,7 +15,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 
-from app.core.config import Settings
+from app.core.config import MAX_FILENAME_CHARS, MAX_FORM_FIELDS, MIN_IMAGE_SIDE, Settings
 from app.core.errors import ApiError
 from app.inference.imaging import DecodedImage, ImageError, decode_image
 
@@ -41,21 +41,20 @@ class UploadForm:
 async def _read_form(request: Request, settings: Settings) -> Any:
     try:
         return await request.form(
-            max_files=settings.max_batch_files, max_fields=settings.max_form_fields
+            max_files=settings.limits.max_batch_files, max_fields=MAX_FORM_FIELDS
         )
     except StarletteHTTPException as exc:
         detail = str(exc.detail)
         if detail.startswith("Too many files"):
             raise ApiError(
                 413, "too_many_files",
-                f"Too many files: at most {settings.max_batch_files} per request "
-                "(PCB_MAX_BATCH_FILES).",
+                f"Too many files: at most {settings.limits.max_batch_files} per request "
+                "(PCB_LIMITS_MAX_BATCH_FILES).",
             ) from None
         if detail.startswith("Too many fields"):
             raise ApiError(
                 413, "too_many_fields",
-                f"Too many form fields: at most {settings.max_form_fields} per request "
-                "(PCB_MAX_FORM_FIELDS).",
+                f"Too many form fields: at most {MAX_FORM_FIELDS} per request.",
             ) from None
         raise ApiError(400, "malformed_multipart", f"Malformed multipart body: {detail}") from None
 
@@ -125,11 +124,11 @@ async def read_uploads(request: Request, settings: Settings, field: str) -> list
 
 
 def _check_filename(upload: Upload, settings: Settings) -> None:
-    if upload.filename and len(upload.filename) > settings.max_filename_chars:
+    if upload.filename and len(upload.filename) > MAX_FILENAME_CHARS:
         raise ImageError(
             "filename_too_long",
             f"The filename has {len(upload.filename)} characters; at most "
-            f"{settings.max_filename_chars} are accepted.",
+            f"{MAX_FILENAME_CHARS} are accepted.",
             400,
         )
 
@@ -144,8 +143,8 @@ async def decode_upload(upload: Upload, settings: Settings) -> DecodedImage:
     return await run_in_threadpool(
         decode_image,
         upload.data,
-        max_pixels=settings.max_image_pixels,
-        min_side=settings.min_image_side,
+        max_pixels=settings.limits.max_image_pixels,
+        min_side=MIN_IMAGE_SIDE,
     )
 
 

@@ -4,7 +4,7 @@ The app runs in-process with the tiny real model (64x64 tiles). Its weights are 
 the tests never rely on *which* defects it finds, only on the contract around them: shapes,
 types, units, consistency between the defects, the summary and the mask, and how the query
 parameters change the result. So that there are defects to check, the service's default
-confidence cut (``PCB_THRESHOLD``) is set at the 90th percentile of what the untrained model
+confidence cut (``PCB_RULES_THRESHOLD``) is set at the 90th percentile of what the untrained model
 outputs: about a tenth of the pixels become defect pixels, in many defects of all sizes (a cut
 through the middle would make half the board one or two big defects, once fragments a few
 pixels apart are merged).
@@ -47,7 +47,7 @@ def cut(tiny_weights: Path) -> float:
 
 @pytest.fixture(scope="module")
 def client(tiny_weights: Path, cut: float) -> Iterator[TestClient]:
-    with app_client(tiny_weights, max_batch_files=MAX_BATCH_FILES, threshold=cut) as c:
+    with app_client(tiny_weights, limits_max_batch_files=MAX_BATCH_FILES, rules_threshold=cut) as c:
         yield c
 
 
@@ -145,7 +145,7 @@ def test_multipart_upload_contract(client: TestClient, cut: float) -> None:
     response = predict(client)
     body = ok_json(response)
     check_result(body, 64, 64)
-    # The service's default cut (PCB_THRESHOLD) wins over the model card's 0.5.
+    # The service's default cut (PCB_RULES_THRESHOLD) wins over the model card's 0.5.
     assert body["params"] == {
         "threshold": cut, "min_area_px": 0, "min_confidence": 0.0, "pixels_per_mm": 48.0,
         "fail_rule": "count", "tiles": 1,
@@ -360,7 +360,8 @@ def test_batch_takes_the_query_parameters(client: TestClient) -> None:
 def test_batch_over_the_file_limit_is_413(client: TestClient) -> None:
     files = [("files", (f"{i}.png", BOARD, "image/png")) for i in range(MAX_BATCH_FILES + 1)]
     error = assert_error(client.post("/predict/batch", files=files), 413, "too_many_files")
-    assert str(MAX_BATCH_FILES) in error["message"] and "PCB_MAX_BATCH_FILES" in error["message"]
+    assert str(MAX_BATCH_FILES) in error["message"]
+    assert "PCB_LIMITS_MAX_BATCH_FILES" in error["message"]
     # Exactly at the limit is fine.
     ok = ok_json(client.post("/predict/batch", files=files[:MAX_BATCH_FILES]))
     assert ok["succeeded"] == MAX_BATCH_FILES

@@ -44,7 +44,7 @@ def broker() -> Iterator[RabbitBroker]:
 @pytest.fixture(scope="module")
 def client(tiny_weights: Path, broker: RabbitBroker,
            tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
-    with app_client(tiny_weights, api_keys=ROLE_KEYS, threshold=defect_cut(tiny_weights),
+    with app_client(tiny_weights, api_keys=ROLE_KEYS, rules_threshold=defect_cut(tiny_weights),
                     data_dir=tmp_path_factory.mktemp("cfx_data"), cfx_broker_url=broker.url,
                     cfx_address=ADDRESS, cfx_handle="acme.aoi.line1") as c:
         yield c

@@ -21,6 +21,6 @@ def cut(tiny_weights: Path) -> float:
 def client(tiny_weights: Path, tiny_pair_weights: Path, cut: float,
            tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
     with app_client(tiny_weights, pair_weights_path=tiny_pair_weights, api_keys=ROLE_KEYS,
-                    threshold=cut, data_dir=tmp_path_factory.mktemp("data")) as c:
+                    rules_threshold=cut, data_dir=tmp_path_factory.mktemp("data")) as c:
         yield c
 

@@ -33,7 +33,7 @@ def server(tiny_weights: Path, tiny_pair_weights: Path, defect_threshold: float,
     with running_server(
         tiny_weights, tmp_path_factory.mktemp("logs"), 180,
         pair_weights_path=tiny_pair_weights, data_dir=tmp_path_factory.mktemp("data"),
-        api_keys=json.dumps(ROLE_KEYS), threshold=defect_threshold,
+        api_keys=json.dumps(ROLE_KEYS), rules_threshold=defect_threshold,
     ) as srv:
         yield srv
 

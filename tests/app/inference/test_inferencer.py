@@ -30,7 +30,7 @@ def settings_for(weights: Path, **overrides: object) -> Settings:
 
 @pytest.fixture(scope="module")
 def inferencer(tiny_weights: Path) -> Inferencer:
-    inf = Inferencer.from_settings(settings_for(tiny_weights, max_batch_size=4))
+    inf = Inferencer.from_settings(settings_for(tiny_weights, batching_max_size=4))
     inf.warm_up()
     return inf
 
@@ -316,7 +316,7 @@ def test_large_board_keeps_a_few_chunks_in_flight_and_small_boards_flow(
 def test_calibrate_batch_size_picks_the_smallest_batch_near_the_best(
     tiny_weights: Path,
 ) -> None:
-    inf = Inferencer.from_settings(settings_for(tiny_weights, max_batch_size=8))
+    inf = Inferencer.from_settings(settings_for(tiny_weights, batching_max_size=8))
     inf.warm_up()
     per_tile = inf.calibrate_batch_size(cap=6)
     assert sorted(per_tile) == [1, 2, 4]  # powers of two up to the cap

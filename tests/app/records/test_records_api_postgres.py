@@ -40,8 +40,8 @@ def database(pg_database: Any) -> str:
 @pytest.fixture(scope="module")
 def client(tiny_weights: Path, database: str,
            tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
-    with app_client(tiny_weights, api_keys=ROLE_KEYS, keep_images="all",
-                    threshold=defect_cut(tiny_weights), database_url=database,
+    with app_client(tiny_weights, api_keys=ROLE_KEYS, images_keep="all",
+                    rules_threshold=defect_cut(tiny_weights), database_url=database,
                     data_dir=tmp_path_factory.mktemp("pg_api_data")) as c:
         yield c
 
