@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,6 +20,7 @@ from app.core.config import (
     retired_setting_error,
     setting_names,
 )
+from app.serve import STARTUP_FAILURE
 
 README = Path(__file__).resolve().parents[3] / "README.md"
 
@@ -96,6 +100,22 @@ def test_a_retired_setting_in_the_environment_is_refused_naming_its_replacement(
     assert len(err.value.errors()) == 1
     message = err.value.errors()[0]["msg"]
     assert expected in message and "\n" not in message
+
+
+@pytest.mark.parametrize(("name", "value", "line"), [
+    ("PCB_TILE_OVERLAP", "32", "PCB_TILE_OVERLAP was removed: the model card's "
+                               "input.tile_overlap; unset it"),
+    ("PCB_KEEP_IMAGES", "all", "PCB_KEEP_IMAGES was renamed PCB_IMAGES_KEEP; set that instead"),
+])
+def test_serve_stops_at_a_retired_setting_with_one_line(name: str, value: str, line: str) -> None:
+    # Before anything is loaded: the process exits 3 with one line naming the replacement.
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("PCB_")}
+    result = subprocess.run(
+        [sys.executable, "-m", "pcb_inspect.cli", "serve"], cwd=README.parent,
+        env={**clean, name: value}, capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert result.returncode == STARTUP_FAILURE, result
+    assert result.stderr.strip() == f"pcb-inspect: startup failed: invalid settings: {line}"
 
 
 def test_a_retired_keyword_is_refused_too() -> None:
