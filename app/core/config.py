@@ -305,7 +305,7 @@ class _RetiredEnvSource(PydanticBaseSettingsSource):
 
     def __call__(self) -> dict[str, Any]:
         return {key: value for key, value in os.environ.items()
-                if retired_setting_error(key) and key.upper().startswith("PCB_")}
+                if key.upper().startswith("PCB_") and retired_setting_error(key)}
 
 
 class Settings(BaseSettings):
@@ -400,7 +400,8 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings, env_settings, _RetiredEnvSource(settings_cls))
+        return (init_settings, env_settings, dotenv_settings, file_secret_settings,
+                _RetiredEnvSource(settings_cls))
 
     @model_validator(mode="before")
     @classmethod

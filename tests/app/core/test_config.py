@@ -24,7 +24,7 @@ from app.serve import STARTUP_FAILURE
 
 README = Path(__file__).resolve().parents[3] / "README.md"
 
-#: What the issue asked for: at most this many settings at the top level.
+#: Settings at the top level, at most: few enough to read at once; the rest sit in groups.
 MAX_TOP_LEVEL_SETTINGS = 28
 
 
