@@ -32,7 +32,8 @@ ADMIN = {"authorization": "Bearer k-admin"}  # the other way to send a key
 
 
 def tiny_settings(weights: Path, **overrides: Any) -> Settings:
-    """Settings for the tiny model on the CPU; ``overrides`` are Settings fields.
+    """Settings for the tiny model on the CPU; ``overrides`` are Settings fields, a group's by
+    its flat name (``rules_threshold=0.3``).
 
     No golden-board model (the shipped one would be loaded otherwise) unless
     ``pair_weights_path`` is given, and golden boards go to a fresh folder under the system

@@ -244,6 +244,20 @@ def test_invalid_model_card(model_dir: Path, content: str, expected: str) -> Non
     assert str(model_dir / "model_card.json") in message and expected in message
 
 
+def test_tile_overlap_comes_from_the_card(model_dir: Path) -> None:
+    card_path = model_dir / "model_card.json"
+    card = json.loads(card_path.read_text())
+    card["input"]["tile_overlap"] = 10
+    card_path.write_text(json.dumps(card))
+    assert Inferencer.from_settings(settings_for(model_dir / "model.keras")).tile_overlap == 10
+    # Not below the tile: refused in one line naming the card.
+    card["input"]["tile_overlap"] = card["input"]["tile_size"]
+    card_path.write_text(json.dumps(card))
+    message = load_error(model_dir / "model.keras")
+    assert str(card_path) in message and "invalid at input" in message
+    assert "tile_overlap must be less than tile_size 64, got 64" in message
+
+
 def test_class_count_mismatch(model_dir: Path) -> None:
     card_path = model_dir / "model_card.json"
     card = json.loads(card_path.read_text())
