@@ -103,28 +103,15 @@ class MetricsSettings(_Group):
     host: str = Field("127.0.0.1", description="Bind address of the PCB_METRICS_PORT server.")
 
 
-class RulesSettings(_Group):
-    """The deployment's defaults of the inspection rules (a request may override each)."""
+class FailSettings(_Group):
+    """The verdict rule: when a board fails (a request's product recipe may override it)."""
 
-    threshold: float | None = Field(
-        None, ge=0, le=1, description="Confidence cut; default: the model card's."
+    rule: Literal["count", "area"] = Field(
+        "count", description="Fail on the defect count, or on the total defect area."
     )
-    min_area_px: int | None = Field(
-        None, ge=0, description="Minimum defect area in pixels; default: the model card's."
-    )
-    pixels_per_mm: float | None = Field(
-        None, gt=0, description="Scan resolution; default: the model card's."
-    )
-    min_confidence: float | None = Field(
-        None, ge=0, le=1,
-        description="Operating point: least confident defect reported; default: the card's.",
-    )
-    fail_rule: Literal["count", "area"] = Field(
-        "count", description="Verdict rule: fail on defect count, or on total defect area."
-    )
-    fail_min_count: int = Field(1, ge=1, description="With fail_rule=count: defects to fail.")
-    fail_min_area_mm2: float = Field(
-        0.0, ge=0, description="With fail_rule=area: total mm2 above which a board fails."
+    min_count: int = Field(1, ge=1, description="With rule=count: defects to fail.")
+    min_area_mm2: float = Field(
+        0.0, ge=0, description="With rule=area: total mm2 above which a board fails."
     )
 
 
@@ -258,9 +245,6 @@ class CfxSettings(_Group):
 #: Settings that were renamed: old name (without ``PCB_``, lower case) -> new one. Set, the old
 #: name stops the service with one line naming the new one.
 RENAMED: dict[str, str] = {
-    **{old: f"rules_{old}" for old in ("threshold", "min_area_px", "pixels_per_mm",
-                                       "min_confidence", "fail_rule", "fail_min_count",
-                                       "fail_min_area_mm2")},
     **{old: f"limits_{old}" for old in ("max_body_bytes", "max_image_pixels",
                                         "max_inflight_pixels", "max_batch_files",
                                         "request_timeout_s", "request_timeout_per_tile_s")},
@@ -279,6 +263,11 @@ REMOVED: dict[str, str] = {
     "pair_model_card_path": "the card is <stem>.card.json beside PCB_PAIR_WEIGHTS_PATH, else "
                             "model_card.json there",
     "tile_overlap": "the model card's input.tile_overlap",
+    **{name: f"the model card's {where}, or per request ?{name}= (or a product's recipe)"
+       for name, where in (("threshold", "thresholds.confidence"),
+                           ("min_area_px", "thresholds.min_area_px"),
+                           ("min_confidence", "thresholds.min_confidence"),
+                           ("pixels_per_mm", "pixels_per_mm"))},
     "max_form_fields": f"fixed at {MAX_FORM_FIELDS}",
     "max_filename_chars": f"fixed at {MAX_FILENAME_CHARS}",
     "min_image_side": f"fixed at {MIN_IMAGE_SIDE}",
@@ -337,7 +326,7 @@ class Settings(BaseSettings):
     warmup: bool = Field(True, description="Run one warm-up inference before reporting ready.")
     pair: PairSettings = Field(default_factory=PairSettings)
     batching: BatchingSettings = Field(default_factory=BatchingSettings)
-    rules: RulesSettings = Field(default_factory=RulesSettings)
+    fail: FailSettings = Field(default_factory=FailSettings)
 
     # --- server ----------------------------------------------------------------------------
     host: str = Field("127.0.0.1", description="Bind address of `pcb-inspect serve`.")

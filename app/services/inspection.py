@@ -82,19 +82,15 @@ class RuleParams:
         card = inferencer.card.thresholds
         p = product or ProductRules()
         return PostprocessConfig(
-            threshold=_first(self.threshold, p.threshold, settings.rules.threshold,
-                             card.confidence),
-            min_area_px=int(_first(self.min_area_px, p.min_area_px, settings.rules.min_area_px,
-                                   card.min_area_px)),
-            pixels_per_mm=_first(
-                self.pixels_per_mm, p.pixels_per_mm, settings.rules.pixels_per_mm,
-                inferencer.card.pixels_per_mm,
-            ),
+            threshold=_first(self.threshold, p.threshold, card.confidence),
+            min_area_px=int(_first(self.min_area_px, p.min_area_px, card.min_area_px)),
+            pixels_per_mm=_first(self.pixels_per_mm, p.pixels_per_mm,
+                                 inferencer.card.pixels_per_mm),
             min_confidence=float(_first(self.min_confidence, p.min_confidence,
-                                        settings.rules.min_confidence, card.min_confidence)),
-            fail_rule=_first(p.fail_rule, settings.rules.fail_rule),
-            fail_min_count=_first(p.fail_min_count, settings.rules.fail_min_count),
-            fail_min_area_mm2=_first(p.fail_min_area_mm2, settings.rules.fail_min_area_mm2),
+                                        card.min_confidence)),
+            fail_rule=_first(p.fail_rule, settings.fail.rule),
+            fail_min_count=_first(p.fail_min_count, settings.fail.min_count),
+            fail_min_area_mm2=_first(p.fail_min_area_mm2, settings.fail.min_area_mm2),
             merge_distance_px=card.merge_distance_px,
         )
 

@@ -8,7 +8,7 @@ mid-upload, load and memory over time, the benchmark's server and its naive base
 * :class:`ServerProcess` waits for readiness, reads the log and ``/metrics``, and stops.
 
 The process gets this process's environment *without* any ``PCB_*`` variable, then the
-settings it is given: a stray ``PCB_RULES_THRESHOLD`` in a shell must not change what a test or
+settings it is given: a stray ``PCB_FAIL_RULE`` in a shell must not change what a test or
 a benchmark measures. :data:`TEST_ENV` (the default ``base``) pins what the tests need on two
 shared cores; a benchmark passes ``base={}`` to measure the machine as configured.
 """

@@ -43,6 +43,7 @@ from tests.helpers.app import (
     assert_error,
     defect_cut,
     tiny_settings,
+    with_thresholds,
 )
 from tests.helpers.boards import board_png, encode
 from tests.helpers.server import REPO_ROOT, ServerProcess, free_port, running_server, server_env
@@ -62,10 +63,12 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def client(tiny_weights: Path, tiny_pair_weights: Path, cut: float,
-           data_dir: Path) -> Iterator[TestClient]:
-    with app_client(tiny_weights, pair_weights_path=tiny_pair_weights, api_keys=ROLE_KEYS,
-                    images_keep="all", rules_threshold=cut, data_dir=data_dir) as c:
+def client(tiny_weights: Path, tiny_pair_weights: Path, cut: float, data_dir: Path,
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
+    single, pair = with_thresholds(tmp_path_factory.mktemp("models"), tiny_weights,
+                                   tiny_pair_weights, confidence=cut)
+    with app_client(single, pair_weights_path=pair, api_keys=ROLE_KEYS,
+                    images_keep="all", data_dir=data_dir) as c:
         yield c
 
 

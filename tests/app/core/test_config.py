@@ -70,10 +70,10 @@ def test_a_group_field_is_its_flat_name_in_the_environment_and_as_a_keyword(
     monkeypatch.setenv("PCB_CFX_BROKER_URL", "amqp://broker.example")
     monkeypatch.setenv("PCB_CFX_PASSWORD", "compose's, not a setting")
     monkeypatch.setenv("PCB_LIMITS_MAX_BODY_BYTES", "4096")
-    monkeypatch.setenv("PCB_RULES_FAIL_RULE", "area")
+    monkeypatch.setenv("PCB_FAIL_RULE", "area")
     settings = Settings(cfx_handle="line-3", images_keep="all")
     assert settings.cfx.broker_url == "amqp://broker.example" and settings.cfx.handle == "line-3"
-    assert settings.limits.max_body_bytes == 4096 and settings.rules.fail_rule == "area"
+    assert settings.limits.max_body_bytes == 4096 and settings.fail.rule == "area"
     assert settings.images.keep == "all"
     # A flat keyword wins over the environment, as any keyword does.
     assert Settings(limits_max_body_bytes=2048).limits.max_body_bytes == 2048
@@ -85,7 +85,8 @@ def test_a_group_field_is_its_flat_name_in_the_environment_and_as_a_keyword(
 @pytest.mark.parametrize(("name", "value", "expected"), [
     ("PCB_MAX_BATCH_SIZE", "4", "PCB_MAX_BATCH_SIZE was renamed PCB_BATCHING_MAX_SIZE"),
     ("PCB_KEEP_IMAGES", "all", "PCB_KEEP_IMAGES was renamed PCB_IMAGES_KEEP"),
-    ("pcb_threshold", "0.3", "PCB_THRESHOLD was renamed PCB_RULES_THRESHOLD"),
+    ("pcb_threshold", "0.3", "PCB_THRESHOLD was removed: the model card's "
+                             "thresholds.confidence, or per request ?threshold="),
     ("PCB_TILE_OVERLAP", "32", "PCB_TILE_OVERLAP was removed: the model card's "
                                "input.tile_overlap"),
     ("PCB_MODEL_CARD_PATH", "/m/card.json", "PCB_MODEL_CARD_PATH was removed: the card is "
