@@ -70,9 +70,8 @@ def load_pair_model(settings: Settings) -> tuple[Inferencer | None, str]:
             settings.pair_model_card_path,
             device=settings.device,
             precision=settings.precision,
-            tile_overlap=settings.tile_overlap,
-            max_batch_size=settings.batch_size_cap,
         )
+        pair.max_batch_size = settings.batching.resolve(pair.device).batch_size
     except ModelLoadError as exc:
         raise ModelLoadError(f"golden-board model (PCB_PAIR_WEIGHTS_PATH): {exc}") from None
     if pair.mode != "pair":
@@ -88,9 +87,9 @@ def _batcher(inferencer: Inferencer, settings: Settings) -> DynamicBatcher:
     return DynamicBatcher(
         inferencer.forward,
         max_batch_size=inferencer.max_batch_size,
-        max_wait_s=settings.max_wait_ms / 1e3,
-        max_queue=max(settings.max_queue_tiles, inferencer.max_batch_size),
-        concurrency=settings.concurrency_for(inferencer.device),
+        max_wait_s=settings.batching.max_wait_ms / 1e3,
+        max_queue=max(settings.batching.max_queue_tiles, inferencer.max_batch_size),
+        concurrency=settings.batching.resolve(inferencer.device).concurrency,
     )
 
 
@@ -115,21 +114,16 @@ async def _load_models(state: ServiceState) -> tuple[Inferencer, Inferencer | No
     state.not_ready_reason = "loading the golden-board model"
     pair, why_no_pair = await asyncio.to_thread(load_pair_model, settings)
     models = [m for m in (inferencer, pair) if m is not None]
-    if settings.max_batch_size == "auto":
-        for model in models:
-            # Until warm-up measures it (or without warm-up): the cap keeps the tiles in the
-            # model at once within what the memory budget assumes.
-            model.max_batch_size = min(model.max_batch_size, settings.auto_batch_cap(model.device))
     if settings.warmup:
         state.not_ready_reason = "warming up"
         for model in models:
             seconds = await asyncio.to_thread(model.warm_up)
             logger.info("%s model warmed up in %.2f s", model.mode, seconds)
-            cap = settings.auto_batch_cap(model.device)
-            if settings.max_batch_size == "auto" and cap > 1:
+            cap = settings.batching.resolve(model.device).calibrate_up_to
+            if cap > 1:
                 per_tile = await asyncio.to_thread(model.calibrate_batch_size, cap)
                 logger.info(
-                    "%s model: batch size %d (PCB_MAX_BATCH_SIZE=auto; s per tile: %s)",
+                    "%s model: batch size %d (PCB_BATCHING_MAX_SIZE=auto; s per tile: %s)",
                     model.mode, model.max_batch_size,
                     ", ".join(f"{n}: {t:.3f}" for n, t in per_tile.items()),
                 )
@@ -241,7 +235,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     #: The ``RecordsService`` while the lifespan runs with PCB_RECORDS on; else ``None``.
     app.state.records = None
     install_error_handlers(app)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.limits.max_body_bytes)
     if settings.allowed_hosts:
         # Inside the request context, so a refused Host is logged and counted like any 400.
         app.add_middleware(AllowedHostsMiddleware, allowed_hosts=settings.allowed_hosts)

@@ -109,10 +109,12 @@ def _settings_error(exc: Any) -> str:
     received (never for the API keys) and what was expected."""
     errors = exc.errors()
     first = errors[0]
-    field = str(first["loc"][0]) if first["loc"] else ""
+    # A group's field is PCB_<GROUP>_<FIELD>: loc ("cfx", "broker_url").
+    field = "_".join(str(p) for p in first["loc"][:2])
     name = f"PCB_{field.upper()}" if field else "the settings"
     # A check of several settings (no field) would show them all, the API keys among them.
-    shown = field not in ("", "api_keys") and first["type"] != "missing" and "input" in first
+    shown = bool(field) and first["loc"][0] != "api_keys" and first["type"] != "missing" \
+        and "input" in first
     value = f"={first['input']!r}" if shown else ""
     more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
     what = f"setting {name}{value}" if field else "settings"
@@ -215,20 +217,10 @@ def preflight(settings: Any) -> None:
 
     try:
         check_weights_file(settings.weights_path)
-        cards = [("PCB_MODEL_CARD_PATH", settings.model_card_path,
-                  load_card(settings.model_card_path))]
-        pair_card = _check_pair_model(settings)
+        load_card(settings.model_card_path)
+        _check_pair_model(settings)
     except (ModelLoadError, ModelCardError) as exc:
         raise StartupError(str(exc)) from None
-    if pair_card is not None:
-        cards.append(("PCB_PAIR_MODEL_CARD_PATH", settings.pair_model_card_path, pair_card))
-    overlap = settings.tile_overlap
-    for _, path, card in cards:
-        if overlap is not None and overlap >= card.input.tile_size:
-            raise StartupError(
-                f"invalid setting PCB_TILE_OVERLAP={overlap}: expected less than the tile size "
-                f"{card.input.tile_size} of model card {path}"
-            )
     _check_data_dir(settings.data_dir)
     _check_records(settings)
     _check_cfx(settings)
@@ -275,14 +267,14 @@ def run(args: argparse.Namespace) -> int:
     state = app.state.service
     server = GracefulServer(config, settings.shutdown_grace_s, state)
     metrics_server = None
-    if settings.metrics_port is not None:
+    if settings.metrics.port is not None:
         from app.core.metrics import start_metrics_server
 
         try:
-            metrics_server = start_metrics_server(settings.metrics_host, settings.metrics_port)
+            metrics_server = start_metrics_server(settings.metrics.host, settings.metrics.port)
         except OSError as exc:
             return _startup_failed(
-                f"cannot listen on {settings.metrics_host}:{settings.metrics_port} "
+                f"cannot listen on {settings.metrics.host}:{settings.metrics.port} "
                 f"(PCB_METRICS_HOST, PCB_METRICS_PORT): {exc.strerror or exc}"
             )
     try:

@@ -3,7 +3,7 @@
     python -m bench.big_board --size 8000
 
 Starts the real server with its defaults (both models, ``PCB_PRECISION=auto``,
-``PCB_MAX_BATCH_SIZE=auto``) and sends:
+``PCB_BATCHING_MAX_SIZE=auto``) and sends:
 
 1. ten 640 x 640 boards one at a time: the time of one tile through the server, warm;
 2. one ``size`` x ``size`` board, with the process's peak resident memory reset just before

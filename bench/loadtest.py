@@ -36,9 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     report: dict[str, Any] = {}
     # A request queues at most one batch of its tiles at a time, so max_queue_tiles is room
     # for the capacity clients, and not for the overload phase's.
-    with bench_server(args.weights, max_batch_size=batch,
-                      max_queue_tiles=args.capacity_clients * batch,
-                      request_timeout_s=300) as server:
+    with bench_server(args.weights, batching_max_size=batch,
+                      batching_max_queue_tiles=args.capacity_clients * batch,
+                      limits_request_timeout_s=300) as server:
         at = asyncio.run(run_load(server.url, body, args.capacity_clients, 10**6, args.seconds,
                                   timeout_s=300))
         past = asyncio.run(run_load(server.url, body, args.overload_clients, 10**6,

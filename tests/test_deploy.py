@@ -537,23 +537,36 @@ def test_the_memory_budget_fits_the_pod_limit(overlay: str) -> None:
     for config in (d for d in docs if d["kind"] == "ConfigMap"):
         env.update(config.get("data", {}))
     fields = {k.removeprefix("PCB_").lower(): v for k, v in env.items()
-              if k in ("PCB_MAX_INFLIGHT_PIXELS", "PCB_MAX_IMAGE_PIXELS", "PCB_MAX_BATCH_SIZE",
-                       "PCB_MODEL_CONCURRENCY", "PCB_DEVICE")}
+              if k in ("PCB_LIMITS_MAX_INFLIGHT_PIXELS", "PCB_LIMITS_MAX_IMAGE_PIXELS",
+                       "PCB_BATCHING_MAX_SIZE", "PCB_BATCHING_CONCURRENCY", "PCB_DEVICE")}
     settings = Settings(**fields)  # the overlay's values, else the service's defaults
     if env.get("PCB_DEVICE", "auto") != "gpu":
         # The fixed part holds the activations of AUTO_CPU_TILES_IN_FLIGHT tiles on a CPU: a
         # larger batch or more concurrent calls each add 150-300 MB a tile.
-        batch = (settings.auto_batch_cap("cpu") if settings.max_batch_size == "auto"
-                 else settings.max_batch_size)
-        assert settings.concurrency_for("cpu") * batch <= AUTO_CPU_TILES_IN_FLIGHT, (
-            f"{overlay}: {settings.concurrency_for('cpu')} model calls of {batch} tiles at once, "
+        calls = settings.batching.resolve("cpu")
+        batch = max(calls.batch_size, calls.calibrate_up_to)
+        assert calls.concurrency * batch <= AUTO_CPU_TILES_IN_FLIGHT, (
+            f"{overlay}: {calls.concurrency} model calls of {batch} tiles at once, "
             f"over the {AUTO_CPU_TILES_IN_FLIGHT} tiles FIXED_MEMORY_BYTES allows for")
-    needed = FIXED_MEMORY_BYTES + settings.max_inflight_pixels * BYTES_PER_PIXEL
+    needed = FIXED_MEMORY_BYTES + settings.limits.max_inflight_pixels * BYTES_PER_PIXEL
     if "nvidia.com/gpu" in _container(docs)["resources"]["limits"]:
         needed += 2 * 2**30  # CUDA's libraries in host memory (deployment-gpu.yaml)
     assert needed <= 0.9 * limit, (
         f"{overlay}: fixed {FIXED_MEMORY_BYTES / 2**30:.2f} GiB + "
-        f"{settings.max_inflight_pixels:,} px x {BYTES_PER_PIXEL} B = {needed / 2**30:.2f} GiB, "
-        f"over 90% of the memory limit {limit / 2**30:.2f} GiB: lower PCB_MAX_INFLIGHT_PIXELS")
+        f"{settings.limits.max_inflight_pixels:,} px x {BYTES_PER_PIXEL} B = "
+        f"{needed / 2**30:.2f} GiB, over 90% of the memory limit {limit / 2**30:.2f} GiB: "
+        "lower PCB_LIMITS_MAX_INFLIGHT_PIXELS")
     # And the largest board accepted fits alone.
-    assert settings.max_image_pixels <= settings.max_inflight_pixels
+    assert settings.limits.max_image_pixels <= settings.limits.max_inflight_pixels
+
+
+def test_no_retired_setting_is_set_by_the_deployments() -> None:
+    """A renamed or removed ``PCB_*`` variable stops the service at startup: none may be left in
+    the image, compose or the manifests."""
+    from app.core.config import retired_setting_error
+
+    files = [ROOT / "Dockerfile", ROOT / "docker-compose.yml",
+             *sorted((ROOT / "deploy").rglob("*.yaml")), *sorted((ROOT / "deploy").rglob("*.env"))]
+    for path in files:
+        for name in sorted(set(re.findall(r"\bPCB_[A-Z0-9_]+\b", path.read_text()))):
+            assert retired_setting_error(name) is None, (path.name, name)

@@ -129,7 +129,7 @@ def get_principal(request: Request, settings: SettingsDep) -> Principal:
     found: Principal | None = None
     if presented is not None:
         given = presented.encode()
-        entries = settings.key_entries
+        entries = settings.api_keys
         # Every key compared before any is chosen, so the time does not depend on which one.
         matches = [hmac.compare_digest(given, e.key.encode()) for e in entries]
         found = next((Principal(e.name, e.role) for e, m in zip(entries, matches, strict=True)

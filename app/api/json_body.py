@@ -1,7 +1,7 @@
 """JSON bodies read within a byte bound and parsed off the event loop.
 
 FastAPI reads a route's whole body and runs ``json.loads`` on it in the event loop, bounded only
-by the service-wide ``PCB_MAX_BODY_BYTES`` (sized for images): a JSON body of tens of
+by the service-wide ``PCB_LIMITS_MAX_BODY_BYTES`` (sized for images): a JSON body of tens of
 megabytes would stall every other request, ``/livez`` included, for seconds. A router built
 with :func:`bounded_json_route` refuses a body over its bound as it arrives (413, before any
 parsing) and parses the rest in a worker thread.

@@ -15,7 +15,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 
-from app.core.config import Settings
+from app.core.config import MAX_FORM_FIELDS, Settings
 from app.core.errors import ApiError
 from app.services.uploads import Upload
 
@@ -33,21 +33,20 @@ class UploadForm:
 async def _read_form(request: Request, settings: Settings) -> Any:
     try:
         return await request.form(
-            max_files=settings.max_batch_files, max_fields=settings.max_form_fields
+            max_files=settings.limits.max_batch_files, max_fields=MAX_FORM_FIELDS
         )
     except StarletteHTTPException as exc:
         detail = str(exc.detail)
         if detail.startswith("Too many files"):
             raise ApiError(
                 413, "too_many_files",
-                f"Too many files: at most {settings.max_batch_files} per request "
-                "(PCB_MAX_BATCH_FILES).",
+                f"Too many files: at most {settings.limits.max_batch_files} per request "
+                "(PCB_LIMITS_MAX_BATCH_FILES).",
             ) from None
         if detail.startswith("Too many fields"):
             raise ApiError(
                 413, "too_many_fields",
-                f"Too many form fields: at most {settings.max_form_fields} per request "
-                "(PCB_MAX_FORM_FIELDS).",
+                f"Too many form fields: at most {MAX_FORM_FIELDS} per request.",
             ) from None
         raise ApiError(400, "malformed_multipart", f"Malformed multipart body: {detail}") from None
 

@@ -54,8 +54,8 @@ REJECTED = Counter("pcb_rejected_total", "Rejected requests, by reason.", ["reas
 QUEUE_DEPTH = Gauge("pcb_queue_tiles", "Tiles waiting for the model now.")
 INFLIGHT_PIXELS = Gauge(
     "pcb_inflight_pixels",
-    "Pixels of the boards being inspected now, against PCB_MAX_INFLIGHT_PIXELS (a pair board "
-    "counts twice).",
+    "Pixels of the boards being inspected now, against PCB_LIMITS_MAX_INFLIGHT_PIXELS (a pair "
+    "board counts twice).",
 )
 IN_FLIGHT_REQUESTS = Gauge(
     "pcb_inflight_requests",

@@ -29,7 +29,8 @@ class BodyTooLargeError(ApiError):
         super().__init__(
             413,
             "payload_too_large",
-            f"The request body is larger than the limit of {limit} bytes (PCB_MAX_BODY_BYTES).",
+            f"The request body is larger than the limit of {limit} bytes "
+            "(PCB_LIMITS_MAX_BODY_BYTES).",
             reject_reason="body_too_large",
         )
 

@@ -6,7 +6,14 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 # Re-exported: the inferencer and the tests find the card of a weights file here, beside the
 # card's reader; it lives in core so that the settings need not import inference.
@@ -20,6 +27,11 @@ class InputSpec(BaseModel):
     multiple_of: int = Field(16, gt=0, description="H and W must be multiples of this.")
     channels: int = Field(1, description="1: grayscale.")
     dtype: str = Field("uint8", description="Raw pixel dtype; preprocessing is in the model.")
+    tile_overlap: int | None = Field(
+        None, ge=0,
+        description="Overlap of neighbouring tiles in pixels; default: a tenth of the tile, "
+        "enough context that the owned core of each tile is unaffected by its border.",
+    )
 
     @field_validator("tile_size")
     @classmethod
@@ -27,6 +39,15 @@ class InputSpec(BaseModel):
         if v % 16 and v % 4:
             raise ValueError(f"tile_size must be a multiple of 4 or 16, got {v}")
         return v
+
+    @model_validator(mode="after")
+    def _overlap_below_tile(self) -> InputSpec:
+        if self.tile_overlap is not None and self.tile_overlap >= self.tile_size:
+            raise ValueError(
+                f"tile_overlap must be less than tile_size {self.tile_size}, got "
+                f"{self.tile_overlap}"
+            )
+        return self
 
 
 class Thresholds(BaseModel):

@@ -59,8 +59,8 @@ class Inferencer:
         precision: ``"float32"``, ``"bfloat16"`` or ``"float16"``: what runs.
         precision_requested: What was asked for (``"auto"`` or a precision); default:
             ``precision``.
-        tile_overlap: Overlap of neighbouring tiles in pixels; ``None``: a tenth of the tile,
-            enough context that the owned core of each tile is unaffected by its border.
+        tile_overlap: Overlap of neighbouring tiles in pixels; ``None``: the card's
+            ``input.tile_overlap``, else a tenth of the tile.
         max_batch_size: Tiles per model call in the synchronous path.
     """
 
@@ -88,6 +88,8 @@ class Inferencer:
         self.precision = precision
         self.precision_requested = precision_requested or precision
         self.tile = card.input.tile_size
+        if tile_overlap is None:
+            tile_overlap = card.input.tile_overlap
         if tile_overlap is None:
             tile_overlap = self.tile // 10
         if not 0 <= tile_overlap < self.tile:
@@ -173,17 +175,18 @@ class Inferencer:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Inferencer:
-        """:meth:`load` with the service's settings (the single-image model)."""
-        return cls.load(
+        """:meth:`load` with the service's settings (the single-image model), its batch size
+        resolved for the device it runs on."""
+        inferencer = cls.load(
             settings.weights_path,
             settings.model_card_path,
             device=settings.device,
             precision=settings.precision,
-            tile_overlap=settings.tile_overlap,
-            max_batch_size=settings.batch_size_cap,
             intra_op_threads=settings.effective_intra_op_threads(),
             inter_op_threads=settings.inter_op_threads,
         )
+        inferencer.max_batch_size = settings.batching.resolve(inferencer.device).batch_size
+        return inferencer
 
     @property
     def tracing_count(self) -> int:

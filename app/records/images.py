@@ -4,7 +4,7 @@ An image is stored once per content, under ``<root>/ab/cdef....<ext>`` where ``a
 the sha256 of the bytes as the station sent them (kept unchanged, so an audit can check the
 hash) and the extension comes from the content type (or, failing that, the file's magic
 bytes). Writes are atomic (temporary file, fsync, rename), so a reader never sees half an
-image. ``PCB_KEEP_IMAGES``: ``none`` keeps nothing, ``failed`` the boards that failed, ``all``
+image. ``PCB_IMAGES_KEEP``: ``none`` keeps nothing, ``failed`` the boards that failed, ``all``
 every board.
 
 Retention (:meth:`ImageStore.enforce_retention`, run in the background) deletes the oldest
@@ -93,7 +93,7 @@ class ImageStore:
 
     Args:
         root: The folder; created if missing.
-        policy: ``none``, ``failed`` or ``all`` (``PCB_KEEP_IMAGES``).
+        policy: ``none``, ``failed`` or ``all`` (``PCB_IMAGES_KEEP``).
         max_age_days: Images older than this are removed; ``None``: no age limit.
         max_total_mb: The folder is kept within this size (MiB), oldest removed first;
             ``None``: no size limit.

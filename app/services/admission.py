@@ -42,7 +42,7 @@ class BudgetExceededError(RuntimeError):
     def __init__(self, pixels: int, in_flight: int, budget: int) -> None:
         super().__init__(
             f"{pixels:,} px would join {in_flight:,} px in flight; the budget "
-            f"(PCB_MAX_INFLIGHT_PIXELS) is {budget:,} px"
+            f"(PCB_LIMITS_MAX_INFLIGHT_PIXELS) is {budget:,} px"
         )
         self.pixels = pixels
         self.in_flight = in_flight

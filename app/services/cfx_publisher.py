@@ -66,22 +66,22 @@ class AmqpTarget:
     @classmethod
     def from_settings(cls, settings: Settings) -> AmqpTarget:
         """Raises ``ValueError`` (naming the setting) for a URL that is not amqp[s]://host."""
-        raw = settings.cfx_broker_url or ""
+        raw = settings.cfx.broker_url or ""
         parts = urlsplit(raw)
         if parts.scheme not in ("amqp", "amqps") or not parts.hostname:
             raise ValueError(f"PCB_CFX_BROKER_URL must be amqp://host[:port] or "
                              f"amqps://host[:port], received {display(raw)!r}")
         port = parts.port or (5671 if parts.scheme == "amqps" else 5672)
         password = unquote(parts.password) if parts.password else None
-        if settings.cfx_password_file is not None:
+        if settings.cfx.password_file is not None:
             try:
-                password = settings.cfx_password_file.read_text().strip()
+                password = settings.cfx.password_file.read_text().strip()
             except OSError as exc:
-                raise ValueError(f"PCB_CFX_PASSWORD_FILE {settings.cfx_password_file} cannot "
+                raise ValueError(f"PCB_CFX_PASSWORD_FILE {settings.cfx.password_file} cannot "
                                  f"be read: {exc.strerror}") from None
-        return cls(f"{parts.scheme}://{parts.hostname}:{port}", settings.cfx_address,
+        return cls(f"{parts.scheme}://{parts.hostname}:{port}", settings.cfx.address,
                    unquote(parts.username) if parts.username else None, password,
-                   settings.cfx_ca_file, settings.cfx_cert_file, settings.cfx_key_file)
+                   settings.cfx.ca_file, settings.cfx.cert_file, settings.cfx.key_file)
 
     @property
     def tls(self) -> bool:

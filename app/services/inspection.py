@@ -88,18 +88,15 @@ class RuleParams:
         card = inferencer.card.thresholds
         p = product or ProductRules()
         return PostprocessConfig(
-            threshold=_first(self.threshold, p.threshold, settings.threshold, card.confidence),
-            min_area_px=int(_first(self.min_area_px, p.min_area_px, settings.min_area_px,
-                                   card.min_area_px)),
-            pixels_per_mm=_first(
-                self.pixels_per_mm, p.pixels_per_mm, settings.pixels_per_mm,
-                inferencer.card.pixels_per_mm,
-            ),
+            threshold=_first(self.threshold, p.threshold, card.confidence),
+            min_area_px=int(_first(self.min_area_px, p.min_area_px, card.min_area_px)),
+            pixels_per_mm=_first(self.pixels_per_mm, p.pixels_per_mm,
+                                 inferencer.card.pixels_per_mm),
             min_confidence=float(_first(self.min_confidence, p.min_confidence,
-                                        settings.min_confidence, card.min_confidence)),
-            fail_rule=_first(p.fail_rule, settings.fail_rule),
-            fail_min_count=_first(p.fail_min_count, settings.fail_min_count),
-            fail_min_area_mm2=_first(p.fail_min_area_mm2, settings.fail_min_area_mm2),
+                                        card.min_confidence)),
+            fail_rule=_first(p.fail_rule, settings.fail.rule),
+            fail_min_count=_first(p.fail_min_count, settings.fail.min_count),
+            fail_min_area_mm2=_first(p.fail_min_area_mm2, settings.fail.min_area_mm2),
             merge_distance_px=card.merge_distance_px,
         )
 
@@ -392,7 +389,7 @@ class InspectionService:
         """
         # A header is parsed in a worker thread: a hostile file can make even that slow.
         pixels = await run_sync(declared_pixels, upload.data) or 0
-        if pixels > self.settings.max_image_pixels:
+        if pixels > self.settings.limits.max_image_pixels:
             pixels = 0
         cost = pixels * (2 if pair else 1)
         budget = self.state.budget

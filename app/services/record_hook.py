@@ -88,7 +88,7 @@ class RecordingHook:
 
     Args:
         recorder: Where records go (database, else spool).
-        images: The kept images (``PCB_KEEP_IMAGES``).
+        images: The kept images (``PCB_IMAGES_KEEP``).
         golden: The golden boards, whose compared version is kept beside a kept board.
     """
 

@@ -97,7 +97,7 @@ class ImageNotKeptError(DomainError, LookupError):
 
     def __init__(self, inspection_id: str) -> None:
         super().__init__(f"The image of inspection {inspection_id!r} was not kept "
-                         "(PCB_KEEP_IMAGES) or has expired (PCB_IMAGE_RETENTION_DAYS, _MB).")
+                         "(PCB_IMAGES_KEEP) or has expired (PCB_IMAGES_RETENTION_DAYS, _MB).")
         self.inspection_id = inspection_id
 
 
@@ -173,13 +173,13 @@ class RecordsService:
             logger.warning("records database %s does not answer (%s): recording to the local "
                            "spool until it does; its schema is checked then by the replay",
                            shown, _first_line(exc))
-        store = RecordStore(engine, cfx_source=settings.cfx_handle if settings.cfx_enabled
+        store = RecordStore(engine, cfx_source=settings.cfx.handle if settings.cfx_enabled
                             else None)
         recorder = Recorder(store, settings.data_dir / "spool")
         images = ImageStore(
-            settings.data_dir / "images", settings.keep_images,
-            max_age_days=settings.image_retention_days or None,
-            max_total_mb=settings.image_retention_mb or None,
+            settings.data_dir / "images", settings.images.keep,
+            max_age_days=settings.images.retention_days or None,
+            max_total_mb=settings.images.retention_mb or None,
         )
         service = cls(settings, golden, store, recorder, images)
         if settings.cfx_enabled:

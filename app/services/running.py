@@ -75,10 +75,10 @@ async def run_board(
         (the reference cannot be aligned).
     """
     inferencer = model.inferencer
-    gated = (settings.pair_gating if gating is None else gating) == "on"
+    gated = (settings.pair.gating if gating is None else gating) == "on"
     loop = asyncio.get_running_loop()
     started = loop.time()
-    plan = _Plan(settings.request_timeout_for(len(inferencer.pre_process(pixels))))
+    plan = _Plan(settings.limits.request_timeout_for(len(inferencer.pre_process(pixels))))
     timing = SubmitTiming()
     submit = functools.partial(model.batcher.submit, timing=timing)
     IN_FLIGHT_IMAGES.inc()
@@ -113,18 +113,23 @@ async def run_board(
         task.cancel()  # frees the request's places in the queue
         if watcher in done:
             raise ClientGoneError("The client closed the request.")
-        raise InspectionTimeoutError(
-            f"Inspection took longer than {plan.timeout:g} s (PCB_REQUEST_TIMEOUT_S "
-            f"{settings.request_timeout_s:g} s + PCB_REQUEST_TIMEOUT_PER_TILE_S "
-            f"{settings.request_timeout_per_tile_s:g} s for each tile after the first that "
-            "goes through the model); the work was dropped."
-        )
+        raise _timeout_error(plan.timeout, settings)
     finally:
         for waiter in waiters - {task}:
             waiter.cancel()
         if not task.done():
             task.cancel()
         IN_FLIGHT_IMAGES.dec()
+
+
+def _timeout_error(timeout: float, settings: Settings) -> InspectionTimeoutError:
+    limits = settings.limits
+    return InspectionTimeoutError(
+        f"Inspection took longer than {timeout:g} s (PCB_LIMITS_REQUEST_TIMEOUT_S "
+        f"{limits.request_timeout_s:g} s + PCB_LIMITS_REQUEST_TIMEOUT_PER_TILE_S "
+        f"{limits.request_timeout_per_tile_s:g} s for each tile after the first "
+        "that goes through the model); the work was dropped."
+    )
 
 
 @dataclasses.dataclass
@@ -136,7 +141,7 @@ class _Plan:
 
     def set(self, settings: Settings, hold: Hold | None, computed: int, freed_px: int) -> None:
         # Called on the event loop by the inferencer, before any tile goes to the model.
-        self.timeout = settings.request_timeout_for(computed)
+        self.timeout = settings.limits.request_timeout_for(computed)
         self.known.set()
         if hold is not None and freed_px:
             hold.release(freed_px)

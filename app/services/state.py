@@ -56,11 +56,11 @@ class ServiceState:
     golden: GoldenStore = dataclasses.field(init=False)
     #: The products' recipes, beside the golden boards on the shared volume.
     recipes: RecipeStore = dataclasses.field(init=False)
-    #: The memory budget: pixels of the boards being inspected (PCB_MAX_INFLIGHT_PIXELS).
+    #: The memory budget: pixels of the boards being inspected (PCB_LIMITS_MAX_INFLIGHT_PIXELS).
     budget: PixelBudget = dataclasses.field(init=False)
 
     def __post_init__(self) -> None:
-        self.budget = PixelBudget(self.settings.max_inflight_pixels)
+        self.budget = PixelBudget(self.settings.limits.max_inflight_pixels)
         # Cheap (nothing is read or created until first used), so it exists before the
         # lifespan runs and golden boards can be managed while the models load.
         self.golden = GoldenStore(

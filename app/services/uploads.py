@@ -11,7 +11,7 @@ import dataclasses
 
 from anyio.to_thread import run_sync
 
-from app.core.config import Settings
+from app.core.config import MAX_FILENAME_CHARS, MIN_IMAGE_SIDE, Settings
 from app.inference.imaging import DecodedImage, ImageError, decode_image
 
 
@@ -24,11 +24,11 @@ class Upload:
 
 
 def _check_filename(upload: Upload, settings: Settings) -> None:
-    if upload.filename and len(upload.filename) > settings.max_filename_chars:
+    if upload.filename and len(upload.filename) > MAX_FILENAME_CHARS:
         raise ImageError(
             "filename_too_long",
             f"The filename has {len(upload.filename)} characters; at most "
-            f"{settings.max_filename_chars} are accepted.",
+            f"{MAX_FILENAME_CHARS} are accepted.",
         )
 
 
@@ -48,8 +48,8 @@ async def decode_upload(
         return await run_sync(
             lambda: decode_image(
                 upload.data,
-                max_pixels=settings.max_image_pixels,
-                min_side=settings.min_image_side,
+                max_pixels=settings.limits.max_image_pixels,
+                min_side=MIN_IMAGE_SIDE,
             )
         )
     except ImageError as exc:

@@ -285,7 +285,7 @@
     let note = "";
     const blank = "the calls are drawn on a blank board of its size.";
     if (insp.image_path === null) {
-      note = `This board's image was not kept (PCB_KEEP_IMAGES) or has expired: ${blank}`;
+      note = `This board's image was not kept (PCB_IMAGES_KEEP) or has expired: ${blank}`;
     } else {
       const img = await PCB.api(`/v1/inspections/${id}/image`);
       if (token !== openToken) return;
@@ -296,7 +296,7 @@
           note = `This browser cannot show the kept image (e.g. TIFF): ${blank}`;
         }
       } else if (img.code === "image_not_kept") {
-        note = `This board's image was not kept (PCB_KEEP_IMAGES) or has expired: ${blank}`;
+        note = `This board's image was not kept (PCB_IMAGES_KEEP) or has expired: ${blank}`;
       } else {
         note = `The image could not be loaded (HTTP ${img.status} ${img.code}: ` +
           `${img.message}): ${blank}`;

@@ -1,13 +1,13 @@
 """The JSON contract of ``POST /predict`` and ``POST /predict/batch``, field by field.
 
-The app runs in-process with the tiny real model (64x64 tiles). Its weights are random, so
-the tests never rely on *which* defects it finds, only on the contract around them: shapes,
-types, units, consistency between the defects, the summary and the mask, and how the query
-parameters change the result. So that there are defects to check, the service's default
-confidence cut (``PCB_THRESHOLD``) is set at the 90th percentile of what the untrained model
-outputs: about a tenth of the pixels become defect pixels, in many defects of all sizes (a cut
-through the middle would make half the board one or two big defects, once fragments a few
-pixels apart are merged).
+The app runs in-process with the tiny real model (64x64 tiles). Its weights are random, so the
+tests never rely on *which* defects it finds, only on the contract around them: shapes, types,
+units, consistency between the defects, the summary and the mask, and how the query parameters
+change the result. So that there are defects to check, the model card's confidence cut
+(``thresholds.confidence``) is set at the 90th percentile of what the untrained model outputs:
+about a tenth of the pixels become defect pixels, in many defects of all sizes (a cut through
+the middle would make half the board one or two big defects, once fragments a few pixels apart
+are merged).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from PIL import Image
 
 from app.inference.encoding import decode_rle
 from pcb_inspect.classes import CLASS_NAMES
-from tests.helpers.app import app_client, assert_error, defect_cut, read_png
+from tests.helpers.app import app_client, assert_error, defect_cut, read_png, with_thresholds
 from tests.helpers.boards import board_png, encode, make_board
 
 MAX_BATCH_FILES = 4
@@ -46,8 +46,10 @@ def cut(tiny_weights: Path) -> float:
 
 
 @pytest.fixture(scope="module")
-def client(tiny_weights: Path, cut: float) -> Iterator[TestClient]:
-    with app_client(tiny_weights, max_batch_files=MAX_BATCH_FILES, threshold=cut) as c:
+def client(tiny_weights: Path, cut: float,
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
+    [weights] = with_thresholds(tmp_path_factory.mktemp("model"), tiny_weights, confidence=cut)
+    with app_client(weights, limits_max_batch_files=MAX_BATCH_FILES) as c:
         yield c
 
 
@@ -145,7 +147,7 @@ def test_multipart_upload_contract(client: TestClient, cut: float) -> None:
     response = predict(client)
     body = ok_json(response)
     check_result(body, 64, 64)
-    # The service's default cut (PCB_THRESHOLD) wins over the model card's 0.5.
+    # The model card's cut is the default.
     assert body["params"] == {
         "threshold": cut, "min_area_px": 0, "min_confidence": 0.0, "pixels_per_mm": 48.0,
         "fail_rule": "count", "tiles": 1,
@@ -360,7 +362,8 @@ def test_batch_takes_the_query_parameters(client: TestClient) -> None:
 def test_batch_over_the_file_limit_is_413(client: TestClient) -> None:
     files = [("files", (f"{i}.png", BOARD, "image/png")) for i in range(MAX_BATCH_FILES + 1)]
     error = assert_error(client.post("/predict/batch", files=files), 413, "too_many_files")
-    assert str(MAX_BATCH_FILES) in error["message"] and "PCB_MAX_BATCH_FILES" in error["message"]
+    assert str(MAX_BATCH_FILES) in error["message"]
+    assert "PCB_LIMITS_MAX_BATCH_FILES" in error["message"]
     # Exactly at the limit is fine.
     ok = ok_json(client.post("/predict/batch", files=files[:MAX_BATCH_FILES]))
     assert ok["succeeded"] == MAX_BATCH_FILES

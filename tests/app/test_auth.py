@@ -20,9 +20,10 @@ BOARD = board_png(64, 64, seed=1)
 
 @pytest.fixture(scope="module")
 def client(tiny_weights: Path) -> Iterator[TestClient]:
-    # Two keys: during a rotation both the old and the new key are accepted. The old form
-    # means role inspect; golden boards are changed with the admin key (compact form).
-    with app_client(tiny_weights, api_keys=["k1", "k2", "ops:admin:k-admin"]) as c:
+    # Two inspect keys: during a rotation both the old and the new key are accepted; golden
+    # boards are changed with the admin key.
+    with app_client(tiny_weights,
+                    api_keys="line-old:inspect:k1,line-new:inspect:k2,ops:admin:k-admin") as c:
         yield c
 
 
@@ -130,20 +131,32 @@ def test_empty_keys_are_refused_in_settings(tiny_weights: Path) -> None:
     from tests.helpers.app import tiny_settings
 
     # An empty key would let in anyone sending "Bearer " with nothing after it.
-    with pytest.raises(ValidationError, match="empty"):
-        tiny_settings(tiny_weights, api_keys=["k1", " "])
+    with pytest.raises(ValidationError, match="entry 2: key"):
+        tiny_settings(tiny_weights, api_keys="a:inspect:k1,b:inspect: ")
 
 
 @pytest.mark.parametrize(
     ("env", "expected"),
-    [("secret", ["secret"]), ("k1, k2", ["k1", "k2"]), ('["k1", "k2"]', ["k1", "k2"]), ("", [])],
+    [
+        ("st-3:inspect:abc", [("st-3", "inspect", "abc")]),
+        # Spaces around entries and names are dropped; a key may hold colons.
+        (" st-3:review:abc , ops:admin:a:b:c ", [("st-3", "review", "abc"),
+                                                 ("ops", "admin", "a:b:c")]),
+        ('[{"name": "boss", "role": "admin", "key": "s3cr3t-1"}, {"name": "line", '
+         '"key": "s3cr3t-2"}]', [("boss", "admin", "s3cr3t-1"), ("line", "inspect", "s3cr3t-2")]),
+        ("", []),
+    ],
 )
-def test_api_keys_from_the_environment(
-    monkeypatch: pytest.MonkeyPatch, tiny_weights: Path, env: str, expected: list[str]
+def test_api_keys_with_names_and_roles(
+    monkeypatch: pytest.MonkeyPatch, tiny_weights: Path, env: str,
+    expected: list[tuple[str, str, str]],
 ) -> None:
-    # One key as most operators set it, a comma-separated list, or JSON: all work.
+    # One syntax, name:role:key separated by commas, and its JSON form.
     monkeypatch.setenv("PCB_API_KEYS", env)
-    assert Settings(weights_path=tiny_weights).api_keys == expected
+    entries = Settings(weights_path=tiny_weights).api_keys
+    assert [(e.name, e.role, e.key) for e in entries] == expected
+    # The key is never part of an entry's repr (it ends up in logs).
+    assert all(e.key not in repr(e) for e in entries)
 
 
 def test_malformed_json_keys_name_the_setting(
@@ -155,39 +168,23 @@ def test_malformed_json_keys_name_the_setting(
 
 
 @pytest.mark.parametrize(
-    ("env", "expected"),
-    [
-        ("secret", [("key-1", "inspect")]),
-        ("st-3:review:abc, k9", [("st-3", "review"), ("key-2", "inspect")]),
-        ('[{"name": "boss", "role": "admin", "key": "s3cr3t-1"}, "line:inspect:s3cr3t-2", '
-         '"s3cr3t-3"]',
-         [("boss", "admin"), ("line", "inspect"), ("key-3", "inspect")]),
-        # A colon alone does not make the compact form: only a known role in the middle.
-        ("a:b:c", [("key-1", "inspect")]),
-    ],
-)
-def test_api_keys_with_names_and_roles(
-    monkeypatch: pytest.MonkeyPatch, tiny_weights: Path, env: str,
-    expected: list[tuple[str, str]],
-) -> None:
-    monkeypatch.setenv("PCB_API_KEYS", env)
-    entries = Settings(weights_path=tiny_weights).key_entries
-    assert [(e.name, e.role) for e in entries] == expected
-    # The key is never part of an entry's repr (it ends up in logs).
-    assert all(e.key not in repr(e) for e in entries)
-
-
-@pytest.mark.parametrize(
     ("env", "message"),
     [
         ('[{"name": "a", "role": "boss", "key": "x"}]', "entry 1: role 'boss'"),
         ("a:review:k1,a:admin:k2", "names must be unique"),
         ('[{"name": "a", "key": ""}]', "entry 1: key"),
+        # The forms without a name and a role are gone: one key, or a JSON list of strings.
+        ("s3cr3t", "entry 1 is not name:role:key"),
+        ("a:inspect:k1,s3cr3t", "entry 2 is not name:role:key"),
+        ("a:boss:k1", "entry 1 is not name:role:key"),
+        ('["s3cr3t"]', "entry 1 is not an object"),
     ],
 )
-def test_bad_named_keys_are_refused_by_what_is_wrong(
+def test_bad_keys_are_refused_by_what_is_wrong(
     monkeypatch: pytest.MonkeyPatch, tiny_weights: Path, env: str, message: str
 ) -> None:
     monkeypatch.setenv("PCB_API_KEYS", env)
-    with pytest.raises(ValidationError, match=re.escape(message)):
+    with pytest.raises(ValidationError, match=re.escape(message)) as err:
         Settings(weights_path=tiny_weights)
+    # The key received is never part of the message.
+    assert "s3cr3t" not in str(err.value.errors()[0]["msg"])

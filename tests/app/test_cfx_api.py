@@ -18,7 +18,15 @@ from app.records import RecordStore, default_url, upgrade
 from app.records.cfx import inspection_id_of
 from app.records.outbox import Outbox
 from tests.app.records.factory import make_record
-from tests.helpers.app import ADMIN, INSPECT, REVIEW, ROLE_KEYS, app_client, defect_cut
+from tests.helpers.app import (
+    ADMIN,
+    INSPECT,
+    REVIEW,
+    ROLE_KEYS,
+    app_client,
+    defect_cut,
+    with_thresholds,
+)
 from tests.helpers.boards import board_png
 from tests.helpers.cfx import validate_cfx
 from tests.helpers.rabbitmq import RabbitBroker, has_messages, receive, server_or_skip
@@ -44,7 +52,9 @@ def broker() -> Iterator[RabbitBroker]:
 @pytest.fixture(scope="module")
 def client(tiny_weights: Path, broker: RabbitBroker,
            tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
-    with app_client(tiny_weights, api_keys=ROLE_KEYS, threshold=defect_cut(tiny_weights),
+    [weights] = with_thresholds(tmp_path_factory.mktemp("model"), tiny_weights,
+                                confidence=defect_cut(tiny_weights))
+    with app_client(weights, api_keys=ROLE_KEYS,
                     data_dir=tmp_path_factory.mktemp("cfx_data"), cfx_broker_url=broker.url,
                     cfx_address=ADDRESS, cfx_handle="acme.aoi.line1") as c:
         yield c

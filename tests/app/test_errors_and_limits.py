@@ -15,21 +15,21 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from app.core.config import MAX_FORM_FIELDS
 from app.main import create_app
 from tests.helpers.app import app_client, assert_error, tiny_settings
 from tests.helpers.boards import board_png, encode, make_board
 
 MAX_PIXELS = 200_000  # small, so a "bomb" is cheap to build and to refuse
 MAX_BODY = 256 * 1024
-MAX_FIELDS = 16
+MAX_FIELDS = MAX_FORM_FIELDS
 BOARD = board_png(64, 64, seed=1)
 
 
 @pytest.fixture(scope="module")
 def client(tiny_weights: Path) -> Iterator[TestClient]:
     with app_client(
-        tiny_weights, max_image_pixels=MAX_PIXELS, max_body_bytes=MAX_BODY,
-        max_form_fields=MAX_FIELDS,
+        tiny_weights, limits_max_image_pixels=MAX_PIXELS, limits_max_body_bytes=MAX_BODY,
     ) as c:
         yield c
 
@@ -239,7 +239,7 @@ def test_body_over_the_limit_with_content_length(client: TestClient) -> None:
         client.post("/predict/batch", files={"files": ("big.png", payload, "image/png")}),
     ):
         error = assert_error(response, 413, "payload_too_large")
-        assert str(MAX_BODY) in error["message"] and "PCB_MAX_BODY_BYTES" in error["message"]
+        assert str(MAX_BODY) in error["message"] and "PCB_LIMITS_MAX_BODY_BYTES" in error["message"]
     assert_still_serving(client)
 
 
@@ -281,7 +281,7 @@ def test_too_many_form_fields(client: TestClient) -> None:
     response = client.post("/predict", data=fields,
                            files={"file": ("a.png", BOARD, "image/png")})
     error = assert_error(response, 413, "too_many_fields")
-    assert str(MAX_FIELDS) in error["message"] and "PCB_MAX_FORM_FIELDS" in error["message"]
+    assert str(MAX_FIELDS) in error["message"]
     # At the limit, the extra fields are ignored and the board inspected.
     at_limit = {f"field{i}": "x" for i in range(MAX_FIELDS)}
     ok = client.post("/predict", data=at_limit, files={"file": ("a.png", BOARD, "image/png")})

@@ -91,7 +91,7 @@ def test_the_timeout_counts_only_the_tiles_that_go_through_the_model(
     # for the tiles gating keeps; but the golden board against itself keeps none, so once that
     # is known its allowance is the bare timeout, long past when the search ends.
     with app_client(tiny_weights, pair_weights_path=tiny_pair_weights, data_dir=tmp_path,
-                    request_timeout_s=0.001, request_timeout_per_tile_s=60.0) as c:
+                    limits_request_timeout_s=0.001, limits_request_timeout_per_tile_s=60.0) as c:
         def send(image: bytes, gating: str) -> Any:
             return c.post("/predict", params={"mask": "none", "gating": gating},
                           files={"file": ("b.png", image, "image/png"),

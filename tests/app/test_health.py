@@ -8,6 +8,7 @@ import io
 import json
 import logging
 import re
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -84,8 +85,8 @@ def test_readyz_names_the_reason_when_the_model_fails_to_load(
     tmp_path: Path, tiny_weights: Path
 ) -> None:
     missing = tmp_path / "missing.keras"
-    card = tiny_weights.with_name("model_card.json")
-    app = create_app(tiny_settings(missing, model_card_path=card))
+    shutil.copy(tiny_weights.with_name("model_card.json"), tmp_path)
+    app = create_app(tiny_settings(missing))
     with pytest.raises(ModelLoadError), TestClient(app):
         pass
     error = assert_error(TestClient(app).get("/readyz"), 503, "not_ready")

@@ -2,7 +2,7 @@
 starve the small boards beside them.
 
 The real process (``python -m app.serve``, the tiny model) with a memory budget of one
-8000 x 8000 board (``PCB_MAX_INFLIGHT_PIXELS``):
+8000 x 8000 board (``PCB_LIMITS_MAX_INFLIGHT_PIXELS``):
 
 * a flood of such boards: one is admitted, the others get 503 + Retry-After within seconds,
   before any of their tiles is computed, and the process's memory stays bounded;
@@ -49,9 +49,9 @@ def test_a_flood_of_large_boards_gets_503s_and_small_boards_keep_flowing(
     tiny_weights: Path, tmp_path: Path,
 ) -> None:
     small = board_png(640, 640, seed=6)
-    with running_server(tiny_weights, tmp_path, max_inflight_pixels=BUDGET,
-                        max_image_pixels=BUDGET, intra_op_threads=2,
-                        request_timeout_s=900) as server:
+    with running_server(tiny_weights, tmp_path, limits_max_inflight_pixels=BUDGET,
+                        limits_max_image_pixels=BUDGET, intra_op_threads=2,
+                        limits_request_timeout_s=900) as server:
         started = time.perf_counter()
         idle = post(server.url, small, 60)
         assert idle.status_code == 200, idle.text

@@ -1,4 +1,5 @@
-"""Whole-board admission against the memory budget (PCB_MAX_INFLIGHT_PIXELS), through the app.
+"""Whole-board admission against the memory budget (PCB_LIMITS_MAX_INFLIGHT_PIXELS), through the
+app.
 
 The budget's own arithmetic is in ``tests/app/services/test_admission.py``; here: a board that
 does not fit gets 503 + Retry-After before any of it is computed, from its header (or from
@@ -25,7 +26,8 @@ BOARD = board_png(200, 150, seed=4)  # 30,000 px
 
 @pytest.fixture(scope="module")
 def client(tiny_weights: Path) -> Iterator[TestClient]:
-    with app_client(tiny_weights, max_image_pixels=BUDGET, max_inflight_pixels=BUDGET) as c:
+    with app_client(tiny_weights, limits_max_image_pixels=BUDGET,
+                    limits_max_inflight_pixels=BUDGET) as c:
         yield c
 
 
@@ -42,7 +44,7 @@ def test_a_board_that_does_not_fit_gets_503_before_any_of_it_is_computed(
         response = post(client)
         assert_error(response, 503, "over_capacity")
         assert "30,000 px would join 70,001 px in flight" in response.json()["error"]["message"]
-        assert "PCB_MAX_INFLIGHT_PIXELS" in response.json()["error"]["message"]
+        assert "PCB_LIMITS_MAX_INFLIGHT_PIXELS" in response.json()["error"]["message"]
         assert int(response.headers["Retry-After"]) >= 1  # type: ignore[attr-defined]
         assert TILES._value.get() == tiles_before  # no tile of it reached the model
     # The other board finished: the same board now fits, and gives its pixels back after.

@@ -42,6 +42,7 @@ from tests.helpers.app import (
     assert_error,
     defect_cut,
     tiny_settings,
+    with_thresholds,
 )
 from tests.helpers.boards import board_png, encode
 from tests.helpers.server import REPO_ROOT, ServerProcess, free_port, running_server, server_env
@@ -62,10 +63,12 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def client(tiny_weights: Path, tiny_pair_weights: Path, cut: float,
-           data_dir: Path) -> Iterator[TestClient]:
-    with app_client(tiny_weights, pair_weights_path=tiny_pair_weights, api_keys=ROLE_KEYS,
-                    keep_images="all", threshold=cut, data_dir=data_dir) as c:
+def client(tiny_weights: Path, tiny_pair_weights: Path, cut: float, data_dir: Path,
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
+    single, pair = with_thresholds(tmp_path_factory.mktemp("models"), tiny_weights,
+                                   tiny_pair_weights, confidence=cut)
+    with app_client(single, pair_weights_path=pair, api_keys=ROLE_KEYS,
+                    images_keep="all", data_dir=data_dir) as c:
         yield c
 
 
@@ -385,7 +388,7 @@ def test_kept_image_is_served_as_sent(client: TestClient) -> None:
 
 
 def test_images_are_kept_by_policy(tiny_weights: Path, tmp_path: Path) -> None:
-    with app_client(tiny_weights, keep_images="failed", data_dir=tmp_path) as c:
+    with app_client(tiny_weights, images_keep="failed", data_dir=tmp_path) as c:
         passed = c.post("/predict", params={"threshold": 1.0},
                         files={"file": ("b.png", BOARD, "image/png")}).json()
         failed = c.post("/predict", params={"threshold": 0.0, "min_confidence": 0.0},
@@ -412,7 +415,7 @@ def test_image_retention_runs_in_the_background(tiny_weights: Path, tmp_path: Pa
     old.write_bytes(b"old board")
     forty_days_ago = time.time() - 40 * 86400
     os.utime(old, (forty_days_ago, forty_days_ago))
-    with app_client(tiny_weights, data_dir=tmp_path, image_retention_days=30):
+    with app_client(tiny_weights, data_dir=tmp_path, images_retention_days=30):
         deadline = time.monotonic() + 30
         while old.exists():
             assert time.monotonic() < deadline, "retention never removed the old image"

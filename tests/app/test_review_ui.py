@@ -147,7 +147,7 @@ def server(tiny_weights: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
     weights = Path(os.environ.get("PCB_UI_WEIGHTS") or tiny_weights)
     with live_server_running(
         weights, tmp_path_factory.mktemp("review_server"),
-        env={"PCB_KEEP_IMAGES": "all"},
+        env={"PCB_IMAGES_KEEP": "all"},
         data_dir=str(tmp_path_factory.mktemp("review_data")),
     ) as running:
         yield running

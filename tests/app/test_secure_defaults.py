@@ -60,7 +60,7 @@ def test_serve_without_keys_refuses_a_reachable_address_from_the_environment() -
 @pytest.mark.parametrize(("host", "fields", "refused"), [
     ("0.0.0.0", {}, True),
     ("0.0.0.0", {"auth": "off"}, False),  # on purpose
-    ("0.0.0.0", {"api_keys": "k1"}, False),
+    ("0.0.0.0", {"api_keys": "line:inspect:k1"}, False),
     ("127.0.0.1", {}, False),
     ("::1", {}, False),
     ("localhost", {}, False),
@@ -75,7 +75,7 @@ def test_which_binds_need_keys(
 
 @pytest.mark.parametrize(("fields", "why"), [
     ({"auth": "on"}, "PCB_API_KEYS is empty"),
-    ({"auth": "off", "api_keys": "k1"}, "PCB_API_KEYS is set"),
+    ({"auth": "off", "api_keys": "line:inspect:k1"}, "PCB_API_KEYS is set"),
     ({"auth": "maybe"}, "auth"),
 ])
 def test_auth_setting_must_agree_with_the_keys(
@@ -260,7 +260,7 @@ def test_metrics_on_their_own_port(tiny_weights: Path) -> None:
     client = TestClient(create_app(settings))
     # Not on the API's port, with or without a key.
     assert_error(client.get("/metrics", headers=ADMIN), 404, "not_found")
-    server = start_metrics_server(settings.metrics_host, port)
+    server = start_metrics_server(settings.metrics.host, port)
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
             assert r.status == 200
@@ -268,7 +268,7 @@ def test_metrics_on_their_own_port(tiny_weights: Path) -> None:
     finally:
         server.shutdown()
         server.server_close()
-    assert settings.metrics_host == "127.0.0.1"
+    assert settings.metrics.host == "127.0.0.1"
 
 
 def test_metrics_port_must_differ_from_the_api_port(tiny_weights: Path) -> None:

@@ -9,6 +9,7 @@ provoked precisely.
 from __future__ import annotations
 
 import functools
+import shutil
 import socket
 import subprocess
 import sys
@@ -175,18 +176,22 @@ def test_startup_failures_that_are_not_the_weights_exit_3_with_one_line(
     assert line == (f"pcb-inspect: startup failed: PCB_DATA_DIR {not_a_dir} cannot hold golden "
                     f"boards: {not_a_dir} is not a directory")
 
-    missing_card = tmp_path / "card.json"
-    line = serve_and_fail(server_env(tiny_weights, 1, model_card_path=missing_card))
+    # Weights without a card beside them.
+    alone = tmp_path / "alone" / "model.keras"
+    alone.parent.mkdir()
+    shutil.copy(tiny_weights, alone)
+    missing_card = alone.with_name("model_card.json")
+    line = serve_and_fail(server_env(alone, 1))
     assert line == f"pcb-inspect: startup failed: model card {missing_card} does not exist"
 
     # A setting: named as its variable, with the value received and what was expected...
     line = serve_and_fail(server_env(tiny_weights, 1, device="tpu"))
     assert line.startswith("pcb-inspect: startup failed: invalid setting PCB_DEVICE='tpu': ")
     assert "'auto', 'cpu' or 'gpu'" in line
-    line = serve_and_fail(server_env(tiny_weights, 1, tile_overlap=64))
-    assert line == ("pcb-inspect: startup failed: invalid setting PCB_TILE_OVERLAP=64: expected "
-                    "less than the tile size 64 of model card "
-                    f"{tiny_weights.with_name('model_card.json')}")
+    # A retired one: named with its replacement.
+    line = serve_and_fail(server_env(tiny_weights, 1, max_batch_size=4))
+    assert line == ("pcb-inspect: startup failed: invalid settings: PCB_MAX_BATCH_SIZE was "
+                    "renamed PCB_BATCHING_MAX_SIZE; set that instead")
     # ... except the API keys, which are secrets.
     line = serve_and_fail(server_env(tiny_weights, 1, api_keys='["k1-secret", '))
     assert line.startswith("pcb-inspect: startup failed: invalid setting PCB_API_KEYS: ")
@@ -284,7 +289,7 @@ def small_queue_server(
 ) -> Iterator[ServerProcess]:
     with running_server(
         tiny_weights, tmp_path_factory.mktemp("logs"), READY_TIMEOUT_S,
-        max_queue_tiles=QUEUE_TILES, max_body_bytes=MAX_BODY,
+        batching_max_queue_tiles=QUEUE_TILES, limits_max_body_bytes=MAX_BODY,
     ) as server:
         yield server
 
@@ -391,7 +396,7 @@ def test_chunked_upload_over_the_limit_without_content_length(
     with httpx.Client(timeout=60) as client:
         response = client.send(request)
     error = assert_error(response, 413, "payload_too_large")
-    assert str(MAX_BODY) in error["message"] and "PCB_MAX_BODY_BYTES" in error["message"]
+    assert str(MAX_BODY) in error["message"] and "PCB_LIMITS_MAX_BODY_BYTES" in error["message"]
     # The same with a declared length: refused before the body is read.
     declared = httpx.post(f"{server.url}/predict", content=b"\x00" * (MAX_BODY + 1),
                           headers={"content-type": "image/png"}, timeout=60)
@@ -408,7 +413,7 @@ POISON = board_png(64, 64, seed=99)
 @pytest.fixture()
 def one_tile_batches(tiny_weights: Path) -> Iterator[TestClient]:
     # One tile per model call: each request is its own batch, so exactly one can be hit.
-    with app_client(tiny_weights, max_batch_size=1) as client:
+    with app_client(tiny_weights, batching_max_size=1) as client:
         yield client
 
 
@@ -458,14 +463,14 @@ def test_request_timeout_grows_with_the_tiles(tiny_weights: Path) -> None:
     from tests.helpers.app import tiny_settings
 
     settings = tiny_settings(tiny_weights)
-    assert settings.request_timeout_for(1) == 120.0
+    assert settings.limits.request_timeout_for(1) == 120.0
     # An 8000 x 8000 board: 196 tiles of 640 px, 120 s + 195 x 1 s.
-    assert settings.request_timeout_for(196) == 315.0
+    assert settings.limits.request_timeout_for(196) == 315.0
 
 
 def test_request_timeout_is_504_and_frees_the_queue(tiny_weights: Path) -> None:
-    with app_client(tiny_weights, request_timeout_s=0.05,
-                    request_timeout_per_tile_s=0.0001) as client:
+    with app_client(tiny_weights, limits_request_timeout_s=0.05,
+                    limits_request_timeout_per_tile_s=0.0001) as client:
         state: ServiceState = service_state(client.app)  # type: ignore[arg-type]
         # Gating off: every tile goes through the model, so the allowance counts them all.
         response = client.post("/predict", params={**QUIET, "gating": "off"},
@@ -474,8 +479,8 @@ def test_request_timeout_is_504_and_frees_the_queue(tiny_weights: Path) -> None:
         # 1000 x 1000 with the tiny model's 64 px tiles: the allowance grows with the tiles.
         tiles = len(state.inferencer.pre_process(np.zeros((1000, 1000), np.uint8)))  # type: ignore[union-attr]
         assert f"longer than {0.05 + 0.0001 * (tiles - 1):g} s" in error["message"]
-        assert "PCB_REQUEST_TIMEOUT_S" in error["message"]
-        assert "PCB_REQUEST_TIMEOUT_PER_TILE_S" in error["message"]
+        assert "PCB_LIMITS_REQUEST_TIMEOUT_S" in error["message"]
+        assert "PCB_LIMITS_REQUEST_TIMEOUT_PER_TILE_S" in error["message"]
         batcher = state.batcher
         assert batcher is not None
         # The dropped request's tiles left the queue at once (they are not computed later).

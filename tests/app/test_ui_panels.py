@@ -33,7 +33,7 @@ def server(tiny_weights: Path, tiny_pair_weights: Path,
            tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     with live_server_running(
         tiny_weights, tmp_path_factory.mktemp("review_units_server"),
-        env={"PCB_KEEP_IMAGES": "all"}, pair_weights_path=str(tiny_pair_weights),
+        env={"PCB_IMAGES_KEEP": "all"}, pair_weights_path=str(tiny_pair_weights),
         data_dir=str(tmp_path_factory.mktemp("review_units_data")),
     ) as running:
         yield running

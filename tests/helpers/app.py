@@ -32,7 +32,8 @@ ADMIN = {"authorization": "Bearer k-admin"}  # the other way to send a key
 
 
 def tiny_settings(weights: Path, **overrides: Any) -> Settings:
-    """Settings for the tiny model on the CPU; ``overrides`` are Settings fields.
+    """Settings for the tiny model on the CPU; ``overrides`` are Settings fields, a group's by
+    its flat name (``limits_max_body_bytes=4096``).
 
     No golden-board model (the shipped one would be loaded otherwise) unless
     ``pair_weights_path`` is given, and golden boards go to a fresh folder under the system
@@ -54,6 +55,25 @@ def app_client(weights: Path, **overrides: Any) -> Iterator[TestClient]:
     app = create_app(tiny_settings(weights, **overrides))
     with TestClient(app) as client:
         yield client
+
+
+def with_thresholds(folder: Path, *weights: Path, **thresholds: Any) -> list[Path]:
+    """Copies of the ``weights`` files and their cards into ``folder``, each card's
+    ``thresholds`` updated with ``thresholds`` (e.g. ``confidence=defect_cut(w)``): the
+    operating point is the model card's. Returns the copies' weights paths."""
+    import json
+    import shutil
+
+    from app.inference.card import default_card_path
+
+    copies = []
+    for source in weights:
+        card_path = default_card_path(source)
+        card = json.loads(card_path.read_text())
+        card["thresholds"] = {**card.get("thresholds", {}), **thresholds}
+        (folder / card_path.name).write_text(json.dumps(card))
+        copies.append(Path(shutil.copy(source, folder / source.name)))
+    return copies
 
 
 def defect_cut(weights: Path) -> float:

@@ -4,8 +4,8 @@ Built on :mod:`helpers.server`, the one harness. Two module-scoped fixtures, so
 one model load (5-20 s) serves a whole test module:
 
 * ``live_server``: a ready server with default settings;
-* ``live_server_factory``: ``live_server_factory(env={"PCB_API_KEYS": '["k"]'})`` or
-  ``live_server_factory(api_keys='["k"]')`` starts another with extra environment variables
+* ``live_server_factory``: ``live_server_factory(env={"PCB_API_KEYS": "line:inspect:k"})`` or
+  ``live_server_factory(api_keys="line:inspect:k")`` starts another with extra environment variables
   or ``PCB_*`` settings; every server it started stops at the end of the module.
 
 A folder uses them by importing them in its ``conftest.py``::

@@ -8,7 +8,7 @@ mid-upload, load and memory over time, the benchmark's server and its naive base
 * :class:`ServerProcess` waits for readiness, reads the log and ``/metrics``, and stops.
 
 The process gets this process's environment *without* any ``PCB_*`` variable, then the
-settings it is given: a stray ``PCB_TILE_OVERLAP`` in a shell must not change what a test or
+settings it is given: a stray ``PCB_FAIL_RULE`` in a shell must not change what a test or
 a benchmark measures. :data:`TEST_ENV` (the default ``base``) pins what the tests need on two
 shared cores; a benchmark passes ``base={}`` to measure the machine as configured.
 """
@@ -145,7 +145,7 @@ def server_env(
         weights: ``PCB_WEIGHTS_PATH`` (``None``: the service's default, the shipped model).
         port: ``PCB_PORT``; the host is always 127.0.0.1.
         base: Variables applied before ``settings`` (default :data:`TEST_ENV`).
-        **settings: ``PCB_*`` settings by field name, e.g. ``max_batch_size=4``. Without a
+        **settings: ``PCB_*`` settings by flat name, e.g. ``batching_max_size=4``. Without a
             ``data_dir``, golden boards go to a folder of this port under the temp dir, never
             to the repository's ``./data``.
     """
@@ -184,7 +184,7 @@ def start_server(
         env: Extra environment variables, applied last (they win).
         argv: The command; ``{port}`` in it becomes the port (default: the service).
         base: See :func:`server_env`.
-        **settings: ``PCB_*`` settings by field name.
+        **settings: ``PCB_*`` settings by flat name (``batching_max_size=4``).
     """
     port = free_port()
     log_dir = Path(log_dir or tempfile.mkdtemp(prefix="pcb-server-"))

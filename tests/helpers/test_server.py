@@ -18,12 +18,12 @@ HTTP_SERVER = (sys.executable, "-m", "http.server", "{port}", "--bind", "127.0.0
 
 
 def test_a_shell_pcb_variable_never_reaches_the_server(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("PCB_TILE_OVERLAP", "3")
+    monkeypatch.setenv("PCB_FAIL_RULE", "area")
     monkeypatch.setenv("PCB_API_KEYS", "from-the-shell")
-    env = server_env(Path("m.keras"), 8123, api_keys="k", max_batch_size=4)
+    env = server_env(Path("m.keras"), 8123, api_keys="k", batching_max_size=4)
     pcb = {k: v for k, v in env.items() if k.startswith("PCB_")}
-    assert "PCB_TILE_OVERLAP" not in pcb
-    assert pcb["PCB_API_KEYS"] == "k" and pcb["PCB_MAX_BATCH_SIZE"] == "4"
+    assert "PCB_FAIL_RULE" not in pcb
+    assert pcb["PCB_API_KEYS"] == "k" and pcb["PCB_BATCHING_MAX_SIZE"] == "4"
     assert (pcb["PCB_HOST"], pcb["PCB_PORT"], pcb["PCB_WEIGHTS_PATH"]) == (
         "127.0.0.1", "8123", "m.keras")
     # Golden boards go to a folder of the port, never to the repository's ./data.

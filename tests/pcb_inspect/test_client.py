@@ -763,7 +763,7 @@ def test_batch_writes_csv(live_server: ServerProcess, boards: Path, tmp_path: Pa
 def test_a_wrong_api_key_is_not_retried(
     live_server_factory: Callable[..., ServerProcess], boards: Path
 ) -> None:
-    server = live_server_factory(api_keys='["line-7-key"]')
+    server = live_server_factory(api_keys="line-7:inspect:line-7-key")
     sleeps = Sleeps()
     with InspectClient(server.url, api_key="wrong", sleep=sleeps) as client, \
             pytest.raises(InspectError) as info:

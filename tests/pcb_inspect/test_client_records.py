@@ -65,7 +65,7 @@ def _board(folder: Path, name: str, seed: int) -> Path:
 @pytest.fixture(scope="module")
 def server(live_server_factory: Callable[..., ServerProcess]) -> ServerProcess:
     # Every image kept, so reviewed boards can be exported.
-    return live_server_factory(keep_images="all")
+    return live_server_factory(images_keep="all")
 
 
 @pytest.mark.slow

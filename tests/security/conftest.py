@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.helpers.app import ROLE_KEYS, app_client, defect_cut
+from tests.helpers.app import ROLE_KEYS, app_client, defect_cut, with_thresholds
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +20,9 @@ def cut(tiny_weights: Path) -> float:
 @pytest.fixture(scope="module")
 def client(tiny_weights: Path, tiny_pair_weights: Path, cut: float,
            tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
-    with app_client(tiny_weights, pair_weights_path=tiny_pair_weights, api_keys=ROLE_KEYS,
-                    threshold=cut, data_dir=tmp_path_factory.mktemp("data")) as c:
+    single, pair = with_thresholds(tmp_path_factory.mktemp("models"), tiny_weights,
+                                   tiny_pair_weights, confidence=cut)
+    with app_client(single, pair_weights_path=pair, api_keys=ROLE_KEYS,
+                    data_dir=tmp_path_factory.mktemp("data")) as c:
         yield c
 

@@ -1,5 +1,5 @@
-"""The image limit in force is the service's (``PCB_MAX_IMAGE_PIXELS``), not Pillow's default,
-and no image work takes the decode lock on the event loop."""
+"""The image limit in force is the service's (``PCB_LIMITS_MAX_IMAGE_PIXELS``), not Pillow's
+default, and no image work takes the decode lock on the event loop."""
 
 from __future__ import annotations
 

@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from app.records import MAX_REVIEW_BYTES, MAX_REVIEW_MISSED, MAX_REVIEW_OUTCOMES
-from tests.helpers.app import INSPECT, REVIEW, ROLE_KEYS
+from tests.helpers.app import INSPECT, REVIEW, ROLE_KEYS, with_thresholds
 from tests.helpers.boards import board_png
 from tests.helpers.server import ServerProcess, running_server
 
@@ -30,10 +30,12 @@ P99_LIMIT_S = 0.2
 @pytest.fixture(scope="module")
 def server(tiny_weights: Path, tiny_pair_weights: Path, defect_threshold: float,
            tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    single, pair = with_thresholds(tmp_path_factory.mktemp("models"), tiny_weights,
+                                   tiny_pair_weights, confidence=defect_threshold)
     with running_server(
-        tiny_weights, tmp_path_factory.mktemp("logs"), 180,
-        pair_weights_path=tiny_pair_weights, data_dir=tmp_path_factory.mktemp("data"),
-        api_keys=json.dumps(ROLE_KEYS), threshold=defect_threshold,
+        single, tmp_path_factory.mktemp("logs"), 180,
+        pair_weights_path=pair, data_dir=tmp_path_factory.mktemp("data"),
+        api_keys=json.dumps(ROLE_KEYS),
     ) as srv:
         yield srv
 

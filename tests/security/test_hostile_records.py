@@ -37,7 +37,7 @@ def wait_ready(client: TestClient, status: int, timeout_s: float = 30.0) -> None
 def test_no_record_no_200(tiny_weights: Path, tmp_path: Path) -> None:
     # A PostgreSQL that does not answer (nothing listens on the port): records go to the spool.
     url = f"postgresql+psycopg://pcb@127.0.0.1:{free_port()}/pcb"
-    with app_client(tiny_weights, api_keys=["st:inspect:" + INSPECT["x-api-key"]],
+    with app_client(tiny_weights, api_keys="st:inspect:" + INSPECT["x-api-key"],
                     database_url=url, data_dir=tmp_path) as c:
         spooled = predict(c)
         assert spooled.status_code == 200 and spooled.json()["inspection_id"], spooled.text

@@ -13,10 +13,10 @@ router = APIRouter(tags=["observability"])
 
 def _served_here(settings: SettingsDep) -> None:
     # With a port of its own the API's port keeps nothing of it: one place to protect.
-    if settings.metrics_port is not None:
+    if settings.metrics.port is not None:
         raise ApiError(
             404, "not_found",
-            f"The metrics are served on their own port {settings.metrics_port} "
+            f"The metrics are served on their own port {settings.metrics.port} "
             "(PCB_METRICS_PORT), not here.",
         )
 

@@ -32,7 +32,7 @@ def settings_for(weights: Path, **overrides: object) -> Settings:
 
 @pytest.fixture(scope="module")
 def inferencer(tiny_weights: Path) -> Inferencer:
-    inf = Inferencer.from_settings(settings_for(tiny_weights, max_batch_size=4))
+    inf = Inferencer.from_settings(settings_for(tiny_weights, batching_max_size=4))
     inf.warm_up()
     return inf
 
@@ -246,6 +246,20 @@ def test_invalid_model_card(model_dir: Path, content: str, expected: str) -> Non
     assert str(model_dir / "model_card.json") in message and expected in message
 
 
+def test_tile_overlap_comes_from_the_card(model_dir: Path) -> None:
+    card_path = model_dir / "model_card.json"
+    card = json.loads(card_path.read_text())
+    card["input"]["tile_overlap"] = 10
+    card_path.write_text(json.dumps(card))
+    assert Inferencer.from_settings(settings_for(model_dir / "model.keras")).tile_overlap == 10
+    # Not below the tile: refused in one line naming the card.
+    card["input"]["tile_overlap"] = card["input"]["tile_size"]
+    card_path.write_text(json.dumps(card))
+    message = load_error(model_dir / "model.keras")
+    assert str(card_path) in message and "invalid at input" in message
+    assert "tile_overlap must be less than tile_size 64, got 64" in message
+
+
 def test_class_count_mismatch(model_dir: Path) -> None:
     card_path = model_dir / "model_card.json"
     card = json.loads(card_path.read_text())
@@ -318,7 +332,7 @@ def test_large_board_keeps_a_few_chunks_in_flight_and_small_boards_flow(
 def test_calibrate_batch_size_picks_the_smallest_batch_near_the_best(
     tiny_weights: Path,
 ) -> None:
-    inf = Inferencer.from_settings(settings_for(tiny_weights, max_batch_size=8))
+    inf = Inferencer.from_settings(settings_for(tiny_weights, batching_max_size=8))
     inf.warm_up()
     per_tile = inf.calibrate_batch_size(cap=6)
     assert sorted(per_tile) == [1, 2, 4]  # powers of two up to the cap

@@ -1,9 +1,10 @@
 """Tiled inference of the shipped models matches whole-image inference.
 
-Large boards are cut into 640 px tiles that overlap by ``PCB_TILE_OVERLAP`` (default 64 px, so
-32 px of context a side, and each pixel is taken from the tile where it is most central). The
-overlap is enough only if the model's effective receptive field is that short: this runs both
-shipped models on a 1280 x 1280 synthetic board tiled (3 x 3 tiles) and whole, and compares.
+Large boards are cut into 640 px tiles that overlap by the card's ``input.tile_overlap``
+(default 64 px, so 32 px of context a side, and each pixel is taken from the tile where it is
+most central). The overlap is enough only if the model's effective receptive field is that
+short: this runs both shipped models on a 1280 x 1280 synthetic board tiled (3 x 3 tiles) and
+whole, and compares.
 Measured: the largest |P(defect)| difference anywhere is 0.007 (single) and 0.0075 (pair) at
 64 px; at 192 px it is 0.0003 and 0.
 """

@@ -27,6 +27,7 @@ from tests.helpers.app import (
     app_client,
     assert_error,
     defect_cut,
+    with_thresholds,
 )
 from tests.helpers.boards import board_png
 
@@ -40,8 +41,9 @@ def database(pg_database: Any) -> str:
 @pytest.fixture(scope="module")
 def client(tiny_weights: Path, database: str,
            tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
-    with app_client(tiny_weights, api_keys=ROLE_KEYS, keep_images="all",
-                    threshold=defect_cut(tiny_weights), database_url=database,
+    [weights] = with_thresholds(tmp_path_factory.mktemp("model"), tiny_weights,
+                                confidence=defect_cut(tiny_weights))
+    with app_client(weights, api_keys=ROLE_KEYS, images_keep="all", database_url=database,
                     data_dir=tmp_path_factory.mktemp("pg_api_data")) as c:
         yield c
 

@@ -21,7 +21,7 @@ def test_boards_are_admitted_whole_until_the_budget_is_spent() -> None:
                 pass
             # The refusal names the board, what is in flight and the setting.
             assert "1 px would join 100 px in flight" in str(caught.value)
-            assert "PCB_MAX_INFLIGHT_PIXELS" in str(caught.value)
+            assert "PCB_LIMITS_MAX_INFLIGHT_PIXELS" in str(caught.value)
         # A refused board took nothing; a finished one gave its pixels back.
         assert (budget.in_flight, budget.boards) == (60, 1)
         with pytest.raises(BudgetExceededError):

@@ -32,7 +32,7 @@ BOARD = board_png(96, 80, seed=4)
 
 @pytest.fixture(scope="module")
 def client(tiny_weights: Path) -> Iterator[TestClient]:
-    with app_client(tiny_weights, max_batch_size=8) as c:
+    with app_client(tiny_weights, batching_max_size=8) as c:
         yield c
 
 
