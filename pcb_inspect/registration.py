@@ -13,11 +13,14 @@ Method (OpenCV, no TensorFlow):
 2. Phase correlation (``cv2.phaseCorrelate``) finds the translation; it is robust to the
    few pixels that defects change and has no local minima.
 3. ECC (``cv2.findTransformECC``, Euclidean motion) refines translation and rotation from
-   there, on the downscaled images and then near the solution at full resolution, or on a
-   board over :data:`REFINE_MAX_PIXELS` at the scale that has that many pixels: ECC holds
-   about 60 bytes a pixel, which on an 8000 x 8000 board would be 4 GB.
+   there, on the downscaled images and then near the solution at full resolution. A board
+   over :data:`REFINE_MAX_PIXELS` (ECC holds about 60 bytes a pixel: 4 GB on an 8000 x 8000
+   board) is shrunk by a whole factor for the starts, and refined at full resolution on a few
+   patches spread over it, a Euclidean motion fitted to their matches; where too few patches
+   have copper, on the whole board shrunk to :data:`REFINE_MAX_PIXELS`.
 4. The score is the normalised cross-correlation of the board and the warped reference over
-   the pixels both cover, on the grid of step 3. A pair that is not the same design (another
+   the pixels both cover, on the grid of step 3 (the shrunk grid for a board over
+   :data:`REFINE_MAX_PIXELS`). A pair that is not the same design (another
    product, turned 90 degrees, the wrong side) scores far below :data:`MIN_SCORE` and is
    refused with :class:`AlignmentError` rather than compared: comparing it would paint the
    whole board as defects.
@@ -53,11 +56,11 @@ SCREEN_SIDE = 256
 #: which a pair is refused without trying the other starts at full size: well under
 #: :data:`MIN_SCORE`, where unrelated designs score (aligned pairs score 0.85-0.99).
 SCREEN_SCORE = 0.3
-#: Most pixels the fine estimate and the score work on; larger boards are refined at the scale
-#: that has this many (an 8000 x 8000 board at a quarter of its side). ECC is accurate to a
-#: tenth of a pixel or better where it runs, so that is within half a pixel of the board; the
-#: memory registration needs stays about 0.3 GB whatever the board's size (README
-#: "Benchmarks").
+#: Most pixels ECC over the whole board works on. A larger board is refined on full-resolution
+#: patches instead (:func:`_refine_on_patches`), or, where too few of them have copper, at the
+#: whole scale that has at most this many pixels (an 8000 x 8000 board at a quarter of its
+#: side); either way the memory registration needs stays about 0.3 GB whatever the board's
+#: size (README "Benchmarks").
 REFINE_MAX_PIXELS = 4 * 2**20
 #: Boards over :data:`REFINE_MAX_PIXELS` are refined at full resolution on a grid of this many
 #: patches a side (those with copper to align on), each up to :data:`PATCH_SIDE` pixels.
