@@ -66,6 +66,11 @@ REFINE_MAX_PIXELS = 4 * 2**20
 #: patches a side (those with copper to align on), each up to :data:`PATCH_SIDE` pixels.
 PATCHES = 3
 PATCH_SIDE = 512
+#: A board too narrow for patches of this side (a quarter of its shorter side), or whose shorter
+#: side would shrink below :data:`MIN_SHRUNK_SIDE` for the starts, a long strip, is refined on
+#: the grid instead, as before.
+MIN_PATCH_SIDE = 256
+MIN_SHRUNK_SIDE = 64
 #: Most a patch's match may sit off the motion fitted to all of them before it is dropped
 #: (ECC matches a patch to about a hundredth of a pixel).
 PATCH_TOLERANCE_PX = 0.25
@@ -188,7 +193,9 @@ def _estimate(
     scale = min(1.0, max_side / max(h, w))
     # The grid of the fine estimate and the score: the board's own up to REFINE_MAX_PIXELS.
     fine = min(1.0, math.sqrt(REFINE_MAX_PIXELS / (h * w)))
-    if fine < 1.0:
+    if fine < 1.0 and min(h, w) // 4 >= MIN_PATCH_SIDE and (
+        min(h, w) // math.ceil(max(h, w) / max_side) >= MIN_SHRUNK_SIDE
+    ):
         return _estimate_large(board, ref, max_side)
     board_f, ref_f = _scaled(board, fine), _scaled(ref, fine)
     bs = _scaled(board_f, scale / fine).astype(np.float32)

@@ -110,3 +110,16 @@ def test_the_grids_map_a_warp_there_and_back() -> None:
     r_full = warp[:, :2] @ q_full + warp[:, 2]
     r_small = there[:, :2] @ q_small + there[:, 2]
     np.testing.assert_allclose(k * r_small + (k - 1) / 2, r_full, atol=1e-3)
+
+
+@pytest.mark.parametrize("shape", [(64, 70000), (300, 15000)])
+def test_a_long_strip_is_refined_on_the_grid_as_before(
+    ecc_sizes: list[tuple[int, ...]], shape: tuple[int, int]
+) -> None:
+    # Over the real limit (4.5 Mpx each), but too narrow for patches of a useful size, or for
+    # the shrunk copy the starts run on (64 rows shrunk by 69 would be none at all).
+    strip = make_board(seed=1, size=shape)
+    assert shape[0] * shape[1] > registration.REFINE_MAX_PIXELS
+    _, alignment = register(strip.image, moved(strip.template, 2.3, -1.4, 0.0))
+    assert (alignment.dx, alignment.dy) == pytest.approx((2.3, -1.4), abs=0.05)
+    assert not [s for s in ecc_sizes if s[0] == s[1] and s[0] > SCREEN_SIDE], ecc_sizes
