@@ -71,9 +71,11 @@ PATCH_SIDE = 512
 #: the grid instead, as before.
 MIN_PATCH_SIDE = 256
 MIN_SHRUNK_SIDE = 64
-#: Most a patch's match may sit off the motion fitted to all of them before it is dropped
-#: (ECC matches a patch to about a hundredth of a pixel).
-PATCH_TOLERANCE_PX = 0.25
+#: Most a patch's match may sit off the motion fitted to all of them before it is dropped. ECC
+#: matches a patch with copper edges every way to about a hundredth of a pixel; one whose edges
+#: run mostly one way can slide along them by a fifth of a pixel, which over an 8000 px board
+#: would tilt the fit by a tenth of a pixel at the corners.
+PATCH_TOLERANCE_PX = 0.1
 #: Largest rotation that registration will report as a match, in degrees.
 MAX_ROTATION_DEG = 5.0
 

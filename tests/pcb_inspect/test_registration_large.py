@@ -123,3 +123,22 @@ def test_a_long_strip_is_refined_on_the_grid_as_before(
     _, alignment = register(strip.image, moved(strip.template, 2.3, -1.4, 0.0))
     assert (alignment.dx, alignment.dy) == pytest.approx((2.3, -1.4), abs=0.05)
     assert not [s for s in ecc_sizes if s[0] == s[1] and s[0] > SCREEN_SIDE], ecc_sizes
+
+
+def test_a_jpeg_rescan_of_a_full_size_panel_is_aligned_everywhere_within_a_few_hundredths() -> (
+    None
+):
+    # The golden board scanned again: moved by under a pixel, brighter, through JPEG. On this
+    # 8000 px panel one patch of the grid slides 0.23 px along its edges; kept, it tilted the
+    # fitted motion by 0.1 px at the corners.
+    golden = make_board(seed=4, size=8000, n_defects=0).template
+    rescan = np.clip(moved(golden, 0.43, -0.31, 0.0).astype(np.int16) + 6, 0, 255)
+    _, jpeg = cv2.imencode(".jpg", rescan.astype(np.uint8), [cv2.IMWRITE_JPEG_QUALITY, 75])
+    board = cv2.imdecode(jpeg, cv2.IMREAD_GRAYSCALE)
+    del rescan, jpeg
+    _, alignment = register(board, golden)
+    truth = registration._matrix(-0.43, 0.31, 0.0)
+    corners = np.array([[0, 0], [8000, 0], [0, 8000], [8000, 8000], [4000, 4000]], float)
+    found = corners @ alignment.matrix[:, :2].T.astype(float) + alignment.matrix[:, 2]
+    expected = corners @ truth[:, :2].T.astype(float) + truth[:, 2]
+    assert np.abs(found - expected).max() < 0.04
