@@ -7,8 +7,8 @@ translations and rotations; ``register`` must recover them. Prints one JSON line
 largest translation and rotation error over the motions, the median seconds a pair, the
 peak resident memory above the two images (``/proc/self/clear_refs`` resets the peak after the
 boards are drawn), and the median seconds to refuse a wrong golden board (another design, and
-the right one turned by 90 degrees). Boards over ``REFINE_MAX_PIXELS`` are refined on a grid
-of that many pixels.
+the right one turned by 90 degrees). Boards over ``REFINE_MAX_PIXELS`` are refined at full
+resolution on a few patches (``refined_on``: ``patches``).
 """
 
 from __future__ import annotations
@@ -55,7 +55,10 @@ def measure(size: int) -> dict[str, float | int]:
         except AlignmentError:
             refused.append(time.perf_counter() - started)
     return {
-        "size": size, "refined_on_mpx": round(min(size * size, REFINE_MAX_PIXELS) / 2**20, 2),
+        "size": size,
+        # Over the limit: full-resolution patches (or that many Mpx where they lack copper).
+        "refined_on": "patches" if size * size > REFINE_MAX_PIXELS
+        else f"{size * size / 2**20:.2f} Mpx",
         "max_shift_error_px": round(shift_err, 4), "max_rotation_error_deg": round(angle_err, 5),
         "median_s": round(statistics.median(times), 2),
         "peak_mb_above_images": peak,

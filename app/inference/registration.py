@@ -13,11 +13,14 @@ Method (OpenCV, no TensorFlow):
 2. Phase correlation (``cv2.phaseCorrelate``) finds the translation; it is robust to the
    few pixels that defects change and has no local minima.
 3. ECC (``cv2.findTransformECC``, Euclidean motion) refines translation and rotation from
-   there, on the downscaled images and then near the solution at full resolution, or on a
-   board over :data:`REFINE_MAX_PIXELS` at the scale that has that many pixels: ECC holds
-   about 60 bytes a pixel, which on an 8000 x 8000 board would be 4 GB.
+   there, on the downscaled images and then near the solution at full resolution. A board
+   over :data:`REFINE_MAX_PIXELS` (ECC holds about 60 bytes a pixel: 4 GB on an 8000 x 8000
+   board) is shrunk by a whole factor for the starts, and refined at full resolution on a few
+   patches spread over it, a Euclidean motion fitted to their matches; where too few patches
+   have copper, on the whole board shrunk to :data:`REFINE_MAX_PIXELS`.
 4. The score is the normalised cross-correlation of the board and the warped reference over
-   the pixels both cover, on the grid of step 3. A pair that is not the same design (another
+   the pixels both cover, on the grid of step 3 (the shrunk grid for a board over
+   :data:`REFINE_MAX_PIXELS`). A pair that is not the same design (another
    product, turned 90 degrees, the wrong side) scores far below :data:`MIN_SCORE` and is
    refused with :class:`AlignmentError` rather than compared: comparing it would paint the
    whole board as defects.
@@ -53,12 +56,26 @@ SCREEN_SIDE = 256
 #: which a pair is refused without trying the other starts at full size: well under
 #: :data:`MIN_SCORE`, where unrelated designs score (aligned pairs score 0.85-0.99).
 SCREEN_SCORE = 0.3
-#: Most pixels the fine estimate and the score work on; larger boards are refined at the scale
-#: that has this many (an 8000 x 8000 board at a quarter of its side). ECC is accurate to a
-#: tenth of a pixel or better where it runs, so that is within half a pixel of the board; the
-#: memory registration needs stays about 0.3 GB whatever the board's size (README
-#: "Benchmarks").
+#: Most pixels ECC over the whole board works on. A larger board is refined on full-resolution
+#: patches instead (:func:`_refine_on_patches`), or, where too few of them have copper, at the
+#: whole scale that has at most this many pixels (an 8000 x 8000 board at a quarter of its
+#: side); either way the memory registration needs stays about 0.3 GB whatever the board's
+#: size (README "Benchmarks").
 REFINE_MAX_PIXELS = 4 * 2**20
+#: Boards over :data:`REFINE_MAX_PIXELS` are refined at full resolution on a grid of this many
+#: patches a side (those with copper to align on), each up to :data:`PATCH_SIDE` pixels.
+PATCHES = 3
+PATCH_SIDE = 512
+#: A board too narrow for patches of this side (a quarter of its shorter side), or whose shorter
+#: side would shrink below :data:`MIN_SHRUNK_SIDE` for the starts, a long strip, is refined on
+#: the grid instead, as before.
+MIN_PATCH_SIDE = 256
+MIN_SHRUNK_SIDE = 64
+#: Most a patch's match may sit off the motion fitted to all of them before it is dropped. ECC
+#: matches a patch with copper edges every way to about a hundredth of a pixel; one whose edges
+#: run mostly one way can slide along them by a fifth of a pixel, which over an 8000 px board
+#: would tilt the fit by a tenth of a pixel at the corners.
+PATCH_TOLERANCE_PX = 0.1
 #: Largest rotation that registration will report as a match, in degrees.
 MAX_ROTATION_DEG = 5.0
 
@@ -178,6 +195,10 @@ def _estimate(
     scale = min(1.0, max_side / max(h, w))
     # The grid of the fine estimate and the score: the board's own up to REFINE_MAX_PIXELS.
     fine = min(1.0, math.sqrt(REFINE_MAX_PIXELS / (h * w)))
+    if fine < 1.0 and min(h, w) // 4 >= MIN_PATCH_SIDE and (
+        min(h, w) // math.ceil(max(h, w) / max_side) >= MIN_SHRUNK_SIDE
+    ):
+        return _estimate_large(board, ref, max_side)
     board_f, ref_f = _scaled(board, fine), _scaled(ref, fine)
     bs = _scaled(board_f, scale / fine).astype(np.float32)
     rs = _scaled(ref_f, scale / fine).astype(np.float32)
@@ -188,29 +209,8 @@ def _estimate(
     # Slight blur widens ECC's basin on binarised, sharp-edged scans.
     bs_b = cv2.GaussianBlur(bs, (5, 5), 1.0)
     rs_b = cv2.GaussianBlur(rs, (5, 5), 1.0)
-    # Periodic layouts (rows of identical pads) can give phase correlation a wrong peak, and
-    # a rotation weakens its true one: the identity is the second start, and phase
-    # correlations of the reference turned by a few angles come after, only while no start
-    # has aligned the pair well. The best-scoring ECC result wins.
-    def rotated_start(angle: float) -> np.ndarray:
-        hs, ws = bs.shape
-        cx, cy = (ws - 1) / 2, (hs - 1) / 2
-        a = math.radians(angle)
-        c, sn = math.cos(a), math.sin(a)
-        rot = np.array([[c, -sn, cx - c * cx + sn * cy], [sn, c, cy - sn * cx - c * cy]])
-        turned = cv2.warpAffine(rs, rot, (ws, hs), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                                borderMode=cv2.BORDER_REPLICATE)
-        # board(p) ~ turned(p + s) = reference(rot (p + s)).
-        (tx, ty), _ = cv2.phaseCorrelate(bs, turned, window)
-        start = rot.copy()
-        start[:, 2] = rot[:, :2] @ np.array([tx, ty]) + rot[:, 2]
-        return start.astype(np.float32)
-
     def starts() -> Iterator[np.ndarray]:
-        yield _matrix(sx, sy, 0.0)
-        yield _matrix(0.0, 0.0, 0.0)
-        for angle in (-1.5, 1.5, -3.0, 3.0):
-            yield rotated_start(angle)
+        return _starts(bs, rs, window, sx, sy)
 
     if scale < fine:
         b_fine = cv2.GaussianBlur(board_f.astype(np.float32), (5, 5), 1.0)
@@ -253,6 +253,202 @@ def _estimate(
     alignment = Alignment(float(warp[0, 2]), float(warp[1, 2]), angle, score,
                           warp.astype(np.float32), overlap)
     return alignment, warped
+
+
+def _starts(bs: np.ndarray, rs: np.ndarray, window: np.ndarray, sx: float,
+            sy: float) -> Iterator[np.ndarray]:
+    """The starts of ECC on the coarse grid (float32 ``bs``, ``rs``), in the order tried.
+
+    Periodic layouts (rows of identical pads) can give phase correlation (``sx``, ``sy``) a
+    wrong peak, and a rotation weakens its true one: the identity is the second start, and
+    phase correlations of the reference turned by a few angles come after, only while no start
+    has aligned the pair well. The best-scoring ECC result wins.
+    """
+
+    def rotated_start(angle: float) -> np.ndarray:
+        hs, ws = bs.shape
+        cx, cy = (ws - 1) / 2, (hs - 1) / 2
+        a = math.radians(angle)
+        c, sn = math.cos(a), math.sin(a)
+        rot = np.array([[c, -sn, cx - c * cx + sn * cy], [sn, c, cy - sn * cx - c * cy]])
+        turned = cv2.warpAffine(rs, rot, (ws, hs), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                                borderMode=cv2.BORDER_REPLICATE)
+        # board(p) ~ turned(p + s) = reference(rot (p + s)).
+        (tx, ty), _ = cv2.phaseCorrelate(bs, turned, window)
+        start = rot.copy()
+        start[:, 2] = rot[:, :2] @ np.array([tx, ty]) + rot[:, 2]
+        return start.astype(np.float32)
+
+    yield _matrix(sx, sy, 0.0)
+    yield _matrix(0.0, 0.0, 0.0)
+    for angle in (-1.5, 1.5, -3.0, 3.0):
+        yield rotated_start(angle)
+
+
+def _estimate_large(
+    board: np.ndarray, ref: np.ndarray, max_side: int
+) -> tuple[Alignment, np.ndarray]:
+    """:func:`_estimate` for a board over :data:`REFINE_MAX_PIXELS` (``ref`` already fitted to
+    its size): coarse to fine.
+
+    The starts run on the board shrunk by a whole factor (about ``max_side`` a side; an area
+    resize at a whole ratio is a plain block mean, several times faster than at any other),
+    and the best start is scored there. The winner is then refined at full resolution on a few
+    patches spread over the board (:func:`_refine_on_patches`), which costs a fraction of ECC
+    over a whole downscaled grid and is more accurate (full-resolution pixels); where too few
+    patches have copper to align on, or they disagree, it is refined on the grid of
+    :data:`REFINE_MAX_PIXELS` as smaller boards are.
+    """
+    h, w = board.shape
+    k = math.ceil(max(h, w) / max_side)
+    bs_u8, rs_u8 = _shrunk(board, k), _shrunk(ref, k)
+    bs, rs = bs_u8.astype(np.float32), rs_u8.astype(np.float32)
+    window = cv2.createHanningWindow((bs.shape[1], bs.shape[0]), cv2.CV_32F)
+    (sx, sy), _ = cv2.phaseCorrelate(bs, rs, window)
+    bs_b = cv2.GaussianBlur(bs, (5, 5), 1.0)
+    rs_b = cv2.GaussianBlur(rs, (5, 5), 1.0)
+    screened = _screen(bs_b, rs_b, _starts(bs, rs, window, sx, sy), SCREEN_SIDE)
+    if screened[0] < SCREEN_SCORE:
+        # As in _estimate: nothing aligns the pair even roughly; the screen's best answers.
+        score, warp, overlap = screened
+        warp = _on_grid(warp, k, to_full=True)
+        warped, _ = _warp(ref, warp, (h, w), with_valid=False)
+        angle = math.degrees(math.atan2(float(warp[1, 0]), float(warp[0, 0])))
+        return Alignment(float(warp[0, 2]), float(warp[1, 2]), angle, score, warp,
+                         overlap), warped
+    best: tuple[float, np.ndarray] | None = None
+    for start in _starts(bs, rs, window, sx, sy):
+        warp = _ecc(bs_b, rs_b, start, 300)
+        score, _ = _coarse_score(bs_u8, rs_u8, warp)
+        if best is None or score > best[0]:
+            best = (score, warp)
+        if best[0] > GOOD_SCORE:
+            break
+    assert best is not None
+    warp = _on_grid(best[1], k, to_full=True)
+    refined = _refine_on_patches(board, ref, warp)
+    warp = refined if refined is not None else _refine_on_grid(board, ref, warp)
+    # The score and overlap of the warp reported, on the coarse grid.
+    score, overlap = _coarse_score(bs_u8, rs_u8, _on_grid(warp, k, to_full=False))
+    warped, _ = _warp(ref, warp, (h, w), with_valid=False)
+    angle = math.degrees(math.atan2(float(warp[1, 0]), float(warp[0, 0])))
+    return Alignment(float(warp[0, 2]), float(warp[1, 2]), angle, score, warp, overlap), warped
+
+
+def _coarse_score(board: np.ndarray, reference: np.ndarray,
+                  warp: np.ndarray) -> tuple[float, float]:
+    """``(score, overlap)`` of ``warp`` on one grid: the correlation, ranked down over a small
+    overlap (a board turned by 180 degrees can match itself well over a quarter of its area)."""
+    warped, valid = _warp(reference, warp, board.shape)
+    overlap = float(valid.mean())
+    return _score(board, warped, valid) * min(1.0, overlap / MIN_OVERLAP), overlap
+
+
+def _shrunk(image: np.ndarray, k: int) -> np.ndarray:
+    """``image`` shrunk by the whole factor ``k`` (block means; the last rows and columns that
+    do not fill a block are left out). Pixel ``i`` of the result is the mean of pixels
+    ``k i .. k i + k - 1``: its centre is at ``k i + (k - 1) / 2`` on the full grid."""
+    h, w = image.shape
+    return cv2.resize(image[: h // k * k, : w // k * k], (w // k, h // k),
+                      interpolation=cv2.INTER_AREA)
+
+
+def _on_grid(warp: np.ndarray, k: int, *, to_full: bool) -> np.ndarray:
+    """``warp`` moved between the full grid and the grid of :func:`_shrunk` by ``k``.
+
+    A full-grid point ``q = k q' + c`` (``c = (k - 1) / 2``) maps to ``A q + t``, which is
+    ``k (A q' + t') + c`` with ``t' = (t + (A - I) c) / k``.
+    """
+    out = warp.astype(np.float32)
+    c = (k - 1) / 2
+    offset = (out[:, :2] - np.eye(2, dtype=np.float32)) @ np.array([c, c], dtype=np.float32)
+    if to_full:
+        out[:, 2] = k * out[:, 2] - offset
+    else:
+        out[:, 2] = (out[:, 2] + offset) / k
+    return out
+
+
+def _refine_on_patches(board: np.ndarray, ref: np.ndarray,
+                       warp: np.ndarray) -> np.ndarray | None:
+    """Refines ``warp`` (full grid, within a few pixels) on full-resolution patches.
+
+    On each of :data:`PATCHES` x :data:`PATCHES` patches spread over the board that has copper
+    to align on, the reference is warped onto the patch by ``warp`` and ECC finds the residual
+    translation there; a Euclidean motion is fitted to the patches' centres and their matches,
+    dropping the worst patch while any is off the fit by more than :data:`PATCH_TOLERANCE_PX`
+    (a defect or a periodic layout can mislead one patch).
+
+    Returns:
+        The refined warp, or ``None`` when fewer than 3 patches agree.
+    """
+    h, w = board.shape
+    side = min(PATCH_SIDE, min(h, w) // 4)
+    a, t = warp[:, :2].astype(np.float64), warp[:, 2].astype(np.float64)
+    criteria = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 50, 1e-7)
+    centre = (side - 1) / 2
+    board_pts: list[np.ndarray] = []
+    ref_pts: list[np.ndarray] = []
+    for fy in (np.arange(PATCHES) + 0.5) / PATCHES:
+        for fx in (np.arange(PATCHES) + 0.5) / PATCHES:
+            y0 = min(h - side, max(0, round(fy * h - side / 2)))
+            x0 = min(w - side, max(0, round(fx * w - side / 2)))
+            patch = board[y0 : y0 + side, x0 : x0 + side]
+            if _std(patch) < FLAT_STD:
+                continue  # bare: nothing to align on
+            origin = np.array([x0, y0], dtype=np.float64)
+            corners = (a @ (origin + np.array([[0, 0], [side, 0], [0, side], [side, side]])).T
+                       ).T + t
+            if corners.min() < 0 or (corners.max(axis=0) > (ref.shape[1], ref.shape[0])).any():
+                continue  # partly off the reference: its border would pull ECC
+            m = np.hstack([a, (a @ origin + t)[:, None]]).astype(np.float32)
+            seen = cv2.warpAffine(ref, m, (side, side),
+                                  flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                                  borderMode=cv2.BORDER_REPLICATE)
+            try:
+                _, shift = cv2.findTransformECC(  # type: ignore[call-overload]
+                    cv2.GaussianBlur(patch.astype(np.float32), (5, 5), 1.0),
+                    cv2.GaussianBlur(seen.astype(np.float32), (5, 5), 1.0),
+                    np.eye(2, 3, dtype=np.float32), cv2.MOTION_TRANSLATION, criteria, None, 5,
+                )
+            except cv2.error:
+                continue  # no convergence on this patch
+            # ECC: seen(p + u) ~ patch(p), and seen(p) = ref(A (p + origin) + t).
+            q = origin + centre
+            board_pts.append(q)
+            ref_pts.append(a @ (q + shift[:, 2].astype(np.float64)) + t)
+    q_all, r_all = np.array(board_pts), np.array(ref_pts)
+    while len(q_all) >= 3:
+        fitted = _fit_euclidean(q_all, r_all)
+        off = np.linalg.norm(q_all @ fitted[:, :2].T + fitted[:, 2] - r_all, axis=1)
+        if off.max() <= PATCH_TOLERANCE_PX:
+            return fitted.astype(np.float32)
+        keep = np.arange(len(off)) != int(np.argmax(off))
+        q_all, r_all = q_all[keep], r_all[keep]
+    return None
+
+
+def _fit_euclidean(q: np.ndarray, r: np.ndarray) -> np.ndarray:
+    """The rotation and translation ``[R | t]`` (2x3) that best map points ``q`` to ``r``
+    (least squares; ``(n, 2)`` each)."""
+    qm, rm = q.mean(axis=0), r.mean(axis=0)
+    qc, rc = q - qm, r - rm
+    angle = math.atan2(float((qc[:, 0] * rc[:, 1] - qc[:, 1] * rc[:, 0]).sum()),
+                       float((qc * rc).sum()))
+    c, s = math.cos(angle), math.sin(angle)
+    rot = np.array([[c, -s], [s, c]])
+    return np.hstack([rot, (rm - rot @ qm)[:, None]])
+
+
+def _refine_on_grid(board: np.ndarray, ref: np.ndarray, warp: np.ndarray) -> np.ndarray:
+    """Refines ``warp`` (full grid) by ECC over the whole pair shrunk to at most
+    :data:`REFINE_MAX_PIXELS`: slower than the patches, but needs no patch to have copper."""
+    h, w = board.shape
+    k = math.ceil(math.sqrt(h * w / REFINE_MAX_PIXELS))
+    b_fine = cv2.GaussianBlur(_shrunk(board, k).astype(np.float32), (5, 5), 1.0)
+    r_fine = cv2.GaussianBlur(_shrunk(ref, k).astype(np.float32), (5, 5), 1.0)
+    refined = _ecc(b_fine, r_fine, _on_grid(warp, k, to_full=False), 50)
+    return _on_grid(refined, k, to_full=True)
 
 
 def _screen(board: np.ndarray, reference: np.ndarray, starts: Iterator[np.ndarray],

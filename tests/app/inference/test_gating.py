@@ -101,6 +101,32 @@ def test_strips_change_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
     assert whole.any()
 
 
+@pytest.mark.parametrize(("delta", "found"), [(60, False), (61, True)])
+def test_a_difference_just_over_the_threshold_is_found_in_a_strip_of_otherwise_equal_pixels(
+    monkeypatch: pytest.MonkeyPatch, delta: int, found: bool
+) -> None:
+    import app.inference.gating as gating
+
+    # A 3x3 spot of copper (darker) on bare substrate, by exactly ``delta`` gray levels, in one
+    # strip of many: every other strip is skipped as identical, and this one is not.
+    golden = make_board(seed=2, size=640, n_defects=0).template
+    square = np.ones((5, 5), np.uint8)
+    flat = (cv2.dilate(golden, square) == cv2.erode(golden, square)) & (golden >= 100)
+    ys, xs = np.nonzero(flat)
+    pick = np.flatnonzero((ys % 16 >= 2) & (ys % 16 <= 13) & (xs % 16 >= 2) & (xs % 16 <= 13)
+                          & (ys > 200))[0]
+    y, x = int(ys[pick]), int(xs[pick])
+    board = golden.copy()
+    board[y - 1 : y + 2, x - 1 : x + 2] = golden[y, x] - delta
+    assert int(cv2.absdiff(board, golden).max()) == delta
+    monkeypatch.setattr(gating, "STRIP_ROWS", 64)
+    cells = candidate_cells(board, golden)
+    if found:
+        assert list(zip(*np.nonzero(cells), strict=True)) == [(y // 16, x // 16)]
+    else:
+        assert not cells.any()
+
+
 def test_rejects_images_of_different_shapes() -> None:
     with pytest.raises(ValueError, match="one shape"):
         candidate_cells(np.zeros((64, 64), np.uint8), np.zeros((64, 65), np.uint8))
