@@ -31,11 +31,11 @@ import os
 import sys
 import threading
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from rich.console import Console
 from rich.markup import escape
@@ -98,22 +98,26 @@ def _positive_int(text: str) -> int:
 
 
 def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return value
+    return _number(text, int, "an integer", ">= 0", lambda value: value >= 0)
 
 
 def _positive_float(text: str) -> float:
+    return _number(text, float, "a number", "> 0", lambda value: value > 0)
+
+
+_N = TypeVar("_N", int, float)
+
+
+def _number(
+    text: str, convert: Callable[[str], _N], noun: str, bound: str, ok: Callable[[_N], bool]
+) -> _N:
+    """``text`` as ``convert`` reads it, or the one-line error that argparse prints."""
     try:
-        value = float(text)
+        value = convert(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected {noun}, got {text!r}") from None
+    if not ok(value):
+        raise argparse.ArgumentTypeError(f"expected {noun} {bound}, got {text!r}")
     return value
 
 
