@@ -31,7 +31,7 @@ import os
 import sys
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -119,6 +119,30 @@ def _number(
     if not ok(value):
         raise argparse.ArgumentTypeError(f"expected {noun} {bound}, got {text!r}")
     return value
+
+
+def _printed_as_json(args: argparse.Namespace, value: Any) -> bool:
+    """With ``--json``, prints ``value`` as the one JSON document a script reads; says whether
+    it did (then the command prints nothing else)."""
+    if args.json:
+        print(json.dumps(value))
+    return bool(args.json)
+
+
+def _table(title: str, columns: Iterable[str], right: Collection[str] = ()) -> Table:
+    """A left-titled table with these columns, the ``right`` ones right-justified."""
+    table = Table(title=title, title_justify="left")
+    for column in columns:
+        table.add_column(column, justify="right" if column in right else "left")
+    return table
+
+
+def _fields_table(title: str) -> Table:
+    """A headerless two-column table of one thing's fields: names in bold, then values."""
+    table = Table(title=title, title_justify="left", show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    return table
 
 
 def _client(args: argparse.Namespace, connections: int = 4) -> InspectClient:
@@ -844,8 +868,7 @@ def _read_recipe(path: Path) -> dict[str, Any]:
 
 def _product_put(client: InspectClient, args: argparse.Namespace, out: Console) -> int:
     stored = client.put_recipe(args.product, _read_recipe(args.file))
-    if args.json:
-        print(json.dumps(stored))
+    if _printed_as_json(args, stored):
         return EXIT_PASS
     if stored.get("new_revision"):
         out.print(escape(f"Stored revision {stored['revision']} of {args.product}'s recipe "
@@ -858,26 +881,21 @@ def _product_put(client: InspectClient, args: argparse.Namespace, out: Console) 
 
 def _product_get(client: InspectClient, args: argparse.Namespace, out: Console) -> int:
     recipe = client.get_recipe(args.product, args.revision)
-    if args.json:
-        print(json.dumps(recipe))
+    if _printed_as_json(args, recipe):
         return EXIT_PASS
     board = recipe.get("golden_board") or {}
     out.print(escape(
         f"{args.product} recipe revision {recipe['revision']} (sha256 "
         f"{str(recipe['sha256'])[:12]}), by {recipe.get('author')} at {recipe.get('created')}, "
         f"for the {_size(board)} px golden board {str(board.get('sha256', ''))[:12]}"))
-    units = Table(title="units", title_justify="left")
-    units.add_column("position", justify="right")
-    units.add_column("bbox [x0, y0, x1, y1]")
+    units = _table("units", ("position", "bbox [x0, y0, x1, y1]"), right={"position"})
     for unit in recipe.get("units") or []:
         units.add_row(str(unit["position"]), "[" + ", ".join(map(str, unit["bbox"])) + "]")
     if not recipe.get("units"):
         units.add_row("1", "the whole image")
     out.print(units)
     if recipe.get("zones"):
-        zones = Table(title="zones (first match wins)", title_justify="left")
-        for column in ("name", "action", "rules", "vertices"):
-            zones.add_column(column)
+        zones = _table("zones (first match wins)", ("name", "action", "rules", "vertices"))
         for zone in recipe["zones"]:
             rules = {k: zone[k] for k in ("min_area_px", "min_confidence", "ignored_classes")
                      if zone.get(k) not in (None, [])}
@@ -891,13 +909,10 @@ def _product_get(client: InspectClient, args: argparse.Namespace, out: Console) 
 
 def _product_revisions(client: InspectClient, args: argparse.Namespace, out: Console) -> int:
     revisions = client.recipe_revisions(args.product)
-    if args.json:
-        print(json.dumps(revisions))
+    if _printed_as_json(args, revisions):
         return EXIT_PASS
-    table = Table(title=escape(f"Recipe revisions of {args.product} ({len(revisions)})"),
-                  title_justify="left")
-    for column in ("revision", "sha256", "created", "author"):
-        table.add_column(column, justify="right" if column == "revision" else "left")
+    table = _table(escape(f"Recipe revisions of {args.product} ({len(revisions)})"),
+                   ("revision", "sha256", "created", "author"), right={"revision"})
     for rev in revisions:
         table.add_row(str(rev["revision"]), str(rev["sha256"])[:12], str(rev["created"]),
                       escape(str(rev["author"])))
@@ -969,8 +984,7 @@ def _run_action(args: argparse.Namespace, what: str, actions: dict[str, Any]) ->
 
 def _golden_put(client: InspectClient, args: argparse.Namespace, out: Console) -> int:
     stored = client.put_golden_board(args.product, args.file)
-    if args.json:
-        print(json.dumps(stored))
+    if _printed_as_json(args, stored):
         return EXIT_PASS
     verb = "Replaced" if stored.get("replaced") else "Stored"
     out.print(escape(f"{verb} the golden board of {args.product}: {_golden_line(stored)}"))
@@ -979,17 +993,13 @@ def _golden_put(client: InspectClient, args: argparse.Namespace, out: Console) -
 
 def _golden_list(client: InspectClient, args: argparse.Namespace, out: Console) -> int:
     boards = client.list_golden_boards()
-    if args.json:
-        print(json.dumps(boards))
+    if _printed_as_json(args, boards):
         return EXIT_PASS
     if not boards:
         out.print("No golden boards stored. Add one with: pcb-inspect golden put PRODUCT FILE")
         return EXIT_PASS
-    table = Table(title=f"Golden boards ({len(boards)})", title_justify="left")
-    table.add_column("product")
-    table.add_column("size", justify="right")
-    table.add_column("sha256")
-    table.add_column("created")
+    table = _table(f"Golden boards ({len(boards)})", ("product", "size", "sha256", "created"),
+                   right={"size"})
     for board in boards:
         table.add_row(
             escape(str(board.get("product"))), _size(board), str(board.get("sha256", ""))[:12],
@@ -1011,13 +1021,9 @@ def _golden_get(client: InspectClient, args: argparse.Namespace, out: Console) -
                              f"({len(png)} bytes)"))
         return EXIT_PASS
     board = client.get_golden_board(args.product)
-    if args.json:
-        print(json.dumps(board))
+    if _printed_as_json(args, board):
         return EXIT_PASS
-    table = Table(title=escape(f"Golden board {args.product}"), title_justify="left",
-                  show_header=False)
-    table.add_column(style="bold")
-    table.add_column()
+    table = _fields_table(escape(f"Golden board {args.product}"))
     for key, value in board.items():
         table.add_row(escape(str(key)), escape(str(value)))
     out.print(table)
