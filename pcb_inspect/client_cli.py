@@ -80,6 +80,34 @@ def _add_connection_args(parser: argparse.ArgumentParser) -> None:
                         help="retries on 503/429/connection errors (default: %(default)s)")
 
 
+def _finish(parser: argparse.ArgumentParser, *subs: argparse.ArgumentParser) -> None:
+    """The exit-code epilog of a command that prints a result, and on each of its (sub)parsers
+    the connection arguments and ``--json``."""
+    parser.epilog = "Exit code: 0 done, 2 error."
+    for sub in subs:
+        _add_connection_args(sub)
+        sub.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+
+def _product_action(
+    actions: argparse._SubParsersAction[argparse.ArgumentParser], name: str, help: str
+) -> argparse.ArgumentParser:
+    """An action of ``golden`` or ``product`` that names a product first."""
+    sub = actions.add_parser(name, help=help)
+    sub.add_argument("product", type=_product_arg, metavar="PRODUCT", help="product id")
+    return sub
+
+
+def _read_json(path: Path, expected: str) -> Any:
+    """The JSON document in ``path`` (``-``: stdin), or a ValueError saying it is not JSON and
+    what was ``expected``."""
+    text = sys.stdin.read() if str(path) == "-" else path.read_text(encoding="utf-8")
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"{path}: not JSON ({exc}); expected {expected}") from None
+
+
 def _add_rule_args(parser: argparse.ArgumentParser) -> None:
     """The inspection rules (``--threshold``, ...): only the commands that inspect."""
     parser.add_argument("--threshold", type=float, default=None,
@@ -827,25 +855,18 @@ def build_product_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
         "zones ignored or with their own rules, and the product's rules; every change is a "
         "new revision. Inspect with one: pcb-inspect predict --product ID."
     )
-    parser.epilog = "Exit code: 0 done, 2 error."
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
 
-    put = actions.add_parser("put", help="store a new revision of a product's recipe")
-    put.add_argument("product", type=_product_arg, metavar="PRODUCT", help="product id")
+    put = _product_action(actions, "put", "store a new revision of a product's recipe")
     put.add_argument("file", type=Path, metavar="RECIPE.json",
                      help="the recipe as JSON: {units, zones, rules}; '-' reads stdin")
 
-    get = actions.add_parser("get", help="show a product's current recipe, or one revision")
-    get.add_argument("product", type=_product_arg, metavar="PRODUCT", help="product id")
+    get = _product_action(actions, "get", "show a product's current recipe, or one revision")
     get.add_argument("--revision", type=_positive_int, metavar="N",
                      help="this revision instead of the current one")
 
-    revisions = actions.add_parser("revisions", help="list every revision of a recipe")
-    revisions.add_argument("product", type=_product_arg, metavar="PRODUCT", help="product id")
-
-    for sub in (put, get, revisions):
-        _add_connection_args(sub)
-        sub.add_argument("--json", action="store_true", help="print JSON instead of text")
+    revisions = _product_action(actions, "revisions", "list every revision of a recipe")
+    _finish(parser, put, get, revisions)
     return parser
 
 
@@ -855,11 +876,7 @@ def run_product(args: argparse.Namespace) -> int:
 
 
 def _read_recipe(path: Path) -> dict[str, Any]:
-    text = sys.stdin.read() if str(path) == "-" else path.read_text(encoding="utf-8")
-    try:
-        recipe = json.loads(text)
-    except ValueError as exc:
-        raise ValueError(f"{path}: not JSON ({exc}); expected {{units, zones, rules}}") from None
+    recipe = _read_json(path, "{units, zones, rules}")
     if not isinstance(recipe, dict):
         raise ValueError(f"{path}: expected a JSON object {{units, zones, rules}}, got "
                          f"{type(recipe).__name__}")
@@ -934,26 +951,19 @@ def build_golden_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
         "Manage the golden (defect-free) boards stored on the service, one per product id; "
         "inspect against one with: pcb-inspect predict --product ID."
     )
-    parser.epilog = "Exit code: 0 done, 2 error."
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
 
-    put = actions.add_parser("put", help="store (or replace) a product's golden board")
-    put.add_argument("product", type=_product_arg, metavar="PRODUCT", help="product id")
+    put = _product_action(actions, "put", "store (or replace) a product's golden board")
     put.add_argument("file", type=Path, metavar="FILE", help="the golden board image")
 
-    actions.add_parser("list", help="list the stored golden boards")
+    listing = actions.add_parser("list", help="list the stored golden boards")
 
-    get = actions.add_parser("get", help="show a golden board's metadata, or save its image")
-    get.add_argument("product", type=_product_arg, metavar="PRODUCT", help="product id")
+    get = _product_action(actions, "get", "show a golden board's metadata, or save its image")
     get.add_argument("-o", "--out", type=Path, metavar="FILE",
                      help="save the golden board as a PNG here")
 
-    delete = actions.add_parser("delete", help="delete a product's golden board")
-    delete.add_argument("product", type=_product_arg, metavar="PRODUCT", help="product id")
-
-    for sub in (put, actions.choices["list"], get, delete):
-        _add_connection_args(sub)
-        sub.add_argument("--json", action="store_true", help="print JSON instead of text")
+    delete = _product_action(actions, "delete", "delete a product's golden board")
+    _finish(parser, put, listing, get, delete)
     return parser
 
 

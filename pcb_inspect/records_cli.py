@@ -32,10 +32,11 @@ from pcb_inspect.client import (
 )
 from pcb_inspect.client_cli import (
     EXIT_PASS,
-    _add_connection_args,
     _fields_table,
+    _finish,
     _positive_int,
     _printed_as_json,
+    _read_json,
     _run_action,
     _table,
 )
@@ -88,13 +89,6 @@ def _filters(args: argparse.Namespace) -> dict[str, Any]:
     return {"since": args.since, "until": args.until, "verdict": args.verdict,
             "product": args.product, "serial": args.serial, "line": args.line,
             "station": args.station, "reviewed": args.reviewed, "tags": args.tags or None}
-
-
-def _finish(parser: argparse.ArgumentParser, *subs: argparse.ArgumentParser) -> None:
-    parser.epilog = "Exit code: 0 done, 2 error."
-    for sub in subs:
-        _add_connection_args(sub)
-        sub.add_argument("--json", action="store_true", help="print JSON instead of text")
 
 
 # --- inspections -----------------------------------------------------------------------------
@@ -267,11 +261,7 @@ def _missed_arg(text: str) -> dict[str, Any]:
 
 
 def _read_review(path: Path) -> dict[str, Any]:
-    text = sys.stdin.read() if str(path) == "-" else path.read_text(encoding="utf-8")
-    try:
-        review = json.loads(text)
-    except ValueError as exc:
-        raise ValueError(f"{path}: not JSON ({exc}); expected {{defects, missed}}") from None
+    review = _read_json(path, "{defects, missed}")
     if not isinstance(review, dict) or not set(review) <= {"defects", "missed"}:
         shape = sorted(review) if isinstance(review, dict) else type(review).__name__
         raise ValueError(f"{path}: expected a JSON object {{defects, missed}}, got {shape}")
