@@ -31,11 +31,11 @@ import os
 import sys
 import threading
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from rich.console import Console
 from rich.markup import escape
@@ -80,6 +80,34 @@ def _add_connection_args(parser: argparse.ArgumentParser) -> None:
                         help="retries on 503/429/connection errors (default: %(default)s)")
 
 
+def _finish(parser: argparse.ArgumentParser, *subs: argparse.ArgumentParser) -> None:
+    """The exit-code epilog of a command that prints a result, and on each of its (sub)parsers
+    the connection arguments and ``--json``."""
+    parser.epilog = "Exit code: 0 done, 2 error."
+    for sub in subs:
+        _add_connection_args(sub)
+        sub.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+
+def _product_action(
+    actions: argparse._SubParsersAction[argparse.ArgumentParser], name: str, help: str
+) -> argparse.ArgumentParser:
+    """An action of ``golden`` or ``product`` that names a product first."""
+    sub = actions.add_parser(name, help=help)
+    sub.add_argument("product", type=_product_arg, metavar="PRODUCT", help="product id")
+    return sub
+
+
+def _read_json(path: Path, expected: str) -> Any:
+    """The JSON document in ``path`` (``-``: stdin), or a ValueError saying it is not JSON and
+    what was ``expected``."""
+    text = sys.stdin.read() if str(path) == "-" else path.read_text(encoding="utf-8")
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"{path}: not JSON ({exc}); expected {expected}") from None
+
+
 def _add_rule_args(parser: argparse.ArgumentParser) -> None:
     """The inspection rules (``--threshold``, ...): only the commands that inspect."""
     parser.add_argument("--threshold", type=float, default=None,
@@ -98,23 +126,51 @@ def _positive_int(text: str) -> int:
 
 
 def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return value
+    return _number(text, int, "an integer", ">= 0", lambda value: value >= 0)
 
 
 def _positive_float(text: str) -> float:
+    return _number(text, float, "a number", "> 0", lambda value: value > 0)
+
+
+_N = TypeVar("_N", int, float)
+
+
+def _number(
+    text: str, convert: Callable[[str], _N], noun: str, bound: str, ok: Callable[[_N], bool]
+) -> _N:
+    """``text`` as ``convert`` reads it, or the one-line error that argparse prints."""
     try:
-        value = float(text)
+        value = convert(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected {noun}, got {text!r}") from None
+    if not ok(value):
+        raise argparse.ArgumentTypeError(f"expected {noun} {bound}, got {text!r}")
     return value
+
+
+def _printed_as_json(args: argparse.Namespace, value: Any) -> bool:
+    """With ``--json``, prints ``value`` as the one JSON document a script reads; says whether
+    it did (then the command prints nothing else)."""
+    if args.json:
+        print(json.dumps(value))
+    return bool(args.json)
+
+
+def _table(title: str, columns: Iterable[str], right: Collection[str] = ()) -> Table:
+    """A left-titled table with these columns, the ``right`` ones right-justified."""
+    table = Table(title=title, title_justify="left")
+    for column in columns:
+        table.add_column(column, justify="right" if column in right else "left")
+    return table
+
+
+def _fields_table(title: str) -> Table:
+    """A headerless two-column table of one thing's fields: names in bold, then values."""
+    table = Table(title=title, title_justify="left", show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    return table
 
 
 def _client(args: argparse.Namespace, connections: int = 4) -> InspectClient:
@@ -799,25 +855,18 @@ def build_product_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
         "zones ignored or with their own rules, and the product's rules; every change is a "
         "new revision. Inspect with one: pcb-inspect predict --product ID."
     )
-    parser.epilog = "Exit code: 0 done, 2 error."
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
 
-    put = actions.add_parser("put", help="store a new revision of a product's recipe")
-    put.add_argument("product", type=_product_arg, metavar="PRODUCT", help="product id")
+    put = _product_action(actions, "put", "store a new revision of a product's recipe")
     put.add_argument("file", type=Path, metavar="RECIPE.json",
                      help="the recipe as JSON: {units, zones, rules}; '-' reads stdin")
 
-    get = actions.add_parser("get", help="show a product's current recipe, or one revision")
-    get.add_argument("product", type=_product_arg, metavar="PRODUCT", help="product id")
+    get = _product_action(actions, "get", "show a product's current recipe, or one revision")
     get.add_argument("--revision", type=_positive_int, metavar="N",
                      help="this revision instead of the current one")
 
-    revisions = actions.add_parser("revisions", help="list every revision of a recipe")
-    revisions.add_argument("product", type=_product_arg, metavar="PRODUCT", help="product id")
-
-    for sub in (put, get, revisions):
-        _add_connection_args(sub)
-        sub.add_argument("--json", action="store_true", help="print JSON instead of text")
+    revisions = _product_action(actions, "revisions", "list every revision of a recipe")
+    _finish(parser, put, get, revisions)
     return parser
 
 
@@ -827,11 +876,7 @@ def run_product(args: argparse.Namespace) -> int:
 
 
 def _read_recipe(path: Path) -> dict[str, Any]:
-    text = sys.stdin.read() if str(path) == "-" else path.read_text(encoding="utf-8")
-    try:
-        recipe = json.loads(text)
-    except ValueError as exc:
-        raise ValueError(f"{path}: not JSON ({exc}); expected {{units, zones, rules}}") from None
+    recipe = _read_json(path, "{units, zones, rules}")
     if not isinstance(recipe, dict):
         raise ValueError(f"{path}: expected a JSON object {{units, zones, rules}}, got "
                          f"{type(recipe).__name__}")
@@ -840,8 +885,7 @@ def _read_recipe(path: Path) -> dict[str, Any]:
 
 def _product_put(client: InspectClient, args: argparse.Namespace, out: Console) -> int:
     stored = client.put_recipe(args.product, _read_recipe(args.file))
-    if args.json:
-        print(json.dumps(stored))
+    if _printed_as_json(args, stored):
         return EXIT_PASS
     if stored.get("new_revision"):
         out.print(escape(f"Stored revision {stored['revision']} of {args.product}'s recipe "
@@ -854,26 +898,21 @@ def _product_put(client: InspectClient, args: argparse.Namespace, out: Console) 
 
 def _product_get(client: InspectClient, args: argparse.Namespace, out: Console) -> int:
     recipe = client.get_recipe(args.product, args.revision)
-    if args.json:
-        print(json.dumps(recipe))
+    if _printed_as_json(args, recipe):
         return EXIT_PASS
     board = recipe.get("golden_board") or {}
     out.print(escape(
         f"{args.product} recipe revision {recipe['revision']} (sha256 "
         f"{str(recipe['sha256'])[:12]}), by {recipe.get('author')} at {recipe.get('created')}, "
         f"for the {_size(board)} px golden board {str(board.get('sha256', ''))[:12]}"))
-    units = Table(title="units", title_justify="left")
-    units.add_column("position", justify="right")
-    units.add_column("bbox [x0, y0, x1, y1]")
+    units = _table("units", ("position", "bbox [x0, y0, x1, y1]"), right={"position"})
     for unit in recipe.get("units") or []:
         units.add_row(str(unit["position"]), "[" + ", ".join(map(str, unit["bbox"])) + "]")
     if not recipe.get("units"):
         units.add_row("1", "the whole image")
     out.print(units)
     if recipe.get("zones"):
-        zones = Table(title="zones (first match wins)", title_justify="left")
-        for column in ("name", "action", "rules", "vertices"):
-            zones.add_column(column)
+        zones = _table("zones (first match wins)", ("name", "action", "rules", "vertices"))
         for zone in recipe["zones"]:
             rules = {k: zone[k] for k in ("min_area_px", "min_confidence", "ignored_classes")
                      if zone.get(k) not in (None, [])}
@@ -887,13 +926,10 @@ def _product_get(client: InspectClient, args: argparse.Namespace, out: Console) 
 
 def _product_revisions(client: InspectClient, args: argparse.Namespace, out: Console) -> int:
     revisions = client.recipe_revisions(args.product)
-    if args.json:
-        print(json.dumps(revisions))
+    if _printed_as_json(args, revisions):
         return EXIT_PASS
-    table = Table(title=escape(f"Recipe revisions of {args.product} ({len(revisions)})"),
-                  title_justify="left")
-    for column in ("revision", "sha256", "created", "author"):
-        table.add_column(column, justify="right" if column == "revision" else "left")
+    table = _table(escape(f"Recipe revisions of {args.product} ({len(revisions)})"),
+                   ("revision", "sha256", "created", "author"), right={"revision"})
     for rev in revisions:
         table.add_row(str(rev["revision"]), str(rev["sha256"])[:12], str(rev["created"]),
                       escape(str(rev["author"])))
@@ -915,26 +951,19 @@ def build_golden_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
         "Manage the golden (defect-free) boards stored on the service, one per product id; "
         "inspect against one with: pcb-inspect predict --product ID."
     )
-    parser.epilog = "Exit code: 0 done, 2 error."
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
 
-    put = actions.add_parser("put", help="store (or replace) a product's golden board")
-    put.add_argument("product", type=_product_arg, metavar="PRODUCT", help="product id")
+    put = _product_action(actions, "put", "store (or replace) a product's golden board")
     put.add_argument("file", type=Path, metavar="FILE", help="the golden board image")
 
-    actions.add_parser("list", help="list the stored golden boards")
+    listing = actions.add_parser("list", help="list the stored golden boards")
 
-    get = actions.add_parser("get", help="show a golden board's metadata, or save its image")
-    get.add_argument("product", type=_product_arg, metavar="PRODUCT", help="product id")
+    get = _product_action(actions, "get", "show a golden board's metadata, or save its image")
     get.add_argument("-o", "--out", type=Path, metavar="FILE",
                      help="save the golden board as a PNG here")
 
-    delete = actions.add_parser("delete", help="delete a product's golden board")
-    delete.add_argument("product", type=_product_arg, metavar="PRODUCT", help="product id")
-
-    for sub in (put, actions.choices["list"], get, delete):
-        _add_connection_args(sub)
-        sub.add_argument("--json", action="store_true", help="print JSON instead of text")
+    delete = _product_action(actions, "delete", "delete a product's golden board")
+    _finish(parser, put, listing, get, delete)
     return parser
 
 
@@ -965,8 +994,7 @@ def _run_action(args: argparse.Namespace, what: str, actions: dict[str, Any]) ->
 
 def _golden_put(client: InspectClient, args: argparse.Namespace, out: Console) -> int:
     stored = client.put_golden_board(args.product, args.file)
-    if args.json:
-        print(json.dumps(stored))
+    if _printed_as_json(args, stored):
         return EXIT_PASS
     verb = "Replaced" if stored.get("replaced") else "Stored"
     out.print(escape(f"{verb} the golden board of {args.product}: {_golden_line(stored)}"))
@@ -975,17 +1003,13 @@ def _golden_put(client: InspectClient, args: argparse.Namespace, out: Console) -
 
 def _golden_list(client: InspectClient, args: argparse.Namespace, out: Console) -> int:
     boards = client.list_golden_boards()
-    if args.json:
-        print(json.dumps(boards))
+    if _printed_as_json(args, boards):
         return EXIT_PASS
     if not boards:
         out.print("No golden boards stored. Add one with: pcb-inspect golden put PRODUCT FILE")
         return EXIT_PASS
-    table = Table(title=f"Golden boards ({len(boards)})", title_justify="left")
-    table.add_column("product")
-    table.add_column("size", justify="right")
-    table.add_column("sha256")
-    table.add_column("created")
+    table = _table(f"Golden boards ({len(boards)})", ("product", "size", "sha256", "created"),
+                   right={"size"})
     for board in boards:
         table.add_row(
             escape(str(board.get("product"))), _size(board), str(board.get("sha256", ""))[:12],
@@ -1007,13 +1031,9 @@ def _golden_get(client: InspectClient, args: argparse.Namespace, out: Console) -
                              f"({len(png)} bytes)"))
         return EXIT_PASS
     board = client.get_golden_board(args.product)
-    if args.json:
-        print(json.dumps(board))
+    if _printed_as_json(args, board):
         return EXIT_PASS
-    table = Table(title=escape(f"Golden board {args.product}"), title_justify="left",
-                  show_header=False)
-    table.add_column(style="bold")
-    table.add_column()
+    table = _fields_table(escape(f"Golden board {args.product}"))
     for key, value in board.items():
         table.add_row(escape(str(key)), escape(str(value)))
     out.print(table)

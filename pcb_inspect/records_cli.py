@@ -30,7 +30,16 @@ from pcb_inspect.client import (
     STATS_BUCKETS,
     InspectClient,
 )
-from pcb_inspect.client_cli import EXIT_PASS, _add_connection_args, _positive_int, _run_action
+from pcb_inspect.client_cli import (
+    EXIT_PASS,
+    _fields_table,
+    _finish,
+    _positive_int,
+    _printed_as_json,
+    _read_json,
+    _run_action,
+    _table,
+)
 
 __all__ = [
     "build_inspections_parser",
@@ -82,13 +91,6 @@ def _filters(args: argparse.Namespace) -> dict[str, Any]:
             "station": args.station, "reviewed": args.reviewed, "tags": args.tags or None}
 
 
-def _finish(parser: argparse.ArgumentParser, *subs: argparse.ArgumentParser) -> None:
-    parser.epilog = "Exit code: 0 done, 2 error."
-    for sub in subs:
-        _add_connection_args(sub)
-        sub.add_argument("--json", action="store_true", help="print JSON instead of text")
-
-
 # --- inspections -----------------------------------------------------------------------------
 
 
@@ -137,8 +139,7 @@ def run_inspections(args: argparse.Namespace) -> int:
 
 def _list(client: InspectClient, args: argparse.Namespace, out: Console) -> int:
     page = client.list_inspections(limit=args.limit, cursor=args.cursor, **_filters(args))
-    if args.json:
-        print(json.dumps(page))
+    if _printed_as_json(args, page):
         return EXIT_PASS
     table = Table(title=f"Inspections ({len(page['items'])})", title_justify="left")
     for column in ("id", "created", "product", "serial", "verdict", "defects", "reviewed"):
@@ -158,21 +159,16 @@ def _list(client: InspectClient, args: argparse.Namespace, out: Console) -> int:
 
 def _get(client: InspectClient, args: argparse.Namespace, out: Console) -> int:
     record = client.get_inspection(args.inspection_id)
-    if args.json:
-        print(json.dumps(record))
+    if _printed_as_json(args, record):
         return EXIT_PASS
-    head = Table(title=escape(f"Inspection {record['id']}"), title_justify="left",
-                 show_header=False)
-    head.add_column(style="bold")
-    head.add_column()
+    head = _fields_table(escape(f"Inspection {record['id']}"))
     for key in ("created_at", "product", "serial", "line", "station", "tags", "verdict",
                 "width", "height", "model_name", "model_version", "image_sha256"):
         if record.get(key) not in (None, []):
             head.add_row(key, escape(str(record[key])))
     out.print(head)
-    defects = Table(title=f"defects ({len(record.get('defects') or [])})", title_justify="left")
-    for column in ("id", "class", "conf", "bbox [x0, y0, x1, y1]"):
-        defects.add_column(column)
+    defects = _table(f"defects ({len(record.get('defects') or [])})",
+                     ("id", "class", "conf", "bbox [x0, y0, x1, y1]"))
     for d in record.get("defects") or []:
         defects.add_row(str(d.get("id")), escape(str(d.get("class"))),
                         f"{d.get('confidence', 0):.2f}", escape(str(d.get("bbox"))))
@@ -265,11 +261,7 @@ def _missed_arg(text: str) -> dict[str, Any]:
 
 
 def _read_review(path: Path) -> dict[str, Any]:
-    text = sys.stdin.read() if str(path) == "-" else path.read_text(encoding="utf-8")
-    try:
-        review = json.loads(text)
-    except ValueError as exc:
-        raise ValueError(f"{path}: not JSON ({exc}); expected {{defects, missed}}") from None
+    review = _read_json(path, "{defects, missed}")
     if not isinstance(review, dict) or not set(review) <= {"defects", "missed"}:
         shape = sorted(review) if isinstance(review, dict) else type(review).__name__
         raise ValueError(f"{path}: expected a JSON object {{defects, missed}}, got {shape}")
@@ -293,8 +285,7 @@ def _review(client: InspectClient, args: argparse.Namespace, out: Console) -> in
                 for n, c in args.reclassify]
     missed = list(given.get("missed") or []) + list(args.missed)
     review = client.review_inspection(args.inspection_id, defects, missed)
-    if args.json:
-        print(json.dumps(review))
+    if _printed_as_json(args, review):
         return EXIT_PASS
     verb = "Recorded review" if review.get("new_review") else "Unchanged: the current review is"
     body = review.get("body") or {}
@@ -333,25 +324,21 @@ def _rate(value: float | None) -> str:
 
 def _stats(client: InspectClient, args: argparse.Namespace, out: Console) -> int:
     stats = client.stats(since=args.since, until=args.until, bucket=args.bucket)
-    if args.json:
-        print(json.dumps(stats))
+    if _printed_as_json(args, stats):
         return EXIT_PASS
     out.print(escape(
         f"{stats['since']} to {stats['until']}: {stats['boards']} boards, {stats['failed']} "
         f"failed ({_rate(stats['fail_rate'])}), {stats['reviewed']} reviewed"))
     busy = [b for b in stats["buckets"] if b["boards"]]
     if busy:
-        table = Table(title=f"boards per {stats['bucket']}", title_justify="left")
-        for column in ("start", "boards", "failed", "fail rate"):
-            table.add_column(column, justify="left" if column == "start" else "right")
+        table = _table(f"boards per {stats['bucket']}", ("start", "boards", "failed", "fail rate"),
+                       right={"boards", "failed", "fail rate"})
         for b in busy:
             table.add_row(escape(str(b["start"])), str(b["boards"]), str(b["failed"]),
                           _rate(b["fail_rate"]))
         out.print(table)
-    classes = Table(title="review outcomes per class", title_justify="left")
-    for column in ("class", "reviewed", "confirmed", "false calls", "reclassified", "missed",
-                   "false-call rate"):
-        classes.add_column(column, justify="left" if column == "class" else "right")
+    counts = ("reviewed", "confirmed", "false calls", "reclassified", "missed", "false-call rate")
+    classes = _table("review outcomes per class", ("class", *counts), right=counts)
     for c in stats["classes"]:
         classes.add_row(escape(str(c["class"])), str(c["reviewed_calls"]), str(c["confirmed"]),
                         str(c["false_calls"]), str(c["reclassified"]), str(c["missed"]),

@@ -47,36 +47,38 @@ DOCS_ASSETS: dict[str, tuple[Path, str, str]] = {
     "docs.js": (_OWN, "docs.js", _JS),
 }
 
-# Relative URLs: behind a proxy that mounts the API under a prefix they still resolve.
-_SWAGGER_HTML = """<!doctype html>
+
+def _page(title: str, head: str, body: str) -> str:
+    """A docs page: its own ``<head>`` and ``<body>`` lines in the frame both pages share.
+
+    Relative URLs: behind a proxy that mounts the API under a prefix they still resolve.
+    """
+    return f"""<!doctype html>
 <html lang="en">
 <head>
 <meta charset="utf-8">
-<title>pcb-inspect - API docs</title>
+<title>pcb-inspect - {title}</title>
 <link rel="icon" href="static/docs/favicon.png">
-<link rel="stylesheet" href="static/docs/swagger-ui.css">
-</head>
+{head}</head>
 <body>
-<div id="swagger-ui"></div>
-<script src="static/docs/swagger-ui-bundle.js"></script>
-<script src="static/docs/docs.js"></script>
-</body>
+{body}</body>
 </html>
 """
 
-_REDOC_HTML = """<!doctype html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<title>pcb-inspect - API reference</title>
-<link rel="icon" href="static/docs/favicon.png">
-</head>
-<body>
-<redoc spec-url="openapi.json"></redoc>
-<script src="static/docs/redoc.standalone.js"></script>
-</body>
-</html>
-"""
+
+_SWAGGER_HTML = _page(
+    "API docs",
+    '<link rel="stylesheet" href="static/docs/swagger-ui.css">\n',
+    '<div id="swagger-ui"></div>\n'
+    '<script src="static/docs/swagger-ui-bundle.js"></script>\n'
+    '<script src="static/docs/docs.js"></script>\n',
+)
+_REDOC_HTML = _page(
+    "API reference",
+    "",
+    '<redoc spec-url="openapi.json"></redoc>\n'
+    '<script src="static/docs/redoc.standalone.js"></script>\n',
+)
 
 
 @router.get("/docs", include_in_schema=False)
