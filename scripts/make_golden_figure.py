@@ -43,7 +43,7 @@ def main() -> int:
                                min_confidence=card.thresholds.min_confidence,
                                merge_distance_px=card.thresholds.merge_distance_px,
                                pixels_per_mm=card.pixels_per_mm)
-    result = inf.predict(board.image, config, reference=golden)
+    result = inf.predict(board.image, config, golden=golden)
     overlay = np.asarray(Image.open(io.BytesIO(render_overlay(
         board.image, result.class_map, result.defects, card.classes))).convert("RGB"))
     h = overlay.shape[0]

@@ -479,17 +479,17 @@ def _inspect_boards(
     gated = {"gating": True} if gating else {}
     for i, sample in enumerate(track(samples, description="evaluating", transient=True)):
         image, mask, boxes = load_sample(sample)
-        reference = None
+        golden = None
         if inferencer.pair:
-            reference = cv2.imread(str(sample.template_path), cv2.IMREAD_GRAYSCALE)
-            if reference is None:
+            golden = cv2.imread(str(sample.template_path), cv2.IMREAD_GRAYSCALE)
+            if golden is None:
                 raise OSError(f"the pair model needs templates: cannot read "
                               f"{sample.template_path}")
         started = time.perf_counter()
         scored.keys.append(sample.key)
         scored.truths.extend(Truth(i, b.label, (b.x1, b.y1, b.x2, b.y2)) for b in boxes)
         try:
-            result = inferencer.predict(image, config, reference=reference, **gated)
+            result = inferencer.predict(image, config, golden=golden, **gated)
         except AlignmentError as exc:
             # What the service answers with a 422: no defects reported for this board, so
             # every one of its truths counts as missed. Its time counts: it is in `boards`.

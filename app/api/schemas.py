@@ -56,9 +56,9 @@ class ModelRef(BaseModel):
 
 
 class AlignmentOut(BaseModel):
-    dx: float = Field(description="Shift of the reference relative to the board, x (px).")
-    dy: float = Field(description="Shift of the reference relative to the board, y (px).")
-    rotation_deg: float = Field(description="Rotation of the reference (counter-clockwise).")
+    dx: float = Field(description="Shift of the golden board relative to the board, x (px).")
+    dy: float = Field(description="Shift of the golden board relative to the board, y (px).")
+    rotation_deg: float = Field(description="Rotation of the golden board (counter-clockwise).")
     score: float = Field(description="Normalised cross-correlation after alignment (0..1).")
 
 
@@ -68,7 +68,7 @@ class ReferenceOut(BaseModel):
         "board of ?product=."
     )
     product: str | None
-    sha256: str = Field(description="sha256 of the reference image's bytes.")
+    sha256: str = Field(description="sha256 of the golden board image's bytes.")
     alignment: AlignmentOut
 
 
@@ -189,7 +189,7 @@ class PredictionOut(BaseModel):
             mask_out = MaskOut(
                 encoding="rle", data=encode_rle(result.class_map, inferencer.card.classes)
             )
-        reference = inspection.reference
+        golden = inspection.golden
         return cls(
             inspection_id=inspection.record_id,
             image=ImageInfo(width=result.width, height=result.height),
@@ -199,7 +199,7 @@ class PredictionOut(BaseModel):
                 mode="pair" if inferencer.mode == "pair" else "single",
             ),
             defects=result.defects,
-            reference_defects=inspection.reference_defects,
+            reference_defects=inspection.golden_defects,
             summary=result.summary,
             mask=mask_out,
             params=ParamsOut(
@@ -215,10 +215,10 @@ class PredictionOut(BaseModel):
                 skipped_px=result.skipped_px, gating="on" if result.gated else "off",
             ),
             timings_ms=result.timings_ms,
-            reference=None if reference is None or result.alignment is None else ReferenceOut(
-                source=reference.source,
-                product=reference.product,
-                sha256=reference.sha256,
+            reference=None if golden is None or result.alignment is None else ReferenceOut(
+                source=golden.source,
+                product=golden.product,
+                sha256=golden.sha256,
                 alignment=AlignmentOut(**result.alignment.as_dict()),
             ),
             units=[UnitOut(position=u.position, identifier=u.identifier, verdict=u.verdict,
@@ -323,7 +323,7 @@ class GoldenBoardOut(BaseModel):
 class GoldenBoardPutOut(GoldenBoardOut):
     warnings: list[Defect] = Field(
         description="What the single-image model finds on the golden board itself (a board "
-        "with defects makes a bad reference; it is stored all the same). Empty when it finds "
+        "with defects makes a bad golden board; it is stored all the same). Empty when it finds "
         "nothing."
     )
     checked_by: ModelRef | None = Field(

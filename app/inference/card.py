@@ -94,7 +94,7 @@ class ModelCard(BaseModel):
     thresholds: Thresholds = Field(default_factory=Thresholds)
     mode: Literal["single", "pair"] = Field(
         "single",
-        description="'single': the board alone; 'pair': the board and its golden reference.",
+        description="'single': the board alone; 'pair': the board and its golden board.",
     )
     precision_parity: dict[str, PrecisionParity] = Field(
         default_factory=dict,

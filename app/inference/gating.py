@@ -18,7 +18,7 @@ bit-identical outputs to the full path: a tile is computed when a candidate lies
 :data:`MARGIN_PX` of the region it owns, which keeps each defect's whole predicted blob inside
 computed regions.
 
-Single mode has no reference, so only *blank* tiles are skipped: windows with no copper edge
+Single mode has no golden board, so only *blank* tiles are skipped: windows with no copper edge
 at all (a morphological gradient below :data:`BLANK_EDGE_FLOOR` everywhere), e.g. bare
 substrate or a solid pour around a board's outline.
 
@@ -110,14 +110,14 @@ def candidate_cells(
     for y0 in range(0, height, strip):
         y1 = min(height, y0 + strip)
         a, b = max(0, y0 - halo), min(height, y1 + halo)
-        ref, brd = golden[a:b], board[a:b]
+        gold, brd = golden[a:b], board[a:b]
         # Exact shortcut: the golden pixel itself is among those within the tolerance, so a
         # pixel differing from it by no more than the threshold is no candidate; a strip where
         # none does (a clean rescan) needs no morphology at all.
-        if cv2.minMaxLoc(cv2.absdiff(brd, ref))[1] <= threshold:
+        if cv2.minMaxLoc(cv2.absdiff(brd, gold))[1] <= threshold:
             continue
-        over = cv2.subtract(brd, cv2.dilate(ref, kernel))  # copper lost (lighter)
-        under = cv2.subtract(cv2.erode(ref, kernel), brd)  # copper added (darker)
+        over = cv2.subtract(brd, cv2.dilate(gold, kernel))  # copper lost (lighter)
+        under = cv2.subtract(cv2.erode(gold, kernel), brd)  # copper added (darker)
         diff = cv2.max(over, under)
         del over, under
         raw = cv2.threshold(diff, threshold, 1, cv2.THRESH_BINARY)[1]

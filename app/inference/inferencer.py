@@ -33,7 +33,7 @@ from app.inference.pipeline import BoardRun, InferenceResult, RunTiles, run_chun
 from app.inference.postprocess import postprocess
 from app.inference.precision import read_cpu_flags, resolve_precision
 from app.inference.registration import Alignment
-from app.inference.registration import register as register_pair
+from app.inference.registration import register as register_golden
 from app.inference.tiling import (
     Stitcher,
     Tile,
@@ -99,7 +99,7 @@ class Inferencer:
         self.tile_overlap = tile_overlap
         self.max_batch_size = max_batch_size
         # The golden-board (pair) model has two inputs, the board and its registered
-        # reference; its tiles carry them as two channels of one array.
+        # golden board; its tiles carry them as two channels of one array.
         self.pair = len(self.model.inputs) == 2
         self.channels = 2 if self.pair else 1
         self._forward = build_forward(self._call_model, self.tile, self.channels)
@@ -111,7 +111,7 @@ class Inferencer:
 
     @property
     def mode(self) -> str:
-        """``"pair"`` (board + golden reference) or ``"single"`` (the board alone)."""
+        """``"pair"`` (board + golden board) or ``"single"`` (the board alone)."""
         return "pair" if self.pair else "single"
 
     # ----------------------------------------------------------------------------- loading
@@ -228,32 +228,32 @@ class Inferencer:
         return plan_tiles(pixels.shape[0], pixels.shape[1], self.tile, self.tile_overlap)
 
     def tile_chunks(
-        self, pixels: np.ndarray, tiles: list[Tile], reference: np.ndarray | None = None
+        self, pixels: np.ndarray, tiles: list[Tile], golden: np.ndarray | None = None
     ) -> Iterator[tuple[list[Tile], np.ndarray]]:
         """:func:`~app.inference.tiling.chunk_tiles` at this model's tile and batch size."""
-        return chunk_tiles(pixels, tiles, self.tile, self.max_batch_size, reference)
+        return chunk_tiles(pixels, tiles, self.tile, self.max_batch_size, golden)
 
     def register(
-        self, pixels: np.ndarray, reference: np.ndarray | None
+        self, pixels: np.ndarray, golden: np.ndarray | None
     ) -> tuple[np.ndarray | None, Alignment | None]:
-        """Aligns ``reference`` to the board (pair model); ``(None, None)`` for the single model.
+        """Aligns ``golden`` to the board (pair model); ``(None, None)`` for the single model.
 
         Raises:
-            ValueError: The pair model got no reference, or the single model got one.
-            AlignmentError: The reference is not the same design (or side, or orientation).
+            ValueError: The pair model got no golden board, or the single model got one.
+            AlignmentError: The golden board is not the same design (or side, or orientation).
         """
         if not self.pair:
-            if reference is not None:
-                raise ValueError("this model inspects a board alone; it takes no reference")
+            if golden is not None:
+                raise ValueError("this model inspects a board alone; it takes no golden board")
             return None, None
-        if reference is None:
-            raise ValueError("the golden-board model needs a reference image")
-        if reference.ndim != 2 or reference.dtype != np.uint8:
+        if golden is None:
+            raise ValueError("the golden-board model needs a golden board image")
+        if golden.ndim != 2 or golden.dtype != np.uint8:
             raise ValueError(
-                f"expected a (H, W) uint8 reference. Received: shape={reference.shape}, "
-                f"dtype={reference.dtype}"
+                f"expected a (H, W) uint8 golden board. Received: shape={golden.shape}, "
+                f"dtype={golden.dtype}"
             )
-        warped, alignment = register_pair(pixels, reference)
+        warped, alignment = register_golden(pixels, golden)
         return warped, alignment
 
     def forward(self, tiles: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -290,18 +290,18 @@ class Inferencer:
         self,
         pixels: np.ndarray,
         config: PostprocessConfig,
-        reference: np.ndarray | None = None,
+        golden: np.ndarray | None = None,
         *,
         gating: bool = False,
     ) -> InferenceResult:
         """Inspects one board synchronously (evaluation, benchmarks, scripts).
 
-        ``reference``: the golden board, for the pair model (registered here). ``gating``:
+        ``golden``: the golden board, for the pair model (registered here). ``gating``:
         compute only the tiles :mod:`app.inference.gating` finds work in (pair: a difference
         from the golden board; single: some copper edge); ``False`` (the default here, so
         evaluation and scripts measure the full path unless asked): every tile.
         """
-        board = self._begin(pixels, reference, gating)
+        board = self._begin(pixels, golden, gating)
         started = time.perf_counter()
         for chunk, arrays in self.board_chunks(pixels, board):
             board.stitch(chunk, self.forward(arrays))
@@ -313,7 +313,7 @@ class Inferencer:
         pixels: np.ndarray,
         config: PostprocessConfig,
         run_tiles: RunTiles,
-        reference: np.ndarray | None = None,
+        golden: np.ndarray | None = None,
         *,
         gating: bool = False,
         on_plan: Callable[[int, int], None] | None = None,
@@ -329,7 +329,7 @@ class Inferencer:
         only its windows of those tiles), so the caller can bound the request by what will be
         computed.
         """
-        board = await asyncio.to_thread(self._begin, pixels, reference, gating)
+        board = await asyncio.to_thread(self._begin, pixels, golden, gating)
         if on_plan is not None:
             on_plan(len(board.to_compute), board.freed_px)
         started = time.perf_counter()
@@ -340,14 +340,14 @@ class Inferencer:
     def board_chunks(
         self, pixels: np.ndarray, board: BoardRun
     ) -> Iterator[tuple[list[Tile], np.ndarray]]:
-        """The chunks of ``board``'s tiles to compute, with their reference channel (pair)."""
-        windows = board.reference_windows
+        """The chunks of ``board``'s tiles to compute, with their golden-board channel (pair)."""
+        windows = board.golden_windows
         if windows is None:
             yield from self.tile_chunks(pixels, board.to_compute, board.warped)
             return
         for chunk, arrays in self.tile_chunks(pixels, board.to_compute):
-            ref = np.stack([windows.pop((t.y0, t.x0)) for t in chunk])
-            yield chunk, np.concatenate([arrays, ref], axis=-1)
+            golden = np.stack([windows.pop((t.y0, t.x0)) for t in chunk])
+            yield chunk, np.concatenate([arrays, golden], axis=-1)
 
     def gate(self, pixels: np.ndarray, warped: np.ndarray | None, tiles: list[Tile]) -> Gate:
         """The tiles worth computing: pair model, those near a difference from the registered
@@ -357,15 +357,15 @@ class Inferencer:
         return blank_tiles(pixels, tiles, self.tile)
 
     def _begin(
-        self, pixels: np.ndarray, reference: np.ndarray | None, gating: bool = False
+        self, pixels: np.ndarray, golden: np.ndarray | None, gating: bool = False
     ) -> BoardRun:
-        """Plans the tiles, registers the reference (pair model), finds the tiles worth
+        """Plans the tiles, registers the golden board (pair model), finds the tiles worth
         computing (with ``gating``), allocates the stitcher."""
         timings: dict[str, float] = {}
         started = time.perf_counter()
         tiles = self.pre_process(pixels)
         registered = time.perf_counter()
-        warped, alignment = self.register(pixels, reference)
+        warped, alignment = self.register(pixels, golden)
         if alignment is not None:
             timings["register"] = (time.perf_counter() - registered) * 1e3
         computed = None
@@ -390,10 +390,10 @@ class Inferencer:
         if gating:
             timings["candidates"] = searching
         return BoardRun(tiles, warped, alignment, stitcher, timings, computed=computed,
-                        gated=gating, reference_windows=windows, freed_px=freed)
+                        gated=gating, golden_windows=windows, freed_px=freed)
 
     def _finish(self, board: BoardRun, config: PostprocessConfig) -> InferenceResult:
-        # Every tile ran: the registered reference goes before post-processing's own peak.
+        # Every tile ran: the registered golden board goes before post-processing's own peak.
         board.warped = None
         result = self.post_process(board.stitcher, config, len(board.tiles), board.timings)
         computed = {(t.y0, t.x0) for t in board.to_compute}

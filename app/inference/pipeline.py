@@ -37,7 +37,7 @@ class InferenceResult:
     class_map: np.ndarray  # (H, W) uint8: 0 background, k the k-th class
     tiles: int
     timings_ms: dict[str, float]
-    #: Where the reference sat relative to the board (pair model only).
+    #: Where the golden board sat relative to the board (pair model only).
     alignment: Alignment | None = None
     #: Tiles left background without a forward pass (:mod:`app.inference.gating`), and the
     #: board pixels they own; ``tiles - skipped_tiles`` went through the model.
@@ -61,7 +61,7 @@ class RunTiles(Protocol):
 
 @dataclasses.dataclass
 class BoardRun:
-    """One board on its way through the model: its plan, reference and stitched maps."""
+    """One board on its way through the model: its plan, golden board and stitched maps."""
 
     #: Every tile of the board's plan.
     tiles: list[Tile]
@@ -78,7 +78,7 @@ class BoardRun:
     gated: bool = False
     #: Gated pair board: the registered golden board's windows of the computed tiles, by
     #: ``(y0, x0)``, kept in place of the whole registered board (``warped`` is then ``None``).
-    reference_windows: dict[tuple[int, int], np.ndarray] | None = None
+    golden_windows: dict[tuple[int, int], np.ndarray] | None = None
     #: Board pixels of the registered golden board freed that way (not counting the windows).
     freed_px: int = 0
 

@@ -29,7 +29,7 @@ import numpy as np
 from app.inference.defects import Defect, PostprocessConfig, PostprocessResult, Summary
 from app.inference.tiling import FG_SCALE, Stitcher
 
-#: ``|board - reference|`` above this is a change of the copper (see registered_difference).
+#: ``|board - golden|`` above this is a change of the copper (see registered_difference).
 DIFF_THRESHOLD = 100
 _SLIVER_KERNEL = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
 
@@ -283,21 +283,21 @@ class _DefectStats:
 
 
 def registered_difference(
-    board: np.ndarray, reference: np.ndarray, threshold: int = DIFF_THRESHOLD
+    board: np.ndarray, golden: np.ndarray, threshold: int = DIFF_THRESHOLD
 ) -> np.ndarray:
     """Where a board differs from its golden board registered onto it: ``(H, W)`` bool.
 
-    ``|board - reference| > threshold`` (binarised scans: a real change is a jump of about 255,
+    ``|board - golden| > threshold`` (binarised scans: a real change is a jump of about 255,
     JPEG ringing stays under 100), opened with a 3 x 3 cross to drop the one-pixel slivers
     that sub-pixel misalignment leaves along copper edges, which would otherwise chain
     neighbouring defects along a trace into one.
     """
-    if board.shape != reference.shape:
+    if board.shape != golden.shape:
         raise ValueError(
-            f"board and reference must have the same shape. Received: {board.shape} and "
-            f"{reference.shape}"
+            f"board and golden board must have the same shape. Received: {board.shape} and "
+            f"{golden.shape}"
         )
-    changed = (cv2.absdiff(board, reference) > threshold).view(np.uint8)
+    changed = (cv2.absdiff(board, golden) > threshold).view(np.uint8)
     return cv2.morphologyEx(changed, cv2.MORPH_OPEN, _SLIVER_KERNEL).view(bool)
 
 

@@ -1,13 +1,13 @@
-"""Registration of a golden (reference) board to the board under test.
+"""Registration of a golden board to the board under test.
 
-A defect is where the board differs from its reference, so the two must first be aligned:
+A defect is where the board differs from its golden board, so the two must first be aligned:
 a scanner never puts two boards at exactly the same spot. DeepPCB's own "aligned" pairs are
 off by 0.5 px in the median and by more than 2 px in about one pair in ten; a line's golden
 board, scanned on another day, is off by more, and may be slightly rotated.
 
 Method (OpenCV, no TensorFlow):
 
-1. Both images are brought to the board's size (the reference is cropped or padded with its
+1. Both images are brought to the board's size (the golden board is cropped or padded with its
    border colour) and, for speed on large boards, downscaled so the longer side is at most
    ``max_side`` pixels.
 2. Phase correlation (``cv2.phaseCorrelate``) finds the translation; it is robust to the
@@ -18,9 +18,9 @@ Method (OpenCV, no TensorFlow):
    board) is shrunk by a whole factor for the starts, and refined at full resolution on a few
    patches spread over it, a Euclidean motion fitted to their matches; where too few patches
    have copper, on the whole board shrunk to :data:`REFINE_MAX_PIXELS`.
-4. The score is the normalised cross-correlation of the board and the warped reference over
+4. The score is the normalised cross-correlation of the board and the warped golden board over
    the pixels both cover, on the grid of step 3 (the shrunk grid for a board over
-   :data:`REFINE_MAX_PIXELS`). A pair that is not the same design (another
+   :data:`REFINE_MAX_PIXELS`). A golden board that is not the same design (another
    product, turned 90 degrees, the wrong side) scores far below :data:`MIN_SCORE` and is
    refused with :class:`AlignmentError` rather than compared: comparing it would paint the
    whole board as defects.
@@ -35,11 +35,11 @@ from collections.abc import Iterator
 import cv2
 import numpy as np
 
-#: Normalised cross-correlation below which a pair is taken as "not the same board". Aligned
-#: pairs of one design score 0.85-0.99 (binarised scans, JPEG noise and defects included);
+#: Normalised cross-correlation below which a golden board is taken as "not the same board".
+#: Aligned boards of one design score 0.85-0.99 (binarised scans, JPEG noise and defects included);
 #: different designs, or a board turned by 90 degrees, score below 0.3.
 MIN_SCORE = 0.5
-#: Share of the board that the aligned reference must cover.
+#: Share of the board that the aligned golden board must cover.
 MIN_OVERLAP = 0.8
 #: Gray-level standard deviation under which an image counts as bare (no copper to align
 #: on): a 640 px DeepPCB tile that is all substrate but for one small defect has about 5-8.
@@ -48,13 +48,13 @@ FLAT_STD = 12.0
 GOOD_SCORE = 0.9
 #: Longest side at which the coarse estimate runs; larger boards are downscaled for it.
 MAX_SIDE = 1024
-#: Longest side of the quick screen that refuses a hopeless pair before the other starts run
-#: at full size (each of them is as costly as the first, and on a pair that does not match
+#: Longest side of the quick screen that refuses a hopeless golden board before the other starts run
+#: at full size (each of them is as costly as the first, and on a golden board that does not match
 #: ECC never converges: it runs all its steps).
 SCREEN_SIDE = 256
 #: Best score, from the first start at full size and from every start on the screen, below
-#: which a pair is refused without trying the other starts at full size: well under
-#: :data:`MIN_SCORE`, where unrelated designs score (aligned pairs score 0.85-0.99).
+#: which a golden board is refused without trying the other starts at full size: well under
+#: :data:`MIN_SCORE`, where unrelated designs score (aligned boards score 0.85-0.99).
 SCREEN_SCORE = 0.3
 #: Most pixels ECC over the whole board works on. A larger board is refined on full-resolution
 #: patches instead (:func:`_refine_on_patches`), or, where too few of them have copper, at the
@@ -81,7 +81,7 @@ MAX_ROTATION_DEG = 5.0
 
 
 class AlignmentError(ValueError):
-    """The reference cannot be aligned to the board (not the same design or side)."""
+    """The golden board cannot be aligned to the board (not the same design or side)."""
 
     def __init__(self, message: str, score: float) -> None:
         super().__init__(message)
@@ -90,10 +90,10 @@ class AlignmentError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Alignment:
-    """Where the reference sits relative to the board.
+    """Where the golden board sits relative to the board.
 
-    ``matrix`` (2x3, float32) maps board pixel coordinates to reference pixel coordinates:
-    ``reference(matrix @ [x, y, 1]) ~ board(x, y)``. ``dx``, ``dy`` are its translation and
+    ``matrix`` (2x3, float32) maps board pixel coordinates to golden pixel coordinates:
+    ``golden(matrix @ [x, y, 1]) ~ board(x, y)``. ``dx``, ``dy`` are its translation and
     ``rotation_deg`` its rotation (counter-clockwise positive, image axes).
     """
 
@@ -102,7 +102,7 @@ class Alignment:
     rotation_deg: float
     score: float
     matrix: np.ndarray
-    #: Share of the board's pixels that the aligned reference covers.
+    #: Share of the board's pixels that the aligned golden board covers.
     overlap: float = 1.0
 
     def as_dict(self) -> dict[str, float]:
@@ -115,15 +115,15 @@ class Alignment:
         }
 
 
-def _fit_to(reference: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Crops or pads ``reference`` (top-left anchored) to ``shape``, padding with its median."""
+def _fit_to(golden: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Crops or pads ``golden`` (top-left anchored) to ``shape``, padding with its median."""
     h, w = shape
-    rh, rw = min(h, reference.shape[0]), min(w, reference.shape[1])
+    rh, rw = min(h, golden.shape[0]), min(w, golden.shape[1])
     if (rh, rw) == (h, w):
         # No padding: a view, not a copy (64 MB on an 8000 x 8000 board), and no median.
-        return reference[:h, :w]
-    out = np.full((h, w), np.median(reference), dtype=reference.dtype)
-    out[:rh, :rw] = reference[:rh, :rw]
+        return golden[:h, :w]
+    out = np.full((h, w), np.median(golden), dtype=golden.dtype)
+    out[:rh, :rw] = golden[:rh, :rw]
     return out
 
 
@@ -132,11 +132,11 @@ def _matrix(dx: float, dy: float, angle_rad: float) -> np.ndarray:
     return np.array([[c, -s, dx], [s, c, dy]], dtype=np.float32)
 
 
-def _ecc(board: np.ndarray, reference: np.ndarray, warp: np.ndarray, iters: int) -> np.ndarray:
+def _ecc(board: np.ndarray, golden: np.ndarray, warp: np.ndarray, iters: int) -> np.ndarray:
     criteria = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, iters, 1e-7)
     try:
         _, warp = cv2.findTransformECC(  # type: ignore[call-overload]
-            board, reference, warp.copy(), cv2.MOTION_EUCLIDEAN, criteria, None, 5
+            board, golden, warp.copy(), cv2.MOTION_EUCLIDEAN, criteria, None, 5
         )
     except cv2.error:
         # ECC does not converge on unrelated images; keep the phase-correlation estimate and
@@ -157,54 +157,54 @@ def _score(board: np.ndarray, warped: np.ndarray, valid: np.ndarray) -> float:
 
 
 def estimate_alignment(
-    board: np.ndarray, reference: np.ndarray, max_side: int = MAX_SIDE
+    board: np.ndarray, golden: np.ndarray, max_side: int = MAX_SIDE
 ) -> Alignment:
-    """Estimates the Euclidean motion that aligns ``reference`` to ``board``.
+    """Estimates the Euclidean motion that aligns ``golden`` to ``board``.
 
     Args:
         board: ``(H, W)`` uint8 grayscale board under test.
-        reference: ``(H', W')`` uint8 grayscale reference, about the same size.
+        golden: ``(H', W')`` uint8 grayscale golden board, about the same size.
         max_side: Longest side for the coarse estimate.
 
     Returns:
         The alignment, with its score (it does not raise on a poor score: see
         :func:`register`).
     """
-    return _estimate(board, reference, max_side)[0]
+    return _estimate(board, golden, max_side)[0]
 
 
 def _estimate(
-    board: np.ndarray, reference: np.ndarray, max_side: int
+    board: np.ndarray, golden: np.ndarray, max_side: int
 ) -> tuple[Alignment, np.ndarray]:
-    """:func:`estimate_alignment`, and the reference warped onto the board's grid with it
+    """:func:`estimate_alignment`, and the golden board warped onto the board's grid with it
     (which scoring computed anyway, so :func:`register` need not warp it again)."""
-    if board.ndim != 2 or reference.ndim != 2:
+    if board.ndim != 2 or golden.ndim != 2:
         raise ValueError(
-            f"board and reference must be 2-D grayscale. Received shapes {board.shape} and "
-            f"{reference.shape}"
+            f"board and golden board must be 2-D grayscale. Received shapes {board.shape} and "
+            f"{golden.shape}"
         )
     h, w = board.shape
-    ref = _fit_to(reference, (h, w))
-    if min(_std(board), _std(ref)) < FLAT_STD:
+    golden = _fit_to(golden, (h, w))
+    if min(_std(board), _std(golden)) < FLAT_STD:
         # A (nearly) bare spot of a board has nothing to align on, and any alignment is as
-        # good: keep the identity, and score how much of the pair agrees, so that a bare
-        # reference for a board full of copper (or the reverse) is still refused.
-        differs = float(np.mean(cv2.absdiff(board, ref) > 100))
+        # good: keep the identity, and score how much of the two agree, so that a bare
+        # golden board for a board full of copper (or the reverse) is still refused.
+        differs = float(np.mean(cv2.absdiff(board, golden) > 100))
         identity = _matrix(0.0, 0.0, 0.0)
-        return Alignment(0.0, 0.0, 0.0, max(0.0, 1.0 - 10.0 * differs), identity), ref
+        return Alignment(0.0, 0.0, 0.0, max(0.0, 1.0 - 10.0 * differs), identity), golden
     scale = min(1.0, max_side / max(h, w))
     # The grid of the fine estimate and the score: the board's own up to REFINE_MAX_PIXELS.
     fine = min(1.0, math.sqrt(REFINE_MAX_PIXELS / (h * w)))
     if fine < 1.0 and min(h, w) // 4 >= MIN_PATCH_SIDE and (
         min(h, w) // math.ceil(max(h, w) / max_side) >= MIN_SHRUNK_SIDE
     ):
-        return _estimate_large(board, ref, max_side)
-    board_f, ref_f = _scaled(board, fine), _scaled(ref, fine)
+        return _estimate_large(board, golden, max_side)
+    board_f, golden_f = _scaled(board, fine), _scaled(golden, fine)
     bs = _scaled(board_f, scale / fine).astype(np.float32)
-    rs = _scaled(ref_f, scale / fine).astype(np.float32)
+    rs = _scaled(golden_f, scale / fine).astype(np.float32)
     window = cv2.createHanningWindow((bs.shape[1], bs.shape[0]), cv2.CV_32F)
-    # phaseCorrelate(a, b) returns the shift s with b(x) ~ a(x - s); reference = board
-    # shifted by s means board(x) ~ reference(x + s): the matrix's translation is s.
+    # phaseCorrelate(a, b) returns the shift s with b(x) ~ a(x - s); golden = board
+    # shifted by s means board(x) ~ golden(x + s): the matrix's translation is s.
     (sx, sy), _ = cv2.phaseCorrelate(bs, rs, window)
     # Slight blur widens ECC's basin on binarised, sharp-edged scans.
     bs_b = cv2.GaussianBlur(bs, (5, 5), 1.0)
@@ -214,16 +214,16 @@ def _estimate(
 
     if scale < fine:
         b_fine = cv2.GaussianBlur(board_f.astype(np.float32), (5, 5), 1.0)
-        r_fine = cv2.GaussianBlur(ref_f.astype(np.float32), (5, 5), 1.0)
+        r_fine = cv2.GaussianBlur(golden_f.astype(np.float32), (5, 5), 1.0)
     screened = _screen(bs_b, rs_b, starts(), SCREEN_SIDE)
     if screened[0] < SCREEN_SCORE:
-        # Nothing aligns the pair even roughly: the starts at full size would only confirm
-        # the refusal, at many times the cost (ECC runs all its steps on a pair that does
+        # Nothing aligns the two even roughly: the starts at full size would only confirm
+        # the refusal, at many times the cost (ECC runs all its steps on a golden board that does
         # not match). The screen's best is the answer, scored on the screen's grid.
         score, warp, overlap = screened
         warp = warp.copy()
         warp[:, 2] /= scale
-        warped, _ = _warp(ref, warp, (h, w), with_valid=False)
+        warped, _ = _warp(golden, warp, (h, w), with_valid=False)
         angle = math.degrees(math.atan2(float(warp[1, 0]), float(warp[0, 0])))
         return Alignment(float(warp[0, 2]), float(warp[1, 2]), angle, score, warp,
                          overlap), warped
@@ -234,7 +234,7 @@ def _estimate(
             warp[:, 2] *= fine / scale
             # More steps where the fine grid is not the board's own: they are cheap there.
             warp = _ecc(b_fine, r_fine, warp, 20 if fine == 1.0 else 50)
-        warped, valid = _warp(ref_f, warp, board_f.shape)
+        warped, valid = _warp(golden_f, warp, board_f.shape)
         overlap = float(valid.mean())
         # A correlation over a small overlap means little: a board turned by 180 degrees
         # can match itself well over a quarter of its area. Such starts rank low.
@@ -248,7 +248,7 @@ def _estimate(
     if fine < 1.0:
         warp = warp.copy()
         warp[:, 2] /= fine
-        warped, _ = _warp(ref, warp, (h, w), with_valid=False)
+        warped, _ = _warp(golden, warp, (h, w), with_valid=False)
     angle = math.degrees(math.atan2(float(warp[1, 0]), float(warp[0, 0])))
     alignment = Alignment(float(warp[0, 2]), float(warp[1, 2]), angle, score,
                           warp.astype(np.float32), overlap)
@@ -261,8 +261,8 @@ def _starts(bs: np.ndarray, rs: np.ndarray, window: np.ndarray, sx: float,
 
     Periodic layouts (rows of identical pads) can give phase correlation (``sx``, ``sy``) a
     wrong peak, and a rotation weakens its true one: the identity is the second start, and
-    phase correlations of the reference turned by a few angles come after, only while no start
-    has aligned the pair well. The best-scoring ECC result wins.
+    phase correlations of the golden board turned by a few angles come after, only while no start
+    has aligned the two well. The best-scoring ECC result wins.
     """
 
     def rotated_start(angle: float) -> np.ndarray:
@@ -273,7 +273,7 @@ def _starts(bs: np.ndarray, rs: np.ndarray, window: np.ndarray, sx: float,
         rot = np.array([[c, -sn, cx - c * cx + sn * cy], [sn, c, cy - sn * cx - c * cy]])
         turned = cv2.warpAffine(rs, rot, (ws, hs), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
                                 borderMode=cv2.BORDER_REPLICATE)
-        # board(p) ~ turned(p + s) = reference(rot (p + s)).
+        # board(p) ~ turned(p + s) = golden(rot (p + s)).
         (tx, ty), _ = cv2.phaseCorrelate(bs, turned, window)
         start = rot.copy()
         start[:, 2] = rot[:, :2] @ np.array([tx, ty]) + rot[:, 2]
@@ -286,9 +286,9 @@ def _starts(bs: np.ndarray, rs: np.ndarray, window: np.ndarray, sx: float,
 
 
 def _estimate_large(
-    board: np.ndarray, ref: np.ndarray, max_side: int
+    board: np.ndarray, golden: np.ndarray, max_side: int
 ) -> tuple[Alignment, np.ndarray]:
-    """:func:`_estimate` for a board over :data:`REFINE_MAX_PIXELS` (``ref`` already fitted to
+    """:func:`_estimate` for a board over :data:`REFINE_MAX_PIXELS` (``golden`` already fitted to
     its size): coarse to fine.
 
     The starts run on the board shrunk by a whole factor (about ``max_side`` a side; an area
@@ -301,7 +301,7 @@ def _estimate_large(
     """
     h, w = board.shape
     k = math.ceil(max(h, w) / max_side)
-    bs_u8, rs_u8 = _shrunk(board, k), _shrunk(ref, k)
+    bs_u8, rs_u8 = _shrunk(board, k), _shrunk(golden, k)
     bs, rs = bs_u8.astype(np.float32), rs_u8.astype(np.float32)
     window = cv2.createHanningWindow((bs.shape[1], bs.shape[0]), cv2.CV_32F)
     (sx, sy), _ = cv2.phaseCorrelate(bs, rs, window)
@@ -309,10 +309,10 @@ def _estimate_large(
     rs_b = cv2.GaussianBlur(rs, (5, 5), 1.0)
     screened = _screen(bs_b, rs_b, _starts(bs, rs, window, sx, sy), SCREEN_SIDE)
     if screened[0] < SCREEN_SCORE:
-        # As in _estimate: nothing aligns the pair even roughly; the screen's best answers.
+        # As in _estimate: nothing aligns the two even roughly; the screen's best answers.
         score, warp, overlap = screened
         warp = _on_grid(warp, k, to_full=True)
-        warped, _ = _warp(ref, warp, (h, w), with_valid=False)
+        warped, _ = _warp(golden, warp, (h, w), with_valid=False)
         angle = math.degrees(math.atan2(float(warp[1, 0]), float(warp[0, 0])))
         return Alignment(float(warp[0, 2]), float(warp[1, 2]), angle, score, warp,
                          overlap), warped
@@ -326,20 +326,20 @@ def _estimate_large(
             break
     assert best is not None
     warp = _on_grid(best[1], k, to_full=True)
-    refined = _refine_on_patches(board, ref, warp)
-    warp = refined if refined is not None else _refine_on_grid(board, ref, warp)
+    refined = _refine_on_patches(board, golden, warp)
+    warp = refined if refined is not None else _refine_on_grid(board, golden, warp)
     # The score and overlap of the warp reported, on the coarse grid.
     score, overlap = _coarse_score(bs_u8, rs_u8, _on_grid(warp, k, to_full=False))
-    warped, _ = _warp(ref, warp, (h, w), with_valid=False)
+    warped, _ = _warp(golden, warp, (h, w), with_valid=False)
     angle = math.degrees(math.atan2(float(warp[1, 0]), float(warp[0, 0])))
     return Alignment(float(warp[0, 2]), float(warp[1, 2]), angle, score, warp, overlap), warped
 
 
-def _coarse_score(board: np.ndarray, reference: np.ndarray,
+def _coarse_score(board: np.ndarray, golden: np.ndarray,
                   warp: np.ndarray) -> tuple[float, float]:
     """``(score, overlap)`` of ``warp`` on one grid: the correlation, ranked down over a small
     overlap (a board turned by 180 degrees can match itself well over a quarter of its area)."""
-    warped, valid = _warp(reference, warp, board.shape)
+    warped, valid = _warp(golden, warp, board.shape)
     overlap = float(valid.mean())
     return _score(board, warped, valid) * min(1.0, overlap / MIN_OVERLAP), overlap
 
@@ -369,12 +369,12 @@ def _on_grid(warp: np.ndarray, k: int, *, to_full: bool) -> np.ndarray:
     return out
 
 
-def _refine_on_patches(board: np.ndarray, ref: np.ndarray,
+def _refine_on_patches(board: np.ndarray, golden: np.ndarray,
                        warp: np.ndarray) -> np.ndarray | None:
     """Refines ``warp`` (full grid, within a few pixels) on full-resolution patches.
 
     On each of :data:`PATCHES` x :data:`PATCHES` patches spread over the board that has copper
-    to align on, the reference is warped onto the patch by ``warp`` and ECC finds the residual
+    to align on, the golden board is warped onto the patch by ``warp`` and ECC finds the residual
     translation there; a Euclidean motion is fitted to the patches' centres and their matches,
     dropping the worst patch while any is off the fit by more than :data:`PATCH_TOLERANCE_PX`
     (a defect or a periodic layout can mislead one patch).
@@ -388,7 +388,7 @@ def _refine_on_patches(board: np.ndarray, ref: np.ndarray,
     criteria = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 50, 1e-7)
     centre = (side - 1) / 2
     board_pts: list[np.ndarray] = []
-    ref_pts: list[np.ndarray] = []
+    golden_pts: list[np.ndarray] = []
     for fy in (np.arange(PATCHES) + 0.5) / PATCHES:
         for fx in (np.arange(PATCHES) + 0.5) / PATCHES:
             y0 = min(h - side, max(0, round(fy * h - side / 2)))
@@ -399,10 +399,10 @@ def _refine_on_patches(board: np.ndarray, ref: np.ndarray,
             origin = np.array([x0, y0], dtype=np.float64)
             corners = (a @ (origin + np.array([[0, 0], [side, 0], [0, side], [side, side]])).T
                        ).T + t
-            if corners.min() < 0 or (corners.max(axis=0) > (ref.shape[1], ref.shape[0])).any():
-                continue  # partly off the reference: its border would pull ECC
+            if corners.min() < 0 or (corners.max(axis=0) > golden.shape[1::-1]).any():
+                continue  # partly off the golden board: its border would pull ECC
             m = np.hstack([a, (a @ origin + t)[:, None]]).astype(np.float32)
-            seen = cv2.warpAffine(ref, m, (side, side),
+            seen = cv2.warpAffine(golden, m, (side, side),
                                   flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
                                   borderMode=cv2.BORDER_REPLICATE)
             try:
@@ -413,11 +413,11 @@ def _refine_on_patches(board: np.ndarray, ref: np.ndarray,
                 )
             except cv2.error:
                 continue  # no convergence on this patch
-            # ECC: seen(p + u) ~ patch(p), and seen(p) = ref(A (p + origin) + t).
+            # ECC: seen(p + u) ~ patch(p), and seen(p) = golden(A (p + origin) + t).
             q = origin + centre
             board_pts.append(q)
-            ref_pts.append(a @ (q + shift[:, 2].astype(np.float64)) + t)
-    q_all, r_all = np.array(board_pts), np.array(ref_pts)
+            golden_pts.append(a @ (q + shift[:, 2].astype(np.float64)) + t)
+    q_all, r_all = np.array(board_pts), np.array(golden_pts)
     while len(q_all) >= 3:
         fitted = _fit_euclidean(q_all, r_all)
         off = np.linalg.norm(q_all @ fitted[:, :2].T + fitted[:, 2] - r_all, axis=1)
@@ -440,28 +440,28 @@ def _fit_euclidean(q: np.ndarray, r: np.ndarray) -> np.ndarray:
     return np.hstack([rot, (rm - rot @ qm)[:, None]])
 
 
-def _refine_on_grid(board: np.ndarray, ref: np.ndarray, warp: np.ndarray) -> np.ndarray:
-    """Refines ``warp`` (full grid) by ECC over the whole pair shrunk to at most
+def _refine_on_grid(board: np.ndarray, golden: np.ndarray, warp: np.ndarray) -> np.ndarray:
+    """Refines ``warp`` (full grid) by ECC over both images shrunk to at most
     :data:`REFINE_MAX_PIXELS`: slower than the patches, but needs no patch to have copper."""
     h, w = board.shape
     k = math.ceil(math.sqrt(h * w / REFINE_MAX_PIXELS))
     b_fine = cv2.GaussianBlur(_shrunk(board, k).astype(np.float32), (5, 5), 1.0)
-    r_fine = cv2.GaussianBlur(_shrunk(ref, k).astype(np.float32), (5, 5), 1.0)
+    r_fine = cv2.GaussianBlur(_shrunk(golden, k).astype(np.float32), (5, 5), 1.0)
     refined = _ecc(b_fine, r_fine, _on_grid(warp, k, to_full=False), 50)
     return _on_grid(refined, k, to_full=True)
 
 
-def _screen(board: np.ndarray, reference: np.ndarray, starts: Iterator[np.ndarray],
+def _screen(board: np.ndarray, golden: np.ndarray, starts: Iterator[np.ndarray],
             side: int) -> tuple[float, np.ndarray, float]:
-    """A quick look at the pair downscaled to ``side`` pixels: ECC from each start in turn,
-    until one scores :data:`SCREEN_SCORE` (``board`` and ``reference`` are the coarse
+    """A quick look at both images downscaled to ``side`` pixels: ECC from each start in turn,
+    until one scores :data:`SCREEN_SCORE` (``board`` and ``golden`` are the coarse
     estimate's float32 images; the starts' translations are on their grid).
 
     Returns:
         ``(score, warp on the coarse grid, overlap)`` of the best start.
     """
     factor = min(1.0, side / max(board.shape))
-    small_b, small_r = _scaled(board, factor), _scaled(reference, factor)
+    small_b, small_r = _scaled(board, factor), _scaled(golden, factor)
     best: tuple[float, np.ndarray, float] | None = None
     for start in starts:
         warp = start.copy()
@@ -495,85 +495,85 @@ def _scaled(image: np.ndarray, factor: float) -> np.ndarray:
 
 
 def _warp(
-    reference: np.ndarray, matrix: np.ndarray, shape: tuple[int, ...], with_valid: bool = True
+    golden: np.ndarray, matrix: np.ndarray, shape: tuple[int, ...], with_valid: bool = True
 ) -> tuple[np.ndarray, np.ndarray]:
     h, w = shape
     flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
-    warped = cv2.warpAffine(reference, matrix, (w, h), flags=flags,
+    warped = cv2.warpAffine(golden, matrix, (w, h), flags=flags,
                             borderMode=cv2.BORDER_REPLICATE)
     if not with_valid:
         return warped, np.empty((0, 0), dtype=bool)
-    ones = np.ones(reference.shape, dtype=np.uint8)
+    ones = np.ones(golden.shape, dtype=np.uint8)
     valid = cv2.warpAffine(ones, matrix, (w, h), flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP,
                            borderMode=cv2.BORDER_CONSTANT, borderValue=0) > 0
     return warped, valid
 
 
-def warp_reference(reference: np.ndarray, alignment: Alignment,
+def warp_golden(golden: np.ndarray, alignment: Alignment,
                    shape: tuple[int, int]) -> np.ndarray:
-    """Warps ``reference`` onto the board's pixel grid (``shape`` = the board's ``(H, W)``).
+    """Warps ``golden`` onto the board's pixel grid (``shape`` = the board's ``(H, W)``).
 
-    Pixels that the reference does not cover are filled from its nearest border, so they
+    Pixels that the golden board does not cover are filled from its nearest border, so they
     read as "no change" rather than as a defect.
     """
-    ref = _fit_to(reference, shape)
-    warped, _ = _warp(ref, alignment.matrix, shape)
+    golden = _fit_to(golden, shape)
+    warped, _ = _warp(golden, alignment.matrix, shape)
     return warped
 
 
 def register(
     board: np.ndarray,
-    reference: np.ndarray,
+    golden: np.ndarray,
     min_score: float = MIN_SCORE,
     max_rotation_deg: float = MAX_ROTATION_DEG,
 ) -> tuple[np.ndarray, Alignment]:
-    """Aligns ``reference`` to ``board`` and returns it on the board's grid.
+    """Aligns ``golden`` to ``board`` and returns it on the board's grid.
 
     Args:
         board: ``(H, W)`` uint8 board under test.
-        reference: ``(H', W')`` uint8 golden board of the same design.
+        golden: ``(H', W')`` uint8 golden board of the same design.
         min_score: Smallest accepted normalised cross-correlation.
         max_rotation_deg: Largest accepted rotation.
 
     Returns:
-        ``(warped_reference (H, W) uint8, alignment)``.
+        ``(warped_golden (H, W) uint8, alignment)``.
 
     Raises:
-        AlignmentError: When the pair scores below ``min_score`` or needs a larger rotation.
+        AlignmentError: When the two score below ``min_score`` or needs a larger rotation.
     """
     h, w = board.shape[:2]
-    rh, rw = reference.shape[:2]
+    rh, rw = golden.shape[:2]
     # Overlap counts against the larger of the two: a small board inside a large golden board
     # (or the reverse) covers a corner of the design, however well that corner matches.
     larger = max(h * w, rh * rw)
     at_best = min(h, rh) * min(w, rw)
     if at_best / larger < MIN_OVERLAP:
         raise AlignmentError(
-            f"the board is {w}x{h} px and the reference {rw}x{rh} px: aligned at best, they "
+            f"the board is {w}x{h} px and the golden board {rw}x{rh} px: aligned at best, they "
             f"share {at_best / larger:.0%} of the larger (expected >= {MIN_OVERLAP:.0%}): "
             "another design or a different crop of the board",
             0.0,
         )
-    alignment, warped = _estimate(board, reference, MAX_SIDE)
-    # The share of the larger image that the aligned pair has in common (the estimate's
-    # overlap counts a smaller reference's padding as covered: bounded by the sizes).
+    alignment, warped = _estimate(board, golden, MAX_SIDE)
+    # The share of the larger image that the aligned images have in common (the estimate's
+    # overlap counts a smaller golden board's padding as covered: bounded by the sizes).
     overlap = min(alignment.overlap * h * w, at_best) / larger
     if alignment.score < min_score:
         raise AlignmentError(
-            f"the reference does not match the board (alignment score {alignment.score:.3f}, "
+            f"the golden board does not match the board (alignment score {alignment.score:.3f}, "
             f"expected >= {min_score}): another design, rotated, or the wrong side",
             alignment.score,
         )
     if overlap < MIN_OVERLAP:
         raise AlignmentError(
-            f"the board and the reference share only {overlap:.0%} of the larger once aligned "
+            f"the board and the golden board share only {overlap:.0%} of the larger once aligned "
             f"(shifted by {alignment.dx:.1f}, {alignment.dy:.1f} px; expected >= "
             f"{MIN_OVERLAP:.0%}): another design or a different crop of the board",
             alignment.score,
         )
     if abs(alignment.rotation_deg) > max_rotation_deg:
         raise AlignmentError(
-            f"the reference is rotated by {alignment.rotation_deg:.2f} degrees relative to the "
+            f"the golden board is rotated by {alignment.rotation_deg:.2f} degrees relative to the "
             f"board (expected at most {max_rotation_deg})",
             alignment.score,
         )

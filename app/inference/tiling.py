@@ -246,18 +246,18 @@ def chunk_tiles(
     tiles: Sequence[Tile],
     tile: int,
     batch: int,
-    reference: np.ndarray | None = None,
+    golden: np.ndarray | None = None,
 ) -> Iterator[tuple[list[Tile], np.ndarray]]:
     """Yields ``(tiles, pixels of those tiles)`` ``batch`` tiles at a time.
 
     Only one chunk's pixels exist at once, so memory stays bounded on a large board. With a
-    (registered) ``reference`` its tiles are the second channel.
+    (registered) ``golden`` board its tiles are the second channel.
     """
     for start in range(0, len(tiles), batch):
         chunk = list(tiles[start : start + batch])
         arrays = extract_tiles(image, chunk, tile)
-        if reference is not None:
-            arrays = np.concatenate([arrays, extract_tiles(reference, chunk, tile)], axis=-1)
+        if golden is not None:
+            arrays = np.concatenate([arrays, extract_tiles(golden, chunk, tile)], axis=-1)
         yield chunk, arrays
 
 

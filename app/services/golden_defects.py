@@ -58,19 +58,19 @@ def _touches_border(labels: np.ndarray) -> set[int]:
     return {int(v) for v in np.unique(edge)}
 
 
-def comes_from_reference(board: np.ndarray, reference: np.ndarray,
+def comes_from_golden(board: np.ndarray, golden: np.ndarray,
                          bbox: tuple[int, int, int, int]) -> bool:
     """Whether the difference inside ``bbox`` is a hole in the golden board's copper that the
     board does not have.
 
     Args:
         board: The board, ``(H, W)`` uint8.
-        reference: The golden board registered onto it, same shape.
+        golden: The golden board registered onto it, same shape.
         bbox: ``(x_min, y_min, x_max, y_max)``, max exclusive.
     """
     rows, cols = _window(bbox, board.shape)
     b = board[rows, cols] < _COPPER_BELOW
-    r = reference[rows, cols] < _COPPER_BELOW
+    r = golden[rows, cols] < _COPPER_BELOW
     x0, y0, x1, y1 = bbox
     inside = np.zeros_like(b)
     inside[y0 - rows.start : y1 - rows.start, x0 - cols.start : x1 - cols.start] = True
@@ -82,17 +82,17 @@ def comes_from_reference(board: np.ndarray, reference: np.ndarray,
     target = where & b & ~r
     if not target.any() or target.sum() < _ISLAND_SHARE * where.sum():
         return False
-    _, ref_labels = cv2.connectedComponents((~r).astype(np.uint8), connectivity=8)
+    _, golden_labels = cv2.connectedComponents((~r).astype(np.uint8), connectivity=8)
     _, board_labels = cv2.connectedComponents(b.astype(np.uint8), connectivity=8)
-    open_ref = _touches_border(ref_labels)
+    open_golden = _touches_border(golden_labels)
     open_board = _touches_border(board_labels)
     holes = 0
-    for label in np.unique(ref_labels[target]):
-        region = ref_labels == label
+    for label in np.unique(golden_labels[target]):
+        region = golden_labels == label
         # A hole of the golden board: substrate closed on every side by copper, which the
         # board fills (nearly) whole with copper that runs on out of the window. A real spur
         # or short into a closed substrate area covers only part of it.
-        if int(label) in open_ref or b[region].mean() < _FILLED_SHARE:
+        if int(label) in open_golden or b[region].mean() < _FILLED_SHARE:
             continue
         if not set(np.unique(board_labels[region & b]).tolist()) <= open_board:
             continue
@@ -100,45 +100,45 @@ def comes_from_reference(board: np.ndarray, reference: np.ndarray,
     return bool(holes >= _ISLAND_SHARE * target.sum())
 
 
-def registered_reference(result: InferenceResult, board: np.ndarray,
-                         reference: np.ndarray) -> np.ndarray | None:
+def registered_golden(result: InferenceResult, board: np.ndarray,
+                      golden: np.ndarray) -> np.ndarray | None:
     """The golden board on the board's pixel grid, as the pair model saw it; ``None`` when
     the result has no alignment (the single-image model)."""
-    from app.inference.registration import warp_reference
+    from app.inference.registration import warp_golden
 
     if result.alignment is None:
         return None
-    return warp_reference(reference, result.alignment, board.shape[:2])
+    return warp_golden(golden, result.alignment, board.shape[:2])
 
 
-def split_reference_defects(
-    result: InferenceResult, board: np.ndarray, reference: np.ndarray,
+def split_golden_defects(
+    result: InferenceResult, board: np.ndarray, golden: np.ndarray,
     config: PostprocessConfig, class_names: tuple[str, ...],
 ) -> tuple[InferenceResult, list[Defect]]:
     """Moves the defects that come from the golden board out of ``result``.
 
     Returns:
-        ``(result, reference_defects)``: the result without them (class mask, defect ids,
+        ``(result, golden_defects)``: the result without them (class mask, defect ids,
         summary and verdict recomputed over what is left), and them, as found.
     """
     if not result.defects:
         return result, []
-    warped = registered_reference(result, board, reference)
+    warped = registered_golden(result, board, golden)
     if warped is None:
         return result, []
-    from_reference = [d for d in result.defects if comes_from_reference(board, warped, d.bbox)]
-    if not from_reference:
+    from_golden = [d for d in result.defects if comes_from_golden(board, warped, d.bbox)]
+    if not from_golden:
         return result, []
-    kept = [d for d in result.defects if d not in from_reference]
+    kept = [d for d in result.defects if d not in from_golden]
     class_map = result.class_map.copy()
     keep = np.zeros(class_map.shape, dtype=bool)
     for d in kept:
         x0, y0, x1, y1 = d.bbox
         keep[y0:y1, x0:x1] = True
-    for d in from_reference:
+    for d in from_golden:
         x0, y0, x1, y1 = d.bbox
         class_map[y0:y1, x0:x1][~keep[y0:y1, x0:x1]] = 0
     kept = [d.model_copy(update={"id": i}) for i, d in enumerate(kept, start=1)]
     summary = summarize(kept, class_names, result.width * result.height, config)
     return dataclasses.replace(result, defects=kept, class_map=class_map,
-                               summary=summary), from_reference
+                               summary=summary), from_golden

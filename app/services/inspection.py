@@ -10,7 +10,7 @@ so a CLI or a test can inspect a board without HTTP.
 Every board that finishes passes through :meth:`InspectionService.finish`, with what it was
 inspected against: the one place where each inspection can be recorded (``on_result``).
 
-The golden boards are found in :mod:`app.services.references`; one board runs through the model
+The golden boards are found in :mod:`app.services.golden_images`; one board runs through the model
 in :mod:`app.services.running`.
 """
 
@@ -47,7 +47,13 @@ from app.services.errors import (
     PairModelUnavailableError,
     RecipeOutdatedError,
 )
-from app.services.golden_defects import split_reference_defects
+from app.services.golden_defects import split_golden_defects
+from app.services.golden_images import (
+    GoldenBoardImage,
+    check_product_param,
+    stored_golden,
+    uploaded_golden,
+)
 from app.services.recipe_store import RecipeRevision, in_recipes
 from app.services.recipes import (
     IgnoredDefect,
@@ -55,12 +61,6 @@ from app.services.recipes import (
     UnitVerdict,
     apply_recipe,
     loosest,
-)
-from app.services.references import (
-    GoldenBoardImage,
-    check_product_param,
-    stored_reference,
-    uploaded_reference,
 )
 from app.services.running import DisconnectCheck, run_board
 from app.services.state import ServedModel, ServiceState
@@ -113,17 +113,17 @@ def _check_unit_serials(meta: BoardMeta, recipe: RecipeRevision | None) -> None:
         )
 
 
-async def _split_reference(
-    result: InferenceResult, pixels: np.ndarray, reference: GoldenBoardImage | None,
+async def _split_golden_defects(
+    result: InferenceResult, pixels: np.ndarray, golden: GoldenBoardImage | None,
     config: PostprocessConfig, model: ServedModel,
 ) -> tuple[InferenceResult, tuple[Defect, ...]]:
     """The result without the differences that come from the golden board, and those."""
-    if reference is None:
+    if golden is None:
         return result, ()
     # A warp of the golden board and a few windows' components: off the event loop.
     classes = tuple(model.inferencer.card.classes)
     kept, moved = await run_sync(
-        lambda: split_reference_defects(result, pixels, reference.pixels, config, classes)
+        lambda: split_golden_defects(result, pixels, golden.pixels, config, classes)
     )
     return kept, tuple(moved)
 
@@ -150,7 +150,7 @@ class InspectedBoard:
     result: InferenceResult
     inferencer: Inferencer
     config: PostprocessConfig
-    reference: GoldenBoardImage | None
+    golden: GoldenBoardImage | None
     upload: Upload
     #: The decoded board (``(H, W)`` uint8), for the overlay.
     pixels: np.ndarray
@@ -165,7 +165,7 @@ class InspectedBoard:
     recipe: RecipeRevision | None = None
     #: Differences that come from the golden board, not the board
     #: (:mod:`app.services.golden_defects`); already out of ``result``.
-    reference_defects: tuple[Defect, ...] = ()
+    golden_defects: tuple[Defect, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -184,7 +184,7 @@ class Target:
     current recipe (``None``: none)."""
 
     model: ServedModel
-    reference: GoldenBoardImage | None = None
+    golden: GoldenBoardImage | None = None
     recipe: RecipeRevision | None = None
 
 
@@ -229,10 +229,10 @@ class InspectionService:
     # ----------------------------------------------------------------------- the requests
     async def inspect(
         self, model: ServedModel, board: Upload, rules: RuleParams, meta: BoardMeta,
-        template: Upload | None = None, disconnected: DisconnectCheck | None = None,
+        golden_upload: Upload | None = None, disconnected: DisconnectCheck | None = None,
     ) -> InspectedBoard:
-        """Inspects one board, against the golden board ``template`` or the stored one of
-        ``meta.product`` if given (with the pair model), else with ``model``.
+        """Inspects one board, against the uploaded golden board ``golden_upload`` or the stored
+        one of ``meta.product`` if given (with the pair model), else with ``model``.
 
         ``disconnected``: polled while the board runs; its work is dropped once it says the
         client has left (``None``: never).
@@ -243,31 +243,31 @@ class InspectionService:
         """
         product = meta.product
         check_product_param(product)
-        pair = template is not None or product is not None
+        pair = golden_upload is not None or product is not None
         if pair:
             model = self.pair_model()
         async with self._admitted(board, pair) as hold:
             decoded = await decode_upload(board, self.settings)
-            reference = None
+            golden: GoldenBoardImage | None = None
             recipe = None
-            if template is not None:
-                reference = await uploaded_reference(template, self.settings)
+            if golden_upload is not None:
+                golden = await uploaded_golden(golden_upload, self.settings)
             elif product is not None:
-                reference, recipe = await self._product(product)
+                golden, recipe = await self._product(product)
             _check_unit_serials(meta, recipe)
             config = rules.config(model.inferencer, self.settings,
                                   None if recipe is None else recipe.body.rules)
             result = await run_board(
                 disconnected, self.settings, model, decoded.pixels,
-                config if recipe is None else loosest(config, recipe.body), reference,
+                config if recipe is None else loosest(config, recipe.body), golden,
                 rules.gating, hold,
             )
-            result, from_reference = await _split_reference(
-                result, decoded.pixels, reference, config, model)
+            result, from_golden = await _split_golden_defects(
+                result, decoded.pixels, golden, config, model)
             return await self.finish(await self._judged(
-                InspectedBoard(result, model.inferencer, config, reference, board,
+                InspectedBoard(result, model.inferencer, config, golden, board,
                            decoded.pixels, meta, recipe=recipe,
-                           reference_defects=from_reference)
+                           golden_defects=from_golden)
             ))
 
     async def target(self, model: ServedModel, product: str | None) -> Target:
@@ -285,8 +285,8 @@ class InspectionService:
             return Target(model)
         check_product_param(product)
         pair = self.pair_model()
-        reference, recipe = await self._product(product)
-        return Target(pair, reference, recipe)
+        golden, recipe = await self._product(product)
+        return Target(pair, golden, recipe)
 
     async def inspect_batch(
         self, target: Target, boards: list[Upload], rules: RuleParams, meta: BoardMeta,
@@ -305,28 +305,28 @@ class InspectionService:
                 "each panel of a batch has its own boards; send panels with unit serials to "
                 "/predict one at a time, or name the boards from 'serial'."
             )
-        if target.reference is None and meta.product is not None:
+        if target.golden is None and meta.product is not None:
             # The product came as a form field: the same golden board as ?product= would.
             target = await self.target(target.model, meta.product)
-        model, reference, recipe = target.model, target.reference, target.recipe
+        model, golden, recipe = target.model, target.golden, target.recipe
         config = rules.config(model.inferencer, self.settings,
                               None if recipe is None else recipe.body.rules)
         run_config = config if recipe is None else loosest(config, recipe.body)
 
         async def one(index: int, upload: Upload) -> BatchItem:
             try:
-                async with self._admitted(upload, reference is not None) as hold:
+                async with self._admitted(upload, golden is not None) as hold:
                     decoded = await decode_upload(upload, self.settings)
                     result = await run_board(
                         disconnected, self.settings, model, decoded.pixels, run_config,
-                        reference, rules.gating, hold,
+                        golden, rules.gating, hold,
                     )
-                    result, from_reference = await _split_reference(
-                        result, decoded.pixels, reference, config, model)
+                    result, from_golden = await _split_golden_defects(
+                        result, decoded.pixels, golden, config, model)
                     inspection = await self.finish(await self._judged(
-                        InspectedBoard(result, model.inferencer, config, reference, upload,
+                        InspectedBoard(result, model.inferencer, config, golden, upload,
                                    decoded.pixels, meta, recipe=recipe,
-                                   reference_defects=from_reference)
+                                   golden_defects=from_golden)
                     ))
             except DomainError as exc:
                 return BatchItem(index, upload, error=exc)
@@ -412,10 +412,10 @@ class InspectionService:
             UnknownProductError, RecipeOutdatedError (the golden board was replaced by one of
                 another size than the recipe was drawn on), and the stores' errors.
         """
-        reference = await stored_reference(self.state.golden, product)
+        golden = await stored_golden(self.state.golden, product)
         recipe = await in_recipes(self.state.recipes.current_or_none, product)
         if recipe is not None:
-            height, width = reference.pixels.shape[:2]
+            height, width = golden.pixels.shape[:2]
             board = recipe.golden_board
             if (board["width"], board["height"]) != (width, height):
                 raise RecipeOutdatedError(
@@ -424,7 +424,7 @@ class InspectionService:
                     f"board is now {width}x{height}: its units and zones would be misplaced. "
                     f"PUT /v1/products/{product}/recipe again for the new board.",
                 )
-        return reference, recipe
+        return golden, recipe
 
     async def _judged(self, inspection: InspectedBoard) -> InspectedBoard:
         """``inspection`` with its units and verdicts under its recipe (a worker thread: a
@@ -448,17 +448,17 @@ class InspectionService:
         return dataclasses.replace(inspection, result=result, units=tuple(panel.units),
                                    ignored=tuple(panel.ignored))
 
-    # ------------------------------------------------------------------- models, references
+    # ------------------------------------------------------------------- models, golden boards
     def pair_model(self) -> ServedModel:
         """The golden-board (pair) model, or :class:`PairModelUnavailableError`.
 
-        Asked for only once a request has a reference, so that the many requests without one
+        Asked for only once a request has a golden board, so that the many requests without one
         never depend on the pair model.
         """
         pair = self.state.pair_model
         if pair is None:
             raise PairModelUnavailableError(
-                "This request has a reference board (the 'template' field or ?product=), but "
+                "This request has a golden board (the 'template' field or ?product=), but "
                 f"the service has no golden-board model: {self.state.pair_unavailable_reason}. "
                 "Send the board alone for a single-image inspection, or install the pair model "
                 "(PCB_PAIR_WEIGHTS_PATH).",

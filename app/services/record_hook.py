@@ -36,7 +36,7 @@ def build_record(inspection: InspectedBoard, image_path: str | None) -> Inspecti
     """The record of one finished board (its image kept at ``image_path``, or not kept)."""
     result, inferencer, config = inspection.result, inspection.inferencer, inspection.config
     meta, data = inspection.meta, inspection.upload.data
-    reference, recipe = inspection.reference, inspection.recipe
+    golden, recipe = inspection.golden, inspection.recipe
     return InspectionRecord(
         serial=meta.serial, line=meta.line, station=meta.station, product=meta.product,
         tags=list(meta.tags),
@@ -52,8 +52,8 @@ def build_record(inspection: InspectedBoard, image_path: str | None) -> Inspecti
         ),
         verdict=result.summary.verdict,
         defects=list(result.defects),
-        reference=None if reference is None else Reference(
-            source=reference.source, product=reference.product, sha256=reference.sha256,
+        reference=None if golden is None else Reference(
+            source=golden.source, product=golden.product, sha256=golden.sha256,
             alignment=None if result.alignment is None else result.alignment.as_dict(),
         ),
         recipe=None if recipe is None else RecipeRef(
@@ -128,27 +128,27 @@ class RecordingHook:
             return None
         try:
             kept = self.images.put(inspection.upload.data)
-            self._keep_reference(inspection)
+            self._keep_golden(inspection)
         except OSError as exc:
             logger.error("board image not kept (%s): recording the board without it", exc)
             return None
         return kept.path
 
-    def _keep_reference(self, inspection: InspectedBoard) -> None:
-        reference = inspection.reference
-        if reference is None:
+    def _keep_golden(self, inspection: InspectedBoard) -> None:
+        golden = inspection.golden
+        if golden is None:
             return
-        if reference.data is not None:
-            self.images.put(reference.data)
+        if golden.data is not None:
+            self.images.put(golden.data)
             return
-        if reference.product is None:
+        if golden.product is None:
             return
         try:
-            board, png = self.golden.png(reference.product)
+            board, png = self.golden.png(golden.product)
         except (GoldenStoreError, UnknownProductError) as exc:
             logger.warning("golden board of %r not kept with its board: %s",
-                           reference.product, exc)
+                           golden.product, exc)
             return
         # Only the version the board was compared with: it may have been replaced meanwhile.
-        if board.sha256 == reference.sha256:
+        if board.sha256 == golden.sha256:
             self.images.put(png)

@@ -37,7 +37,7 @@ from app.services.errors import (
     OverloadedError,
     ShuttingDownError,
 )
-from app.services.references import GoldenBoardImage
+from app.services.golden_images import GoldenBoardImage
 from app.services.state import ServedModel
 
 #: Polled while a board runs: ``True`` once its client has left.
@@ -50,13 +50,13 @@ async def run_board(
     model: ServedModel,
     pixels: np.ndarray,
     config: PostprocessConfig,
-    reference: GoldenBoardImage | None = None,
+    golden: GoldenBoardImage | None = None,
     gating: str | None = None,
     hold: Hold | None = None,
 ) -> InferenceResult:
     """Runs one board under the request timeout, dropping the work if the client leaves.
 
-    With a ``reference`` (pair model) the golden board is registered first. The result's
+    With a ``golden`` board (pair model) the golden board is registered first. The result's
     ``timings_ms`` has the tiles' time in the model (``forward``) apart from their wait for
     it (``queue``).
 
@@ -72,7 +72,7 @@ async def run_board(
     Raises:
         OverloadedError, ShuttingDownError, InspectionTimeoutError, ModelFailedError,
         ClientGoneError (nobody reads it, it only ends the handler), AlignmentFailedError
-        (the reference cannot be aligned).
+        (the golden board cannot be aligned).
     """
     inferencer = model.inferencer
     gated = (settings.pair.gating if gating is None else gating) == "on"
@@ -84,7 +84,7 @@ async def run_board(
     IN_FLIGHT_IMAGES.inc()
     task = asyncio.ensure_future(
         inferencer.predict_async(
-            pixels, config, submit, reference=None if reference is None else reference.pixels,
+            pixels, config, submit, golden=None if golden is None else golden.pixels,
             gating=gated, on_plan=functools.partial(_Plan.set, plan, settings, hold),
         )
     )
@@ -105,7 +105,7 @@ async def run_board(
                 done = set()  # already past what the computed tiles allow
                 break
         if task in done:
-            result = _with_queue_time(_result_or_error(task, reference), timing)
+            result = _with_queue_time(_result_or_error(task, golden), timing)
             if result.skipped_tiles:
                 GATING_SKIPPED_PIXELS.labels(mode=inferencer.mode).inc(result.skipped_px)
                 GATING_SKIPPED_TILES.labels(mode=inferencer.mode).inc(result.skipped_tiles)
@@ -171,16 +171,16 @@ def _with_queue_time(result: InferenceResult, timing: SubmitTiming) -> Inference
 
 
 def _result_or_error(
-    task: asyncio.Future[InferenceResult], reference: GoldenBoardImage | None
+    task: asyncio.Future[InferenceResult], golden: GoldenBoardImage | None
 ) -> InferenceResult:
     try:
         return task.result()
     except AlignmentError as exc:
         # Comparing a board with a golden board it does not align to would paint the whole
         # board as defects: refuse instead, with the score so the operator can judge.
-        what = "the template" if reference is None or reference.source == "upload" else (
-            f"the golden board of product {reference.product!r}"
-        )
+        what = ("the uploaded golden board (field 'template')" if golden is None
+                or golden.source == "upload"
+                else f"the golden board of product {golden.product!r}")
         detail = str(exc)
         if "score" not in detail:
             detail += f" (alignment score {exc.score:.3f})"

@@ -31,14 +31,14 @@ class ServiceState:
     """The service's mutable state, one per app (``app.state.service``)."""
 
     settings: Settings
-    #: The single-image model: every inspection without a reference.
+    #: The single-image model: every inspection without a golden board.
     inferencer: Inferencer | None = None
     batcher: DynamicBatcher | None = None
     #: The golden-board (pair) model and its own batcher (its tiles have two channels, so
     #: they cannot share the single model's batches); ``None`` when not served.
     pair_inferencer: Inferencer | None = None
     pair_batcher: DynamicBatcher | None = None
-    #: Why there is no pair model, for the 503 that a reference then gets.
+    #: Why there is no pair model, for the 503 that a golden board then gets.
     pair_unavailable_reason: str = "the golden-board model is not loaded yet"
     not_ready_reason: str = "model not loaded yet"
     #: Why startup failed, in one line (``pcb-inspect serve`` prints it); ``None`` otherwise.

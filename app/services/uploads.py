@@ -1,8 +1,8 @@
 """Uploaded images as the services take them, and their decoding under the service's limits.
 
 Reading them from a request (multipart fields or a raw body) is the routes' part:
-:mod:`app.api.uploads`. A board, a template and a golden board obey exactly the same limits and
-image rules.
+:mod:`app.api.uploads`. A board and a golden board (uploaded or stored) obey exactly the same
+limits and image rules.
 """
 
 from __future__ import annotations
@@ -37,8 +37,9 @@ async def decode_upload(
 ) -> DecodedImage:
     """Decodes one upload under the service's image limits (in a worker thread).
 
-    ``field``: named at the start of the message (``"template: not an image ..."``) when the
-    request carries more than one kind of image, so the operator knows which one to fix.
+    ``field``: named at the start of the message (``"template: not an image ..."`` for the
+    golden board's field) when the request carries more than one kind of image, so the
+    operator knows which one to fix.
 
     Raises:
         ImageError: The upload is not an acceptable image.

@@ -525,7 +525,7 @@ def oracle(eval_setup, monkeypatch) -> None:
         image, mask, boxes = load_sample(sample)
         answers[hashlib.sha256(image.tobytes()).hexdigest()] = (mask, boxes)
 
-    def predict(self, pixels, config, reference=None):
+    def predict(self, pixels, config, golden=None):
         mask, boxes = answers[hashlib.sha256(pixels.tobytes()).hexdigest()]
         defects = []
         for k, b in enumerate(boxes, start=1):
@@ -563,8 +563,8 @@ def test_evaluate_with_the_class_confused_is_wrong_class(eval_setup, oracle, tmp
     data, weights = eval_setup
     perfect = Inferencer.predict
 
-    def shuffled(self, pixels, config, reference=None):
-        result = perfect(self, pixels, config, reference)
+    def shuffled(self, pixels, config, golden=None):
+        result = perfect(self, pixels, config, golden)
         turned = [d.model_copy(update={"class_": CLASSES[(CLASSES.index(d.class_) + 1)
                                                          % len(CLASSES)]})
                   for d in result.defects]
@@ -588,10 +588,10 @@ def test_a_board_that_does_not_align_counts_as_all_missed(eval_setup, oracle, mo
     refused = read_split(data)[0]
     refused_image, _, _ = load_sample(refused)
 
-    def refusing(self, pixels, config, reference=None):
+    def refusing(self, pixels, config, golden=None):
         if np.array_equal(pixels, refused_image):
             raise AlignmentError("not the same design", 0.123456)
-        return perfect(self, pixels, config, reference)
+        return perfect(self, pixels, config, golden)
 
     monkeypatch.setattr(Inferencer, "predict", refusing)
     report = evaluate(parse(data, weights, "--split", "all", "--box-margin", "0"))

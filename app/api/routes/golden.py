@@ -18,10 +18,10 @@ from app.api.schemas import (
     ModelRef,
 )
 from app.api.uploads import disconnect_check, one_upload, read_uploads
+from app.services.golden_images import in_store
 from app.services.golden_store import (
     GoldenBoard,
 )
-from app.services.references import in_store
 from app.services.uploads import decode_upload
 
 router = APIRouter(prefix="/v1/golden-boards", tags=["golden boards"], dependencies=[AuthDep])

@@ -24,8 +24,8 @@ from app.inference.defects import Defect
 from app.inference.encoding import encode_mask_png
 from app.inference.render import UnitFrame, ZoneOutline, render_overlay
 from app.services.board_meta import META_FIELDS, BoardMeta, with_form
+from app.services.golden_images import check_product_param
 from app.services.inspection import InspectedBoard, InspectionService
-from app.services.references import check_product_param
 from app.services.uploads import Upload
 
 router = APIRouter(prefix="/predict", tags=["inspection"], dependencies=[AuthDep])

@@ -15,9 +15,9 @@ from app.api.deps import AdminDep, AuthDep, StateDep
 from app.api.openapi import error_responses
 from app.api.params import ProductPath, product_id
 from app.api.schemas import RecipeOut, RecipeRevisionListOut, RecipeRevisionOut
+from app.services.golden_images import in_store
 from app.services.recipe_store import RecipeRevision, in_recipes
 from app.services.recipes import RecipeBody
-from app.services.references import in_store
 
 router = APIRouter(prefix="/v1/products", tags=["product recipes"], dependencies=[AuthDep])
 

@@ -155,8 +155,8 @@ def test_pair_gated_maps_equal_the_full_path_where_computed_and_background_elsew
 
 def test_pair_result_reports_what_was_computed(pair: Inferencer) -> None:
     synth = make_board(seed=5, size=(400, 500), n_defects=4)
-    full = pair.predict(synth.image, CONFIG, reference=synth.template)
-    gated = pair.predict(synth.image, CONFIG, reference=synth.template, gating=True)
+    full = pair.predict(synth.image, CONFIG, golden=synth.template)
+    gated = pair.predict(synth.image, CONFIG, golden=synth.template, gating=True)
     assert (full.gated, full.skipped_tiles, full.skipped_px) == (False, 0, 0)
     assert gated.gated and gated.tiles == full.tiles
     assert 0 < gated.skipped_tiles < gated.tiles
@@ -168,14 +168,14 @@ def test_pair_result_reports_what_was_computed(pair: Inferencer) -> None:
 
 def test_pair_defect_free_board_runs_no_tile(pair: Inferencer) -> None:
     board, golden = defect_free_pair(640)
-    result = pair.predict(board, CONFIG, reference=golden, gating=True)
+    result = pair.predict(board, CONFIG, golden=golden, gating=True)
     assert result.skipped_tiles == result.tiles > 1
     assert result.defects == [] and not result.class_map.any()
 
 
 def test_async_path_skips_the_same_tiles_and_reports_the_plan(pair: Inferencer) -> None:
     synth = make_board(seed=5, size=(400, 500), n_defects=4)
-    sync = pair.predict(synth.image, CONFIG, reference=synth.template, gating=True)
+    sync = pair.predict(synth.image, CONFIG, golden=synth.template, gating=True)
     plans: list[tuple[int, int]] = []
     submitted: list[int] = []
 
@@ -189,7 +189,7 @@ def test_async_path_skips_the_same_tiles_and_reports_the_plan(pair: Inferencer) 
 
         try:
             return await pair.predict_async(synth.image, CONFIG, counted,
-                                            reference=synth.template, gating=True,
+                                            golden=synth.template, gating=True,
                                             on_plan=lambda *plan: plans.append(plan))
         finally:
             await batcher.close()
@@ -252,8 +252,8 @@ def test_shipped_pair_model_finds_the_same_defects_gated() -> None:
         pixels_per_mm=inf.card.pixels_per_mm, min_confidence=inf.card.thresholds.min_confidence,
     )
     synth = make_board(seed=11, size=1400, n_defects=8, jpeg_quality=85)
-    full = inf.predict(synth.image, config, reference=synth.template)
-    gated = inf.predict(synth.image, config, reference=synth.template, gating=True)
+    full = inf.predict(synth.image, config, golden=synth.template)
+    gated = inf.predict(synth.image, config, golden=synth.template, gating=True)
     assert gated.skipped_tiles > 0
     assert [(d.class_, d.bbox) for d in gated.defects] == [
         (d.class_, d.bbox) for d in full.defects
@@ -261,5 +261,5 @@ def test_shipped_pair_model_finds_the_same_defects_gated() -> None:
     assert gated.defects == full.defects
     assert len(full.defects) >= 4  # the model does find the synthetic defects
     board, golden = defect_free_pair(1400)
-    clean = inf.predict(board, config, reference=golden, gating=True)
+    clean = inf.predict(board, config, golden=golden, gating=True)
     assert clean.skipped_tiles == clean.tiles and clean.defects == []

@@ -16,7 +16,7 @@ from app.inference.registration import (
     AlignmentError,
     estimate_alignment,
     register,
-    warp_reference,
+    warp_golden,
 )
 from training.synth import make_board, moved
 
@@ -47,7 +47,7 @@ def test_larger_motion_is_recovered_within_a_pixel(board):
     assert alignment.rotation_deg == pytest.approx(-1.5, abs=0.2)
 
 
-def test_registered_reference_differs_only_at_the_defects(board):
+def test_registered_golden_differs_only_at_the_defects(board):
     reference = moved(board.template, 6.0, -4.0, 0.5)
     warped, alignment = register(board.image, reference)
     assert warped.shape == board.image.shape
@@ -116,7 +116,7 @@ def test_a_wrong_reference_is_refused(board, kind):
 
 def test_warp_fills_uncovered_pixels_from_the_border(board):
     alignment = estimate_alignment(board.image, moved(board.template, 30.0, 0.0, 0.0))
-    warped = warp_reference(moved(board.template, 30.0, 0.0, 0.0), alignment, (640, 640))
+    warped = warp_golden(moved(board.template, 30.0, 0.0, 0.0), alignment, (640, 640))
     # Replicated border, never black: black would read as copper added everywhere there.
     assert warped[:, -5:].min() >= 0
     assert np.count_nonzero(warped[:, -25:] == 0) <= np.count_nonzero(board.template < 50)

@@ -60,7 +60,7 @@ def test_patches_agree_with_ecc_over_the_whole_board_at_full_resolution(
     assert patched.rotation_deg == pytest.approx(degrees, abs=0.002)
     assert patched.score > 0.9 and patched.overlap > 0.9
     assert warped.shape == big.image.shape
-    np.testing.assert_array_equal(warped, registration.warp_reference(reference, patched, SIZE))
+    np.testing.assert_array_equal(warped, registration.warp_golden(reference, patched, SIZE))
 
 
 def test_the_fine_estimate_runs_on_full_resolution_patches_only(

@@ -10,7 +10,7 @@ from app.inference.defects import Defect, PostprocessConfig
 from app.inference.pipeline import InferenceResult
 from app.inference.postprocess import summarize
 from app.inference.registration import Alignment
-from app.services.golden_defects import comes_from_reference, split_reference_defects
+from app.services.golden_defects import comes_from_golden, split_golden_defects
 from pcb_inspect.classes import CLASS_NAMES
 from training.synth import make_board, moved
 
@@ -22,14 +22,14 @@ SEEDS = range(4)
 @pytest.mark.parametrize("name", CLASS_NAMES)
 def test_a_defect_of_the_board_stays_the_boards(name: str, seed: int):
     board = make_board(seed=seed, size=SIDE, n_defects=1, defect_classes=[name])
-    assert not comes_from_reference(board.image, board.template, board.defects[0].bbox)
+    assert not comes_from_golden(board.image, board.template, board.defects[0].bbox)
 
 
 @pytest.mark.parametrize("seed", SEEDS)
 def test_a_pin_hole_in_the_golden_board_is_the_golden_boards(seed: int):
     board = make_board(seed=seed, size=SIDE, n_defects=1, defect_classes=["pin_hole"])
     # The golden board is the one with the defect; the board is right.
-    assert comes_from_reference(board.template, board.image, board.defects[0].bbox)
+    assert comes_from_golden(board.template, board.image, board.defects[0].bbox)
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -38,20 +38,20 @@ def test_other_golden_board_defects_stay_differences(name: str, seed: int):
     # Not told by shape (a speck of copper looks like a small pad): the check on PUT is what
     # catches them.
     board = make_board(seed=seed, size=SIDE, n_defects=1, defect_classes=[name])
-    assert not comes_from_reference(board.template, board.image, board.defects[0].bbox)
+    assert not comes_from_golden(board.template, board.image, board.defects[0].bbox)
 
 
 def test_a_slightly_misregistered_golden_board_still_tells(seed: int = 0):
     board = make_board(seed=seed, size=SIDE, n_defects=1, defect_classes=["pin_hole"])
     golden = moved(board.image, 0.6, -0.4, 0.0)  # registration leaves sub-pixel residue
-    assert comes_from_reference(board.template, golden, board.defects[0].bbox)
-    assert not comes_from_reference(moved(board.image, 0.6, -0.4, 0.0), board.template,
+    assert comes_from_golden(board.template, golden, board.defects[0].bbox)
+    assert not comes_from_golden(moved(board.image, 0.6, -0.4, 0.0), board.template,
                                     board.defects[0].bbox)
 
 
 def test_nothing_differs_nothing_moves():
     board = make_board(seed=3, size=SIDE, n_defects=0)
-    assert not comes_from_reference(board.image, board.image, (10, 10, 40, 40))
+    assert not comes_from_golden(board.image, board.image, (10, 10, 40, 40))
 
 
 def _result(defects: list[Defect], class_map: np.ndarray, config: PostprocessConfig,
@@ -85,8 +85,8 @@ def test_split_moves_the_golden_boards_defect_out_of_defects_summary_and_mask():
     identity = Alignment(0.0, 0.0, 0.0, 1.0, np.array([[1, 0, 0], [0, 1, 0]], np.float32))
     result = _result(defects, class_map, config, identity)
 
-    kept, from_reference = split_reference_defects(result, board, golden, config, CLASS_NAMES)
-    assert [d.bbox for d in from_reference] == [hole]
+    kept, from_golden = split_golden_defects(result, board, golden, config, CLASS_NAMES)
+    assert [d.bbox for d in from_golden] == [hole]
     assert [(d.id, d.bbox) for d in kept.defects] == [(1, short)]
     assert kept.summary.defect_count == 1 and kept.summary.by_class["short"] == 1
     assert not kept.class_map[hole[1] : hole[3], hole[0] : hole[2]].any()
@@ -94,4 +94,4 @@ def test_split_moves_the_golden_boards_defect_out_of_defects_summary_and_mask():
 
     # Without a golden board's alignment (the single-image model) nothing moves.
     single = _result(defects, class_map, config, None)
-    assert split_reference_defects(single, board, golden, config, CLASS_NAMES) == (single, [])
+    assert split_golden_defects(single, board, golden, config, CLASS_NAMES) == (single, [])

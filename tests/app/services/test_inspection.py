@@ -62,7 +62,7 @@ def test_every_finished_board_passes_through_finish(client: TestClient) -> None:
     # Each board that finished, once, with what it was inspected with; not the refused one.
     assert sorted(i.upload.filename or "" for i, _ in seen) == ["a.png", "b.png", "one.png"]
     first = next(i for i, _ in seen if i.upload.filename == "one.png")
-    assert first.upload.data == BOARD and first.reference is None
+    assert first.upload.data == BOARD and first.golden is None
     assert first.config.threshold == 0.0 and first.inferencer.mode == "single"
     assert first.pixels.shape == (96, 80)
     assert len(first.result.defects) == len(one.json()["defects"]) > 0
@@ -147,7 +147,7 @@ def test_a_board_is_inspected_by_the_service_without_a_request(client: TestClien
         BoardMeta(serial="SN-1", tags=("night",)),
     )
     assert done.upload.filename == "one.png" and done.pixels.shape == (96, 80)
-    assert done.meta.serial == "SN-1" and done.reference is None and done.recipe is None
+    assert done.meta.serial == "SN-1" and done.golden is None and done.recipe is None
     # The same board through /predict: the same defects, so the route only adds the HTTP.
     http = client.post("/predict", params={"threshold": 0.0},
                        files={"file": ("one.png", BOARD, "image/png")}).json()

@@ -78,7 +78,7 @@ def without_paths(message: str, root: Path) -> str:
                   message)
 
 
-async def stored_reference(store: GoldenStore, product: str) -> GoldenBoardImage:
+async def stored_golden(store: GoldenStore, product: str) -> GoldenBoardImage:
     """The stored golden board of ``product`` (decoded, from the cache when current).
 
     Raises:
@@ -88,8 +88,9 @@ async def stored_reference(store: GoldenStore, product: str) -> GoldenBoardImage
     return GoldenBoardImage("product", product, board.sha256, pixels)
 
 
-async def uploaded_reference(upload: Upload, settings: Settings) -> GoldenBoardImage:
-    """The golden board of the ``template`` field, decoded under the board's rules.
+async def uploaded_golden(upload: Upload, settings: Settings) -> GoldenBoardImage:
+    """The uploaded golden board (the multipart field ``template``), decoded under the board's
+    rules.
 
     Raises:
         ImageError: Its image error, the message starting with ``template: ``.
