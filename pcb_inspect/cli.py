@@ -68,7 +68,7 @@ COMMANDS: dict[str, Command] = {
                        build="build_predict_parser", run="run_predict"),
     "batch": Command(_CLIENT, "upload a folder of boards through the batch endpoint",
                      build="build_batch_parser", run="run_batch"),
-    "golden": Command(_CLIENT, "store, list, get or delete golden (reference) boards",
+    "golden": Command(_CLIENT, "store, list, get or delete golden boards",
                       build="build_golden_parser", run="run_golden"),
     "product": Command(_CLIENT, "store a product's recipe (panel units, zones, rules), get it, "
                                 "list revisions",

@@ -9,7 +9,7 @@ Example::
         if result["summary"]["verdict"] == "fail":
             ...
         # Against a golden board: uploaded with the request, or stored once per product.
-        client.predict("board_0002.png", template="golden_A17.png")
+        client.predict("board_0002.png", golden="golden_A17.png")
         client.put_golden_board("A17", "golden_A17.png")
         client.predict("board_0003.png", product="A17")
         # A panel of two boards, with an ignore zone: a verdict per board.
@@ -163,7 +163,7 @@ def _read_image(
     """Reads ``image`` once into ``(filename, bytes, content type)`` so retries can resend it.
 
     ``role`` names the argument in errors and in the file name of unnamed bytes
-    (``"image"``, ``"template"``).
+    (``"image"``, ``"golden"``).
     """
     if isinstance(image, tuple):
         name, data = image
@@ -469,19 +469,25 @@ def _predict_request(
     params: dict[str, Any],
     accept: str | None = None,
     *,
+    golden: ImageInput | None = None,
     template: ImageInput | None = None,
     product: str | None = None,
     parse: Callable[[httpx.Response], Any] = _json,
 ) -> _Request:
-    if template is not None and product is not None:
+    if golden is not None and template is not None:
+        raise ValueError("pass the golden board as golden= (template= is its older name), "
+                         "not both")
+    golden = template if golden is None else golden
+    if golden is not None and product is not None:
         # The service answers 422 too; failing here saves the upload.
         raise ValueError(
-            "pass a golden board as template= (uploaded) or product= (stored), not both; "
-            f"got template and product={product!r}"
+            "pass a golden board as golden= (uploaded) or product= (stored), not both; "
+            f"got golden and product={product!r}"
         )
     files = [("file", _read_image(image))]
-    if template is not None:
-        files.append(("template", _read_image(template, role="template")))
+    if golden is not None:
+        # "template" is the field's name on every server version ("golden" is newer).
+        files.append(("template", _read_image(golden, role="golden")))
     if product is not None:
         params = {**params, "product": _product_id(product)}
     return _Request("POST", "/predict", params=params, files=files,
@@ -577,6 +583,7 @@ class _Client:
         self,
         image: ImageInput,
         *,
+        golden: ImageInput | None = None,
         template: ImageInput | None = None,
         product: str | None = None,
         mask: MaskMode = "none",
@@ -589,9 +596,10 @@ class _Client:
 
         Args:
             image: A path, bytes, binary file or ``(filename, bytes)``.
-            template: The golden board, uploaded with this request (same forms as ``image``).
+            golden: The golden board, uploaded with this request (same forms as ``image``).
+            template: The older name of ``golden``, still accepted.
             product: The id of a golden board stored with :meth:`put_golden_board`. At most
-                one of ``template`` and ``product``.
+                one of ``golden`` and ``product``.
             mask: How the mask comes back: ``"png"`` (base64), ``"rle"`` or ``"none"``.
             threshold: Confidence cut in ``[0, 1]``; default: the service's.
             min_area_px: Smallest defect reported, in pixels; default: the service's.
@@ -611,10 +619,11 @@ class _Client:
             InspectError: The service rejected the image or could not be reached; against a
                 golden board also ``unknown_product`` (404), ``alignment_failed`` (422) and
                 ``pair_model_unavailable`` (503).
-            ValueError: Both ``template`` and ``product``, or an unusable product id.
+            ValueError: Both ``golden`` and ``product``, or an unusable product id.
         """
         query = _params(mask, threshold, min_area_px, pixels_per_mm, **params)
-        return self._call(_predict_request(image, query, template=template, product=product))
+        return self._call(_predict_request(image, query, golden=golden, template=template,
+                                            product=product))
 
     def predict_batch(
         self,
@@ -652,28 +661,30 @@ class _Client:
         self,
         image: ImageInput,
         *,
+        golden: ImageInput | None = None,
         template: ImageInput | None = None,
         product: str | None = None,
         **params: Any,
     ) -> Any:
         """PNG of the board with the defect masks, boxes, labels and a legend drawn on it."""
         return self._call(_predict_request(
-            image, _params(render="overlay", **params), template=template, product=product,
-            parse=_content,
+            image, _params(render="overlay", **params), golden=golden, template=template,
+            product=product, parse=_content,
         ))
 
     def mask_png(
         self,
         image: ImageInput,
         *,
+        golden: ImageInput | None = None,
         template: ImageInput | None = None,
         product: str | None = None,
         **params: Any,
     ) -> Any:
         """The class-mask PNG (8-bit: 0 background, k the k-th class)."""
         return self._call(_predict_request(
-            image, _params(**params), accept="image/png", template=template, product=product,
-            parse=_content,
+            image, _params(**params), accept="image/png", golden=golden, template=template,
+            product=product, parse=_content,
         ))
 
     def put_golden_board(self, product: str, image: ImageInput) -> Any:

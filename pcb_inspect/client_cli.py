@@ -5,7 +5,7 @@ command line.
 folder through ``POST /predict/batch`` with several requests in flight, writing one result per
 file to a JSONL or CSV file as each arrives (flushed and fsynced), so that a crash or a network
 hiccup never loses a finished result and a rerun picks up where the last one stopped. Both
-can compare each board with a golden board: ``--template FILE`` (``predict``) uploads one with
+can compare each board with a golden board: ``--golden FILE`` (``predict``) uploads one with
 every request, ``--product ID`` uses the one stored on the service (and the product's recipe,
 if it has one: a verdict per board of a panel). ``golden put|list|get|delete`` manages the
 stored golden boards, ``product put|get|revisions`` the products' recipes.
@@ -219,19 +219,20 @@ def _product_arg(text: str) -> str:
     return text
 
 
-def _describe_reference(result: dict[str, Any]) -> str | None:
+def _describe_golden(result: dict[str, Any]) -> str | None:
     """One line on the golden board a result was compared with, or ``None`` without one."""
-    reference = result.get("reference")
-    if not reference:
+    # "reference" is the API's JSON name for the golden board.
+    golden = result.get("reference")
+    if not golden:
         return None
     source = (
-        f"product {reference.get('product')}" if reference.get("source") == "product"
+        f"product {golden.get('product')}" if golden.get("source") == "product"
         else "uploaded template"
     )
     line = f"golden board: {source}"
-    if reference.get("sha256"):
-        line += f" (sha256 {str(reference['sha256'])[:12]})"
-    alignment = reference.get("alignment")
+    if golden.get("sha256"):
+        line += f" (sha256 {str(golden['sha256'])[:12]})"
+    alignment = golden.get("alignment")
     if alignment:
         line += (
             f"; aligned by dx {alignment['dx']:+.1f} px, dy {alignment['dy']:+.1f} px, "
@@ -256,13 +257,13 @@ def build_predict_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
     parser.add_argument("files", nargs="+", type=Path, metavar="FILE", help="board images")
     _add_connection_args(parser)
     _add_rule_args(parser)
-    reference = parser.add_mutually_exclusive_group()
-    reference.add_argument("--template", type=Path, metavar="FILE",
-                           help="compare each board with this golden (defect-free) board, "
-                                "uploaded with each request")
-    reference.add_argument("--product", type=_product_arg, metavar="ID",
-                           help="compare each board with the golden board stored on the "
-                                "service for this product (see: pcb-inspect golden)")
+    golden = parser.add_mutually_exclusive_group()
+    golden.add_argument("--golden", "--template", dest="golden", type=Path, metavar="FILE",
+                        help="compare each board with this golden (defect-free) board, "
+                             "uploaded with each request (--template: its older name)")
+    golden.add_argument("--product", type=_product_arg, metavar="ID",
+                        help="compare each board with the golden board stored on the "
+                             "service for this product (see: pcb-inspect golden)")
     parser.add_argument("--mask-out", type=Path, metavar="DIR",
                         help="write each board's class-mask PNG here (<name>.mask.png)")
     parser.add_argument("--overlay-out", type=Path, metavar="DIR",
@@ -279,14 +280,14 @@ def run_predict(args: argparse.Namespace) -> int:
     for folder in (args.mask_out, args.overlay_out):
         if folder is not None:
             folder.mkdir(parents=True, exist_ok=True)
-    reference: dict[str, Any] = {"product": args.product}
-    if args.template is not None:
+    golden: dict[str, Any] = {"product": args.product}
+    if args.golden is not None:
         try:
             # Read once, not once per board: every board is compared with the same bytes.
-            reference["template"] = (args.template.name, args.template.read_bytes())
+            golden["golden"] = (args.golden.name, args.golden.read_bytes())
         except OSError as exc:
             err.print("[bold red]ERROR[/] " + escape(
-                f"--template: cannot read {args.template}: {exc.strerror or exc}; expected a "
+                f"--golden: cannot read {args.golden}: {exc.strerror or exc}; expected a "
                 "golden-board image file"))
             return EXIT_ERROR
     errors = fails = 0
@@ -295,7 +296,7 @@ def run_predict(args: argparse.Namespace) -> int:
             try:
                 # One request gives the mask too (mask=png): no second inference for it.
                 result = client.predict(
-                    path, mask="png" if args.mask_out else "none", **reference,
+                    path, mask="png" if args.mask_out else "none", **golden,
                     **_rule_params(args), **_meta_params(args),
                 )
                 if args.mask_out:
@@ -303,7 +304,7 @@ def run_predict(args: argparse.Namespace) -> int:
                     target.write_bytes(base64.b64decode(result["mask"]["data"]))
                 if args.overlay_out:
                     target = args.overlay_out / f"{path.stem}.overlay.png"
-                    target.write_bytes(client.overlay(path, **reference, **_rule_params(args)))
+                    target.write_bytes(client.overlay(path, **golden, **_rule_params(args)))
             except OSError as exc:
                 errors += 1
                 _report_error(args, out, err, path, None, "file_error", str(exc))
@@ -342,7 +343,7 @@ def _board_table(name: str, result: dict[str, Any]) -> Table:
         f"{name}  [{style}] {verdict.upper()} [/]  {summary['defect_count']} defects, "
         f"{summary['defect_area_mm2']:.3f} mm²"
     )
-    caption = _describe_reference(result)
+    caption = _describe_golden(result)
     mode = (result.get("model") or {}).get("mode")
     if mode:
         caption = f"{caption}; model mode: {mode}" if caption else f"model mode: {mode}"

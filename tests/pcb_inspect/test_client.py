@@ -344,16 +344,18 @@ def _golden_meta(product: str = "A17-top") -> dict[str, Any]:
             "created": "2026-11-27T10:00:00Z"}
 
 
-def test_predict_sends_the_template_as_a_second_file_or_the_product_as_a_query() -> None:
+def test_predict_sends_the_golden_board_as_a_second_file_or_the_product_as_a_query() -> None:
     with ScriptedServer({"/predict": [Reply(200, _fake_result())]}) as server, \
             InspectClient(server.url) as client:
-        client.predict(("board.png", b"BOARD"), template=b"GOLDEN")
+        client.predict(("board.png", b"BOARD"), golden=b"GOLDEN")
         client.predict(("board.png", b"BOARD"), product="A17-top", threshold=0.3)
+        # template= is the older name of golden=, still accepted.
         client.overlay(("board.png", b"BOARD"), template=("g.png", b"GOLDEN"))
         client.mask_png(("board.png", b"BOARD"), product="A17-top")
     upload, stored, overlay, mask = server.seen
     assert upload.fields() == ["file", "template"]
-    assert b'name="template"; filename="template"' in upload.body
+    # "template" is the field every server version reads.
+    assert b'name="template"; filename="golden"' in upload.body
     assert b"\r\n\r\nGOLDEN\r\n" in upload.body
     assert "product" not in upload.query
     assert stored.fields() == ["file"]
@@ -362,17 +364,21 @@ def test_predict_sends_the_template_as_a_second_file_or_the_product_as_a_query()
     assert "product=A17-top" in mask.query and mask.headers["Accept"] == "image/png"
 
 
-def test_template_and_product_together_are_refused_before_any_upload() -> None:
+def test_golden_and_product_together_are_refused_before_any_upload() -> None:
     with ScriptedServer({}) as server, InspectClient(server.url) as client:
-        with pytest.raises(ValueError, match="not both; got template and product='A17'"):
+        with pytest.raises(ValueError, match="not both; got golden and product='A17'"):
+            client.predict(b"board", golden=b"golden", product="A17")
+        with pytest.raises(ValueError, match="not both; got golden and product='A17'"):
             client.predict(b"board", template=b"golden", product="A17")
+        with pytest.raises(ValueError, match=r"golden= \(template= is its older name\)"):
+            client.overlay(b"board", golden=b"golden", template=b"golden")
         with pytest.raises(ValueError, match=r"product must be a non-empty id without '/'.*"
                                              r"got 'a/b'"):
             client.predict(b"board", product="a/b")
         with pytest.raises(ValueError, match="got ''"):
             client.get_golden_board("")
-        with pytest.raises(TypeError, match="template must be a path, bytes.*got int"):
-            client.predict(b"board", template=7)  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="golden must be a path, bytes.*got int"):
+            client.predict(b"board", golden=7)  # type: ignore[arg-type]
     assert server.seen == []
 
 
@@ -437,7 +443,7 @@ def test_pair_model_unavailable_is_not_retried() -> None:
     with ScriptedServer({"/predict": [missing]}) as server, \
             InspectClient(server.url, sleep=sleeps) as client, \
             pytest.raises(InspectError) as info:
-        client.predict(b"board", template=b"golden")
+        client.predict(b"board", golden=b"golden")
     assert len(server.seen) == 1 and sleeps == []
     assert info.value.code == "pair_model_unavailable"
 
@@ -504,7 +510,8 @@ def test_golden_commands_against_the_scripted_server(
         assert cli_main(["golden", "put", "A17", str(tmp_path / "nope.png"), *url]) == 2
         assert "nope.png" in capsys.readouterr().err
         assert len(server.seen) == seen
-    # The two ways to give a golden board exclude each other on the command line too.
+    # The two ways to give a golden board exclude each other on the command line too (and
+    # --template is still the older name of --golden).
     with pytest.raises(SystemExit) as info:
         cli_main(["predict", str(golden), "--template", str(golden), "--product", "A17"])
     assert info.value.code == 2
@@ -836,7 +843,7 @@ def test_golden_boards_round_trip_through_the_client(
         by_product = client.predict(board, product="A17-top", mask="png")
         _check_reference(by_product, "product", "A17-top")
         assert by_product["reference"]["sha256"] == meta["sha256"]
-        uploaded = client.predict(board, template=golden)
+        uploaded = client.predict(board, golden=golden)
         _check_reference(uploaded, "upload", None)
         batch = client.predict_batch([board, board.read_bytes()], product="A17-top")
         assert [item["status"] for item in batch["results"]] == [200, 200]
@@ -877,7 +884,7 @@ def test_golden_board_errors_carry_the_api_code(
     # The default server has no pair model: a clear 503 at once, not five retries.
     with InspectClient(live_server.url, sleep=sleeps) as client, \
             pytest.raises(InspectError) as info:
-        client.predict(board, template=golden)
+        client.predict(board, golden=golden)
     assert (info.value.status, info.value.code) == (503, "pair_model_unavailable")
     assert sleeps == []
 
@@ -910,7 +917,7 @@ def test_golden_and_reference_commands(
     table = capsys.readouterr().out
     assert "golden board: product B-2" in table and "model mode: pair" in table
     assert "score" in table
-    code = cli_main(["predict", str(board), *url, "--template", str(golden), "--json",
+    code = cli_main(["predict", str(board), *url, "--golden", str(golden), "--json",
                      "--threshold", "1", "--overlay-out", str(tmp_path / "overlays")])
     assert code == 0
     line = json.loads(capsys.readouterr().out)
@@ -931,8 +938,8 @@ def test_golden_and_reference_commands(
     assert cli_main(["batch", str(folder), *url, "--product", "nope", "--out",
                      str(tmp_path / "r2.jsonl")]) == 2
     assert "unknown_product" in capsys.readouterr().err
-    assert cli_main(["predict", str(board), *url, "--template", str(tmp_path / "none.png")]) == 2
-    assert "--template: cannot read" in capsys.readouterr().err
+    assert cli_main(["predict", str(board), *url, "--golden", str(tmp_path / "none.png")]) == 2
+    assert "--golden: cannot read" in capsys.readouterr().err
 
     assert cli_main(["golden", "delete", "B-2", *url]) == 0
     assert "Deleted the golden board of B-2" in capsys.readouterr().out
