@@ -59,7 +59,7 @@ def load_pair_model(settings: Settings) -> tuple[Inferencer | None, str]:
     if settings.pair_weights_is_default and not path.exists():
         logger.warning(
             "no golden-board model at %s (the default PCB_PAIR_WEIGHTS_PATH): serving "
-            "single-image inspection only; requests with a reference get 503", path,
+            "single-image inspection only; requests with a golden board get 503", path,
         )
         return None, f"its weights file {path} does not exist"
     try:

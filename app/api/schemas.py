@@ -62,10 +62,10 @@ class AlignmentOut(BaseModel):
     score: float = Field(description="Normalised cross-correlation after alignment (0..1).")
 
 
-class ReferenceOut(BaseModel):
+class GoldenBoardRefOut(BaseModel):
     source: Literal["upload", "product"] = Field(
-        description="'upload': the request's 'template' field; 'product': the stored golden "
-        "board of ?product=."
+        description="'upload': the request's 'golden' (or 'template') field; 'product': the "
+        "stored golden board of ?product=."
     )
     product: str | None
     sha256: str = Field(description="sha256 of the golden board image's bytes.")
@@ -153,8 +153,9 @@ class PredictionOut(BaseModel):
         "candidates (finding the tiles with work, when gated), queue (waiting for the model), "
         "forward (in the model), post_process."
     )
-    reference: ReferenceOut | None = Field(
-        None, description="The golden board the board was compared with; null without one."
+    reference: GoldenBoardRefOut | None = Field(
+        None, description="The golden board the board was compared with ('reference' is the "
+        "API's name for it, kept for compatibility); null without one."
     )
     units: list[UnitOut] = Field(
         default_factory=list,
@@ -215,7 +216,7 @@ class PredictionOut(BaseModel):
                 skipped_px=result.skipped_px, gating="on" if result.gated else "off",
             ),
             timings_ms=result.timings_ms,
-            reference=None if golden is None or result.alignment is None else ReferenceOut(
+            reference=None if golden is None or result.alignment is None else GoldenBoardRefOut(
                 source=golden.source,
                 product=golden.product,
                 sha256=golden.sha256,

@@ -30,6 +30,7 @@ __all__ = [
     "Box",
     "ClassStats",
     "DefectOutcome",
+    "GoldenBoardRef",
     "Inspection",
     "InspectionFilter",
     "IgnoredRecord",
@@ -40,7 +41,6 @@ __all__ = [
     "MissedDefect",
     "Page",
     "RecipeRef",
-    "Reference",
     "Review",
     "ReviewBody",
     "ReviewRequest",
@@ -123,8 +123,8 @@ class Rules(_Model):
     fail_min_area_mm2: float | None = None
 
 
-class Reference(_Model):
-    """The golden board a board was compared with."""
+class GoldenBoardRef(_Model):
+    """The golden board a board was compared with (stored as the record's ``reference``)."""
 
     source: Literal["upload", "product"]
     product: str | None = None
@@ -186,7 +186,7 @@ class InspectionRecord(_Model):
     defects: Annotated[
         list[Defect], _unique_by(lambda d: d.id, "defect id {} appears twice; expected unique ids")
     ] = Field(default_factory=list)
-    reference: Reference | None = None
+    reference: GoldenBoardRef | None = None
     #: The recipe revision applied; ``None``: none (no ``?product=``, or no recipe).
     recipe: RecipeRef | None = None
     #: The boards of the panel with their verdicts (one without a recipe's units); ``None``

@@ -39,6 +39,8 @@ class GoldenBoardImage:
     #: The uploaded file's bytes (``source == "upload"``), kept with the board's image when
     #: that is kept, so a review export can pair the two; ``None`` for a stored golden board.
     data: bytes | None = None
+    #: The form field an uploaded golden board came in (``golden`` or ``template``).
+    field: str | None = None
 
 
 def check_product_param(product: str | None) -> None:
@@ -89,12 +91,13 @@ async def stored_golden(store: GoldenStore, product: str) -> GoldenBoardImage:
 
 
 async def uploaded_golden(upload: Upload, settings: Settings) -> GoldenBoardImage:
-    """The uploaded golden board (the multipart field ``template``), decoded under the board's
-    rules.
+    """The uploaded golden board, decoded under the board's rules.
 
     Raises:
-        ImageError: Its image error, the message starting with ``template: ``.
+        ImageError: Its image error, the message starting with its field (``upload.field``,
+            else ``template``, the field's older name): ``template: ...``.
     """
-    decoded = await decode_upload(upload, settings, "template")
+    decoded = await decode_upload(upload, settings, upload.field or "template")
     sha256 = hashlib.sha256(upload.data).hexdigest()
-    return GoldenBoardImage("upload", None, sha256, decoded.pixels, upload.data)
+    return GoldenBoardImage("upload", None, sha256, decoded.pixels, upload.data,
+                            upload.field or "template")

@@ -1,4 +1,4 @@
-"""The golden-board store: one defect-free reference board per product, on a shared volume.
+"""The golden-board store: one defect-free board per product, on a shared volume.
 
 Each board is one file, ``<root>/<product>.golden``: a one-line JSON header (product, size,
 the PNG's sha256 and length, when it was stored) followed by the 8-bit grayscale PNG. Image

@@ -16,12 +16,12 @@ import logging
 
 from app.core.metrics import RECORDS, RECORDS_SPOOLED
 from app.records import (
+    GoldenBoardRef,
     IgnoredRecord,
     ImageStore,
     InspectionRecord,
     RecipeRef,
     Recorder,
-    Reference,
     Rules,
     UnitRecord,
 )
@@ -52,7 +52,7 @@ def build_record(inspection: InspectedBoard, image_path: str | None) -> Inspecti
         ),
         verdict=result.summary.verdict,
         defects=list(result.defects),
-        reference=None if golden is None else Reference(
+        reference=None if golden is None else GoldenBoardRef(
             source=golden.source, product=golden.product, sha256=golden.sha256,
             alignment=None if result.alignment is None else result.alignment.as_dict(),
         ),

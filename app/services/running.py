@@ -178,9 +178,11 @@ def _result_or_error(
     except AlignmentError as exc:
         # Comparing a board with a golden board it does not align to would paint the whole
         # board as defects: refuse instead, with the score so the operator can judge.
-        what = ("the uploaded golden board (field 'template')" if golden is None
-                or golden.source == "upload"
-                else f"the golden board of product {golden.product!r}")
+        if golden is not None and golden.source == "product":
+            what = f"the golden board of product {golden.product!r}"
+        else:
+            field = (golden.field if golden is not None else None) or "template"
+            what = f"the uploaded golden board (field {field!r})"
         detail = str(exc)
         if "score" not in detail:
             detail += f" (alignment score {exc.score:.3f})"

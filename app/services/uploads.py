@@ -21,6 +21,9 @@ class Upload:
 
     filename: str | None
     data: bytes
+    #: The form field it came in, where a request can name one image in two ways (the golden
+    #: board's ``golden`` or ``template``): its errors then name the field the client used.
+    field: str | None = None
 
 
 def _check_filename(upload: Upload, settings: Settings) -> None:

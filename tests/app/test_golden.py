@@ -142,6 +142,39 @@ def test_two_templates_are_refused(client: TestClient) -> None:
     assert error["message"].startswith("template: ")
 
 
+def test_the_golden_field_works_as_the_template_field_and_its_errors_name_it(
+    client: TestClient,
+) -> None:
+    # "golden" is the field's preferred name, "template" its older one: the same inspection.
+    as_golden = ok(client.post("/predict", files=[("file", ("b.png", IMAGE, "image/png")),
+                                                  ("golden", ("g.png", TEMPLATE, "image/png"))]))
+    as_template = ok(predict(client, template=TEMPLATE))
+    assert as_golden["model"]["mode"] == "pair"
+    assert as_golden["reference"] == as_template["reference"]
+    assert as_golden["defects"] == as_template["defects"]
+    misaligned = [("file", ("b.png", IMAGE, "image/png")),
+                  ("golden", ("g.png", OTHER_TEMPLATE, "image/png"))]
+    error = assert_error(client.post("/predict", files=misaligned), 422, "alignment_failed")
+    assert "field 'golden'" in error["message"] and "score" in error["message"]
+    broken = [("file", ("b.png", IMAGE, "image/png")),
+              ("golden", ("g.png", b"not an image\n", "image/png"))]
+    error = assert_error(client.post("/predict", files=broken), 415, "not_an_image")
+    assert error["message"].startswith("golden: "), error
+    both = [("file", ("b.png", IMAGE, "image/png")),
+            ("golden", ("g.png", TEMPLATE, "image/png")),
+            ("template", ("t.png", TEMPLATE, "image/png"))]
+    error = assert_error(client.post("/predict", files=both), 400, "too_many_files")
+    assert "received 2 in fields 'golden' and 'template'" in error["message"], error
+    with_product = assert_error(
+        client.post("/predict", files=misaligned, params={"product": "both-2"}),
+        422, "invalid_request")
+    assert "field 'golden'" in with_product["message"]
+    batch = [("files", ("b.png", IMAGE, "image/png")),
+             ("golden", ("g.png", TEMPLATE, "image/png"))]
+    error = assert_error(client.post("/predict/batch", files=batch), 422, "invalid_request")
+    assert error["message"].startswith("golden: /predict/batch takes no golden board")
+
+
 def test_template_with_overlay_and_png_mask(client: TestClient) -> None:
     overlay = predict(client, template=TEMPLATE, params={"render": "overlay"})
     assert overlay.status_code == 200 and overlay.headers["content-type"] == "image/png"

@@ -1,4 +1,4 @@
-"""Golden boards: one defect-free reference board per product, for ``/predict?product=``.
+"""Golden boards: one defect-free board per product, for ``/predict?product=``.
 
 Thin routes over :class:`app.services.golden_store.GoldenStore`, which does the storing.
 """
@@ -54,7 +54,7 @@ async def put_golden_board(
     store: StoreDep, inspections: InspectionsDep,
 ) -> GoldenBoardPutOut:
     """Stores the multipart field ``file`` (or a raw ``image/*`` body) as ``product``'s
-    defect-free reference: 201 when new, 200 when it replaced one.
+    defect-free golden board: 201 when new, 200 when it replaced one.
 
     The image obeys the same rules and limits as a board sent to ``/predict``; it is stored
     as an 8-bit grayscale PNG, whose sha256 the answer gives. The single-image model then

@@ -12,8 +12,8 @@ from app.inference.inferencer import Inferencer
 router = APIRouter(prefix="/v1", tags=["model"], dependencies=[AuthDep])
 
 _SERVES = {
-    "single": "boards sent alone (no 'template' field, no ?product=)",
-    "pair": "boards sent with a golden board ('template' field or ?product=)",
+    "single": "boards sent alone (no 'golden' or 'template' field, no ?product=)",
+    "pair": "boards sent with a golden board ('golden' or 'template' field, or ?product=)",
 }
 
 

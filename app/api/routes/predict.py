@@ -1,14 +1,17 @@
 """Inspection endpoints: one board (``POST /predict``) or several (``POST /predict/batch``).
 
 A board sent alone goes to the single-image model. A board sent with a golden board (the
-multipart field ``template``, or ``?product=`` for a stored one) goes to the pair model,
-which compares the two after registering the golden board onto the board.
+multipart field ``golden``, or ``template``, its older name; or ``?product=`` for a stored
+one) goes to the pair model, which compares the two after registering the golden board onto
+the board.
 
 Only the HTTP is here; :class:`app.services.inspection.InspectionService` does the work, and
 :mod:`app.api.params` has the query parameters (result form, board metadata, rules).
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
@@ -28,6 +31,10 @@ from app.services.golden_images import check_product_param
 from app.services.inspection import InspectedBoard, InspectionService
 from app.services.uploads import Upload
 
+#: The multipart fields of an uploaded golden board: "template" is its older name, kept for
+#: the clients that send it.
+_GOLDEN_FIELDS = ("golden", "template")
+
 router = APIRouter(prefix="/predict", tags=["inspection"], dependencies=[AuthDep])
 
 #: The board metadata as multipart text fields (the query parameters of the same names work
@@ -42,10 +49,14 @@ _META_FIELDS = {
 _UPLOAD_DOC = upload_doc(
     {
         "file": BINARY,
-        "template": {
+        "golden": {
             **BINARY,
             "description": "Optional golden board of the same design; the "
             "board is then compared with it by the pair model.",
+        },
+        "template": {
+            **BINARY,
+            "description": "The older name of 'golden', still accepted (one of the two).",
         },
         **_META_FIELDS,
     },
@@ -78,11 +89,14 @@ def recipe_drawing(
 async def _board_form(
     request: Request, inspections: InspectionService, meta: BoardMeta, field: str,
 ) -> tuple[list[Upload], list[Upload], BoardMeta]:
-    """The boards of ``field``, the templates, and ``meta`` with the form's metadata fields."""
+    """The boards of ``field``, the uploaded golden boards (each with its field) and ``meta``
+    with the form's metadata fields."""
     form = await read_upload_form(
-        request, inspections.settings, field, ("template",), META_FIELDS
+        request, inspections.settings, field, _GOLDEN_FIELDS, META_FIELDS
     )
-    return form.uploads, form.extra["template"], with_form(meta, form.texts)
+    goldens = [dataclasses.replace(u, field=name)
+               for name in _GOLDEN_FIELDS for u in form.extra[name]]
+    return form.uploads, goldens, with_form(meta, form.texts)
 
 
 def _wants_png(request: Request) -> bool:
@@ -117,9 +131,10 @@ async def predict(
     Content-Type. ``Accept: image/png`` returns the class mask PNG itself, and
     ``render=overlay`` a PNG of the board with the defects drawn.
 
-    With a golden board, either the multipart field ``template`` or ``?product=`` (a board
-    stored with ``PUT /v1/golden-boards/{product}``), the golden-board (pair) model compares
-    the board with it; the result then has a ``reference`` block with the alignment.
+    With a golden board, either the multipart field ``golden`` (``template``, its older name,
+    works too) or ``?product=`` (a board stored with ``PUT /v1/golden-boards/{product}``), the
+    golden-board (pair) model compares the board with it; the result then has a ``reference``
+    block (the API's name for the golden board) with the alignment.
 
     The board is recorded before the answer is sent: its ``inspection_id`` is in the JSON and
     in the ``X-Inspection-ID`` header (PNG answers too). ``serial``, ``line``, ``station``,
@@ -128,7 +143,7 @@ async def predict(
     async with inspections.request_in_flight():
         check_product_param(product)
         inspections.check_body_fits(declared_length(request))
-        boards, templates, meta = await _board_form(
+        boards, goldens, meta = await _board_form(
             request, inspections, meta or BoardMeta(product=product), "file"
         )
         product = meta.product
@@ -137,18 +152,20 @@ async def predict(
             boards, f"/predict takes one image; received {len(boards)} in field 'file'. "
             "Use /predict/batch for several."
         )
-        template = one_upload(
-            templates, f"template: /predict takes one golden board; received {len(templates)} "
-            "in field 'template'."
-        ) if templates else None
-        if template is not None and product is not None:
+        fields = sorted({u.field or "" for u in goldens}, key=_GOLDEN_FIELDS.index)
+        golden = one_upload(
+            goldens, f"{fields[0] if len(fields) == 1 else 'golden'}: /predict takes one golden "
+            f"board; received {len(goldens)} in field{'s' if len(fields) > 1 else ''} "
+            f"{' and '.join(repr(f) for f in fields)}."
+        ) if goldens else None
+        if golden is not None and product is not None:
             raise ApiError(
                 422, "invalid_request",
-                f"Send the golden board either as the field 'template' or as ?product={product}, "
-                "not both.",
+                f"Send the golden board either as the field {golden.field!r} or as "
+                f"?product={product}, not both.",
             )
         done = await inspections.inspect(
-            model, board, rules, meta, template, disconnect_check(request)
+            model, board, rules, meta, golden, disconnect_check(request)
         )
         result = done.result
         headers = {"X-Inspection-ID": done.record_id} if done.record_id else {}
@@ -197,17 +214,18 @@ async def predict_batch(
         # Before the upload is read: a batch for a product without a golden board (or without
         # a pair model) fails at once, not after every file has arrived.
         target = await inspections.target(model, product)
-        # "template" is read only to be refused: ignored, it would inspect every board alone
-        # while the station believes they were compared with its golden board.
-        boards, templates, meta = await _board_form(
+        # An uploaded golden board is read only to be refused: ignored, it would inspect every
+        # board alone while the station believes they were compared with its golden board.
+        boards, goldens, meta = await _board_form(
             request, inspections, meta or BoardMeta(product=product), "files"
         )
-        if templates:
+        if goldens:
             raise ApiError(
                 422, "invalid_request",
-                "template: /predict/batch takes no golden board in the request; store it "
-                "with PUT /v1/golden-boards/{product} and send ?product= (the form field "
-                "'product' works too), or send each board with its template to /predict.",
+                f"{goldens[0].field}: /predict/batch takes no golden board in the request; "
+                "store it with PUT /v1/golden-boards/{product} and send ?product= (the form "
+                "field 'product' works too), or send each board with its golden board to "
+                "/predict.",
             )
         items = await inspections.inspect_batch(
             target, boards, rules, meta, disconnect_check(request)
