@@ -17,7 +17,7 @@ The bytes a board pixel costs in flight (``BYTES_PER_PIXEL`` in ``app/services/a
 are the growth of step 2 over the pixels.
 
 ``--mode pair`` does the same through the golden-board model: each board is first stored as
-its own product's golden board, so every request registers a full-size reference (the budget
+its own product's golden board, so every request registers a full-size golden board (the budget
 counts a pair board twice). Steps 2 and 3 run ungated (``?gating=off``): the board is its own
 golden board, so gating would leave nothing to compute.
 

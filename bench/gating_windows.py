@@ -43,8 +43,8 @@ def main() -> int:
     tile = inf.tile
     stride = inf.card.input.multiple_of
 
-    def fg(board: np.ndarray, ref: np.ndarray) -> np.ndarray:
-        x = np.stack([board, ref], axis=-1)[None].astype(np.float32)
+    def fg(board: np.ndarray, golden: np.ndarray) -> np.ndarray:
+        x = np.stack([board, golden], axis=-1)[None].astype(np.float32)
         probs = np.asarray(inf.model([x[..., :1], x[..., 1:]], training=False))
         return 1.0 - probs[0, ..., 0]
 

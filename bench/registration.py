@@ -2,13 +2,14 @@
 
     python -m bench.registration --sizes 2000 4000 8000
 
-For each size, a synthetic board (``training.synth``) and its template moved by known
-translations and rotations; ``register`` must recover them. Prints one JSON line per size: the
-largest translation and rotation error over the motions, the median seconds a pair, the
-peak resident memory above the two images (``/proc/self/clear_refs`` resets the peak after the
-boards are drawn), and the median seconds to refuse a wrong golden board (another design, and
-the right one turned by 90 degrees). Boards over ``REFINE_MAX_PIXELS`` are refined at full
-resolution on a few patches (``refined_on``: ``patches``).
+For each size, a synthetic board (``training.synth``) and its golden board (the generator's
+``template``) moved by known translations and rotations; ``register`` must recover them.
+Prints one JSON line per size: the largest translation and rotation error over the motions,
+the median seconds a board, the peak resident memory above the two images
+(``/proc/self/clear_refs`` resets the peak after the boards are drawn), and the median seconds
+to refuse a wrong golden board (another design, and the right one turned by 90 degrees).
+Boards over ``REFINE_MAX_PIXELS`` are refined at full resolution on a few patches
+(``refined_on``: ``patches``).
 """
 
 from __future__ import annotations
@@ -31,15 +32,15 @@ MOTIONS = [(3.3, -2.7, 0.0), (-12.5, 8.25, 0.6), (10.0, -7.0, -1.0), (0.4, 0.2, 
 
 
 def measure(size: int) -> dict[str, float | int]:
-    """Registers the ``size`` px board against its template under every motion."""
+    """Registers the ``size`` px board against its golden board under every motion."""
     board = make_board(seed=3, size=size, jpeg_quality=90)
-    references = [moved(board.template, *motion) for motion in MOTIONS]
+    goldens = [moved(board.template, *motion) for motion in MOTIONS]
     before = memory_mb(os.getpid())
     Path("/proc/self/clear_refs").write_text("5")
     shift_err, angle_err, times = 0.0, 0.0, []
-    for (dx, dy, degrees), reference in zip(MOTIONS, references, strict=True):
+    for (dx, dy, degrees), golden in zip(MOTIONS, goldens, strict=True):
         started = time.perf_counter()
-        _, alignment = register(board.image, reference)
+        _, alignment = register(board.image, golden)
         times.append(time.perf_counter() - started)
         shift_err = max(shift_err, abs(alignment.dx - dx), abs(alignment.dy - dy))
         angle_err = max(angle_err, abs(alignment.rotation_deg - degrees))

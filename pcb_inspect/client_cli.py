@@ -227,7 +227,7 @@ def _describe_golden(result: dict[str, Any]) -> str | None:
         return None
     source = (
         f"product {golden.get('product')}" if golden.get("source") == "product"
-        else "uploaded template"
+        else "uploaded with the request"
     )
     line = f"golden board: {source}"
     if golden.get("sha256"):

@@ -458,8 +458,9 @@ class InspectionService:
         pair = self.state.pair_model
         if pair is None:
             raise PairModelUnavailableError(
-                "This request has a golden board (the 'template' field or ?product=), but "
-                f"the service has no golden-board model: {self.state.pair_unavailable_reason}. "
+                "This request has a golden board (the 'golden' or 'template' field, or "
+                "?product=), but the service has no golden-board model: "
+                f"{self.state.pair_unavailable_reason}. "
                 "Send the board alone for a single-image inspection, or install the pair model "
                 "(PCB_PAIR_WEIGHTS_PATH).",
             )

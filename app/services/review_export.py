@@ -126,21 +126,21 @@ class LocalSource:
 
     def template(self, item: ReviewedInspection) -> bytes | None:
         """Kept beside the board, or still the product's current golden board."""
-        ref = item.inspection.reference
-        if ref is None:
+        golden = item.inspection.reference
+        if golden is None:
             return None
-        for path in sorted(self.images.root.glob(f"{ref.sha256[:2]}/{ref.sha256[2:]}.*")):
+        for path in sorted(self.images.root.glob(f"{golden.sha256[:2]}/{golden.sha256[2:]}.*")):
             try:
                 return path.read_bytes()
             except FileNotFoundError:
                 continue
-        if ref.product is None:
+        if golden.product is None:
             return None
         try:
-            board, png = self.golden.png(ref.product)
+            board, png = self.golden.png(golden.product)
         except (GoldenStoreError, UnknownProductError, ValueError):
             return None
-        return png if board.sha256 == ref.sha256 else None
+        return png if board.sha256 == golden.sha256 else None
 
 
 class RemoteServiceError(Exception):
@@ -199,15 +199,15 @@ class ApiSource:
         return response.content
 
     def template(self, item: ReviewedInspection) -> bytes | None:
-        ref = item.inspection.reference
-        if ref is None or ref.product is None:
+        golden = item.inspection.reference
+        if golden is None or golden.product is None:
             return None
-        response = self._get(f"/v1/golden-boards/{ref.product}",
+        response = self._get(f"/v1/golden-boards/{golden.product}",
                              headers={"Accept": "image/png"})
         if response.status_code == 404:
             return None
         # Only the very board it was compared with: the product's board may have changed.
-        return response.content if hashlib.sha256(response.content).hexdigest() == ref.sha256 \
+        return response.content if hashlib.sha256(response.content).hexdigest() == golden.sha256 \
             else None
 
 
