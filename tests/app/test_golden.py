@@ -79,10 +79,10 @@ def test_template_uses_the_pair_model_and_reports_the_alignment(client: TestClie
     body = ok(predict(client, template=TEMPLATE))
     assert body["model"] == {"name": "tiny-test-pair-unet", "version": "0.0.1-test",
                              "mode": "pair"}
-    reference = body["reference"]
-    assert reference["source"] == "upload" and reference["product"] is None
-    assert reference["sha256"] == hashlib.sha256(TEMPLATE).hexdigest()
-    alignment = reference["alignment"]
+    golden = body["reference"]
+    assert golden["source"] == "upload" and golden["product"] is None
+    assert golden["sha256"] == hashlib.sha256(TEMPLATE).hexdigest()
+    alignment = golden["alignment"]
     assert set(alignment) == {"dx", "dy", "rotation_deg", "score"}
     assert abs(alignment["dx"]) < 0.5 and abs(alignment["dy"]) < 0.5
     assert abs(alignment["rotation_deg"]) < 0.5 and alignment["score"] > 0.9
@@ -99,7 +99,7 @@ def test_without_a_reference_the_single_model_answers(client: TestClient) -> Non
 def test_a_shifted_template_reports_the_shift(client: TestClient) -> None:
     template = encode(moved(BOARD.template, 5, -3, 0.0))
     alignment = ok(predict(client, template=template))["reference"]["alignment"]
-    # The reference sits 5 px right and 3 px up of the board.
+    # The golden board sits 5 px right and 3 px up of the board.
     assert alignment["dx"] == pytest.approx(5, abs=0.6)
     assert alignment["dy"] == pytest.approx(-3, abs=0.6)
     assert alignment["score"] > 0.9
@@ -272,10 +272,10 @@ def test_predict_with_product(client: TestClient) -> None:
     body = ok(client.post("/predict", params={"product": "line7-ctrl"},
                           files={"file": ("b.png", IMAGE, "image/png")}))
     assert body["model"]["mode"] == "pair"
-    reference = body["reference"]
-    assert reference["source"] == "product" and reference["product"] == "line7-ctrl"
-    assert reference["sha256"] == meta["sha256"]
-    assert reference["alignment"]["score"] > 0.9
+    golden = body["reference"]
+    assert golden["source"] == "product" and golden["product"] == "line7-ctrl"
+    assert golden["sha256"] == meta["sha256"]
+    assert golden["alignment"]["score"] > 0.9
     # This golden board is the board's own clean template: nothing of it is a hole the board
     # fills, so every difference stays the board's.
     assert body["reference_defects"] == []

@@ -356,14 +356,14 @@ def test_fragments_on_one_component_of_the_difference_are_one_defect() -> None:
 
 
 def test_registered_difference_keeps_changes_and_drops_edge_slivers() -> None:
-    reference = np.full((20, 20), 255, dtype=np.uint8)
-    reference[:, 8:12] = 0  # a trace
-    board = reference.copy()
+    golden = np.full((20, 20), 255, dtype=np.uint8)
+    golden[:, 8:12] = 0  # a trace
+    board = golden.copy()
     board[5:9, 12:15] = 0  # a 4 x 3 spur off the trace: a real change
     board[14:20, 12] = 0  # the trace one pixel wider down there: misalignment's sliver
     board[1, 1] = 160  # JPEG ringing: under the threshold
 
-    changed = registered_difference(board, reference)
+    changed = registered_difference(board, golden)
 
     assert changed.dtype == bool
     # The spur, less its four corners (the opening's cross rounds them off), and nothing else.
@@ -372,7 +372,7 @@ def test_registered_difference_keeps_changes_and_drops_edge_slivers() -> None:
     spur[[5, 5, 8, 8], [12, 14, 12, 14]] = False
     np.testing.assert_array_equal(changed, spur)
     with pytest.raises(ValueError, match="same shape"):
-        registered_difference(board, reference[:10])
+        registered_difference(board, golden[:10])
 
 
 def test_min_area_applies_after_merging() -> None:

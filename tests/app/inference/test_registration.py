@@ -31,8 +31,8 @@ def board():
     [(0.0, 0.0, 0.0), (3.3, -2.7, 0.0), (-12.5, 8.25, 0.6), (10.0, -7.0, -1.0), (0.4, 0.2, 0.1)],
 )
 def test_known_motion_is_recovered(board, dx, dy, degrees):
-    reference = moved(board.template, dx, dy, degrees)
-    alignment = estimate_alignment(board.image, reference)
+    golden = moved(board.template, dx, dy, degrees)
+    alignment = estimate_alignment(board.image, golden)
     assert alignment.dx == pytest.approx(dx, abs=0.5)
     assert alignment.dy == pytest.approx(dy, abs=0.5)
     assert alignment.rotation_deg == pytest.approx(degrees, abs=0.2)
@@ -48,8 +48,8 @@ def test_larger_motion_is_recovered_within_a_pixel(board):
 
 
 def test_registered_golden_differs_only_at_the_defects(board):
-    reference = moved(board.template, 6.0, -4.0, 0.5)
-    warped, alignment = register(board.image, reference)
+    golden = moved(board.template, 6.0, -4.0, 0.5)
+    warped, alignment = register(board.image, golden)
     assert warped.shape == board.image.shape
     changed = cv2.absdiff(warped, board.image) > 100
     # Away from the border that the motion uncovered, the only large differences left are
@@ -61,16 +61,16 @@ def test_registered_golden_differs_only_at_the_defects(board):
 
 
 def test_slightly_different_sizes_are_aligned(board):
-    reference = moved(board.template, 2.0, 3.0, 0.0)[:620, :630]
-    warped, alignment = register(board.image, reference)
+    golden = moved(board.template, 2.0, 3.0, 0.0)[:620, :630]
+    warped, alignment = register(board.image, golden)
     assert warped.shape == board.image.shape
     assert (alignment.dx, alignment.dy) == pytest.approx((2.0, 3.0), abs=0.5)
 
 
 def test_large_board_uses_the_downscaled_estimate():
     big = make_board(seed=3, size=(1400, 1800))
-    reference = moved(big.template, 5.5, -3.25, 0.3)
-    alignment = estimate_alignment(big.image, reference, max_side=512)
+    golden = moved(big.template, 5.5, -3.25, 0.3)
+    alignment = estimate_alignment(big.image, golden, max_side=512)
     assert (alignment.dx, alignment.dy) == pytest.approx((5.5, -3.25), abs=0.5)
     assert alignment.rotation_deg == pytest.approx(0.3, abs=0.2)
 
@@ -84,12 +84,12 @@ def test_a_board_over_the_refine_limit_is_refined_on_a_smaller_grid(
     # (8000 x 8000 in README: within 0.033 px, 1.5 s, against 4 GB at full resolution).
     monkeypatch.setattr(registration, "REFINE_MAX_PIXELS", 512 * 512)
     big = make_board(seed=3, size=(1400, 1800))
-    reference = moved(big.template, dx, dy, degrees)
-    warped, alignment = register(big.image, reference)
+    golden = moved(big.template, dx, dy, degrees)
+    warped, alignment = register(big.image, golden)
     assert (alignment.dx, alignment.dy) == pytest.approx((dx, dy), abs=0.1)
     assert alignment.rotation_deg == pytest.approx(degrees, abs=0.02)
     assert alignment.score > 0.9
-    # The reference comes back on the board's own grid, at full resolution.
+    # The golden board comes back on the board's own grid, at full resolution.
     assert warped.shape == big.image.shape
     assert np.mean(cv2.absdiff(warped, big.image) > 100) < 0.01
 
@@ -98,14 +98,14 @@ def test_a_board_over_the_refine_limit_is_refined_on_a_smaller_grid(
     # Slow: another design is refused only after every start has been tried (6 s here).
     pytest.param("other_design", marks=pytest.mark.slow), "rotated_90", "blank",
 ])
-def test_a_wrong_reference_is_refused(board, kind):
-    reference = {
+def test_a_wrong_golden_board_is_refused(board, kind):
+    golden = {
         "other_design": make_board(seed=99, size=640).template,
         "rotated_90": np.ascontiguousarray(np.rot90(board.template)),
         "blank": np.full((640, 640), 255, np.uint8),
     }[kind]
     with pytest.raises(AlignmentError) as info:
-        register(board.image, reference)
+        register(board.image, golden)
     if kind == "rotated_90":
         # ECC may well find the quarter turn; it is refused for its angle, not its score.
         assert "rotated by" in str(info.value) or info.value.score < MIN_SCORE
@@ -159,14 +159,14 @@ from training.synth import make_board, moved
 from training.synth import moved
 
 board = make_board(seed=3, size=4000, jpeg_quality=90)
-reference = moved(board.template, 7.5, -4.25, 0.4)
+golden = moved(board.template, 7.5, -4.25, 0.4)
 def status(field):
     for line in open("/proc/self/status"):
         if line.startswith(field):
             return int(line.split()[1]) / 1024
 before = status("VmRSS")
 Path("/proc/self/clear_refs").write_text("5")  # the peak from here on
-register(board.image, reference)
+register(board.image, golden)
 print(status("VmHWM") - before)
 """
 
@@ -175,7 +175,7 @@ print(status("VmHWM") - before)
 def test_registration_memory_does_not_grow_with_the_board() -> None:
     # A 4000 x 4000 pair (16 Mpx): refined at full resolution this took about 1.5 GB on top of
     # the two images (ECC's gradient and Jacobian images, float copies); on the 4 Mpx grid it
-    # is the warped reference (16 MB) and a few hundred MB of transients.
+    # is the warped golden board (16 MB) and a few hundred MB of transients.
     out = subprocess.run([sys.executable, "-c", _MEMORY_PROBE], capture_output=True, text=True,
                          timeout=240, check=True, cwd=Path(__file__).resolve().parents[3])
     growth_mb = float(out.stdout.strip().splitlines()[-1])

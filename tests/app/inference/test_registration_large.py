@@ -49,10 +49,10 @@ def ecc_sizes(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, ...]]:
 def test_patches_agree_with_ecc_over_the_whole_board_at_full_resolution(
     monkeypatch: pytest.MonkeyPatch, big: Any, dx: float, dy: float, degrees: float
 ) -> None:
-    reference = moved(big.template, dx, dy, degrees)
-    _, whole = register(big.image, reference)  # under the limit: ECC over the whole board
+    golden = moved(big.template, dx, dy, degrees)
+    _, whole = register(big.image, golden)  # under the limit: ECC over the whole board
     monkeypatch.setattr(registration, "REFINE_MAX_PIXELS", LIMIT)
-    warped, patched = register(big.image, reference)
+    warped, patched = register(big.image, golden)
     assert (patched.dx, patched.dy) == pytest.approx((whole.dx, whole.dy), abs=0.02)
     assert patched.rotation_deg == pytest.approx(whole.rotation_deg, abs=0.002)
     # And with the truth, at least as closely as the whole board's ECC.
@@ -60,7 +60,7 @@ def test_patches_agree_with_ecc_over_the_whole_board_at_full_resolution(
     assert patched.rotation_deg == pytest.approx(degrees, abs=0.002)
     assert patched.score > 0.9 and patched.overlap > 0.9
     assert warped.shape == big.image.shape
-    np.testing.assert_array_equal(warped, registration.warp_golden(reference, patched, SIZE))
+    np.testing.assert_array_equal(warped, registration.warp_golden(golden, patched, SIZE))
 
 
 def test_the_fine_estimate_runs_on_full_resolution_patches_only(

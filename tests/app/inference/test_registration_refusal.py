@@ -29,14 +29,14 @@ def ecc_sizes(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, ...]]:
 
 
 @pytest.mark.parametrize("wrong", ["other_design", "turned_90"])
-def test_a_wrong_reference_is_refused_on_the_screen_alone(
+def test_a_wrong_golden_board_is_refused_on_the_screen_alone(
     ecc_sizes: list[tuple[int, ...]], wrong: str
 ) -> None:
     board = make_board(seed=3, size=1000)
-    reference = (make_board(seed=4, size=1000).template if wrong == "other_design"
+    golden = (make_board(seed=4, size=1000).template if wrong == "other_design"
                  else np.ascontiguousarray(np.rot90(board.template)))
     with pytest.raises(AlignmentError, match="does not match") as refused:
-        register(board.image, reference)
+        register(board.image, golden)
     assert refused.value.score < registration.MIN_SCORE
     assert ecc_sizes and max(max(s) for s in ecc_sizes) <= SCREEN_SIDE, ecc_sizes
 

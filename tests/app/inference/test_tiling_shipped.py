@@ -32,7 +32,7 @@ def test_tiled_equals_whole_board(name: str) -> None:
     inf = Inferencer.load(WEIGHTS / name)
     assert inf.tile_overlap == 64  # the default under test
     board = make_board(seed=5, size=1280, n_defects=12, jpeg_quality=90)
-    reference = board.template if inf.pair else None
+    golden = board.template if inf.pair else None
     x = board.image[None, ..., None].astype("float32")
     inputs = [x, board.template[None, ..., None].astype("float32")] if inf.pair else x
     whole = np.asarray(inf.model(inputs, training=False))[0]
@@ -40,7 +40,7 @@ def test_tiled_equals_whole_board(name: str) -> None:
     tiles = inf.pre_process(board.image)
     assert len(tiles) == 9
     stitcher = Stitcher(1280, 1280)
-    for chunk, arrays in inf.tile_chunks(board.image, tiles, reference):
+    for chunk, arrays in inf.tile_chunks(board.image, tiles, golden):
         fg, cls, cls_p = inf.forward(arrays)
         for i, tile in enumerate(chunk):
             stitcher.add(tile, fg[i], cls[i], cls_p[i])
