@@ -11,14 +11,8 @@ from typing import Annotated, Any, Literal
 
 from fastapi import Depends, Path, Query
 
-from app.core.errors import ApiError
+from app.core.ids import PRODUCT_RULE, PRODUCT_SCHEMA, check_product
 from app.services.board_meta import BoardMeta, query_meta
-from app.services.golden_store import (
-    PRODUCT_PATTERN,
-    PRODUCT_RULE,
-    InvalidProductError,
-    check_product,
-)
 from app.services.inspection import RuleParams
 
 MaskParam = Annotated[
@@ -34,8 +28,8 @@ ProductParam = Annotated[
     Query(
         description="Compare with the stored golden board of this product "
         "(PUT /v1/golden-boards/{product}); uses the golden-board (pair) model. Also the "
-        "record's product (the form field 'product' means the same).",
-        max_length=200,
+        f"record's product (the form field 'product' means the same): {PRODUCT_RULE}.",
+        json_schema_extra=PRODUCT_SCHEMA,
     ),
 ]
 
@@ -115,15 +109,13 @@ def get_rules(
 RulesDep = Annotated[RuleParams, Depends(get_rules)]
 
 
-#: A product id in a route's path: its rule in the schema, checked by :func:`product_id` (for
-#: the one 422 ``invalid_product`` of the golden-board and recipe routes).
+#: A product id in a route's path: its rule in the schema, checked by :func:`product_id`
+#: (422 ``invalid_product`` naming the id, as everywhere a product id is taken, rather than
+#: the framework's generic validation error).
 ProductPath = Annotated[str, Path(description=f"The product id: {PRODUCT_RULE}.",
-                                  json_schema_extra={"pattern": f"^{PRODUCT_PATTERN.pattern}$"})]
+                                  json_schema_extra=PRODUCT_SCHEMA)]
 
 
 def product_id(product: str) -> str:
     """``product``, or 422 ``invalid_product`` naming what the rule expects."""
-    try:
-        return check_product(product)
-    except InvalidProductError as exc:
-        raise ApiError(422, "invalid_product", str(exc)) from None
+    return check_product(product)

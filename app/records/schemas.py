@@ -23,6 +23,7 @@ from pydantic import (
     model_validator,
 )
 
+from app.core.ids import ProductId
 from app.inference.defects import Defect
 from app.records.ids import INSPECTION_PREFIX, REVIEW_PREFIX, id_pattern, new_id
 
@@ -127,7 +128,7 @@ class Reference(_Model):
     """The golden board a board was compared with."""
 
     source: Literal["upload", "product"]
-    product: str | None = None
+    product: ProductId | None = None
     sha256: str = Field(pattern=_SHA256)
     alignment: dict[str, Any] | None = None
 
@@ -135,7 +136,7 @@ class Reference(_Model):
 class RecipeRef(_Model):
     """The product recipe revision a board was judged by."""
 
-    product: str = Field(max_length=128)
+    product: ProductId
     revision: int = Field(ge=1)
     sha256: str = Field(pattern=_SHA256)
 
