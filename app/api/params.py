@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 from fastapi import Depends, Path, Query
 
 from app.core.ids import PRODUCT_RULE, PRODUCT_SCHEMA, check_product
+from app.core.rules import MinAreaPx, MinConfidence, PixelsPerMm, Threshold
 from app.services.board_meta import BoardMeta, query_meta
 from app.services.inspection import RuleParams
 
@@ -74,15 +75,17 @@ def get_meta(
 MetaDep = Annotated[BoardMeta, Depends(get_meta)]
 
 
+# The rules' types carry their bounds (app.core.rules): the same for the query, the recipe
+# and the card.
 PxPerMmParam = Annotated[
-    float | None, Query(gt=0, le=100000, description="Scan resolution; default: model card's.")
+    PixelsPerMm | None, Query(description="Scan resolution; default: model card's.")
 ]
 MinAreaParam = Annotated[
-    int | None, Query(ge=0, le=10**9, description="Drop defects smaller than this (pixels).")
+    MinAreaPx | None, Query(description="Drop defects smaller than this (pixels).")
 ]
 MinConfidenceParam = Annotated[
-    float | None,
-    Query(ge=0, le=1, description="Drop defects less confident than this; default: card's."),
+    MinConfidence | None,
+    Query(description="Drop defects less confident than this; default: card's."),
 ]
 GatingParam = Annotated[
     Literal["on", "off"] | None,
@@ -91,7 +94,7 @@ GatingParam = Annotated[
           "golden board; the single model skips blank tiles)."),
 ]
 ThresholdParam = Annotated[
-    float | None, Query(ge=0, le=1, description="Confidence cut; default: model card's.")
+    Threshold | None, Query(description="Confidence cut; default: model card's.")
 ]
 
 
@@ -103,7 +106,8 @@ def get_rules(
     gating: GatingParam = None,
 ) -> RuleParams:
     """The post-processing parameters of a request's query, and its gating."""
-    return RuleParams(threshold, min_area_px, pixels_per_mm, min_confidence, gating)
+    return RuleParams(threshold=threshold, min_area_px=min_area_px, pixels_per_mm=pixels_per_mm,
+                      min_confidence=min_confidence, gating=gating)
 
 
 RulesDep = Annotated[RuleParams, Depends(get_rules)]
