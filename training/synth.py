@@ -209,7 +209,7 @@ def plain_board(height: int, width: int, seed: int = 0) -> np.ndarray:
 
     The template of :func:`make_board` with no defects; a side under 64 px (what the layout
     needs) is cut from a 64 px board. For tests that need a plausible board of a given size
-    and never what is on it: it is cheap (about 1 s at 4000 x 4000) and PNG-compresses well.
+    and never what is on it: it is cheap and PNG-compresses well.
 
     Raises:
         ValueError: A side below 1.

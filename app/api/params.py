@@ -11,14 +11,9 @@ from typing import Annotated, Any, Literal
 
 from fastapi import Depends, Path, Query
 
-from app.core.errors import ApiError
+from app.core.ids import PRODUCT_RULE, PRODUCT_SCHEMA, check_product
+from app.core.rules import MinAreaPx, MinConfidence, PixelsPerMm, Threshold
 from app.services.board_meta import BoardMeta, query_meta
-from app.services.golden_store import (
-    PRODUCT_PATTERN,
-    PRODUCT_RULE,
-    InvalidProductError,
-    check_product,
-)
 from app.services.inspection import RuleParams
 
 MaskParam = Annotated[
@@ -34,8 +29,8 @@ ProductParam = Annotated[
     Query(
         description="Compare with the stored golden board of this product "
         "(PUT /v1/golden-boards/{product}); uses the golden-board (pair) model. Also the "
-        "record's product (the form field 'product' means the same).",
-        max_length=200,
+        f"record's product (the form field 'product' means the same): {PRODUCT_RULE}.",
+        json_schema_extra=PRODUCT_SCHEMA,
     ),
 ]
 
@@ -80,15 +75,17 @@ def get_meta(
 MetaDep = Annotated[BoardMeta, Depends(get_meta)]
 
 
+# The rules' types carry their bounds (app.core.rules): the same for the query, the recipe
+# and the card.
 PxPerMmParam = Annotated[
-    float | None, Query(gt=0, le=100000, description="Scan resolution; default: model card's.")
+    PixelsPerMm | None, Query(description="Scan resolution; default: model card's.")
 ]
 MinAreaParam = Annotated[
-    int | None, Query(ge=0, le=10**9, description="Drop defects smaller than this (pixels).")
+    MinAreaPx | None, Query(description="Drop defects smaller than this (pixels).")
 ]
 MinConfidenceParam = Annotated[
-    float | None,
-    Query(ge=0, le=1, description="Drop defects less confident than this; default: card's."),
+    MinConfidence | None,
+    Query(description="Drop defects less confident than this; default: card's."),
 ]
 GatingParam = Annotated[
     Literal["on", "off"] | None,
@@ -97,7 +94,7 @@ GatingParam = Annotated[
           "golden board; the single model skips blank tiles)."),
 ]
 ThresholdParam = Annotated[
-    float | None, Query(ge=0, le=1, description="Confidence cut; default: model card's.")
+    Threshold | None, Query(description="Confidence cut; default: model card's.")
 ]
 
 
@@ -109,21 +106,20 @@ def get_rules(
     gating: GatingParam = None,
 ) -> RuleParams:
     """The post-processing parameters of a request's query, and its gating."""
-    return RuleParams(threshold, min_area_px, pixels_per_mm, min_confidence, gating)
+    return RuleParams(threshold=threshold, min_area_px=min_area_px, pixels_per_mm=pixels_per_mm,
+                      min_confidence=min_confidence, gating=gating)
 
 
 RulesDep = Annotated[RuleParams, Depends(get_rules)]
 
 
-#: A product id in a route's path: its rule in the schema, checked by :func:`product_id` (for
-#: the one 422 ``invalid_product`` of the golden-board and recipe routes).
+#: A product id in a route's path: its rule in the schema, checked by :func:`product_id`
+#: (422 ``invalid_product`` naming the id, as everywhere a product id is taken, rather than
+#: the framework's generic validation error).
 ProductPath = Annotated[str, Path(description=f"The product id: {PRODUCT_RULE}.",
-                                  json_schema_extra={"pattern": f"^{PRODUCT_PATTERN.pattern}$"})]
+                                  json_schema_extra=PRODUCT_SCHEMA)]
 
 
 def product_id(product: str) -> str:
     """``product``, or 422 ``invalid_product`` naming what the rule expects."""
-    try:
-        return check_product(product)
-    except InvalidProductError as exc:
-        raise ApiError(422, "invalid_product", str(exc)) from None
+    return check_product(product)

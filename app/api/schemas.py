@@ -73,7 +73,8 @@ class GoldenBoardRefOut(BaseModel):
 
 
 class ParamsOut(BaseModel):
-    """The rules applied to this board (the request's, else the settings', else the card's)."""
+    """The rules applied to this board (the request's, else the recipe's, else the model
+    card's and the settings' fail rule)."""
 
     threshold: float
     min_area_px: int
@@ -81,6 +82,10 @@ class ParamsOut(BaseModel):
     pixels_per_mm: float
     fail_rule: Literal["count", "area"]
     tiles: int = Field(description="Tiles the board was cut into for the model.")
+
+
+#: The rules that ``params`` shows (of :class:`app.core.rules.Rules`).
+_PARAMS_RULES = {"threshold", "min_area_px", "min_confidence", "pixels_per_mm", "fail_rule"}
 
 
 class TilesOut(BaseModel):
@@ -203,14 +208,7 @@ class PredictionOut(BaseModel):
             reference_defects=inspection.golden_defects,
             summary=result.summary,
             mask=mask_out,
-            params=ParamsOut(
-                threshold=config.threshold,
-                min_area_px=config.min_area_px,
-                min_confidence=config.min_confidence,
-                pixels_per_mm=config.pixels_per_mm,
-                fail_rule=config.fail_rule,
-                tiles=result.tiles,
-            ),
+            params=ParamsOut(**config.model_dump(include=_PARAMS_RULES), tiles=result.tiles),
             tiles=TilesOut(
                 computed=result.tiles - result.skipped_tiles, skipped=result.skipped_tiles,
                 skipped_px=result.skipped_px, gating="on" if result.gated else "off",

@@ -25,6 +25,7 @@ from pydantic_settings import (
 
 from app.core.model_files import default_card_path
 from app.core.network import check_host_pattern
+from app.core.rules import FailMinAreaMm2, FailMinCount, FailRule
 
 #: The weights shipped in the repository, used when ``PCB_WEIGHTS_PATH`` is not set.
 DEFAULT_WEIGHTS = Path(__file__).resolve().parents[2] / "weights" / "pcb_defect_unet.keras"
@@ -106,12 +107,13 @@ class MetricsSettings(_Group):
 class FailSettings(_Group):
     """The verdict rule: when a board fails (a request's product recipe may override it)."""
 
-    rule: Literal["count", "area"] = Field(
+    # The bounds of the rules (app.core.rules), so that every value set here can be applied.
+    rule: FailRule = Field(
         "count", description="Fail on the defect count, or on the total defect area."
     )
-    min_count: int = Field(1, ge=1, description="With rule=count: defects to fail.")
-    min_area_mm2: float = Field(
-        0.0, ge=0, description="With rule=area: total mm2 above which a board fails."
+    min_count: FailMinCount = Field(1, description="With rule=count: defects to fail.")
+    min_area_mm2: FailMinAreaMm2 = Field(
+        0.0, description="With rule=area: total mm2 above which a board fails."
     )
 
 

@@ -18,6 +18,15 @@ from pydantic import (
 # Re-exported: the inferencer and the tests find the card of a weights file here, beside the
 # card's reader; it lives in core so that the settings need not import inference.
 from app.core.model_files import default_card_path as default_card_path
+from app.core.rules import (
+    MergeDistancePx,
+    MinAreaPx,
+    MinConfidence,
+    PixelsPerMm,
+    RuleOverrides,
+    Rules,
+    Threshold,
+)
 
 
 class InputSpec(BaseModel):
@@ -51,16 +60,16 @@ class InputSpec(BaseModel):
 
 
 class Thresholds(BaseModel):
-    """Default post-processing rules."""
+    """Default post-processing rules (the bounds of :mod:`app.core.rules`); ``confidence`` is
+    the rules' ``threshold``."""
 
-    confidence: float = Field(0.5, ge=0, le=1)
-    min_area_px: int = Field(10, ge=0)
-    min_confidence: float = Field(
-        0.0, ge=0, le=1,
-        description="Operating point: defects less confident than this are not reported.",
+    confidence: Threshold = 0.5
+    min_area_px: MinAreaPx = 10
+    min_confidence: MinConfidence = Field(
+        0.0, description="Operating point: defects less confident than this are not reported.",
     )
-    merge_distance_px: int = Field(
-        3, ge=0, le=64,
+    merge_distance_px: MergeDistancePx = Field(
+        3,
         description="Fragments at most this many pixels apart are one defect: a property of "
                     "the model (how it breaks a defect up), measured with the operating point.",
     )
@@ -90,7 +99,7 @@ class ModelCard(BaseModel):
     version: str
     classes: list[str] = Field(min_length=1)
     input: InputSpec = Field(default_factory=InputSpec)
-    pixels_per_mm: float = Field(48.0, gt=0)
+    pixels_per_mm: PixelsPerMm = 48.0
     thresholds: Thresholds = Field(default_factory=Thresholds)
     mode: Literal["single", "pair"] = Field(
         "single",
@@ -100,6 +109,17 @@ class ModelCard(BaseModel):
         default_factory=dict,
         description="Measured accuracy per reduced precision; what PCB_PRECISION=auto may run.",
     )
+
+    def rules(self, fail: RuleOverrides) -> Rules:
+        """The card's operating point with the verdict rule of ``fail`` (the settings'): what
+        a board is judged by when neither its recipe nor its request says otherwise."""
+        t = self.thresholds
+        return Rules(
+            threshold=t.confidence, min_area_px=t.min_area_px, min_confidence=t.min_confidence,
+            pixels_per_mm=self.pixels_per_mm, merge_distance_px=t.merge_distance_px,
+            **fail.model_dump(include={"fail_rule", "fail_min_count", "fail_min_area_mm2"},
+                              exclude_none=True),
+        )
 
 
 class ModelCardError(ValueError):

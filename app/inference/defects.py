@@ -1,5 +1,6 @@
-"""What post-processing works with: its rules (:class:`PostprocessConfig`), and what it finds
-(:class:`Defect`, :class:`Summary`, :class:`PostprocessResult`).
+"""What post-processing works with: its rules (:class:`PostprocessConfig`, the one rules model
+of :mod:`app.core.rules`), and what it finds (:class:`Defect`, :class:`Summary`,
+:class:`PostprocessResult`).
 
 Pure data, no numpy work: :mod:`app.inference.postprocess` makes them, the API, the overlay and
 evaluation read them.
@@ -7,89 +8,20 @@ evaluation read them.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.core.rules import Rules
+
 __all__ = ["Defect", "PostprocessConfig", "PostprocessResult", "Summary", "is_int"]
 
 
-@dataclass(frozen=True)
-class PostprocessConfig:
-    """Rules that turn the output maps into defects and a verdict.
-
-    Attributes:
-        threshold: Confidence cut on ``fg`` in ``[0, 1]``. A pixel is a defect pixel where
-            ``fg >= threshold`` (compared in float32, so a value equal to the threshold counts)
-            and ``fg > 0``: a pixel with no foreground probability at all is never a defect,
-            so ``threshold=0`` does not turn the whole board into one defect.
-        min_area_px: Defects with fewer pixels than this are dropped (a process rule: the
-            smallest defect worth reporting), counted after fragments are merged. ``0`` and
-            ``1`` keep everything.
-        pixels_per_mm: Image resolution, used to report areas in mm²; must be > 0.
-        fail_rule: ``"count"`` fails a board on the number of defects, ``"area"`` on their
-            total area in mm².
-        fail_min_count: Count rule: the board fails when ``defect_count >= fail_min_count``.
-        fail_min_area_mm2: Area rule: the board fails when ``defect_area_mm2 >
-            fail_min_area_mm2`` (strictly greater, so ``0.0`` fails on any defect).
-        merge_distance_px: Fragments of defect pixels separated by at most this many
-            background pixels (horizontally, vertically or diagonally: the Chebyshev distance
-            between their nearest pixels is at most ``merge_distance_px + 1``) are one defect.
-            The gap's pixels are not added to it. ``0``: plain 8-connected components.
-        min_confidence: The operating point's second rule: defects whose ``confidence`` is
-            below this are dropped (after merging), like those below ``min_area_px``.
-    """
-
-    threshold: float
-    min_area_px: int
-    pixels_per_mm: float
-    fail_rule: Literal["count", "area"] = "count"
-    fail_min_count: int = 1
-    fail_min_area_mm2: float = 0.0
-    merge_distance_px: int = 3
-    min_confidence: float = 0.0
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.min_confidence <= 1.0:
-            raise ValueError(
-                "min_confidence must be in [0, 1]. "
-                f"Received: min_confidence={self.min_confidence!r}"
-            )
-        # `not (a <= x <= b)` rather than `x < a or x > b` so that NaN is rejected too.
-        if not 0.0 <= self.threshold <= 1.0:
-            raise ValueError(f"threshold must be in [0, 1]. Received: threshold={self.threshold!r}")
-        if not is_int(self.min_area_px) or self.min_area_px < 0:
-            raise ValueError(
-                f"min_area_px must be an integer >= 0. Received: min_area_px={self.min_area_px!r}"
-            )
-        if not (self.pixels_per_mm > 0 and math.isfinite(self.pixels_per_mm)):
-            raise ValueError(
-                "pixels_per_mm must be a finite number > 0. "
-                f"Received: pixels_per_mm={self.pixels_per_mm!r}"
-            )
-        if self.fail_rule not in ("count", "area"):
-            raise ValueError(
-                f"fail_rule must be 'count' or 'area'. Received: fail_rule={self.fail_rule!r}"
-            )
-        # A minimum of 0 would fail every board, clean ones included: surely a mistake.
-        if not is_int(self.fail_min_count) or self.fail_min_count < 1:
-            raise ValueError(
-                "fail_min_count must be an integer >= 1. "
-                f"Received: fail_min_count={self.fail_min_count!r}"
-            )
-        if not (self.fail_min_area_mm2 >= 0 and math.isfinite(self.fail_min_area_mm2)):
-            raise ValueError(
-                "fail_min_area_mm2 must be a finite number >= 0. "
-                f"Received: fail_min_area_mm2={self.fail_min_area_mm2!r}"
-            )
-        if not is_int(self.merge_distance_px) or self.merge_distance_px < 0:
-            raise ValueError(
-                "merge_distance_px must be an integer >= 0. "
-                f"Received: merge_distance_px={self.merge_distance_px!r}"
-            )
+#: The rules post-processing applies: the one rules model (:class:`app.core.rules.Rules`),
+#: named here for what it configures.
+PostprocessConfig = Rules
 
 
 class Defect(BaseModel):

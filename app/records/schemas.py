@@ -23,6 +23,7 @@ from pydantic import (
     model_validator,
 )
 
+from app.core.ids import ProductId
 from app.inference.defects import Defect
 from app.records.ids import INSPECTION_PREFIX, REVIEW_PREFIX, id_pattern, new_id
 
@@ -41,11 +42,11 @@ __all__ = [
     "MissedDefect",
     "Page",
     "RecipeRef",
+    "RecordedRules",
     "Review",
     "ReviewBody",
     "ReviewRequest",
     "ReviewedInspection",
-    "Rules",
     "Stats",
     "TimeBucket",
     "UnitRecord",
@@ -111,7 +112,10 @@ class _Model(BaseModel):
                               protected_namespaces=())
 
 
-class Rules(_Model):
+# app.core.rules.Rules as recorded: without merge_distance_px (the model's, not the board's),
+# and without bounds, since a record keeps what was applied and older records lack the
+# optional rules.
+class RecordedRules(_Model):
     """The post-processing and verdict rules the board was judged by."""
 
     threshold: float
@@ -127,7 +131,7 @@ class GoldenBoardRef(_Model):
     """The golden board a board was compared with (stored as the record's ``reference``)."""
 
     source: Literal["upload", "product"]
-    product: str | None = None
+    product: ProductId | None = None
     sha256: str = Field(pattern=_SHA256)
     alignment: dict[str, Any] | None = None
 
@@ -135,7 +139,7 @@ class GoldenBoardRef(_Model):
 class RecipeRef(_Model):
     """The product recipe revision a board was judged by."""
 
-    product: str = Field(max_length=128)
+    product: ProductId
     revision: int = Field(ge=1)
     sha256: str = Field(pattern=_SHA256)
 
@@ -181,7 +185,7 @@ class InspectionRecord(_Model):
     model_version: str = Field(max_length=64)
     model_mode: str = Field(max_length=32)
     weights_sha256: str = Field(pattern=_SHA256)
-    rules: Rules
+    rules: RecordedRules
     verdict: Verdict
     defects: Annotated[
         list[Defect], _unique_by(lambda d: d.id, "defect id {} appears twice; expected unique ids")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping, Sequence
 
+from app.core.ids import check_product
 from app.services.errors import InvalidMetadataError
 
 #: The multipart text fields read as metadata.
@@ -87,10 +88,19 @@ def query_meta(serial: str | None = None, line: str | None = None,
 
     return BoardMeta(
         serial=checked("serial", serial), line=checked("line", line),
-        # The product is checked as a golden-board id (stricter) by the inspection service.
+        # The product is checked by the product-id rule (app.core.ids) where it is used: the
+        # inspection service answers 422 invalid_product for it, not invalid_metadata.
         station=checked("station", station), product=product,
         tags=split_tags(tags or ()), unit_serials=split_unit_serials(unit_serials or ()),
     )
+
+
+def _form_value(name: str, value: str) -> str:
+    """A form field's value: the product by the product-id rule (422 ``invalid_product``),
+    the others as metadata text."""
+    if name == "product":
+        return check_product(value, "form field product: ")
+    return check_text(name, value)
 
 
 def with_form(meta: BoardMeta, form: Mapping[str, list[str]]) -> BoardMeta:
@@ -105,7 +115,7 @@ def with_form(meta: BoardMeta, form: Mapping[str, list[str]]) -> BoardMeta:
         if len(given) > 1:
             raise _invalid(f"{name}: one value per request, received {len(given)} form fields")
         query = getattr(meta, name)
-        value = check_text(name, given[0]) if given else None
+        value = _form_value(name, given[0]) if given else None
         if value is not None and query is not None and value != query:
             raise _invalid(f"{name}: the query says {query!r} and the form field {value!r}; "
                            "send it once")

@@ -14,12 +14,8 @@ import numpy as np
 from anyio.to_thread import run_sync
 
 from app.core.config import Settings
-from app.services.golden_store import (
-    GoldenStore,
-    GoldenStoreError,
-    InvalidProductError,
-    check_product,
-)
+from app.core.ids import check_product
+from app.services.golden_store import GoldenStore, GoldenStoreError
 from app.services.uploads import Upload, decode_upload
 
 P = ParamSpec("P")
@@ -45,12 +41,8 @@ class GoldenBoardImage:
 
 def check_product_param(product: str | None) -> None:
     """Checks ``?product=``; :class:`InvalidProductError` for an id that cannot be one."""
-    if product is None:
-        return
-    try:
-        check_product(product)
-    except InvalidProductError as exc:
-        raise InvalidProductError(f"?product=: {exc.message}") from None
+    if product is not None:
+        check_product(product, "?product=: ")
 
 
 async def in_store(

@@ -27,7 +27,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 import time
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -37,17 +36,10 @@ import numpy as np
 
 from app.core.domain_errors import DomainError
 from app.core.files import fsync_dir, write_atomic
+from app.core.ids import PRODUCT_PATTERN, check_product
 from app.services.golden_cache import BoardCache
 
 logger = logging.getLogger("pcb_inspect.golden")
-
-#: What a product id may look like: it becomes a file name, so no separators and bounded.
-#: The first character is a letter or digit: "." and ".." would be stored, but no URL path
-#: could name them again (clients resolve dot segments), a leading dot hides the file, and a
-#: leading "-" reads as an option on a command line.
-PRODUCT_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-PRODUCT_RULE = ("1 to 64 characters from A-Z, a-z, 0-9, '.', '_' and '-', starting with a "
-                "letter or digit")
 
 FORMAT = "pcb-golden/1"
 SUFFIX = ".golden"
@@ -64,12 +56,6 @@ class GoldenStoreError(DomainError, RuntimeError):
     """A stored board cannot be read (damaged or foreign file) or written (I/O error)."""
 
     code = "golden_store_error"
-
-
-class InvalidProductError(DomainError, ValueError):
-    """A product id that does not match :data:`PRODUCT_PATTERN`."""
-
-    code = "invalid_product"
 
 
 class UnknownProductError(DomainError, LookupError):
@@ -107,17 +93,6 @@ class GoldenBoard:
             "sha256": self.sha256,
             "created": self.created,
         }
-
-
-def check_product(product: str) -> str:
-    """Returns ``product`` if it is a valid id.
-
-    Raises:
-        InvalidProductError: Naming the id received and the rule.
-    """
-    if not isinstance(product, str) or not PRODUCT_PATTERN.fullmatch(product):
-        raise InvalidProductError(f"product id {product!r} is invalid: expected {PRODUCT_RULE}")
-    return product
 
 
 def encode_png(pixels: np.ndarray) -> bytes:

@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import dataclasses
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Literal
 
 import numpy as np
 from anyio.to_thread import run_sync
@@ -35,6 +35,7 @@ from app.core.metrics import (
     INSPECTIONS,
     VERDICTS,
 )
+from app.core.rules import RuleOverrides, resolve
 from app.inference.defects import Defect, PostprocessConfig
 from app.inference.imaging import declared_pixels
 from app.inference.inferencer import Inferencer
@@ -57,7 +58,6 @@ from app.services.golden_images import (
 from app.services.recipe_store import RecipeRevision, in_recipes
 from app.services.recipes import (
     IgnoredDefect,
-    ProductRules,
     UnitVerdict,
     apply_recipe,
     loosest,
@@ -67,38 +67,22 @@ from app.services.state import ServedModel, ServiceState
 from app.services.uploads import Upload, decode_upload
 
 
-@dataclasses.dataclass(frozen=True)
-class RuleParams:
-    """A request's post-processing parameters (``None``: not given)."""
+class RuleParams(RuleOverrides):
+    """A request's rules (``None``: not given) and its gating."""
 
-    threshold: float | None = None
-    min_area_px: int | None = None
-    pixels_per_mm: float | None = None
-    min_confidence: float | None = None
     #: ``?gating=``: "on"/"off", or ``None`` for the setting ``PCB_PAIR_GATING``.
-    gating: str | None = None
+    gating: Literal["on", "off"] | None = None
 
     def config(self, inferencer: Inferencer, settings: Settings,
-               product: ProductRules | None = None) -> PostprocessConfig:
+               product: RuleOverrides | None = None) -> PostprocessConfig:
         """The rules for ``inferencer``: the request's, else the product recipe's (``product``),
-        else the settings', else its card's.
+        else its card's operating point with the settings' fail rule.
 
         Per model, since the pair model's card has its own defaults.
         """
-        card = inferencer.card.thresholds
-        p = product or ProductRules()
-        return PostprocessConfig(
-            threshold=_first(self.threshold, p.threshold, card.confidence),
-            min_area_px=int(_first(self.min_area_px, p.min_area_px, card.min_area_px)),
-            pixels_per_mm=_first(self.pixels_per_mm, p.pixels_per_mm,
-                                 inferencer.card.pixels_per_mm),
-            min_confidence=float(_first(self.min_confidence, p.min_confidence,
-                                        card.min_confidence)),
-            fail_rule=_first(p.fail_rule, settings.fail.rule),
-            fail_min_count=_first(p.fail_min_count, settings.fail.min_count),
-            fail_min_area_mm2=_first(p.fail_min_area_mm2, settings.fail.min_area_mm2),
-            merge_distance_px=card.merge_distance_px,
-        )
+        fail = RuleOverrides(fail_rule=settings.fail.rule, fail_min_count=settings.fail.min_count,
+                             fail_min_area_mm2=settings.fail.min_area_mm2)
+        return resolve(inferencer.card.rules(fail), self, product)
 
 
 def _check_unit_serials(meta: BoardMeta, recipe: RecipeRevision | None) -> None:
@@ -126,10 +110,6 @@ async def _split_golden_defects(
         lambda: split_golden_defects(result, pixels, golden.pixels, config, classes)
     )
     return kept, tuple(moved)
-
-
-def _first(*values: Any) -> Any:
-    return next(v for v in values if v is not None)
 
 
 def _over_budget(exc: BudgetExceededError) -> OverCapacityError:

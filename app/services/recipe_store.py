@@ -33,7 +33,8 @@ from pydantic import ValidationError
 
 from app.core.domain_errors import DomainError
 from app.core.files import fsync_dir
-from app.services.golden_store import GoldenBoard, check_product
+from app.core.ids import check_product
+from app.services.golden_store import GoldenBoard
 from app.services.recipes import RecipeBody, canonical_json, sha256_of
 
 P = ParamSpec("P")

@@ -37,6 +37,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from app.core.domain_errors import DomainError
+from app.core.rules import MinAreaPx, MinConfidence, RuleOverrides
 from app.inference.defects import Defect, PostprocessConfig, Summary
 from app.inference.postprocess import summarize
 from pcb_inspect.classes import CLASS_NAMES
@@ -122,8 +123,8 @@ class Zone(_Strict):
         description="'ignore': its defects are listed apart and judge nothing; 'rules': its "
         "own min_area_px, min_confidence and ignored_classes."
     )
-    min_area_px: int | None = Field(None, ge=0, le=10**9)
-    min_confidence: float | None = Field(None, ge=0, le=1)
+    min_area_px: MinAreaPx | None = None
+    min_confidence: MinConfidence | None = None
     ignored_classes: list[str] = Field(default_factory=list, max_length=len(CLASS_NAMES))
 
     @field_validator("polygon")
@@ -172,16 +173,9 @@ class Zone(_Strict):
         return cv2.pointPolygonTest(contour, (float(x), float(y)), False) >= 0
 
 
-class ProductRules(_Strict):
+# The rules' partial form under the name the API has always documented it by.
+class ProductRules(RuleOverrides):
     """The product's operating point; a rule not given falls back to the service's."""
-
-    threshold: float | None = Field(None, ge=0, le=1)
-    min_area_px: int | None = Field(None, ge=0, le=10**9)
-    min_confidence: float | None = Field(None, ge=0, le=1)
-    pixels_per_mm: float | None = Field(None, gt=0, le=100000)
-    fail_rule: Literal["count", "area"] | None = None
-    fail_min_count: int | None = Field(None, ge=1, le=10**6)
-    fail_min_area_mm2: float | None = Field(None, ge=0, le=10**6)
 
 
 def _repeated(values: list[Any]) -> list[Any]:
@@ -281,11 +275,11 @@ def loosest(config: PostprocessConfig, recipe: RecipeBody) -> PostprocessConfig:
     zone with rules: what post-processing must keep for :func:`apply_recipe` to judge."""
     area = [z.min_area_px for z in recipe.zones if z.min_area_px is not None]
     conf = [z.min_confidence for z in recipe.zones if z.min_confidence is not None]
-    return dataclasses.replace(
-        config,
-        min_area_px=min([config.min_area_px, *area]),
-        min_confidence=min([config.min_confidence, *conf]),
-    )
+    # Minima of validated values: within the bounds without validating again.
+    return config.model_copy(update={
+        "min_area_px": min([config.min_area_px, *area]),
+        "min_confidence": min([config.min_confidence, *conf]),
+    })
 
 
 @dataclasses.dataclass(frozen=True)

@@ -21,8 +21,8 @@ from app.records import (
     ImageStore,
     InspectionRecord,
     RecipeRef,
+    RecordedRules,
     Recorder,
-    Rules,
     UnitRecord,
 )
 from app.services.errors import RecordsUnavailableError
@@ -44,12 +44,7 @@ def build_record(inspection: InspectedBoard, image_path: str | None) -> Inspecti
         width=result.width, height=result.height, image_path=image_path,
         model_name=inferencer.card.name, model_version=inferencer.card.version,
         model_mode=inferencer.mode, weights_sha256=inferencer.weights_sha256,
-        rules=Rules(
-            threshold=config.threshold, min_area_px=config.min_area_px,
-            min_confidence=config.min_confidence, pixels_per_mm=config.pixels_per_mm,
-            fail_rule=config.fail_rule, fail_min_count=config.fail_min_count,
-            fail_min_area_mm2=config.fail_min_area_mm2,
-        ),
+        rules=RecordedRules(**config.model_dump(exclude={"merge_distance_px"})),
         verdict=result.summary.verdict,
         defects=list(result.defects),
         reference=None if golden is None else GoldenBoardRef(

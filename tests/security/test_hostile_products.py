@@ -3,10 +3,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.helpers.app import ADMIN, INSPECT, assert_error
+from app.core.ids import PRODUCT_MAX_CHARS
+from tests.helpers.app import ADMIN, INSPECT, REVIEW, assert_error
 from tests.helpers.boards import board_png
 
 UNMANAGEABLE = [".", "..", "...", ".hidden", "-rf"]
@@ -46,3 +49,43 @@ def test_a_product_with_inner_dots_is_managed(client: TestClient) -> None:
     assert stored.status_code in (200, 201), stored.text
     assert client.get(f"/v1/golden-boards/{product}", headers=ADMIN).status_code == 200
     assert client.delete(f"/v1/golden-boards/{product}", headers=ADMIN).status_code == 204
+
+
+def _at_every_entry_point(client: TestClient, product: str) -> dict[str, Any]:
+    """The answer of each place that takes a product id, given ``product``."""
+    board = board_png(64, 64, seed=1)
+    one = {"file": ("b.png", board, "image/png")}
+    return {
+        "PUT golden board": client.put(f"/v1/golden-boards/{product}", headers=ADMIN,
+                                       files={"file": ("g.png", board, "image/png")}),
+        "PUT recipe": client.put(f"/v1/products/{product}/recipe", json={}, headers=ADMIN),
+        "/predict ?product=": client.post("/predict", params={"product": product},
+                                          headers=INSPECT, files=one),
+        "/predict form field": client.post("/predict", data={"product": product},
+                                           headers=INSPECT, files=one),
+        "/predict/batch ?product=": client.post(
+            "/predict/batch", params={"product": product}, headers=INSPECT,
+            files=[("files", ("b.png", board, "image/png"))]),
+        "records filter": client.get("/v1/inspections", params={"product": product},
+                                     headers=REVIEW),
+    }
+
+
+def test_one_length_limit_at_every_entry_point(client: TestClient) -> None:
+    # Hand-checked: 64 is what the golden store enforced for every board it ever wrote.
+    assert PRODUCT_MAX_CHARS == 64
+    longest, too_long = "p" * 64, "p" * 65
+    for where, response in _at_every_entry_point(client, too_long).items():
+        error = assert_error(response, 422, "invalid_product")
+        assert repr(too_long) in error["message"], (where, error)
+        assert "1 to 64 characters" in error["message"], (where, error)
+    # One character less passes every one of them (the board is stored first, so the recipe
+    # and the inspections find it).
+    answers = _at_every_entry_point(client, longest)
+    assert {where: r.status_code for where, r in answers.items()} == {
+        "PUT golden board": 201, "PUT recipe": 201, "/predict ?product=": 200,
+        "/predict form field": 200, "/predict/batch ?product=": 200, "records filter": 200,
+    }
+    assert answers["/predict ?product="].json()["reference"]["product"] == longest
+    found = client.get("/v1/inspections", params={"product": longest}, headers=REVIEW).json()
+    assert len(found["items"]) == 3 and {i["product"] for i in found["items"]} == {longest}

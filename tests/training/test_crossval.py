@@ -125,7 +125,8 @@ def test_maps_are_cached_once_and_read_back_whole(setup, tmp_path):
     reference = cv2.imread(str(sample.template_path), cv2.IMREAD_GRAYSCALE)
     from app.inference.defects import PostprocessConfig
 
-    served = inferencer.predict(board, PostprocessConfig(0.5, 0, 48.0), golden=reference)
+    config = PostprocessConfig(threshold=0.5, min_area_px=0, pixels_per_mm=48.0)
+    served = inferencer.predict(board, config, golden=reference)
     mine = board_candidates(fresh, board, Variant(0.5, 3), CLASSES, 48.0, 0, 0)
     assert [(CLASSES[d.label - 1], d.confidence, d.area_px, d.box) for d in mine] == [
         (d.class_, d.confidence, d.area_px, tuple(float(v) for v in d.bbox))

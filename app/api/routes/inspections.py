@@ -17,8 +17,9 @@ from app.api.json_body import bounded_json_route
 from app.api.openapi import error_responses
 from app.api.schemas import InspectionDetailOut, InspectionPageOut
 from app.api.time_params import utc_param
+from app.core.ids import PRODUCT_RULE, PRODUCT_SCHEMA, check_product
 from app.records import MAX_REVIEW_BYTES, InspectionFilter, Review, ReviewRequest
-from app.services.board_meta import check_text, query_meta, split_tags
+from app.services.board_meta import query_meta, split_tags
 from app.services.records_service import read_records
 
 # The review's JSON body is bounded before it is read, and parsed off the event loop.
@@ -37,7 +38,9 @@ def get_filter(
     until: Annotated[dt.datetime | None, Query(
         description="Inspected before this time (ISO 8601 with a zone).")] = None,
     verdict: Literal["pass", "fail"] | None = None,
-    product: Annotated[str | None, Query(**_META)] = None,
+    product: Annotated[str | None, Query(
+        description=f"Records of this product: {PRODUCT_RULE}.",
+        json_schema_extra=PRODUCT_SCHEMA)] = None,
     serial: Annotated[str | None, Query(**_META)] = None,
     line: Annotated[str | None, Query(**_META)] = None,
     station: Annotated[str | None, Query(**_META)] = None,
@@ -49,10 +52,10 @@ def get_filter(
 ) -> InspectionFilter:
     """The filters of a query or export (every one optional; all must match)."""
     # As the metadata is checked when it is recorded (no control characters, which
-    # PostgreSQL refuses in text): 422, not a database error.
+    # PostgreSQL refuses in text; the product by its id rule): 422, not a database error.
     meta = query_meta(serial, line, station)
     if product is not None:
-        check_text("product", product)
+        check_product(product, "product: ")
     return InspectionFilter(
         since=utc_param("since", since), until=utc_param("until", until), verdict=verdict,
         product=product, serial=meta.serial, line=meta.line, station=meta.station,

@@ -23,6 +23,7 @@ from app.api.params import MaskParam, MetaDep, ProductParam, RenderParam, RulesD
 from app.api.schemas import BatchOut, PredictionOut
 from app.api.uploads import declared_length, disconnect_check, one_upload, read_upload_form
 from app.core.errors import ApiError, count_rejection
+from app.core.ids import PRODUCT_SCHEMA
 from app.inference.defects import Defect
 from app.inference.encoding import encode_mask_png
 from app.inference.render import UnitFrame, ZoneOutline, render_overlay
@@ -42,7 +43,7 @@ router = APIRouter(prefix="/predict", tags=["inspection"], dependencies=[AuthDep
 _META_FIELDS = {
     **{name: {"type": "string", "maxLength": 128, "description": f"The board's {name}."}
        for name in ("serial", "line", "station")},
-    "product": {"type": "string", "maxLength": 200,
+    "product": {"type": "string", **PRODUCT_SCHEMA,
                 "description": "As ?product=: the stored golden board, and the record's product."},
     "tags": {"type": "string", "description": "Comma-separated tags of the record."},
 }

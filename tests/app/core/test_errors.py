@@ -17,6 +17,7 @@ from fastapi.testclient import TestClient
 import app
 from app.core.domain_errors import DomainError
 from app.core.errors import DOMAIN_ERRORS, install_error_handlers
+from app.core.ids import InvalidProductError
 from app.core.metrics import REJECTED
 from app.inference.imaging import ImageError
 from app.records.errors import (
@@ -40,7 +41,7 @@ from app.services.errors import (
     RecordsUnavailableError,
     ShuttingDownError,
 )
-from app.services.golden_store import GoldenStoreError, InvalidProductError, UnknownProductError
+from app.services.golden_store import GoldenStoreError, UnknownProductError
 from app.services.recipe_store import RecipeStoreError, UnknownRecipeError
 from app.services.recipes import RecipeFitError
 from app.services.records_service import ImageNotKeptError

@@ -213,7 +213,8 @@ def test_defect_across_tile_edge_comes_back_as_one_defect(tile: int, overlap: in
     stitcher = Stitcher(height, width)
     for t, f, c in zip(tiles, fg_tiles, cls_tiles, strict=True):
         stitcher.add(t, f, c, np.ones(f.shape, dtype=np.float16))
-    result = postprocess(stitcher, NAMES, PostprocessConfig(0.5, min_area_px=10, pixels_per_mm=1))
+    config = PostprocessConfig(threshold=0.5, min_area_px=10, pixels_per_mm=1)
+    result = postprocess(stitcher, NAMES, config)
 
     assert [(d.id, d.class_, d.bbox, d.area_px) for d in result.defects] == [
         (1, "mousebite", (45, 40, 56, 61), 21 * 11)

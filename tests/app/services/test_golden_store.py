@@ -17,13 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from app.services.golden_store import (
-    GoldenStore,
-    GoldenStoreError,
-    InvalidProductError,
-    UnknownProductError,
-    check_product,
-)
+from app.core.ids import InvalidProductError, check_product
+from app.services.golden_store import GoldenStore, GoldenStoreError, UnknownProductError
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 

@@ -16,12 +16,12 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from app.core.ids import InvalidProductError
 from app.core.metrics import IN_FLIGHT_IMAGES, IN_FLIGHT_REQUESTS
 from app.inference.batcher import DynamicBatcher, SubmitTiming
 from app.inference.imaging import ImageError
 from app.services.board_meta import BoardMeta
 from app.services.errors import ClientGoneError, InvalidMetadataError
-from app.services.golden_store import InvalidProductError
 from app.services.inspection import InspectedBoard, InspectionService, RuleParams, Target
 from app.services.uploads import Upload
 from tests.helpers.app import app_client

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from app.services.golden_store import GoldenBoard, InvalidProductError
+from app.core.ids import InvalidProductError
+from app.services.golden_store import GoldenBoard
 from app.services.recipe_store import (
     RecipeStore,
     RecipeStoreError,
