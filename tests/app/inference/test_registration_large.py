@@ -31,19 +31,6 @@ def big() -> Any:
     return make_board(seed=3, size=SIZE, jpeg_quality=90)
 
 
-@pytest.fixture
-def ecc_sizes(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, ...]]:
-    """The image sizes every ECC call of registration ran on (the real ECC runs)."""
-    sizes: list[tuple[int, ...]] = []
-    real = cv2.findTransformECC
-
-    def counted(board: np.ndarray, *args: Any) -> Any:
-        sizes.append(board.shape)
-        return real(board, *args)
-
-    monkeypatch.setattr(registration.cv2, "findTransformECC", counted)
-    return sizes
-
 
 @pytest.mark.parametrize(("dx", "dy", "degrees"), MOTIONS)
 def test_patches_agree_with_ecc_over_the_whole_board_at_full_resolution(

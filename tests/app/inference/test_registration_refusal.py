@@ -3,29 +3,12 @@ pair which does not match would make ECC run to its step limit, from every start
 
 from __future__ import annotations
 
-from typing import Any
-
-import cv2
 import numpy as np
 import pytest
 
 import app.inference.registration as registration
 from app.inference.registration import SCREEN_SIDE, AlignmentError, register
 from training.synth import make_board, moved
-
-
-@pytest.fixture
-def ecc_sizes(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, ...]]:
-    """The image sizes every ECC call of registration ran on (the real ECC runs)."""
-    sizes: list[tuple[int, ...]] = []
-    real = cv2.findTransformECC
-
-    def counted(board: np.ndarray, *args: Any) -> Any:
-        sizes.append(board.shape)
-        return real(board, *args)
-
-    monkeypatch.setattr(registration.cv2, "findTransformECC", counted)
-    return sizes
 
 
 @pytest.mark.parametrize("wrong", ["other_design", "turned_90"])
