@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import hashlib
 import json
 import os
 import platform
@@ -39,33 +38,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from app.core.config import Settings  # noqa: E402
 from app.records import InspectionRecord, Recorder, RecordStore, upgrade  # noqa: E402
 from app.records.cfx import inspection_message  # noqa: E402
-from app.records.ids import new_id  # noqa: E402
 from app.records.outbox import Outbox  # noqa: E402
 from app.services.cfx_publisher import AmqpTarget, CfxPublisher  # noqa: E402
+from bench import records_bench  # noqa: E402
 from tests.helpers.rabbitmq import RabbitBroker, receive  # noqa: E402
 
-WEIGHTS = hashlib.sha256(b"weights").hexdigest()
-CLASSES = ("open", "short", "mousebite", "spur", "spurious_copper", "pin_hole")
 QUEUE = "cfx-bench"
 ADDRESS = f"/amq/queue/{QUEUE}"
 
 
 def record(rng: random.Random, i: int) -> InspectionRecord:
-    """A realistic record: 10% of boards fail with 1-4 defects."""
-    fail = rng.random() < 0.10
-    defects = [{"id": k + 1, "class": rng.choice(CLASSES), "confidence": 0.99,
-                "bbox": [10 * k, 10, 10 * k + 8, 20], "area_px": 40, "area_mm2": 0.017,
-                "centroid": [10 * k + 4.0, 15.0]} for k in range(rng.randint(1, 4) if fail else 0)]
-    return InspectionRecord.model_validate({
-        "id": new_id(), "created_at": dt.datetime.now(dt.UTC), "serial": f"SN{i:08d}",
-        "line": "L1", "station": "S1", "product": "P01", "tags": [],
-        "image_sha256": hashlib.sha256(str(i).encode()).hexdigest(), "image_bytes": 400_000,
-        "width": 640, "height": 640, "model_name": "pcb-unet", "model_version": "1.0",
-        "model_mode": "pair", "weights_sha256": WEIGHTS,
-        "rules": {"threshold": 0.5, "min_area_px": 10, "min_confidence": 0.98,
-                  "pixels_per_mm": 48.0, "fail_rule": "count", "fail_min_count": 1},
-        "verdict": "fail" if fail else "pass", "defects": defects,
-    })
+    """A realistic record now (:func:`bench.records_bench.record`): 10% fail, 1-4 defects."""
+    return records_bench.record(rng, dt.datetime.now(dt.UTC), i)
 
 
 def _store(folder: Path, name: str, cfx: bool) -> RecordStore:

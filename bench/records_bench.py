@@ -42,15 +42,15 @@ from app.records import (  # noqa: E402
     upgrade,
 )
 from app.records.ids import new_id  # noqa: E402
+from pcb_inspect.classes import CLASS_NAMES  # noqa: E402
 
 WEIGHTS = hashlib.sha256(b"weights").hexdigest()
-CLASSES = ("open", "short", "mousebite", "spur", "spurious_copper", "pin_hole")
 
 
 def record(rng: random.Random, when: dt.datetime, i: int) -> InspectionRecord:
     """A realistic record: 10% of boards fail with 1-4 defects."""
     fail = rng.random() < 0.10
-    defects = [{"id": k + 1, "class": rng.choice(CLASSES), "confidence": 0.99,
+    defects = [{"id": k + 1, "class": rng.choice(CLASS_NAMES), "confidence": 0.99,
                 "bbox": [10 * k, 10, 10 * k + 8, 20], "area_px": 40, "area_mm2": 0.017,
                 "centroid": [10 * k + 4.0, 15.0]} for k in range(rng.randint(1, 4) if fail else 0)]
     return InspectionRecord.model_validate({

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import os
 import tempfile
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,12 +16,8 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
-import uvicorn
 from helpers.browser import browser as browser  # noqa: F401 - the module's fixture
-from helpers.browser import collect_problems, save_screenshot
-from helpers.server import free_port
-
-from app.main import create_app
+from helpers.browser import collect_problems, pages_server, save_screenshot
 
 SHOTS = Path(os.environ.get("PCB_SCREENSHOT_DIR") or tempfile.gettempdir())
 
@@ -32,21 +26,8 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def docs_url() -> Iterator[str]:
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(), host="127.0.0.1", port=port,
-                                           lifespan="off", log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    try:
+    with pages_server() as url:
         yield url
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
 
 
 def _offline_page(browser: Any, base: str) -> tuple[Any, list[str], list[str]]:

@@ -15,21 +15,17 @@ import itertools
 import json
 import os
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import uvicorn
 from helpers.browser import browser as browser  # noqa: F401 - the module's fixture
-from helpers.browser import collect_problems, save_screenshot
-from helpers.server import free_port
+from helpers.browser import collect_problems, pages_server, save_screenshot
 from PIL import Image
 
 from app.inference.render import CLASS_COLORS_BGR
-from app.main import create_app
 
 SHOTS = Path(os.environ.get("PCB_SCREENSHOT_DIR") or tempfile.gettempdir())
 CLASSES = ["open", "short", "mousebite", "spur", "spurious_copper", "pin_hole"]
@@ -40,20 +36,8 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def base_url() -> Iterator[str]:
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(), host="127.0.0.1", port=port,
-                                           lifespan="off", log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+    with pages_server() as url:
+        yield url
 
 
 def _overlap(a: dict[str, float], b: dict[str, float]) -> float:

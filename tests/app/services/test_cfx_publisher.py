@@ -22,7 +22,13 @@ from app.records.outbox import Outbox
 from app.services.cfx_publisher import AmqpTarget, CfxPublisher
 from tests.app.records.factory import defect, make_record
 from tests.helpers.cfx import validate_cfx
-from tests.helpers.rabbitmq import RabbitBroker, has_messages, receive, server_or_skip
+from tests.helpers.rabbitmq import (
+    RabbitBroker,
+    has_messages,
+    receive,
+    running_broker,
+    server_or_skip,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -36,12 +42,8 @@ QUEUES = ("inspections", "outage", "killed")
 @pytest.fixture(scope="module")
 def broker() -> Iterator[RabbitBroker]:
     server_or_skip()
-    b = RabbitBroker(queues=QUEUES)
-    try:
-        b.start()
+    with running_broker(QUEUES) as b:
         yield b
-    finally:
-        b.close()
 
 
 @pytest.fixture
