@@ -19,6 +19,7 @@ from pydantic import (
 )
 
 from app.core.errors import as_api_error
+from app.core.rules import Rules
 from app.inference.defects import Defect, Summary
 from app.inference.encoding import encode_mask_png, encode_rle
 from app.records import Inspection as InspectionRecordOut
@@ -72,20 +73,15 @@ class GoldenBoardRefOut(BaseModel):
     alignment: AlignmentOut
 
 
-class ParamsOut(BaseModel):
+class ParamsOut(Rules):
     """The rules applied to this board (the request's, else the recipe's, else the model
-    card's and the settings' fail rule)."""
+    card's and the settings' fail rule): every rule of :class:`app.core.rules.Rules`, so a new
+    rule is shown without being named here, and the tiles."""
 
-    threshold: float
-    min_area_px: int
-    min_confidence: float
-    pixels_per_mm: float
-    fail_rule: Literal["count", "area"]
+    # Every rule is in every answer, defaulted or not: the published schema says so.
+    model_config = ConfigDict(json_schema_serialization_defaults_required=True)
+
     tiles: int = Field(description="Tiles the board was cut into for the model.")
-
-
-#: The rules that ``params`` shows (of :class:`app.core.rules.Rules`).
-_PARAMS_RULES = {"threshold", "min_area_px", "min_confidence", "pixels_per_mm", "fail_rule"}
 
 
 class TilesOut(BaseModel):
@@ -208,7 +204,7 @@ class PredictionOut(BaseModel):
             reference_defects=inspection.golden_defects,
             summary=result.summary,
             mask=mask_out,
-            params=ParamsOut(**config.model_dump(include=_PARAMS_RULES), tiles=result.tiles),
+            params=ParamsOut(**config.model_dump(), tiles=result.tiles),
             tiles=TilesOut(
                 computed=result.tiles - result.skipped_tiles, skipped=result.skipped_tiles,
                 skipped_px=result.skipped_px, gating="on" if result.gated else "off",

@@ -25,6 +25,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from app.core.rules import Rules
 from app.inference.encoding import decode_rle
 from pcb_inspect.classes import CLASS_NAMES
 from tests.helpers.app import app_client, assert_error, defect_cut, read_png, with_thresholds
@@ -133,8 +134,8 @@ def check_result(body: dict[str, Any], width: int, height: int) -> None:
     }
     assert summary["verdict"] == ("fail" if defects else "pass")  # default rule: count >= 1
 
-    assert set(params) == {"threshold", "min_area_px", "min_confidence", "pixels_per_mm",
-                           "fail_rule", "tiles"}
+    # Every rule the board was judged by, whichever rules there are, and the tiles.
+    assert set(params) == {*Rules.model_fields, "tiles"}
     assert params["fail_rule"] == "count" and params["tiles"] >= 1
     assert set(body["timings_ms"]) >= {"pre_process", "forward", "post_process"}
     assert all(isinstance(v, float) for v in body["timings_ms"].values())
@@ -150,7 +151,8 @@ def test_multipart_upload_contract(client: TestClient, cut: float) -> None:
     # The model card's cut is the default.
     assert body["params"] == {
         "threshold": cut, "min_area_px": 0, "min_confidence": 0.0, "pixels_per_mm": 48.0,
-        "fail_rule": "count", "tiles": 1,
+        "fail_rule": "count", "fail_min_count": 1, "fail_min_area_mm2": 0.0,
+        "merge_distance_px": 3, "tiles": 1,
     }
     # The checks above ran on real defects, and on a mask that is not all one value.
     assert len(body["defects"]) > 5
@@ -165,6 +167,14 @@ def test_multipart_upload_contract(client: TestClient, cut: float) -> None:
         x0, y0, x1, y1 = d["bbox"]
         class_id = CLASS_NAMES.index(d["class"]) + 1
         assert np.count_nonzero(mask[y0:y1, x0:x1] == class_id) >= d["area_px"]
+
+
+def test_the_published_params_are_every_rule(client: TestClient) -> None:
+    # ``params`` is the rules type itself: a rule added to Rules is in every answer and in
+    # the schema, required (it is always there).
+    schema = client.get("/openapi.json").json()["components"]["schemas"]["ParamsOut"]
+    assert set(schema["required"]) == set(schema["properties"]) == {*Rules.model_fields,
+                                                                    "tiles"}
 
 
 def test_raw_png_body_gives_the_same_result(client: TestClient) -> None:
