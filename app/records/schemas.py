@@ -173,7 +173,7 @@ class InspectionRecord(_Model):
     serial: MetaText | None = None
     line: MetaText | None = None
     station: MetaText | None = None
-    product: MetaText | None = None
+    product: ProductId | None = None
     tags: list[MetaText] = Field(default_factory=list, max_length=32)
     image_sha256: str = Field(pattern=_SHA256)
     image_bytes: int = Field(ge=0)
@@ -213,6 +213,9 @@ class InspectionRecord(_Model):
 class Inspection(InspectionRecord):
     """A stored inspection: the record plus what the store derives and the review state."""
 
+    #: The product as stored: records written before the one product-id rule took up to 128
+    #: characters of any text, and they are read back as they are (never refused).
+    product: str | None = None
     defect_count: int
     reviewed: bool
     #: The current (latest) review's id; ``None`` until the board is reviewed.
@@ -326,7 +329,7 @@ class InspectionFilter(_Model):
     since: UtcDatetime | None = None
     until: UtcDatetime | None = None
     verdict: Verdict | None = None
-    product: str | None = None
+    product: ProductId | None = None
     serial: str | None = None
     line: str | None = None
     station: str | None = None

@@ -28,7 +28,7 @@ import socket
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from pydantic import ValidationError
+from pydantic import Field, ValidationError
 
 from app.core.files import fsync_dir
 from app.records.ids import new_id
@@ -126,6 +126,15 @@ def hand_over(path: Path) -> None:
         os.close(fd)
 
 
+class _SpooledRecord(InspectionRecord):
+    """A record as a spool line holds it."""
+
+    # A line spooled by a version before the one product-id rule may name a product it took
+    # then (up to 128 characters, the column's width): it was accepted, so it is replayed as
+    # written, as the database keeps the records stored before.
+    product: str | None = Field(None, max_length=128)
+
+
 def read_records(path: Path) -> tuple[list[InspectionRecord], list[bytes]] | None:
     """The records of replay file ``path`` and the lines that are not records (logged);
     ``None`` if the file is gone (another replica finished it).
@@ -147,7 +156,7 @@ def read_records(path: Path) -> tuple[list[InspectionRecord], list[bytes]] | Non
         if not line.strip():
             continue
         try:
-            records.append(InspectionRecord.model_validate_json(line))
+            records.append(_SpooledRecord.model_validate_json(line))
         except ValidationError as exc:
             logger.error("spool %s: a line is not a record (%s): moved to %s", path,
                          exc.errors()[0]["msg"], REJECTED_SUFFIX)
@@ -175,7 +184,7 @@ def iter_spool_records(path: Path) -> Iterator[InspectionRecord]:
     for line in path.read_bytes().split(b"\n"):
         if line.strip():
             with contextlib.suppress(ValidationError):
-                yield InspectionRecord.model_validate_json(line)
+                yield _SpooledRecord.model_validate_json(line)
 
 
 def _write_all(fd: int, data: bytes) -> None:

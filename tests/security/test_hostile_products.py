@@ -3,12 +3,16 @@
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
 from app.core.ids import PRODUCT_MAX_CHARS
+from tests.app.records.factory import OLD_PRODUCT, plant_product
 from tests.helpers.app import ADMIN, INSPECT, REVIEW, assert_error
 from tests.helpers.boards import board_png
 
@@ -89,3 +93,27 @@ def test_one_length_limit_at_every_entry_point(client: TestClient) -> None:
     assert answers["/predict ?product="].json()["reference"]["product"] == longest
     found = client.get("/v1/inspections", params={"product": longest}, headers=REVIEW).json()
     assert len(found["items"]) == 3 and {i["product"] for i in found["items"]} == {longest}
+
+
+def test_an_old_records_product_is_served_as_stored(client: TestClient) -> None:
+    # A record stored before the one product-id rule (its product then took up to 128
+    # characters of any text) is listed, read and exported as stored: never a 5xx. Filtering
+    # by such a product is refused, as by any other invalid id.
+    answer = client.post("/predict", params={"serial": "OLD-1"}, headers=INSPECT,
+                         files={"file": ("b.png", board_png(64, 64), "image/png")})
+    inspection_id = answer.json()["inspection_id"]
+    plant_product(client.app.state.records.store, inspection_id)  # type: ignore[attr-defined]
+    one = client.get(f"/v1/inspections/{inspection_id}", headers=REVIEW)
+    assert one.status_code == 200 and one.json()["product"] == OLD_PRODUCT, one.text
+    listed = client.get("/v1/inspections", params={"serial": "OLD-1"}, headers=REVIEW)
+    assert [i["product"] for i in listed.json()["items"]] == [OLD_PRODUCT], listed.text
+    jsonl = client.get("/v1/inspections/export", params={"format": "jsonl", "serial": "OLD-1"},
+                       headers=ADMIN)
+    assert jsonl.status_code == 200 and json.loads(jsonl.text)["product"] == OLD_PRODUCT
+    table = client.get("/v1/inspections/export", params={"serial": "OLD-1"}, headers=ADMIN)
+    assert table.status_code == 200
+    assert {row["product"] for row in csv.DictReader(io.StringIO(table.text))} == {
+        "'" + OLD_PRODUCT}
+    error = assert_error(client.get("/v1/inspections", params={"product": OLD_PRODUCT},
+                                    headers=REVIEW), 422, "invalid_product")
+    assert repr(OLD_PRODUCT) in error["message"]

@@ -6,7 +6,10 @@ import datetime as dt
 import hashlib
 from typing import Any
 
-from app.records import InspectionRecord
+from sqlalchemy import update
+
+from app.records import InspectionRecord, RecordStore
+from app.records.models import InspectionRow
 
 WEIGHTS = hashlib.sha256(b"weights").hexdigest()
 
@@ -37,3 +40,15 @@ def make_record(**overrides: Any) -> InspectionRecord:
 def at(hour: int, minute: int = 0, second: int = 0, day: int = 1) -> dt.datetime:
     """A UTC time on 2025-03-<day>."""
     return dt.datetime(2025, 3, day, hour, minute, second, tzinfo=dt.UTC)
+
+
+#: A product as records took it before the one product-id rule (up to 128 characters of any
+#: text), which no record can be written with now.
+OLD_PRODUCT = "-1+1 " + "x" * 123
+
+
+def plant_product(store: RecordStore, inspection_id: str, product: str = OLD_PRODUCT) -> None:
+    """Sets a stored record's product in SQL, as an older version could have written it."""
+    with store.engine.begin() as conn:
+        conn.execute(update(InspectionRow).where(InspectionRow.id == inspection_id)
+                     .values(product=product))

@@ -12,7 +12,7 @@ import pytest
 
 from app.records import CSV_COLUMNS, RecordStore, csv_lines, jsonl_lines
 from app.records.export import neutralise_cell
-from tests.app.records.factory import defect, make_record
+from tests.app.records.factory import OLD_PRODUCT, defect, make_record, plant_product
 
 CLASSES = ["short", "open", "spur"]
 
@@ -48,10 +48,11 @@ def test_formula_cells_are_neutralised(value: str, shown: str) -> None:
 
 
 def test_planted_formulas_reach_the_csv_as_text(store: RecordStore) -> None:
-    # Every free-text field a station or a reviewer sets, each with a formula.
+    # Every free-text field a station or a reviewer sets, each with a formula (the product
+    # is an id, which starts with a letter or digit: see the old record below).
     rec = make_record(serial="=HYPERLINK(\"http://evil\",\"x\")", line="@SUM(1+1)",
-                      station="+cmd|' /C calc'!A0", product="-1+1",
-                      tags=["=1+1", "ok"], defects=[defect(1, "short")])
+                      station="+cmd|' /C calc'!A0", tags=["-1+1", "ok"],
+                      defects=[defect(1, "short")])
     store.add(rec)
     store.add_review(rec.id, "=evil()", {"defects": [{"defect_id": 1, "outcome": "confirmed"}]},
                      class_names=CLASSES)
@@ -63,11 +64,22 @@ def test_planted_formulas_reach_the_csv_as_text(store: RecordStore) -> None:
     assert all(line.startswith('"') for line in text.splitlines() if line)
     row = csv.DictReader(io.StringIO(text)).__next__()
     assert row["serial"] == "'=HYPERLINK(\"http://evil\",\"x\")"
-    assert (row["line"], row["station"], row["product"]) == (
-        "'@SUM(1+1)", "'+cmd|' /C calc'!A0", "'-1+1")
-    assert row["tags"] == "'=1+1;ok" and row["reviewer"] == "'=evil()"
+    assert (row["line"], row["station"]) == ("'@SUM(1+1)", "'+cmd|' /C calc'!A0")
+    assert row["tags"] == "'-1+1;ok" and row["reviewer"] == "'=evil()"
     # JSON lines keep the record as it is.
     assert json.loads(next(jsonl_lines(store.iter_export())))["serial"].startswith("=HYPER")
+
+
+def test_an_old_records_product_is_exported_as_stored_and_neutralised(
+        store: RecordStore) -> None:
+    # Before the one product-id rule a record's product took up to 128 characters of any
+    # text: such a record is exported as stored, its formula neutralised like any cell's.
+    rec = make_record(defects=[defect(1, "short")])
+    store.add(rec)
+    plant_product(store, rec.id)
+    (row,) = _rows(store)
+    assert row["product"] == "'" + OLD_PRODUCT
+    assert json.loads(next(jsonl_lines(store.iter_export())))["product"] == OLD_PRODUCT
 
 
 def test_one_row_per_defect_with_its_review_outcome(sqlite_store: RecordStore) -> None:

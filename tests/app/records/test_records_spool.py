@@ -14,7 +14,7 @@ import pytest
 
 from app.records import InspectionRecord, Recorder, RecordStore, upgrade
 from app.records.spool import iter_spool_records
-from tests.app.records.factory import make_record
+from tests.app.records.factory import OLD_PRODUCT, make_record
 
 #: What record() may take while the database is failing (an fsync on a busy 2-core CI box):
 #: the point is that it does not wait for the database's own timeouts (5 s and more).
@@ -159,6 +159,20 @@ def test_lines_that_are_not_records_are_set_aside(sqlite_url: str, tmp_path: Pat
     rejected = list(spool.glob("*.rejected"))
     assert len(rejected) == 1 and rejected[0].read_text() == "{not json\n"
     assert (spool / "records.other-host.jsonl").stat().st_size == 0
+
+
+def test_a_line_spooled_with_an_old_product_is_replayed_as_written(
+        sqlite_url: str, tmp_path: Path, recorder_for: RecorderFactory) -> None:
+    # Spooled before the one product-id rule (it took up to 128 characters then): accepted
+    # then, so replayed as written, like the records the database already holds.
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    line = json.loads(make_record().model_dump_json()) | {"product": OLD_PRODUCT}
+    (spool / "records.other-host.jsonl").write_text(json.dumps(line) + "\n")
+    recorder = recorder_for(sqlite_url, spool)
+    r = recorder.replay()
+    assert (r.inserted, r.rejected) == (1, 0)
+    assert recorder.store.get(line["id"]).product == OLD_PRODUCT
 
 
 def test_a_replay_interrupted_after_inserting_is_harmless(sqlite_url: str, tmp_path: Path,

@@ -20,7 +20,7 @@ from app.records import (
     jsonl_lines,
 )
 from app.records.ids import new_id
-from tests.app.records.factory import at, defect, make_record
+from tests.app.records.factory import OLD_PRODUCT, at, defect, make_record, plant_product
 
 
 def test_add_then_get_round_trips_every_field(store: RecordStore) -> None:
@@ -108,6 +108,27 @@ def test_query_filters(store: RecordStore) -> None:
     assert ids(reviewed=True) == set()
     assert len(ids(reviewed=False)) == 29
     assert store.count(InspectionFilter(verdict="pass")) == 29 - 8
+
+
+@pytest.mark.parametrize("product", ["-1+1", "p" * 65, "A 17", ".hidden", ""])
+def test_a_record_and_a_filter_take_only_a_product_id(product: str) -> None:
+    # The one product-id rule (app.core.ids) for what is written and what is filtered by.
+    with pytest.raises(ValidationError, match="expected 1 to 64 characters") as err:
+        make_record(product=product)
+    assert repr(product) in str(err.value)
+    with pytest.raises(ValidationError, match="expected 1 to 64 characters"):
+        InspectionFilter(product=product)
+
+
+def test_an_old_records_product_is_read_as_stored(store: RecordStore) -> None:
+    # Records stored before the rule keep their product: listed and read, never refused.
+    old, new = make_record(serial="OLD"), make_record(serial="NEW", product="A17-top")
+    store.add_many([old, new])
+    plant_product(store, old.id)
+    assert store.get(old.id).product == OLD_PRODUCT
+    assert {i.serial: i.product for i in store.query(limit=10).items} == {
+        "OLD": OLD_PRODUCT, "NEW": "A17-top"}
+    assert [i.serial for i in store.query(InspectionFilter(product="A17-top")).items] == ["NEW"]
 
 
 def test_query_filters_by_tags(store: RecordStore) -> None:
