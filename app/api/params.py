@@ -13,7 +13,8 @@ from fastapi import Depends, Path, Query
 
 from app.core.ids import PRODUCT_RULE, PRODUCT_SCHEMA, check_product
 from app.core.rules import MinAreaPx, MinConfidence, PixelsPerMm, Threshold
-from app.services.board_meta import BoardMeta, query_meta
+from app.records import META_MAX_CHARS, META_MAX_TAGS
+from app.services.board_meta import MAX_UNIT_SERIALS, BoardMeta, query_meta
 from app.services.inspection import RuleParams
 
 MaskParam = Annotated[
@@ -38,7 +39,7 @@ ProductParam = Annotated[
 def _meta_param(what: str) -> Any:
     return Query(
         description=f"The board's {what}, kept in its record (or the form field of this name).",
-        min_length=1, max_length=128,
+        min_length=1, max_length=META_MAX_CHARS,
     )
 
 
@@ -48,13 +49,14 @@ StationParam = Annotated[str | None, _meta_param("inspection station")]
 TagsParam = Annotated[
     list[str] | None,
     Query(description="Tags of the record: repeat the parameter or separate with commas "
-          "(at most 32, each 1-128 characters; also the form field 'tags')."),
+          f"(at most {META_MAX_TAGS}, each 1-{META_MAX_CHARS} characters; also the form "
+          "field 'tags')."),
 ]
 
 UnitSerialsParam = Annotated[
     list[str] | None,
     Query(description="One serial per board of the panel, in position order: repeat the "
-          "parameter or separate with commas (at most 256; also the form field "
+          f"parameter or separate with commas (at most {MAX_UNIT_SERIALS}; also the form field "
           "'unit_serials'). Without it the boards are named serial-position, e.g. SER123-2. "
           "/predict only: a batch's panels cannot share serials."),
 ]

@@ -37,6 +37,8 @@ __all__ = [
     "IgnoredRecord",
     "InspectionRecord",
     "MAX_REVIEW_BYTES",
+    "META_MAX_CHARS",
+    "META_MAX_TAGS",
     "MAX_REVIEW_MISSED",
     "MAX_REVIEW_OUTCOMES",
     "MissedDefect",
@@ -87,8 +89,14 @@ def _aware_utc(value: dt.datetime) -> dt.datetime:
 
 
 UtcDatetime = Annotated[dt.datetime, AfterValidator(_aware_utc)]
-#: Free-text board metadata (serial, line, ...): bounded so it fits its indexed column.
-MetaText = Annotated[str, Field(min_length=1, max_length=128)]
+#: Longest free-text board metadata (a serial, line, station, tag or unit identifier, and a
+#: reviewer's name): its indexed column holds this much. One bound for the records, the
+#: service's checks and the API's parameters.
+META_MAX_CHARS = 128
+#: Most tags per board.
+META_MAX_TAGS = 32
+#: Free-text board metadata (serial, line, ...).
+MetaText = Annotated[str, Field(min_length=1, max_length=META_MAX_CHARS)]
 
 
 def _unique_by(key: Callable[[Any], int], message: str) -> AfterValidator:
@@ -148,7 +156,7 @@ class UnitRecord(_Model):
     """One board of a panel and its verdict."""
 
     position: int = Field(ge=1)
-    identifier: str | None = Field(None, max_length=128)
+    identifier: str | None = Field(None, max_length=META_MAX_CHARS)
     verdict: Verdict
     defect_ids: list[int] = Field(default_factory=list)
     bbox: Box
@@ -174,7 +182,7 @@ class InspectionRecord(_Model):
     line: MetaText | None = None
     station: MetaText | None = None
     product: ProductId | None = None
-    tags: list[MetaText] = Field(default_factory=list, max_length=32)
+    tags: list[MetaText] = Field(default_factory=list, max_length=META_MAX_TAGS)
     image_sha256: str = Field(pattern=_SHA256)
     image_bytes: int = Field(ge=0)
     width: int = Field(ge=1)

@@ -43,6 +43,7 @@ from app.records.models import InspectionRow, ReviewRow, UTCDateTime
 from app.records.outbox import write_messages
 from app.records.reviews import add_review, review_history, review_of
 from app.records.schemas import (
+    META_MAX_CHARS,
     Inspection,
     InspectionFilter,
     InspectionRecord,
@@ -253,8 +254,9 @@ class RecordStore:
         """
         if not isinstance(body, ReviewBody):
             body = ReviewBody.model_validate(body)
-        if not reviewer or len(reviewer) > 128:
-            raise ValueError(f"reviewer must be 1 to 128 characters, received {reviewer!r}")
+        if not reviewer or len(reviewer) > META_MAX_CHARS:
+            raise ValueError(f"reviewer must be 1 to {META_MAX_CHARS} characters, received "
+                             f"{reviewer!r}")
         with self._writing() as session:
             review, created = add_review(session, inspection_id, reviewer, body, class_names)
             if created and self.cfx_source is not None:

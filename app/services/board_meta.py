@@ -11,15 +11,15 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 
 from app.core.ids import check_product
+from app.records import META_MAX_CHARS as MAX_CHARS
+from app.records import META_MAX_TAGS as MAX_TAGS
 from app.services.errors import InvalidMetadataError
+from app.services.recipes import MAX_UNITS
 
 #: The multipart text fields read as metadata.
 META_FIELDS: tuple[str, ...] = ("serial", "line", "station", "product", "tags", "unit_serials")
-#: Longest value (the records' indexed columns hold this much) and most tags per board.
-MAX_CHARS = 128
-MAX_TAGS = 32
 #: Most unit serials per panel: a recipe's most units.
-MAX_UNIT_SERIALS = 256
+MAX_UNIT_SERIALS = MAX_UNITS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,8 +41,9 @@ def _invalid(message: str) -> InvalidMetadataError:
 
 
 def check_text(name: str, value: str) -> str:
-    """One metadata value: 1 to 128 characters, no control characters (PostgreSQL refuses a
-    NUL in text, which would leave the record unstorable). 422 ``invalid_metadata``."""
+    """One metadata value: 1 to :data:`MAX_CHARS` characters, no control characters
+    (PostgreSQL refuses a NUL in text, which would leave the record unstorable). 422
+    ``invalid_metadata``."""
     if not 1 <= len(value) <= MAX_CHARS:
         raise _invalid(f"{name}: expected 1 to {MAX_CHARS} characters, received "
                        f"{len(value)} ({value[:40]!r}{'...' if len(value) > 40 else ''})")

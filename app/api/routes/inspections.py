@@ -18,7 +18,14 @@ from app.api.openapi import error_responses
 from app.api.schemas import InspectionDetailOut, InspectionPageOut
 from app.api.time_params import utc_param
 from app.core.ids import PRODUCT_RULE, PRODUCT_SCHEMA, check_product
-from app.records import MAX_REVIEW_BYTES, InspectionFilter, Review, ReviewRequest
+from app.records import (
+    MAX_REVIEW_BYTES,
+    META_MAX_CHARS,
+    META_MAX_TAGS,
+    InspectionFilter,
+    Review,
+    ReviewRequest,
+)
 from app.services.board_meta import query_meta, split_tags
 from app.services.records_service import read_records
 
@@ -29,7 +36,7 @@ router = APIRouter(prefix="/v1/inspections", tags=["inspections"], dependencies=
 _ERRORS = error_responses(401, 403, 404, 422, 500, 503)
 _IMAGE_TYPES = ("image/png", "image/jpeg", "image/bmp", "image/tiff", "image/webp",
                 "image/gif", "application/octet-stream")
-_META = {"min_length": 1, "max_length": 128}
+_META = {"min_length": 1, "max_length": META_MAX_CHARS}
 
 
 def get_filter(
@@ -48,7 +55,8 @@ def get_filter(
         description="true: reviewed boards only; false: not yet reviewed (the queue).")] = None,
     tags: Annotated[list[str] | None, Query(
         description="Records carrying every one of these tags: repeat the parameter or "
-        "separate with commas (at most 32, each 1-128 characters).")] = None,
+        f"separate with commas (at most {META_MAX_TAGS}, each 1-{META_MAX_CHARS} "
+        "characters).")] = None,
 ) -> InspectionFilter:
     """The filters of a query or export (every one optional; all must match)."""
     # As the metadata is checked when it is recorded (no control characters, which

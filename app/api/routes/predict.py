@@ -27,6 +27,7 @@ from app.core.ids import PRODUCT_SCHEMA
 from app.inference.defects import Defect
 from app.inference.encoding import encode_mask_png
 from app.inference.render import UnitFrame, ZoneOutline, render_overlay
+from app.records import META_MAX_CHARS
 from app.services.board_meta import META_FIELDS, BoardMeta, with_form
 from app.services.golden_images import check_product_param
 from app.services.inspection import InspectedBoard, InspectionService
@@ -41,7 +42,7 @@ router = APIRouter(prefix="/predict", tags=["inspection"], dependencies=[AuthDep
 #: The board metadata as multipart text fields (the query parameters of the same names work
 #: for every body; these only in a multipart one).
 _META_FIELDS = {
-    **{name: {"type": "string", "maxLength": 128, "description": f"The board's {name}."}
+    **{name: {"type": "string", "maxLength": META_MAX_CHARS, "description": f"The board's {name}."}
        for name in ("serial", "line", "station")},
     "product": {"type": "string", **PRODUCT_SCHEMA,
                 "description": "As ?product=: the stored golden board, and the record's product."},
