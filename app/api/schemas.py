@@ -22,9 +22,10 @@ from app.core.errors import as_api_error
 from app.core.rules import Rules
 from app.inference.defects import Defect, Summary
 from app.inference.encoding import encode_mask_png, encode_rle
+from app.records import IgnoredRecord, RecipeRef, Review, UnitRecord
 from app.records import Inspection as InspectionRecordOut
-from app.records import Review
 from app.services.inspection import BatchItem, InspectedBoard
+from app.services.panel_records import ignored_records, recipe_ref, unit_records
 from app.services.recipes import ProductRules, Unit, Zone
 
 MaskEncoding = Literal["png", "rle", "none"]
@@ -101,39 +102,6 @@ class MaskOut(BaseModel):
     )
 
 
-class UnitOut(BaseModel):
-    """One board of the panel (the whole image without a recipe's units)."""
-
-    position: int = Field(description="Its position number in the panel (1 without units).")
-    identifier: str | None = Field(
-        description="Its unit_serials entry, else serial-position (e.g. SER123-2), else the "
-        "serial for a board without units; null without either."
-    )
-    verdict: Literal["pass", "fail"] = Field(
-        description="The fail rule applied to the defects whose centroid it holds."
-    )
-    defect_ids: list[int] = Field(description="Ids of its defects (in 'defects').")
-    bbox: list[int] = Field(description="[x_min, y_min, x_max, y_max], panel pixels, max "
-                            "exclusive.")
-
-
-class IgnoredOut(Defect):
-    """A defect the recipe set aside: it counts in no verdict."""
-
-    zone: str | None = Field(description="The zone that set it aside; null: the product's "
-                             "own rule (outside every zone).")
-    reason: Literal["zone", "class", "min_area_px", "min_confidence"] = Field(
-        description="'zone': an ignore zone; 'class': its zone ignores the class; "
-        "'min_area_px'/'min_confidence': below its zone's (or the product's) rule."
-    )
-
-
-class RecipeRefOut(BaseModel):
-    product: str
-    revision: int
-    sha256: str = Field(description="sha256 of the revision's canonical JSON.")
-
-
 class PredictionOut(BaseModel):
     inspection_id: str | None = Field(
         None,
@@ -158,16 +126,16 @@ class PredictionOut(BaseModel):
         None, description="The golden board the board was compared with ('reference' is the "
         "API's name for it, kept for compatibility); null without one."
     )
-    units: list[UnitOut] = Field(
+    units: list[UnitRecord] = Field(
         default_factory=list,
         description="A verdict per board of the panel, by position (the recipe's units; "
         "without any, one unit: the whole image).",
     )
-    ignored: list[IgnoredOut] = Field(
+    ignored: list[IgnoredRecord] = Field(
         default_factory=list,
         description="Defects the recipe's zones set aside: listed for audit, in no verdict.",
     )
-    recipe: RecipeRefOut | None = Field(
+    recipe: RecipeRef | None = Field(
         None, description="The recipe revision applied (?product= with a recipe); else null."
     )
     reference_defects: list[Defect] = Field(
@@ -216,17 +184,8 @@ class PredictionOut(BaseModel):
                 sha256=golden.sha256,
                 alignment=AlignmentOut(**result.alignment.as_dict()),
             ),
-            units=[UnitOut(position=u.position, identifier=u.identifier, verdict=u.verdict,
-                           defect_ids=u.defect_ids, bbox=list(u.bbox))
-                   for u in inspection.units],
-            ignored=[
-                IgnoredOut(**i.defect.model_dump(), zone=i.zone, reason=i.reason)
-                for i in inspection.ignored
-            ],
-            recipe=None if inspection.recipe is None else RecipeRefOut(
-                product=inspection.recipe.product, revision=inspection.recipe.revision,
-                sha256=inspection.recipe.sha256,
-            ),
+            units=unit_records(inspection), ignored=ignored_records(inspection),
+            recipe=recipe_ref(inspection),
         )
 
 

@@ -149,24 +149,39 @@ class RecipeRef(_Model):
 
     product: ProductId
     revision: int = Field(ge=1)
-    sha256: str = Field(pattern=_SHA256)
+    sha256: str = Field(pattern=_SHA256, description="sha256 of the revision's canonical JSON.")
 
 
 class UnitRecord(_Model):
-    """One board of a panel and its verdict."""
+    """One board of the panel and its verdict (the whole image without a recipe's units)."""
 
-    position: int = Field(ge=1)
-    identifier: str | None = Field(None, max_length=META_MAX_CHARS)
-    verdict: Verdict
-    defect_ids: list[int] = Field(default_factory=list)
-    bbox: Box
+    # Every field is in every answer and record, defaulted or not: the schema says so.
+    model_config = ConfigDict(json_schema_serialization_defaults_required=True)
+
+    position: int = Field(ge=1, description="Its position number in the panel (1 without "
+                          "units).")
+    # Not bounded here: it is made of bounded metadata (a unit serial, or the serial and the
+    # position), and a serial of the longest kind with "-256" added is still a valid one.
+    identifier: str | None = Field(
+        None, description="Its unit_serials entry, else serial-position (e.g. SER123-2), else "
+        "the serial for a board without units; null without either.")
+    verdict: Verdict = Field(description="The fail rule applied to the defects whose "
+                             "centroid it holds.")
+    defect_ids: list[int] = Field(default_factory=list,
+                                  description="Ids of its defects (in 'defects').")
+    bbox: Box = Field(description="[x_min, y_min, x_max, y_max], panel pixels, max exclusive.")
 
 
 class IgnoredRecord(Defect):
-    """A defect the recipe set aside (in no verdict), and the zone and rule that did."""
+    """A defect the recipe set aside: it counts in no verdict."""
 
-    zone: str | None = None
-    reason: Literal["zone", "class", "min_area_px", "min_confidence"]
+    model_config = ConfigDict(json_schema_serialization_defaults_required=True)
+
+    zone: str | None = Field(None, description="The zone that set it aside; null: the "
+                             "product's own rule (outside every zone).")
+    reason: Literal["zone", "class", "min_area_px", "min_confidence"] = Field(
+        description="'zone': an ignore zone; 'class': its zone ignores the class; "
+        "'min_area_px'/'min_confidence': below its zone's (or the product's) rule.")
 
 
 class InspectionRecord(_Model):

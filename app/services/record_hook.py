@@ -17,17 +17,15 @@ import logging
 from app.core.metrics import RECORDS, RECORDS_SPOOLED
 from app.records import (
     GoldenBoardRef,
-    IgnoredRecord,
     ImageStore,
     InspectionRecord,
-    RecipeRef,
     RecordedRules,
     Recorder,
-    UnitRecord,
 )
 from app.services.errors import RecordsUnavailableError
 from app.services.golden_store import GoldenStore, GoldenStoreError, UnknownProductError
 from app.services.inspection import InspectedBoard
+from app.services.panel_records import ignored_records, recipe_ref, unit_records
 
 logger = logging.getLogger("pcb_inspect.records")
 
@@ -36,7 +34,7 @@ def build_record(inspection: InspectedBoard, image_path: str | None) -> Inspecti
     """The record of one finished board (its image kept at ``image_path``, or not kept)."""
     result, inferencer, config = inspection.result, inspection.inferencer, inspection.config
     meta, data = inspection.meta, inspection.upload.data
-    golden, recipe = inspection.golden, inspection.recipe
+    golden = inspection.golden
     return InspectionRecord(
         serial=meta.serial, line=meta.line, station=meta.station, product=meta.product,
         tags=list(meta.tags),
@@ -51,14 +49,8 @@ def build_record(inspection: InspectedBoard, image_path: str | None) -> Inspecti
             source=golden.source, product=golden.product, sha256=golden.sha256,
             alignment=None if result.alignment is None else result.alignment.as_dict(),
         ),
-        recipe=None if recipe is None else RecipeRef(
-            product=recipe.product, revision=recipe.revision, sha256=recipe.sha256),
-        units=[UnitRecord(position=u.position, identifier=u.identifier, verdict=u.verdict,
-                          defect_ids=u.defect_ids, bbox=u.bbox) for u in inspection.units],
-        ignored=[
-            IgnoredRecord(**i.defect.model_dump(), zone=i.zone, reason=i.reason)
-            for i in inspection.ignored
-        ],
+        recipe=recipe_ref(inspection), units=unit_records(inspection),
+        ignored=ignored_records(inspection),
     )
 
 

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from app.records import META_MAX_CHARS
 from tests.helpers.app import (
     ADMIN,
     INSPECT,
@@ -247,6 +248,14 @@ def test_a_two_unit_panel_gets_one_pass_and_one_fail(
     framed = overlay(client, "two", threshold)
     assert framed[(bad[1] + bad[3]) // 2, bad[0]].tolist() == [220, 0, 0]
     assert framed[(good[1] + good[3]) // 2, good[0]].tolist() == [0, 150, 0]
+
+    # The longest serial names its units serial-position, longer than any serial: the
+    # answer and the record take them.
+    longest = "S" * META_MAX_CHARS
+    long_named = inspect(client, "two", threshold, serial=longest)
+    assert [u["identifier"] for u in long_named["units"]] == [f"{longest}-1", f"{longest}-2"]
+    assert [u["identifier"] for u in record_of(client, long_named["inspection_id"])["units"]] == [
+        f"{longest}-1", f"{longest}-2"]
 
     # One serial per unit, by position.
     named = inspect(client, "two", threshold, unit_serials="L-1,R-2")
