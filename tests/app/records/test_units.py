@@ -7,9 +7,12 @@ from typing import Any
 
 import pytest
 
-from app.records import ReviewBody
+from app.records import Review, ReviewBody
+from app.records.cfx import review_message
+from app.records.schemas import utcnow
 from app.records.units import box_centroid, holds, reviewed_units, unit_at
 from tests.app.records.factory import defect, make_record
+from tests.helpers.cfx import validate_cfx
 
 # Two boards side by side on a 1280 x 480 panel, and a rail below them (y >= 400) on none.
 LEFT = [0, 0, 640, 400]
@@ -122,3 +125,28 @@ def test_a_board_without_units_is_one_unit_the_whole_board() -> None:
     assert got.outside.defect_ids == [] and got.outside.missed == []
     assert reviewed_units(record, review({1: "false_call", 2: "false_call"})).units[
         0].reviewed_verdict == "pass"
+
+
+@pytest.mark.parametrize(("outcomes", "missed"), [
+    ({1: "false_call", 2: "false_call", 3: "confirmed"}, [[630, 0, 650, 20], [0, 410, 10, 420]]),
+    ({1: "false_call", 2: "false_call", 3: "false_call"}, []),
+    ({1: "false_call"}, [[700, 300, 710, 310]]),
+])
+def test_the_cfx_review_message_judges_each_unit_by_the_same_function(
+        outcomes: dict[int, str], missed: list[list[int]]) -> None:
+    record = panel()
+    body = review(outcomes, missed)
+    message = review_message(record, Review(
+        id="rev_" + "0" * 26, inspection_id=record.id, reviewer="alice", created_at=utcnow(),
+        digest=body.digest(), body=body), "acme.aoi")
+    units = validate_cfx(message.body)["MessageBody"]["InspectedUnits"]
+    judged = reviewed_units(record, body).units
+    assert [(u["UnitPositionNumber"], u["OverallResult"]) for u in units] == [
+        (u.position, "Failed" if u.reviewed_verdict == "fail" else "Passed") for u in judged]
+    # Each unit reports its calls and the missed boxes on it; a box on no unit is not reported.
+    drawn = [[d for d in u["Inspections"][0]["DefectsFound"]
+              if d["VerificationDetail"] == "missed by the AOI: drawn by the reviewer"]
+             for u in units]
+    assert [len(d) for d in drawn] == [len(u.missed) for u in judged]
+    assert [len(u["Inspections"][0]["DefectsFound"]) for u in units] == [
+        len(u.defect_ids) + len(u.missed) for u in judged]
