@@ -239,3 +239,56 @@ def test_a_panel_is_reviewed_board_by_board(
     assert x0 <= mx0 < mx1 <= x1 and y0 <= my0 < my1 <= y1, (missed, two["bbox"])
     assert stored["reviews"][-1]["units"][1]["missed"] == [0]
     assert problems == []
+
+
+@pytest.mark.slow
+def test_calls_set_aside_by_a_zone_are_listed_apart_for_audit_only(
+        server: ServerProcess, browser: Any, panel: dict[str, Any]) -> None:
+    """Under a recipe with an ignore zone over a call on no board: that call is listed after
+    the boards with its zone, cannot be selected, and is not part of the review sent."""
+    units = panel["units"]
+    off = [d for d in panel["defects"]
+           if d["id"] not in units[0]["defect_ids"] + units[1]["defect_ids"]]
+    assert off, "every call of the panel is on a board: no call for the zone to set aside"
+    cx, cy = off[-1]["centroid"]
+    zone = [[cx - 3, cy - 3], [cx + 3, cy - 3], [cx + 3, cy + 3], [cx - 3, cy + 3]]
+    url = server.url
+    assert httpx.put(f"{url}/v1/golden-boards/PNZ", files={"file": ("g.png", GOLDEN)},
+                     timeout=60).status_code == 201
+    recipe = {"units": [{"position": u["position"], "bbox": u["bbox"]} for u in units],
+              "zones": [{"name": "fiducial 2", "polygon": zone, "action": "ignore"}]}
+    assert httpx.put(f"{url}/v1/products/PNZ/recipe", json=recipe, timeout=30).status_code == 201
+    body = httpx.post(f"{url}/predict", params={"product": "PNZ", "threshold": panel["threshold"],
+                                                "mask": "none", "serial": "PAN-Z"},
+                      files={"file": ("panel.png", PANEL, "image/png")}, timeout=120).json()
+    (ignored,) = body["ignored"]
+    assert ignored["zone"] == "fiducial 2"
+    page = browser.new_page(viewport={"width": 1440, "height": 960})
+    problems = collect_problems(page)
+    page.goto(f"{url}/review")
+    page.wait_for_selector(f'#board-area[data-inspection-id="{body["inspection_id"]}"]',
+                           timeout=60_000)
+    page.wait_for_selector('tr.unit-head[data-position="1"][data-reviewed="fail"]')
+    rows = _rows(page)
+    assert rows[-2][0] == "group-head group-ignored" and rows[-1][0] == "ignored-call"
+    assert page.inner_text("tr.group-ignored") == (
+        "Set aside by the recipe (1): for audit, not reviewed")
+    row = page.locator("tr.ignored-call")
+    assert row.get_attribute("data-zone") == "fiducial 2"
+    assert row.get_attribute("data-index") is None
+    assert "zone fiducial 2: in an ignore zone" in row.inner_text()
+    # Not a call to review: clicking it selects nothing, and the review does not name it.
+    selected = page.get_attribute('#review-defects tr[aria-current="true"]', "data-index")
+    row.click()
+    assert page.get_attribute('#review-defects tr[aria-current="true"]',
+                              "data-index") == selected
+    # The calls to review are the counted ones, each listed once.
+    assert sorted(int(r[1]) for r in rows if r[0] == "call") == list(range(len(body["defects"])))
+    page.keyboard.press("Enter")
+    page.wait_for_selector(f'#review-result[data-inspection-id="{body["inspection_id"]}"]',
+                           timeout=30_000)
+    stored = httpx.get(f"{url}/v1/inspections/{body['inspection_id']}", timeout=30).json()
+    assert [o["defect_id"] for o in stored["reviews"][-1]["body"]["defects"]] == [
+        d["id"] for d in body["defects"]]
+    assert ignored["id"] not in [d["id"] for d in body["defects"]]
+    assert problems == []
