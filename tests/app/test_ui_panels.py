@@ -1,5 +1,7 @@
 """The review and inspection pages with a panel: a product recipe's boards are framed on the
-board in their verdict's colour and listed with their verdicts.
+board in their verdict's colour and listed with their verdicts, and the review page reviews the
+panel board by board (calls grouped per board with the model's and the reviewed verdict, one
+click per board, zoom, missed boxes placed on their board, zones' set-aside calls apart).
 
 A real server subprocess with the tiny single and pair models records every inspection and
 keeps every image; a two-board synthetic panel is inspected with ``?product=`` through the API,
