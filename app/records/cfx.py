@@ -35,6 +35,7 @@ from typing import Any
 from app.inference.defects import Defect
 from app.records.ids import INSPECTION_PREFIX
 from app.records.schemas import InspectionRecord, Review
+from app.records.units import reviewed_units
 
 __all__ = [
     "CFX_VERSION",
@@ -295,16 +296,6 @@ def inspection_message(record: InspectionRecord, source: str) -> CfxMessage:
                     _body(record, "AOI", inspector, units))
 
 
-def _unit_of_box(units: list[_Unit], record: InspectionRecord, box: Sequence[int]) -> _Unit:
-    """The unit whose frame holds the box's centre (the first unit when frames are unknown)."""
-    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
-    for unit, raw in zip(units, getattr(record, "units", None) or (), strict=False):
-        frame = _get(raw, "bbox")
-        if frame and frame[0] <= cx < frame[2] and frame[1] <= cy < frame[3]:
-            return unit
-    return units[0]
-
-
 def _verification(verdicts: Iterable[str]) -> str:
     seen = list(verdicts)
     if "DefectConfirmed" in seen:
@@ -320,17 +311,17 @@ def review_message(record: InspectionRecord, review: Review, source: str) -> Cfx
     ``confirmed`` is ``DefectConfirmed``; ``false_call`` is ``DefectRejected`` (CFX's false
     fail); ``reclassified`` is ``DefectConfirmed`` with the new class as ``DefectCode`` and the
     AOI's in ``VerificationDetail``; a defect the AOI missed is a new, confirmed defect;
-    defects without an outcome stay ``NotVerifiedYet``. A unit fails when it holds a
-    confirmed defect, or the AOI failed it and some of its defects are unverified.
+    defects without an outcome stay ``NotVerifiedYet``. Each unit's result is its
+    ``reviewed_verdict`` (:func:`app.records.units.reviewed_units`, as the review API shows
+    it), and a missed defect goes in the unit holding its centroid; one on no unit of a panel
+    is not reported, as the AOI's defects of no unit are not.
     """
     by_id = {d.id: d for d in record.defects}
     outcomes = {o.defect_id: o for o in review.body.defects}
-    units = _units(record)
-    missed: dict[int, list[tuple[int, Any]]] = {}
-    for i, m in enumerate(review.body.missed):
-        missed.setdefault(_unit_of_box(units, record, m.bbox).position, []).append((i, m))
+    reviewed = {u.position: u for u in reviewed_units(record, review.body).units}
     out = []
-    for unit in units:
+    for unit in _units(record):
+        judged = reviewed[unit.position]
         defects = []
         for d in (by_id[i] for i in unit.defect_ids if i in by_id):
             o = outcomes.get(d.id)
@@ -345,7 +336,8 @@ def review_message(record: InspectionRecord, review: Review, source: str) -> Cfx
                 entry = _aoi_defect(record, d, code=o.class_, verification="DefectConfirmed",
                                     detail=f"reclassified: the AOI called it {d.class_}")
             defects.append((_severity(entry["DefectCode"], d.area_px), entry))
-        for i, m in missed.get(unit.position, []):
+        for i in judged.missed:
+            m = review.body.missed[i]
             x0, y0, x1, y1 = m.bbox
             entry = _defect(_uid(review.id, "missed", i), m.class_, m.bbox,
                             record.rules.pixels_per_mm, 1.0, verification="DefectConfirmed",
@@ -353,8 +345,7 @@ def review_message(record: InspectionRecord, review: Review, source: str) -> Cfx
             defects.append((_severity(m.class_, (x1 - x0) * (y1 - y0)), entry))
         found = _prioritise(defects)
         states = [d["Verification"] for d in found]
-        failed = "DefectConfirmed" in states or (
-            unit.verdict == "fail" and "NotVerifiedYet" in states)
+        failed = judged.reviewed_verdict == "fail"
         verification = _verification(states)
         inspection = _inspection(_uid(review.id, "unit", unit.position), _result(failed), found,
                                  procedure=f"review of {record.id}", verification=verification)

@@ -4,7 +4,7 @@ inspection it reviews) and reading an inspection's history, inside the store's t
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -19,7 +19,7 @@ from app.records.ids import REVIEW_PREFIX, new_id
 from app.records.models import InspectionRow, ReviewRow
 from app.records.schemas import Box, Review, ReviewBody, utcnow
 
-__all__ = ["add_review", "review_history", "review_of"]
+__all__ = ["add_review", "check_review", "review_history", "review_of"]
 
 
 def add_review(session: Session, inspection_id: str, reviewer: str, body: ReviewBody,
@@ -35,7 +35,8 @@ def add_review(session: Session, inspection_id: str, reviewer: str, body: Review
     ).one_or_none()
     if row is None:
         raise UnknownInspectionError(inspection_id)
-    _validate_review(body, row, class_names)
+    check_review(body, row.id, {d["id"]: d["class"] for d in row.defects}, row.width,
+                 row.height, class_names)
     if row.review_id is not None:
         current = session.get(ReviewRow, row.review_id)
         if current is not None and current.digest == digest and current.reviewer == reviewer:
@@ -68,14 +69,16 @@ def review_of(row: ReviewRow) -> Review:
                   body=ReviewBody.model_validate(row.body))
 
 
-def _validate_review(body: ReviewBody, row: InspectionRow, class_names: Sequence[str]) -> None:
-    called = {d["id"]: d["class"] for d in row.defects}
+def check_review(body: ReviewBody, inspection_id: str, called: Mapping[int, str], width: int,
+                 height: int, class_names: Sequence[str]) -> None:
+    """Raises the :class:`ReviewValidationError` of the first part of ``body`` that does not
+    fit the inspection: its calls ``called`` (id: class), its image size, the classes."""
     known = list(class_names)
     for i, o in enumerate(body.defects):
         if o.defect_id not in called:
             raise UnknownDefectError(
                 ("defects", i, "defect_id"), o.defect_id,
-                f"inspection {row.id} has no defect {o.defect_id}; its defect ids are "
+                f"inspection {inspection_id} has no defect {o.defect_id}; its defect ids are "
                 f"{sorted(called)}")
         if o.outcome == "reclassified":
             assert o.class_ is not None  # the schema requires it
@@ -87,7 +90,7 @@ def _validate_review(body: ReviewBody, row: InspectionRow, class_names: Sequence
                     "model gave it; expected another class, or outcome 'confirmed'")
     for i, m in enumerate(body.missed):
         _check_class(("missed", i, "class"), m.class_, known)
-        _check_box(("missed", i, "bbox"), m.bbox, row.width, row.height)
+        _check_box(("missed", i, "bbox"), m.bbox, width, height)
 
 
 def _check_class(loc: tuple[str | int, ...], value: str, known: list[str]) -> None:

@@ -40,6 +40,7 @@ from app.core.domain_errors import DomainError
 from app.core.rules import MinAreaPx, MinConfidence, RuleOverrides
 from app.inference.defects import Defect, PostprocessConfig, Summary
 from app.inference.postprocess import summarize
+from app.records.units import unit_at
 from pcb_inspect.classes import CLASS_NAMES
 
 __all__ = [
@@ -422,11 +423,10 @@ def apply_recipe(
 
     names = tuple(class_names)
     verdicts = []
+    # The one rule that places a point on a unit: reviews place missed boxes by it too.
+    unit_of = {d.id: unit_at(boxes, *d.centroid) for d in counted}
     for (position, (x0, y0, x1, y1)), identifier in zip(boxes, identifiers, strict=True):
-        # Max exclusive, like the box itself: units do not overlap, so a centroid has at most
-        # one unit.
-        inside = [d for d in counted
-                  if x0 <= d.centroid[0] < x1 and y0 <= d.centroid[1] < y1]
+        inside = [d for d in counted if unit_of[d.id] == position]
         unit_summary = summarize(inside, names, max(1, (x1 - x0) * (y1 - y0)), config)
         verdicts.append(UnitVerdict(position, (x0, y0, x1, y1), identifier,
                                     unit_summary.verdict, [d.id for d in inside]))

@@ -49,6 +49,8 @@ from app.records.db import sqlite_path
 from app.records.errors import UnknownInspectionError
 from app.records.ids import INSPECTION_PREFIX, id_pattern
 from app.records.outbox import Outbox
+from app.records.reviews import check_review
+from app.records.units import UnitReview, reviewed_units
 from app.services.cfx_publisher import AmqpTarget, CfxPublisher
 from app.services.errors import RecordsUnavailableError
 from app.services.golden_store import GoldenStore
@@ -273,6 +275,32 @@ class RecordsService:
                 REVIEWS.labels(outcome="missed", **{"class": m.class_}).inc()
             self.update_false_call_rate()
         return review, created
+
+    def review_by_unit(self, inspection_id: str, reviewer: str,
+                       body: ReviewBody) -> tuple[Review, bool, UnitReview]:
+        """:meth:`review`, and the stored review board by board."""
+        review, created = self.review(inspection_id, reviewer, body)
+        return review, created, reviewed_units(self.store.get(inspection_id), review.body)
+
+    def detail_by_unit(
+        self, inspection_id: str,
+    ) -> tuple[Inspection, list[tuple[Review, UnitReview]]]:
+        """:meth:`detail`, each review with its verdicts board by board (the last is the
+        current one)."""
+        inspection, reviews = self.detail(inspection_id)
+        return inspection, [(r, reviewed_units(inspection, r.body)) for r in reviews]
+
+    def preview(self, inspection_id: str, body: ReviewBody) -> UnitReview:
+        """What the review would give, board by board, without recording it (the review page
+        shows each board's verdict as the operator works). Refused as :meth:`review` refuses.
+
+        Raises:
+            UnknownInspectionError, ReviewValidationError (its subclasses).
+        """
+        inspection = self.store.get(_known(inspection_id))
+        check_review(body, inspection.id, {d.id: d.class_ for d in inspection.defects},
+                     inspection.width, inspection.height, self.class_names)
+        return reviewed_units(inspection, body)
 
     def delete(self, inspection_id: str) -> None:
         """Deletes the inspection, its reviews, and its kept image unless another record (of

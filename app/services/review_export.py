@@ -27,6 +27,7 @@ from typing import Any, Protocol
 import cv2
 import httpx
 import numpy as np
+from pydantic import BaseModel
 
 from app.inference.imaging import ImageError, decode_image
 from app.records import (
@@ -35,6 +36,7 @@ from app.records import (
     RecordStore,
     Review,
     ReviewedInspection,
+    UnitRecord,
 )
 from app.services.golden_store import GoldenStore, GoldenStoreError, UnknownProductError
 from pcb_inspect.classes import CLASS_NAMES
@@ -186,8 +188,11 @@ class ApiSource:
                 if detail.status_code == 404 or not detail.json().get("reviews"):
                     continue  # deleted since the page was read
                 body = detail.json()
-                review = Review.model_validate(body.pop("reviews")[-1])
-                yield ReviewedInspection(Inspection.model_validate(body), review)
+                review = Review.model_validate(_fields_of(Review, body.pop("reviews")[-1]))
+                if body.get("units"):
+                    body["units"] = [_fields_of(UnitRecord, u) for u in body["units"]]
+                yield ReviewedInspection(
+                    Inspection.model_validate(_fields_of(Inspection, body)), review)
             cursor = page.get("next_cursor")
             if not cursor:
                 return
@@ -209,6 +214,12 @@ class ApiSource:
         # Only the very board it was compared with: the product's board may have changed.
         return response.content if hashlib.sha256(response.content).hexdigest() == golden.sha256 \
             else None
+
+
+def _fields_of(model: type[BaseModel], data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` without the fields ``model`` does not have: the API may answer with more than
+    the records' models (e.g. each unit's reviewed verdict), and they refuse extra fields."""
+    return {k: v for k, v in data.items() if k in model.model_fields}
 
 
 def _api_error(response: httpx.Response) -> str:

@@ -10,6 +10,9 @@
   const PAGE_SIZE = 25;
   const REFRESH_MS = 30_000;
   const MIN_BOX_PX = 2; // a smaller drag is a slip of the hand, not a box
+  // After a change, the wait before the service is asked for the boards' verdicts: a burst of
+  // keys makes one request.
+  const PREVIEW_DELAY_MS = 120;
 
   const $ = (id) => document.getElementById(id);
 
@@ -96,6 +99,7 @@
   let submitting = false;
   let view = "queue";
   let statsLoading = false;
+  let previewTimer = null;
 
   const OUTCOME_TEXT = {
     confirmed: "✓ confirmed",
@@ -310,6 +314,9 @@
     }
     board = {
       insp, bitmap, note, outcomes: new Map(), missed: [], selected: 0, touched: false,
+      order: [], zoom: null,
+      // Each board's verdict after the review as the service computes it (a panel only).
+      preview: { text: null, seq: 0, state: "idle", verdicts: new Map(), error: "" },
     };
     // A board reviewed before (opened again with P): start from its latest review.
     const reviews = Array.isArray(insp.reviews) ? insp.reviews : [];
@@ -395,6 +402,14 @@
     renderBoard();
   }
 
+  // The previous (dir -1) or next (1) call or box in the order the table lists them.
+  function selectStep(dir) {
+    const { order } = board;
+    if (!order.length) return;
+    const at = order.indexOf(board.selected);
+    select(order[at < 0 ? 0 : Math.max(0, Math.min(order.length - 1, at + dir))]);
+  }
+
   function describeSelected() {
     const d = selectedDefect();
     if (d) {
@@ -431,10 +446,12 @@
 
   // After a call is marked: the next call, so that a board is reviewed with one key per call.
   function advance(d) {
-    const i = board.insp.defects.indexOf(d);
+    const order = board.order;
     const said = describeSelected();
-    const last = i + 1 >= board.insp.defects.length;
-    if (!last) board.selected = i + 1;
+    const next = order.slice(order.indexOf(board.insp.defects.indexOf(d)) + 1)
+      .find((k) => k < board.insp.defects.length);
+    const last = next === undefined;
+    if (!last) board.selected = next;
     renderBoard();
     setMode(last ? `${said} That was the last call: Enter submits.`
       : `${said} Next: ${describeSelected()}`);
@@ -512,7 +529,8 @@
   }
 
   // Every call gets an outcome: one left unmarked is sent as confirmed (shown as such).
-  function reviewBody() {
+  // `missed`: the missed boxes to send (all of them by default).
+  function reviewBody(missed = board.missed) {
     return {
       defects: board.insp.defects.map((d) => {
         const o = board.outcomes.get(d.id) || { outcome: "confirmed" };
@@ -520,8 +538,119 @@
           ? { defect_id: d.id, outcome: o.outcome, class: o.cls }
           : { defect_id: d.id, outcome: o.outcome };
       }),
-      missed: board.missed.map((m) => ({ bbox: m.bbox, class: m.cls })),
+      missed: missed.map((m) => ({ bbox: m.bbox, class: m.cls })),
     };
+  }
+
+  // --- a panel, board by board --------------------------------------------------------------
+  // A panel (a product recipe's units) is reviewed board by board: the table lists each
+  // board's calls under it, in panel order, then the calls on no board, then those the zones
+  // set aside (for audit only). Which board a drawn box lands on, and each board's verdict
+  // after the review, come from the service (POST .../review/preview), which places boxes by
+  // the rule it places the calls by: the page has no copy of that rule.
+  function boardUnits() {
+    return board ? [...PCB.panelUnits(board.insp)].sort((a, b) => a.position - b.position) : [];
+  }
+
+  // The table's groups, in order: [{unit, calls, missed}] per board, then {outside} (calls and
+  // boxes on no board) and {pending} (boxes not placed yet: no class, or the service not asked
+  // yet); calls are defect indexes, missed ones indexes into board.missed. One group, without
+  // a unit, for a board that is not a panel.
+  function groupsOf() {
+    const all = board.insp.defects.map((_, i) => i);
+    const units = boardUnits();
+    if (!units.length) return [{ calls: all, missed: board.missed.map((_, j) => j) }];
+    const index = new Map(board.insp.defects.map((d, i) => [d.id, i]));
+    const placed = new Set();
+    const groups = units.map((unit) => {
+      const calls = unit.defect_ids.filter((id) => index.has(id)).map((id) => index.get(id));
+      calls.forEach((i) => placed.add(i));
+      return { unit, calls, missed: [] };
+    });
+    const outside = { outside: true, calls: all.filter((i) => !placed.has(i)), missed: [] };
+    const pending = { pending: true, calls: [], missed: [] };
+    board.missed.forEach((m, j) => {
+      const g = m.unit === null ? outside
+        : groups.find((x) => m.unit !== undefined && x.unit.position === m.unit) || pending;
+      g.missed.push(j);
+    });
+    return [...groups, outside, pending];
+  }
+
+  function groupOfSelected() {
+    const d = board.insp.defects.length;
+    return groupsOf().find((g) => g.unit && (g.calls.includes(board.selected) ||
+      g.missed.includes(board.selected - d))) || null;
+  }
+
+  // Asks the service, after a short wait, what the review as it stands makes of each board.
+  // Only the latest request may fill the screen; boxes without a class are not sent yet.
+  function schedulePreview() {
+    if (!board || !boardUnits().length) return;
+    const target = board;
+    const sent = target.missed.filter((m) => m.cls);
+    const text = JSON.stringify(reviewBody(sent));
+    if (text === target.preview.text) return;
+    target.preview.text = text;
+    target.preview.state = "pending";
+    const seq = ++target.preview.seq;
+    clearTimeout(previewTimer);
+    previewTimer = setTimeout(async () => {
+      const r = await PCB.apiJson(
+        `/v1/inspections/${encodeURIComponent(target.insp.id)}/review/preview`,
+        { method: "POST", headers: { "Content-Type": "application/json" }, body: text });
+      if (board !== target || seq !== target.preview.seq) return;
+      if (!r.ok) {
+        target.preview.state = "error";
+        target.preview.error = `HTTP ${r.status} ${r.code}: ${r.message}`;
+      } else {
+        target.preview.state = "ready";
+        target.preview.verdicts = new Map(r.body.units.map((u) => [u.position,
+          u.reviewed_verdict]));
+        for (const u of r.body.units) for (const k of u.missed) sent[k].unit = u.position;
+        for (const k of r.body.outside.missed) sent[k].unit = null;
+      }
+      renderBoard();
+    }, PREVIEW_DELAY_MS);
+  }
+
+  // Marks every call of a board's group with `outcome`.
+  function markGroup(g, outcome) {
+    if (!g || !g.unit) return;
+    if (mode) cancelMode(false);
+    for (const i of g.calls) {
+      board.outcomes.set(board.insp.defects[i].id, { outcome, cls: null });
+    }
+    board.touched = true;
+    renderBoard();
+    const n = g.calls.length;
+    setMode(`Board ${g.unit.position}: ${n} call${n === 1 ? "" : "s"} ` +
+      `${outcome === "false_call" ? "marked false" : "confirmed"}.`);
+  }
+
+  // Zooms the board on one unit of the panel, or (the same one again, or null) shows it all.
+  function zoomTo(position) {
+    board.zoom = position === null || board.zoom === position ? null : position;
+    renderBoard();
+    setMode(board.zoom === null ? "The whole panel."
+      : `Zoomed to board ${board.zoom}: Z or its name again shows the whole panel.`);
+  }
+
+  // How many canvas pixels an image pixel takes: 1 for the whole board; zoomed, enough for the
+  // view to fill a large screen (whole numbers keep the camera's pixels square).
+  function zoomScale(w, h) {
+    return board.zoom === null ? 1 : Math.max(1, Math.min(16, Math.floor(1600 / Math.max(w, h))));
+  }
+
+  // The part of the image the canvas shows: the zoomed unit with a margin, else all of it.
+  function viewOf() {
+    const { width, height } = board.insp;
+    const u = board.zoom === null ? null : boardUnits().find((x) => x.position === board.zoom);
+    if (!u) return [0, 0, width, height];
+    const [x0, y0, x1, y1] = u.bbox;
+    const pad = Math.max(8, Math.round(0.06 * Math.max(x1 - x0, y1 - y0)));
+    return [Math.max(0, x0 - pad), Math.max(0, y0 - pad), Math.min(width, x1 + pad),
+      Math.min(height, y1 + pad)];
   }
 
   // The stored review in a POST answer: the review itself, or an inspection carrying it.
@@ -591,6 +720,12 @@
       `${count("confirmed")} confirmed, ${count("false_call")} false ` +
       `call${count("false_call") === 1 ? "" : "s"}, ${count("reclassified")} reclassified, ` +
       `${body.missed.length} missed.`;
+    const units = PCB.panelUnits(insp).length && Array.isArray(review.units) ? review.units
+      : [];
+    if (units.length) {
+      ui.result.textContent += ` Boards after review: ${units.map((u) =>
+        `${u.position} ${u.reviewed_verdict.toUpperCase()}`).join(", ")}.`;
+    }
     Object.assign(ui.result.dataset, {
       inspectionId: insp.id, reviewer: review.reviewer || "", createdAt: review.created_at || "",
       status: String(status),
@@ -633,6 +768,7 @@
     fillUnits(insp);
     ui.imageNote.textContent = board.note;
     ui.imageNote.hidden = !board.note;
+    schedulePreview();
     fillTable();
     draw();
   }
@@ -651,20 +787,131 @@
   }
 
   function fillTable() {
+    const groups = groupsOf();
+    const n = board.insp.defects.length;
+    board.order = groups.flatMap((g) => [...g.calls, ...g.missed.map((j) => n + j)]);
+    const panel = boardUnits().length > 0;
     const rows = [];
-    board.insp.defects.forEach((d, i) => {
-      const o = board.outcomes.get(d.id);
-      const cls = o && o.outcome === "reclassified" ? o.cls : d.class;
-      rows.push(row(i, String(d.id), d.class, `${(d.confidence * 100).toFixed(1)} %`,
-        o ? outcomeText(o) : "confirmed (default)", o ? o.outcome : "default", cls));
-    });
-    board.missed.forEach((m, j) => {
-      rows.push(row(board.insp.defects.length + j, `M${j + 1}`, m.cls || "?", "",
-        m.cls ? "+ missed" : "+ missed: needs a class", "missed", m.cls || ""));
-    });
+    for (const g of groups) {
+      if (panel) {
+        if (!g.unit && !g.calls.length && !g.missed.length) continue;
+        rows.push(g.unit ? unitRow(g) : noteRow(g.outside ? "On no board of the panel"
+          : "Drawn boxes: placed on a board once they have a class",
+        g.outside ? "outside" : "pending"));
+      }
+      for (const i of g.calls) rows.push(callRow(i));
+      for (const j of g.missed) rows.push(missedRow(j));
+    }
+    if (panel) rows.push(...ignoredRows());
     ui.tbody.replaceChildren(...rows);
     const current = ui.tbody.querySelector('[aria-current="true"]');
     if (current) current.scrollIntoView({ block: "nearest" });
+  }
+
+  function callRow(i) {
+    const d = board.insp.defects[i];
+    const o = board.outcomes.get(d.id);
+    const cls = o && o.outcome === "reclassified" ? o.cls : d.class;
+    return row(i, String(d.id), d.class, `${(d.confidence * 100).toFixed(1)} %`,
+      o ? outcomeText(o) : "confirmed (default)", o ? o.outcome : "default", cls);
+  }
+
+  function missedRow(j) {
+    const m = board.missed[j];
+    return row(board.insp.defects.length + j, `M${j + 1}`, m.cls || "?", "",
+      m.cls ? "+ missed" : "+ missed: needs a class", "missed", m.cls || "");
+  }
+
+  // A board's heading row: its name (a button that zooms to it), the model's verdict, the
+  // verdict after the review as it stands, and its one-click outcomes.
+  function unitRow(g) {
+    const u = g.unit;
+    const tr = document.createElement("tr");
+    tr.className = "unit-head";
+    tr.dataset.position = String(u.position);
+    tr.dataset.verdict = u.verdict;
+    const { state, verdicts, error } = board.preview;
+    const reviewed = verdicts.get(u.position);
+    tr.dataset.reviewed = state === "ready" && reviewed ? reviewed : state;
+    const th = document.createElement("th");
+    th.scope = "rowgroup";
+    th.colSpan = 4;
+    const name = button(`Board ${u.position}${u.identifier ? ` ${u.identifier}` : ""}`,
+      "unit-zoom", () => zoomTo(u.position));
+    name.setAttribute("aria-pressed", String(board.zoom === u.position));
+    name.title = board.zoom === u.position ? "Show the whole panel" : "Zoom to this board";
+    const aoi = document.createElement("span");
+    aoi.className = "unit-verdict";
+    aoi.dataset.verdict = u.verdict;
+    aoi.textContent = `AOI ${u.verdict.toUpperCase()}`;
+    const after = document.createElement("span");
+    after.className = "unit-reviewed";
+    after.dataset.verdict = tr.dataset.reviewed;
+    after.textContent = `Review ${reviewed ? reviewed.toUpperCase() : "–"}` +
+      (state === "pending" ? " …" : state === "error" ? " ?" : "");
+    if (state === "error") after.title = `The boards' verdicts could not be read: ${error}`;
+    const actions = document.createElement("span");
+    actions.className = "unit-actions";
+    const none = g.calls.length === 0;
+    const allFalse = button("All false calls", "unit-false", () => markGroup(g, "false_call"));
+    const allTrue = button("Confirm all", "unit-confirm", () => markGroup(g, "confirmed"));
+    allFalse.disabled = none;
+    allTrue.disabled = none;
+    actions.append(allFalse, allTrue);
+    th.append(name, " ", aoi, " ", after, actions);
+    tr.append(th);
+    return tr;
+  }
+
+  function button(text, className, onClick) {
+    const b = document.createElement("button");
+    b.type = "button";
+    b.className = className;
+    b.textContent = text;
+    b.addEventListener("click", (e) => {
+      e.stopPropagation();
+      onClick();
+    });
+    return b;
+  }
+
+  function noteRow(text, kind) {
+    const tr = document.createElement("tr");
+    tr.className = `group-head group-${kind}`;
+    const th = document.createElement("th");
+    th.scope = "rowgroup";
+    th.colSpan = 4;
+    th.textContent = text;
+    tr.append(th);
+    return tr;
+  }
+
+  const SET_ASIDE = {
+    zone: "in an ignore zone", class: "class ignored in this zone",
+    min_area_px: "below the minimum area", min_confidence: "below the minimum confidence",
+  };
+
+  // The calls the recipe's zones set aside: listed for audit, never reviewed.
+  function ignoredRows() {
+    const ignored = Array.isArray(board.insp.ignored) ? board.insp.ignored : [];
+    if (!ignored.length) return [];
+    return [noteRow(`Set aside by the recipe (${ignored.length}): for audit, not reviewed`,
+      "ignored"), ...ignored.map((d) => {
+      const tr = document.createElement("tr");
+      tr.className = "ignored-call";
+      tr.dataset.defectId = String(d.id);
+      tr.dataset.zone = d.zone || "";
+      const cells = [String(d.id), null, `${(d.confidence * 100).toFixed(1)} %`,
+        `${d.zone ? `zone ${d.zone}` : "product rule"}: ${SET_ASIDE[d.reason] || d.reason}`];
+      cells.forEach((text, k) => {
+        const td = document.createElement("td");
+        if (k === 1) td.append(PCB.swatch(colorOf(d.class)), document.createTextNode(d.class));
+        else td.textContent = text;
+        if (k === 2) td.className = "num";
+        tr.append(td);
+      });
+      return tr;
+    })];
   }
 
   function row(index, label, cls, conf, outcome, state, finalClass) {
@@ -700,31 +947,60 @@
     }
     const { insp, bitmap } = board;
     const { width, height } = insp;
-    canvas.width = width;
-    canvas.height = height;
+    const [vx0, vy0, vx1, vy1] = viewOf();
+    // Zoomed, the view is drawn k times larger (whole pixels, not smoothed: what the camera
+    // saw), and every box is moved onto it by at(); the whole board is drawn as it is.
+    const k = zoomScale(vx1 - vx0, vy1 - vy0);
+    const at = (b) => [(b[0] - vx0) * k, (b[1] - vy0) * k, (b[2] - vx0) * k, (b[3] - vy0) * k];
+    canvas.width = (vx1 - vx0) * k;
+    canvas.height = (vy1 - vy0) * k;
     const ctx = canvas.getContext("2d");
+    ctx.imageSmoothingEnabled = false;
     if (bitmap) {
-      ctx.drawImage(bitmap, 0, 0);
+      ctx.drawImage(bitmap, vx0, vy0, vx1 - vx0, vy1 - vy0, 0, 0, canvas.width, canvas.height);
     } else {
       ctx.fillStyle = "#3b3f46";
-      ctx.fillRect(0, 0, width, height);
+      ctx.fillRect(0, 0, canvas.width, canvas.height);
     }
-    const geometry = PCB.pen(ctx, width, height);
+    const geometry = PCB.pen(ctx, canvas.width, canvas.height);
     const { line } = geometry;
     // Unit frames first, inside each board's box, so the calls' boxes stay on top.
-    for (const u of PCB.panelUnits(insp)) PCB.frameUnit(ctx, geometry, u);
+    for (const u of PCB.panelUnits(insp)) {
+      PCB.frameUnit(ctx, geometry, { ...u, bbox: at(u.bbox) });
+    }
+    const zoomed = boardUnits().find((u) => u.position === board.zoom);
+    if (zoomed) {
+      // The board zoomed to: a wide frame just outside its own, dark under light.
+      const [x0, y0, x1, y1] = at(zoomed.bbox);
+      const pad = 3 * line;
+      for (const [color, w] of [["#000", 4 * line], ["#ffd200", 2 * line]]) {
+        ctx.strokeStyle = color;
+        ctx.lineWidth = w;
+        ctx.strokeRect(x0 - pad, y0 - pad, x1 - x0 + 2 * pad, y1 - y0 + 2 * pad);
+      }
+    }
+    // The calls the zones set aside: thin grey dashes, no label (listed apart, for audit).
+    ctx.setLineDash([2 * line, 3 * line]);
+    for (const d of Array.isArray(insp.ignored) ? insp.ignored : []) {
+      PCB.strokeBox(ctx, geometry, at(d.bbox), "#9aa3ad", false);
+    }
+    ctx.setLineDash([]);
     const labels = [];
+    // Zoomed, the boxes off the view are not drawn (their labels would pile up on its edges).
+    const shown = (b) => b[0] < vx1 && b[2] > vx0 && b[1] < vy1 && b[3] > vy0;
     board.insp.defects.forEach((d, i) => {
+      if (!shown(d.bbox)) return;
       const o = board.outcomes.get(d.id);
       const cls = o && o.outcome === "reclassified" ? o.cls : d.class;
       const mark = !o ? "" : o.outcome === "confirmed" ? " ✓"
         : o.outcome === "false_call" ? " ✗" : " ↻";
-      labels.push(box(ctx, geometry, d.bbox, colorOf(cls), `${d.id} ${cls}${mark}`, {
+      labels.push(box(ctx, geometry, at(d.bbox), colorOf(cls), `${d.id} ${cls}${mark}`, {
         hot: board.selected === i, dashed: o && o.outcome === "false_call",
       }));
     });
     board.missed.forEach((m, j) => {
-      labels.push(box(ctx, geometry, m.bbox, m.cls ? colorOf(m.cls) : "#ffffff",
+      if (!shown(m.bbox)) return;
+      labels.push(box(ctx, geometry, at(m.bbox), m.cls ? colorOf(m.cls) : "#ffffff",
         `M${j + 1} ${m.cls || "?"}`, {
           hot: board.selected === board.insp.defects.length + j, dashed: true,
         }));
@@ -732,7 +1008,7 @@
     // After every box, placed so that no label covers another (or a box, where there is room).
     PCB.drawLabels(ctx, geometry, labels);
     if (mode && mode.kind === "drawing") {
-      const [x0, y0, x1, y1] = boxOf(mode.start, mode.end);
+      const [x0, y0, x1, y1] = at(boxOf(mode.start, mode.end));
       ctx.setLineDash([4 * line, 3 * line]);
       ctx.lineWidth = line;
       ctx.strokeStyle = "#ffffff";
@@ -740,7 +1016,9 @@
       ctx.setLineDash([]);
     }
     const missed = board.missed.length;
-    canvas.setAttribute("aria-label", `Board ${boardName(insp)} with ` +
+    canvas.dataset.view = [vx0, vy0, vx1, vy1].join(",");
+    canvas.setAttribute("aria-label", `${zoomed ? `Board ${zoomed.position} of ` : ""}` +
+      `Board ${boardName(insp)} with ` +
       `${insp.defects.length} numbered call${insp.defects.length === 1 ? "" : "s"}` +
       `${missed ? ` and ${missed} missed box${missed === 1 ? "" : "es"}` : ""}. ` +
       describeSelected());
@@ -775,9 +1053,12 @@
     const s = Math.min(rect.width / c.width, rect.height / c.height) || 1;
     const ox = rect.left + (rect.width - c.width * s) / 2;
     const oy = rect.top + (rect.height - c.height * s) / 2;
+    // The canvas shows the image from (vx0, vy0), k canvas pixels to an image pixel.
+    const [vx0, vy0, vx1, vy1] = viewOf();
+    const k = zoomScale(vx1 - vx0, vy1 - vy0);
     return {
-      x: Math.max(0, Math.min(c.width, (e.clientX - ox) / s)),
-      y: Math.max(0, Math.min(c.height, (e.clientY - oy) / s)),
+      x: vx0 + Math.max(0, Math.min(c.width, (e.clientX - ox) / s)) / k,
+      y: vy0 + Math.max(0, Math.min(c.height, (e.clientY - oy) / s)) / k,
     };
   }
 
@@ -894,7 +1175,7 @@
       return true;
     }
     const k = key.length === 1 ? key.toLowerCase() : key;
-    const boardKeys = ["ArrowRight", "ArrowDown", "ArrowLeft", "ArrowUp", "c", "f", "r", "m",
+    const boardKeys = ["ArrowRight", "ArrowDown", "ArrowLeft", "ArrowUp", "c", "f", "r", "m", "z",
       "Delete", "Backspace", "Enter"];
     if (boardKeys.includes(k) && !board) {
       if (k === "Enter" || k.length === 1) say("No board open: press N for the next board.");
@@ -907,15 +1188,29 @@
     }
     switch (k) {
       case "ArrowRight": case "ArrowDown":
-        select(board.selected + 1);
+        selectStep(1);
         setMode(describeSelected());
         return true;
       case "ArrowLeft": case "ArrowUp":
-        select(board.selected - 1);
+        selectStep(-1);
         setMode(describeSelected());
         return true;
-      case "c": mark("confirmed"); return true;
-      case "f": mark("false_call"); return true;
+      // Shifted, for the whole board (of a panel) the selected call is on.
+      case "c":
+        if (key === "C" && groupOfSelected()) markGroup(groupOfSelected(), "confirmed");
+        else mark("confirmed");
+        return true;
+      case "f":
+        if (key === "F" && groupOfSelected()) markGroup(groupOfSelected(), "false_call");
+        else mark("false_call");
+        return true;
+      case "z": {
+        const g = groupOfSelected();
+        if (board.zoom !== null) zoomTo(null);
+        else if (g) zoomTo(g.unit.position);
+        else setMode("Z zooms to the board of the selected call: this board is not a panel.");
+        return true;
+      }
       case "r": startReclassify(); return true;
       case "m": startDraw(); return true;
       case "Delete": case "Backspace": removeMissed(); return true;

@@ -1,5 +1,7 @@
 """The review and inspection pages with a panel: a product recipe's boards are framed on the
-board in their verdict's colour and listed with their verdicts.
+board in their verdict's colour and listed with their verdicts, and the review page reviews the
+panel board by board (calls grouped per board with the model's and the reviewed verdict, one
+click per board, zoom, missed boxes placed on their board, zones' set-aside calls apart).
 
 A real server subprocess with the tiny single and pair models records every inspection and
 keeps every image; a two-board synthetic panel is inspected with ``?product=`` through the API,
@@ -134,4 +136,161 @@ def test_the_inspection_page_frames_and_lists_the_boards_of_a_panel(
     for unit, rgb in ((panel["units"][0], [220, 0, 0]), (panel["units"][1], [0, 150, 0])):
         x0, y0, _, y1 = unit["bbox"]
         assert _pixel(page, x0 + 1, y1 - 4)[:3] == rgb, unit
+    assert problems == []
+
+
+def _rows(page: Any) -> list[list[str]]:
+    """The review table's rows: [kind, position or index, outcome, reviewed verdict]."""
+    return [list(r) for r in page.locator("#review-defects tbody tr").evaluate_all(
+        "rs => rs.map(r => [r.className || 'call', r.dataset.position || r.dataset.index || "
+        "r.dataset.defectId || '', r.dataset.outcome || r.dataset.verdict || '', "
+        "r.dataset.reviewed || ''])")]
+
+
+def _client_point(page: Any, x: float, y: float) -> tuple[float, float]:
+    """Where the image pixel (x, y) is on the screen, through the canvas's view (zoom) and its
+    letterboxing."""
+    point = page.evaluate("""([x, y]) => {
+        const c = document.getElementById('review-canvas');
+        const [vx, vy, vx1] = c.dataset.view.split(',').map(Number);
+        const r = c.getBoundingClientRect();
+        const s = Math.min(r.width / c.width, r.height / c.height);
+        const k = c.width / (vx1 - vx);  // canvas pixels per image pixel
+        return [r.left + (r.width - c.width * s) / 2 + (x - vx + 0.5) * k * s,
+                r.top + (r.height - c.height * s) / 2 + (y - vy + 0.5) * k * s];
+    }""", [x, y])
+    return float(point[0]), float(point[1])
+
+
+@pytest.mark.slow
+def test_a_panel_is_reviewed_board_by_board(
+        server: ServerProcess, browser: Any, panel: dict[str, Any]) -> None:
+    """The calls are grouped by board in panel order with both verdicts; one click marks a
+    board's calls; the reviewed verdicts follow live; a board's name zooms to it; a box drawn
+    there lands on it (by the service's rule); the stored review agrees."""
+    # A fresh inspection of the panel: the newest failed board, first in the queue.
+    body = httpx.post(f"{server.url}/predict",
+                      params={"product": "PNL", "threshold": panel["threshold"], "mask": "none",
+                              "serial": "PAN-2"},
+                      files={"file": ("panel.png", PANEL, "image/png")}, timeout=120).json()
+    insp = body["inspection_id"]
+    one, two = body["units"]
+    outside = [d["id"] for d in body["defects"]
+               if d["id"] not in one["defect_ids"] + two["defect_ids"]]
+    page = browser.new_page(viewport={"width": 1440, "height": 960})
+    problems = collect_problems(page)
+    page.goto(f"{server.url}/review")
+    page.wait_for_selector(f'#board-area[data-inspection-id="{insp}"]', timeout=60_000)
+    page.wait_for_selector('#review-canvas[data-rendered="image"]', timeout=60_000)
+    # Unmarked calls count as confirmed: board 1 fails, board 2 (no call) passes.
+    page.wait_for_selector('tr.unit-head[data-position="1"][data-reviewed="fail"]')
+    page.wait_for_selector('tr.unit-head[data-position="2"][data-reviewed="pass"]')
+    index = {d["id"]: str(i) for i, d in enumerate(body["defects"])}
+    expected = [["unit-head", "1", "fail", "fail"],
+                *[["call", index[i], "default", ""] for i in one["defect_ids"]],
+                ["unit-head", "2", "pass", "pass"]]
+    if outside:
+        expected += [["group-head group-outside", "", "", ""],
+                     *[["call", index[i], "default", ""] for i in outside]]
+    assert _rows(page) == expected
+    head = page.locator('tr.unit-head[data-position="1"]')
+    assert head.locator(".unit-zoom").inner_text() == "Board 1 PAN-2-1"
+    assert head.locator(".unit-verdict").inner_text() == "AOI FAIL"
+    assert page.locator('tr.unit-head[data-position="2"] .unit-false').is_disabled()
+
+    # One click: every call of board 1 false, and its reviewed verdict passes.
+    head.locator(".unit-false").click()
+    page.wait_for_selector('tr.unit-head[data-position="1"][data-reviewed="pass"]')
+    assert head.locator(".unit-reviewed").inner_text() == "Review PASS"
+    calls = [r for r in _rows(page) if r[0] == "call"]
+    assert [r[2] for r in calls[:len(one["defect_ids"])]] == ["false_call"] * len(
+        one["defect_ids"])
+    assert all(r[2] == "default" for r in calls[len(one["defect_ids"]):])  # the others stay
+
+    # Board 2's name zooms to it (with a margin) and frames it.
+    page.locator('tr.unit-head[data-position="2"] .unit-zoom').click()
+    x0, y0, x1, y1 = two["bbox"]
+    view = [int(v) for v in page.get_attribute("#review-canvas", "data-view").split(",")]
+    assert view[0] <= x0 and view[1] <= y0 and view[2] >= x1 and view[3] >= y1, view
+    assert (view[2] - view[0]) < 2 * (x1 - x0) and view != [0, 0, 2 * SIDE, SIDE]
+    assert page.get_attribute('tr.unit-head[data-position="2"] .unit-zoom',
+                              "aria-pressed") == "true"
+    # A missed box drawn in it (zoomed): placed on board 2, which now fails.
+    page.keyboard.press("m")
+    page.mouse.move(*_client_point(page, x0 + 10, y0 + 10))
+    page.mouse.down()
+    page.mouse.move(*_client_point(page, x0 + 22, y0 + 20), steps=5)
+    page.mouse.up()
+    page.keyboard.press("1")
+    page.wait_for_selector('tr.unit-head[data-position="2"][data-reviewed="fail"]')
+    rows = _rows(page)
+    at = rows.index(["unit-head", "2", "pass", "fail"])
+    assert rows[at + 1][0] == "call" and rows[at + 1][2] == "missed"
+    # Z shows the whole panel again.
+    page.keyboard.press("z")
+    assert page.get_attribute("#review-canvas", "data-view") == f"0,0,{2 * SIDE},{SIDE}"
+
+    page.keyboard.press("Enter")
+    page.wait_for_selector(f'#review-result[data-inspection-id="{insp}"]', timeout=30_000)
+    assert "Boards after review: 1 PASS, 2 FAIL." in page.inner_text("#review-result")
+    stored = httpx.get(f"{server.url}/v1/inspections/{insp}", timeout=30).json()
+    assert [(u["position"], u["verdict"], u["reviewed_verdict"]) for u in stored["units"]] == [
+        (1, "fail", "pass"), (2, "pass", "fail")]
+    (missed,) = stored["reviews"][-1]["body"]["missed"]
+    mx0, my0, mx1, my1 = missed["bbox"]
+    assert x0 <= mx0 < mx1 <= x1 and y0 <= my0 < my1 <= y1, (missed, two["bbox"])
+    assert stored["reviews"][-1]["units"][1]["missed"] == [0]
+    assert problems == []
+
+
+@pytest.mark.slow
+def test_calls_set_aside_by_a_zone_are_listed_apart_for_audit_only(
+        server: ServerProcess, browser: Any, panel: dict[str, Any]) -> None:
+    """Under a recipe with an ignore zone over a call on no board: that call is listed after
+    the boards with its zone, cannot be selected, and is not part of the review sent."""
+    units = panel["units"]
+    off = [d for d in panel["defects"]
+           if d["id"] not in units[0]["defect_ids"] + units[1]["defect_ids"]]
+    assert off, "every call of the panel is on a board: no call for the zone to set aside"
+    cx, cy = off[-1]["centroid"]
+    zone = [[cx - 3, cy - 3], [cx + 3, cy - 3], [cx + 3, cy + 3], [cx - 3, cy + 3]]
+    url = server.url
+    assert httpx.put(f"{url}/v1/golden-boards/PNZ", files={"file": ("g.png", GOLDEN)},
+                     timeout=60).status_code == 201
+    recipe = {"units": [{"position": u["position"], "bbox": u["bbox"]} for u in units],
+              "zones": [{"name": "fiducial 2", "polygon": zone, "action": "ignore"}]}
+    assert httpx.put(f"{url}/v1/products/PNZ/recipe", json=recipe, timeout=30).status_code == 201
+    body = httpx.post(f"{url}/predict", params={"product": "PNZ", "threshold": panel["threshold"],
+                                                "mask": "none", "serial": "PAN-Z"},
+                      files={"file": ("panel.png", PANEL, "image/png")}, timeout=120).json()
+    (ignored,) = body["ignored"]
+    assert ignored["zone"] == "fiducial 2"
+    page = browser.new_page(viewport={"width": 1440, "height": 960})
+    problems = collect_problems(page)
+    page.goto(f"{url}/review")
+    page.wait_for_selector(f'#board-area[data-inspection-id="{body["inspection_id"]}"]',
+                           timeout=60_000)
+    page.wait_for_selector('tr.unit-head[data-position="1"][data-reviewed="fail"]')
+    rows = _rows(page)
+    assert rows[-2][0] == "group-head group-ignored" and rows[-1][0] == "ignored-call"
+    assert page.inner_text("tr.group-ignored") == (
+        "Set aside by the recipe (1): for audit, not reviewed")
+    row = page.locator("tr.ignored-call")
+    assert row.get_attribute("data-zone") == "fiducial 2"
+    assert row.get_attribute("data-index") is None
+    assert "zone fiducial 2: in an ignore zone" in row.inner_text()
+    # Not a call to review: clicking it selects nothing, and the review does not name it.
+    selected = page.get_attribute('#review-defects tr[aria-current="true"]', "data-index")
+    row.click()
+    assert page.get_attribute('#review-defects tr[aria-current="true"]',
+                              "data-index") == selected
+    # The calls to review are the counted ones, each listed once.
+    assert sorted(int(r[1]) for r in rows if r[0] == "call") == list(range(len(body["defects"])))
+    page.keyboard.press("Enter")
+    page.wait_for_selector(f'#review-result[data-inspection-id="{body["inspection_id"]}"]',
+                           timeout=30_000)
+    stored = httpx.get(f"{url}/v1/inspections/{body['inspection_id']}", timeout=30).json()
+    assert [o["defect_id"] for o in stored["reviews"][-1]["body"]["defects"]] == [
+        d["id"] for d in body["defects"]]
+    assert ignored["id"] not in [d["id"] for d in body["defects"]]
     assert problems == []

@@ -15,7 +15,8 @@ from fastapi.responses import Response, StreamingResponse
 from app.api.deps import AdminAuth, RecordsDep, ReviewAuth, ReviewerDep
 from app.api.json_body import bounded_json_route
 from app.api.openapi import error_responses
-from app.api.schemas import InspectionDetailOut, InspectionPageOut
+from app.api.review_schemas import InspectionUnitsOut, ReviewPreviewOut, ReviewUnitsOut
+from app.api.schemas import InspectionPageOut
 from app.api.time_params import utc_param
 from app.core.ids import PRODUCT_RULE, PRODUCT_SCHEMA, check_product
 from app.records import (
@@ -23,7 +24,6 @@ from app.records import (
     META_MAX_CHARS,
     META_MAX_TAGS,
     InspectionFilter,
-    Review,
     ReviewRequest,
 )
 from app.services.board_meta import query_meta, split_tags
@@ -116,12 +116,14 @@ async def export_inspections(
 
 
 @router.get("/{inspection_id}", summary="One inspection record and its reviews",
-            response_model=InspectionDetailOut, responses=_ERRORS)
-async def get_inspection(inspection_id: str, records: RecordsDep) -> InspectionDetailOut:
+            response_model=InspectionUnitsOut, responses=_ERRORS)
+async def get_inspection(inspection_id: str, records: RecordsDep) -> InspectionUnitsOut:
     """The record: metadata, image hash, model, rules, verdict and defects, and every
-    distinct review of it (oldest first; the last is the current one)."""
-    inspection, reviews = await read_records(records.detail, inspection_id)
-    return InspectionDetailOut(**dict(inspection), reviews=reviews)
+    distinct review of it (oldest first; the last is the current one). Each review lists the
+    boards of the panel with their verdict after it (``units``), and the record's ``units``
+    carry the current review's as ``reviewed_verdict``."""
+    inspection, reviews = await read_records(records.detail_by_unit, inspection_id)
+    return InspectionUnitsOut.of(inspection, reviews)
 
 
 @router.get(
@@ -142,16 +144,16 @@ async def get_inspection_image(inspection_id: str, records: RecordsDep) -> Respo
 @router.post(
     "/{inspection_id}/review",
     summary="Review an inspection: an outcome per defect, and the missed defects",
-    response_model=Review,
+    response_model=ReviewUnitsOut,
     status_code=201,
     responses={**_ERRORS, **error_responses(400, 413),  # not JSON; too large
-               200: {"model": Review, "description": "The same review again: "
+               200: {"model": ReviewUnitsOut, "description": "The same review again: "
                                 "nothing changed."}, 201: {"description": "A new review."}},
 )
 async def review_inspection(
     inspection_id: str, body: ReviewRequest, response: Response, records: RecordsDep,
     reviewer: ReviewerDep,
-) -> Review:
+) -> ReviewUnitsOut:
     """Records the operator's review under the key's name: per defect ``confirmed``,
     ``false_call`` or ``reclassified`` (with the new ``class``), and ``missed`` defects as
     boxes ``[x_min, y_min, x_max, y_max]`` with a class.
@@ -161,10 +163,32 @@ async def review_inspection(
     ``box_outside_image`` for a review that does not fit the board; 422 for one without
     ``defects`` and ``missed`` or with more than the bounds of either, 413 for a body over
     its byte bound.
+
+    The answer is the stored review with each board of the panel (``units``, by position):
+    the model's verdict and ``reviewed_verdict``, 'fail' when one of its calls is confirmed
+    or reclassified, a missed box's centroid is on it, or the model failed it and a call of
+    it has no outcome. Calls and missed boxes on no board are in ``outside``.
     """
-    review, created = await read_records(records.review, inspection_id, reviewer.name, body)
+    review, created, units = await read_records(records.review_by_unit, inspection_id,
+                                                reviewer.name, body)
     response.status_code = 201 if created else 200
-    return review
+    return ReviewUnitsOut.of(review, units)
+
+
+@router.post(
+    "/{inspection_id}/review/preview",
+    summary="What a review would make of each board, without recording it",
+    response_model=ReviewPreviewOut,
+    responses={**_ERRORS, **error_responses(400, 413)},
+)
+async def preview_review(inspection_id: str, body: ReviewRequest,
+                         records: RecordsDep) -> ReviewPreviewOut:
+    """Takes a review as ``POST .../review`` does and refuses it as that does, but records
+    nothing: the answer is each board's verdict after it, and what lies on no board, as the
+    review would be stored. The review page calls it as the operator works, so that the
+    boards' verdicts and where a drawn box lands come from the rule the server applies."""
+    units = await read_records(records.preview, inspection_id, body)
+    return ReviewPreviewOut(units=units.units, outside=units.outside)
 
 
 @router.delete(
