@@ -357,6 +357,26 @@ def test_client_killed_mid_upload_does_not_hurt_the_server(
     assert "Traceback" not in server.log()
 
 
+#: How long one board of the overload test keeps the model busy, at least (up to the size cap).
+OVERLOAD_BOARD_S = 1.0
+
+
+def overload_board(server: ServerProcess) -> bytes:
+    """A board that stays in the model far longer than a burst of uploads takes to arrive.
+
+    Shedding needs boards to overlap: a board of fixed size could finish before the next
+    one of the burst is even decoded where the model is fast (an Intel with AMX), and then
+    none is refused. So a 600 px board is timed on this server first and the side scaled to
+    keep the model busy for :data:`OVERLOAD_BOARD_S`, up to 2000 px (under ``MAX_BODY``).
+    """
+    started = time.monotonic()
+    timed = post_board(server.url, board_png(600, 600, seed=3), 300, **QUIET)
+    assert timed.status_code == 200, timed.text[:300]
+    one = time.monotonic() - started
+    side = min(2000, max(600, round(600 * math.sqrt(OVERLOAD_BOARD_S / one))))
+    return board_png(side, side, seed=3)
+
+
 @pytest.mark.slow
 # Its own waits reach the default 300 s: each queued board may take up to 300.
 @pytest.mark.timeout(600)
@@ -364,7 +384,7 @@ def test_overload_sheds_with_503_and_probes_keep_answering(
     small_queue_server: ServerProcess,
 ) -> None:
     server = small_queue_server
-    board = board_png(600, 600, seed=3)  # 121 tiles, submitted 8 at a time
+    board = overload_board(server)  # hundreds of tiles, submitted 8 at a time
     rejected_before = metric(server, 'pcb_rejected_total{reason="queue_full"}')
     probe_times: list[float] = []
     probe_codes: list[int] = []
