@@ -215,6 +215,9 @@ def test_a_port_in_use_exits_3_with_one_line(tiny_weights: Path) -> None:
 
 #: The most boards :func:`keep_busy` posts at once (memory: ~0.2 GB each at 2000 px).
 MAX_BUSY_COPIES = 16
+#: Gating off: every tile goes through the model, about twice the work of the gated board
+#: for the same memory, so a fast machine is held with half the copies.
+BUSY = {**QUIET, "gating": "off"}
 
 
 def keep_busy(
@@ -228,12 +231,12 @@ def keep_busy(
     The server needs a queue for all the copies' tiles (``batching_max_queue_tiles``).
     """
     started = time.monotonic()
-    timed = post_board(server.url, board, 300, **QUIET)
+    timed = post_board(server.url, board, 300, **BUSY)
     assert timed.status_code == 200, timed.text[:300]
     one = time.monotonic() - started
     copies = min(MAX_BUSY_COPIES, max(1, math.ceil(at_least_s / one)))
     assert copies * one >= at_least_s, f"one board takes {one:.2f} s: too fast to be held"
-    futures = [pool.submit(post_board, server.url, board, 300, **QUIET) for _ in range(copies)]
+    futures = [pool.submit(post_board, server.url, board, 300, **BUSY) for _ in range(copies)]
     wait_for(lambda: metric(server, "pcb_inflight_requests") == copies, 60,
              f"{copies} boards to be in flight")
     return futures
@@ -357,6 +360,26 @@ def test_client_killed_mid_upload_does_not_hurt_the_server(
     assert "Traceback" not in server.log()
 
 
+#: How long one board of the overload test keeps the model busy, at least (up to the size cap).
+OVERLOAD_BOARD_S = 1.0
+
+
+def overload_board(server: ServerProcess) -> bytes:
+    """A board that stays in the model far longer than a burst of uploads takes to arrive.
+
+    Shedding needs boards to overlap: a board of fixed size could finish before the next
+    one of the burst is even decoded where the model is fast (an Intel with AMX), and then
+    none is refused. So a 600 px board is timed on this server first and the side scaled to
+    keep the model busy for :data:`OVERLOAD_BOARD_S`, up to 2000 px (under ``MAX_BODY``).
+    """
+    started = time.monotonic()
+    timed = post_board(server.url, board_png(600, 600, seed=3), 300, **QUIET)
+    assert timed.status_code == 200, timed.text[:300]
+    one = time.monotonic() - started
+    side = min(2000, max(600, round(600 * math.sqrt(OVERLOAD_BOARD_S / one))))
+    return board_png(side, side, seed=3)
+
+
 @pytest.mark.slow
 # Its own waits reach the default 300 s: each queued board may take up to 300.
 @pytest.mark.timeout(600)
@@ -364,7 +387,7 @@ def test_overload_sheds_with_503_and_probes_keep_answering(
     small_queue_server: ServerProcess,
 ) -> None:
     server = small_queue_server
-    board = board_png(600, 600, seed=3)  # 121 tiles, submitted 8 at a time
+    board = overload_board(server)  # hundreds of tiles, submitted 8 at a time
     rejected_before = metric(server, 'pcb_rejected_total{reason="queue_full"}')
     probe_times: list[float] = []
     probe_codes: list[int] = []

@@ -24,7 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,6 +67,18 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+#: How many times :meth:`ServerProcess.wait_ready` starts a server again on another port when
+#: its port was taken between :func:`free_port` and the server's bind.
+PORT_TAKEN_RETRIES = 2
+
+
+def _port_taken(log: str, port: int) -> bool:
+    """Whether a server's log says it could not listen on ``port`` because it was in use:
+    the service's own early check, or uvicorn's bind once the models are loaded."""
+    return (f"cannot listen on 127.0.0.1:{port} " in log
+            or (f"('127.0.0.1', {port})" in log and "address already in use" in log.lower()))
+
+
 @dataclass
 class ServerProcess:
     """A started server process and where it listens."""
@@ -74,6 +86,8 @@ class ServerProcess:
     proc: subprocess.Popen[bytes]
     port: int
     log_path: Path
+    #: Starts the same server on a fresh port (set by :func:`start_server`).
+    relaunch: Callable[[], ServerProcess] | None = None
 
     @property
     def url(self) -> str:
@@ -94,8 +108,17 @@ class ServerProcess:
             AssertionError: The process exited first, or ``timeout_s`` passed; with its log.
         """
         deadline = time.monotonic() + timeout_s
+        retries = PORT_TAKEN_RETRIES
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
+                # The port is free when picked and bound only once the models are loaded: a
+                # process that took it meanwhile (any outgoing connection may) is no failure
+                # of the server. Anything else is.
+                if retries and self.relaunch is not None and _port_taken(self.log(), self.port):
+                    retries -= 1
+                    again = self.relaunch()
+                    self.proc, self.port, self.log_path = again.proc, again.port, again.log_path
+                    continue
                 raise AssertionError(
                     f"server exited with {self.proc.returncode} before ready:\n{self.log()}"
                 )
@@ -201,7 +224,11 @@ def start_server(
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-    return ServerProcess(proc, port, log_path)
+
+    def relaunch() -> ServerProcess:
+        return start_server(weights, log_dir, env, argv=argv, base=base, **settings)
+
+    return ServerProcess(proc, port, log_path, relaunch)
 
 
 @contextlib.contextmanager

@@ -6,12 +6,14 @@ service itself goes through it in every ``slow`` test.
 
 from __future__ import annotations
 
+import socket
 import sys
 from pathlib import Path
 
 import httpx
 import pytest
 
+import helpers.server
 from helpers.server import TEST_ENV, running_server, server_env, start_server
 
 HTTP_SERVER = (sys.executable, "-m", "http.server", "{port}", "--bind", "127.0.0.1")
@@ -52,3 +54,24 @@ def test_a_server_that_exits_fails_with_its_log(tmp_path: Path) -> None:
     with pytest.raises(AssertionError, match=r"(?s)exited with 3 before ready.*no weights here"):
         server.wait_ready(30)
     assert server.stop() == 3
+
+
+def test_a_port_taken_before_the_server_binds_it_is_replaced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The port is free when picked, but the service binds it only once its models are loaded;
+    # a process that takes it meanwhile must not fail the test. Real uvicorn, as the service
+    # runs it, on a port that something listens on first.
+    argv = (sys.executable, "-m", "uvicorn", "--factory", "fastapi:FastAPI",
+            "--host", "127.0.0.1", "--port", "{port}")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        ports = iter([port])
+        real_free_port = helpers.server.free_port
+        monkeypatch.setattr(helpers.server, "free_port", lambda: next(ports, real_free_port()))
+        with running_server(None, tmp_path, 60, argv=argv, ready_path="/docs") as server:
+            assert server.port != port
+            assert httpx.get(server.url + "/docs", timeout=5).status_code == 200
+        assert "address already in use" in (tmp_path / f"server-{port}.log").read_text()

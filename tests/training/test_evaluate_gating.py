@@ -24,6 +24,10 @@ pytestmark = [
 ]
 
 
+# Two passes of the full-size pair model over the 200 held-out boards take minutes on two
+# cores and pass the default 300 s when other work shares them. Fewer boards would no
+# longer be the held-out groups the claim is about.
+@pytest.mark.timeout(900)
 def test_gated_and_full_pair_evaluations_agree() -> None:
     reports = {
         gating: evaluate(build_parser().parse_args([

@@ -28,7 +28,11 @@ def _child(url: str, spool: Path, n: int, name: str) -> subprocess.Popen[str]:
 
 def test_threads_record_concurrently(db_url: str, tmp_path: Path) -> None:
     store = RecordStore(db_url)
-    recorder = Recorder(store, tmp_path / "spool", spool_file="records.t.jsonl")
+    # What is tested is that concurrent writers all commit, not how fast: with the default
+    # 2 s limit, a record queued behind the others (the recorder's pool has 4 threads) on a
+    # loaded machine, or a slow WAL checkpoint, would be spooled and fail the test.
+    recorder = Recorder(store, tmp_path / "spool", spool_file="records.t.jsonl",
+                        db_timeout_s=60.0)
     try:
         recs = [make_record(serial=f"T-{i}") for i in range(160)]
         with concurrent.futures.ThreadPoolExecutor(8) as pool:

@@ -231,18 +231,24 @@ _WRITER = textwrap.dedent(
     from app.services.golden_store import GoldenStore
 
     real_fsync = os.fsync
+    root, first, side = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+    # The write (counted from 1) whose first fsync never returns; 0: none.
+    hold_at = int(sys.argv[4])
+    started = 0
 
 
     def slow_fsync(fd):
         # A slow disk: the temporary file sits fully written but not yet renamed for a
-        # while, and the test can kill the writer exactly then.
+        # while, and the test can kill the writer then. At the held write it stays there
+        # until killed, so that kill lands between data and rename however late it comes.
         print("fsync", flush=True)
+        if started == hold_at:
+            time.sleep(3600)
         time.sleep(0.05)
         real_fsync(fd)
 
 
     os.fsync = slow_fsync
-    root, first, side = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
     store = GoldenStore(root, cache_bytes=0)
     version = first
     print("ready", flush=True)
@@ -252,6 +258,7 @@ _WRITER = textwrap.dedent(
                 0, 256, (side, side), dtype=np.uint8
             )
             pixels[0, :8] = np.frombuffer(np.int64(version).tobytes(), dtype=np.uint8)
+            started += 1
             print("start", product, version, flush=True)
             store.put(product, pixels)
             print("done", product, version, flush=True)
@@ -289,8 +296,12 @@ def test_sigkill_mid_write_leaves_every_board_old_or_new(tmp_path: Path) -> None
     done: dict[str, int] = {}  # the last write of each product the writer saw complete
     mid_write_kills = 0
     for kill_round in range(10):
+        # Even rounds: killed at the file fsync of the (round/2 + 3)-th write, where the
+        # writer holds (a test slow to react must not let it rename first); odd: at random.
+        target = 0 if kill_round % 2 else kill_round // 2 + 3
         proc = subprocess.Popen(
-            [sys.executable, str(script), str(root), str(kill_round * 100_000), str(side)],
+            [sys.executable, str(script), str(root), str(kill_round * 100_000), str(side),
+             str(target)],
             cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, text=True,
         )
         assert proc.stdout is not None
@@ -300,8 +311,7 @@ def test_sigkill_mid_write_leaves_every_board_old_or_new(tmp_path: Path) -> None
         if kill_round % 2:
             time.sleep(rng.uniform(0.05, 0.8))
         else:
-            # At the file fsync of the (round/2 + 3)-th write: written, not yet renamed.
-            target = kill_round // 2 + 3
+            # At the file fsync of the target write: written, not yet renamed.
             starts = 0
             while True:
                 line = proc.stdout.readline().strip()
