@@ -23,37 +23,30 @@ from tests.helpers.app import (
     ADMIN,
     INSPECT,
     REVIEW,
-    ROLE_KEYS,
-    app_client,
     assert_error,
+    panel_client,
     png_array,
+    store_golden,
 )
-from tests.helpers.boards import encode
-from training.synth import make_board
+from tests.helpers.boards import encode, two_board_panel
 
 SIDE = 256
-LEFT, RIGHT = make_board(seed=1, size=SIDE), make_board(seed=2, size=SIDE)
-PANEL = encode(np.hstack([LEFT.image, RIGHT.image]))
-GOLDEN = encode(np.hstack([LEFT.template, RIGHT.template]))
+BOARDS = two_board_panel(SIDE)
 WIDTH, HEIGHT = 2 * SIDE, SIDE
-HALVES = [{"position": 1, "bbox": [0, 0, SIDE, SIDE]},
-          {"position": 2, "bbox": [SIDE, 0, 2 * SIDE, SIDE]}]
+HALVES = BOARDS.halves
 CELL = 64
 
 
 @pytest.fixture(scope="module")
 def client(tiny_weights: Path, tiny_pair_weights: Path,
            tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
-    with app_client(tiny_weights, pair_weights_path=tiny_pair_weights,
-                    data_dir=tmp_path_factory.mktemp("data"), api_keys=ROLE_KEYS) as c:
-        put_golden(c, "panel")
+    with panel_client(tiny_weights, tiny_pair_weights, tmp_path_factory.mktemp("data"),
+                      BOARDS.golden_png, ("panel",)) as c:
         yield c
 
 
-def put_golden(client: TestClient, product: str, data: bytes = GOLDEN) -> None:
-    r = client.put(f"/v1/golden-boards/{product}",
-                   files={"file": ("golden.png", data, "image/png")}, headers=ADMIN)
-    assert r.status_code in (200, 201), r.text
+def put_golden(client: TestClient, product: str, data: bytes = BOARDS.golden_png) -> None:
+    store_golden(client, product, data)
 
 
 def put_recipe(client: TestClient, product: str, body: Any, headers: Any = ADMIN) -> Any:
@@ -64,7 +57,7 @@ def inspect(client: TestClient, product: str, threshold: float, status: int = 20
             **params: Any) -> dict[str, Any]:
     r = client.post("/predict", params={"product": product, "threshold": threshold,
                                         "mask": "none", **params},
-                    files={"file": ("panel.png", PANEL, "image/png")}, headers=INSPECT)
+                    files={"file": ("panel.png", BOARDS.png, "image/png")}, headers=INSPECT)
     assert r.status_code == status, r.text[:500]
     body: dict[str, Any] = r.json()
     return body
@@ -98,7 +91,7 @@ def cells(defects: list[dict[str, Any]]) -> tuple[list[int], list[int]]:
 def overlay(client: TestClient, product: str, threshold: float) -> np.ndarray:
     r = client.post("/predict", params={"product": product, "threshold": threshold,
                                         "render": "overlay"},
-                    files={"file": ("panel.png", PANEL, "image/png")}, headers=INSPECT)
+                    files={"file": ("panel.png", BOARDS.png, "image/png")}, headers=INSPECT)
     assert r.status_code == 200, r.text[:300]
     return png_array(r.content)
 
@@ -262,19 +255,19 @@ def test_a_two_unit_panel_gets_one_pass_and_one_fail(
     assert [u["identifier"] for u in named["units"]] == ["L-1", "R-2"]
     err = assert_error(client.post(
         "/predict", params={"product": "two", "unit_serials": "only-one"},
-        files={"file": ("panel.png", PANEL, "image/png")}, headers=INSPECT), 422,
+        files={"file": ("panel.png", BOARDS.png, "image/png")}, headers=INSPECT), 422,
         "invalid_metadata")
     assert "one serial per unit (2, by position in revision 1" in err["message"]
     assert "received 1" in err["message"]
     err = assert_error(client.post(
         "/predict/batch", params={"product": "two", "unit_serials": "a,b"},
-        files=[("files", ("panel.png", PANEL, "image/png"))], headers=INSPECT), 422,
+        files=[("files", ("panel.png", BOARDS.png, "image/png"))], headers=INSPECT), 422,
         "invalid_metadata")
     assert "/predict/batch takes none" in err["message"]
 
     # A batch judges each panel by the recipe too.
     batch = client.post("/predict/batch", params={"product": "two", "threshold": threshold},
-                        files=[("files", ("panel.png", PANEL, "image/png"))],
+                        files=[("files", ("panel.png", BOARDS.png, "image/png"))],
                         headers=INSPECT).json()
     assert [u["verdict"] for u in batch["results"][0]["result"]["units"]] == ["fail", "pass"]
 
@@ -319,7 +312,7 @@ def test_the_recipes_rules_are_the_products_operating_point(
     put_golden(client, "strict")
     put_recipe(client, "strict", {"rules": {"threshold": threshold, "min_area_px": biggest + 1}})
     r = client.post("/predict", params={"product": "strict", "mask": "none"},
-                    files={"file": ("panel.png", PANEL, "image/png")}, headers=INSPECT)
+                    files={"file": ("panel.png", BOARDS.png, "image/png")}, headers=INSPECT)
     body = r.json()
     assert body["params"]["threshold"] == threshold
     assert body["params"]["min_area_px"] == biggest + 1
@@ -332,10 +325,10 @@ def test_the_recipes_rules_are_the_products_operating_point(
 def test_a_golden_board_of_another_size_outdates_the_recipe(client: TestClient) -> None:
     put_golden(client, "resized")
     assert put_recipe(client, "resized", {"units": HALVES}).status_code == 201
-    put_golden(client, "resized", encode(LEFT.template))
+    put_golden(client, "resized", encode(BOARDS.left.template))
     err = assert_error(client.post(
         "/predict", params={"product": "resized"},
-        files={"file": ("panel.png", PANEL, "image/png")}, headers=INSPECT), 409,
+        files={"file": ("panel.png", BOARDS.png, "image/png")}, headers=INSPECT), 409,
         "recipe_outdated")
     assert "512x256" in err["message"] and "256x256" in err["message"]
     # The old golden board's recipe stays readable; a new one for the new board is accepted

@@ -13,37 +13,29 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.helpers.app import ADMIN, INSPECT, REVIEW, ROLE_KEYS, app_client, assert_error
-from tests.helpers.boards import board_png, encode
-from training.synth import make_board
+from tests.helpers.app import ADMIN, INSPECT, REVIEW, assert_error, panel_client
+from tests.helpers.boards import board_png, two_board_panel
 
 SIDE = 256
-LEFT, RIGHT = make_board(seed=1, size=SIDE), make_board(seed=2, size=SIDE)
-PANEL = encode(np.hstack([LEFT.image, RIGHT.image]))
-GOLDEN = encode(np.hstack([LEFT.template, RIGHT.template]))
+BOARDS = two_board_panel(SIDE)
 CELL = 64
 
 
 @pytest.fixture(scope="module")
 def client(tiny_weights: Path, tiny_pair_weights: Path,
            tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
-    with app_client(tiny_weights, pair_weights_path=tiny_pair_weights,
-                    data_dir=tmp_path_factory.mktemp("data"), api_keys=ROLE_KEYS) as c:
-        for product in ("UNITS", "PLAIN"):
-            r = c.put(f"/v1/golden-boards/{product}",
-                      files={"file": ("golden.png", GOLDEN, "image/png")}, headers=ADMIN)
-            assert r.status_code == 201, r.text
+    with panel_client(tiny_weights, tiny_pair_weights, tmp_path_factory.mktemp("data"),
+                      BOARDS.golden_png, ("UNITS", "PLAIN")) as c:
         yield c
 
 
 def inspect(client: TestClient, product: str, threshold: float) -> dict[str, Any]:
     r = client.post("/predict", params={"product": product, "threshold": threshold,
                                         "mask": "none", "serial": "PAN-7"},
-                    files={"file": ("panel.png", PANEL, "image/png")}, headers=INSPECT)
+                    files={"file": ("panel.png", BOARDS.png, "image/png")}, headers=INSPECT)
     assert r.status_code == 200, r.text[:500]
     body: dict[str, Any] = r.json()
     return body

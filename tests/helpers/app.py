@@ -57,6 +57,25 @@ def app_client(weights: Path, **overrides: Any) -> Iterator[TestClient]:
         yield client
 
 
+@contextlib.contextmanager
+def panel_client(
+    weights: Path, pair_weights: Path, data_dir: Path, golden: bytes, products: tuple[str, ...]
+) -> Iterator[TestClient]:
+    """A client with both models, role keys, and ``golden`` stored for each of ``products``."""
+    with app_client(weights, pair_weights_path=pair_weights, data_dir=data_dir,
+                    api_keys=ROLE_KEYS) as client:
+        for product in products:
+            store_golden(client, product, golden)
+        yield client
+
+
+def store_golden(client: TestClient, product: str, data: bytes) -> None:
+    """Stores ``data`` as ``product``'s golden board (admin)."""
+    r = client.put(f"/v1/golden-boards/{product}",
+                   files={"file": ("golden.png", data, "image/png")}, headers=ADMIN)
+    assert r.status_code in (200, 201), r.text
+
+
 def with_thresholds(folder: Path, *weights: Path, **thresholds: Any) -> list[Path]:
     """Copies of the ``weights`` files and their cards into ``folder``, each card's
     ``thresholds`` updated with ``thresholds`` (e.g. ``confidence=defect_cut(w)``): the
