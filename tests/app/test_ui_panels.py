@@ -6,8 +6,8 @@ click per board, zoom, missed boxes placed on their board, zones' set-aside call
 A real server subprocess with the tiny single and pair models records every inspection and
 keeps every image; a two-board synthetic panel is inspected with ``?product=`` through the API,
 then opened on ``/review`` in Debian's Chromium (Playwright). The last test does the README's
-panel example (its recipe, read from the README) on the shipped models, checks the answer the
-README shows, and reviews one board of it for the README's picture.
+panel example (its recipe and review, read from the README) on the shipped models, checks the
+answers the README shows, and reviews one board of it for the README's picture.
 """
 
 from __future__ import annotations
@@ -314,8 +314,9 @@ def test_calls_set_aside_by_a_zone_are_listed_apart_for_audit_only(
 # --- the README's panel, on the shipped models (the README's picture) --------------------------
 
 
-def _readme_panel_example() -> tuple[dict[str, Any], dict[str, Any]]:
-    """The README's panel example: the recipe it stores and the answer it shows."""
+def _readme_panel_example() -> dict[str, Any]:
+    """The README's panel example: the recipe it stores, the answer it shows, the review it
+    previews and sends, and what the preview and the review answer."""
     readme = (REPO_ROOT / "README.md").read_text()
     section = readme[readme.index("### Product recipes: panels and zones"):]
     recipe = re.search(r"cat > recipe\.json <<'JSON'\n(.*?)\nJSON\n", section, re.DOTALL)
@@ -324,7 +325,18 @@ def _readme_panel_example() -> tuple[dict[str, Any], dict[str, Any]]:
     assert shown, "README's panel example lost its answer"
     # The README abbreviates the recipe's sha256.
     answer = re.sub(r'"sha256": "([0-9a-f]+)\.\.\."', r'"sha256_prefix": "\1"', shown.group(1))
-    return json.loads(recipe.group(1)), json.loads(answer)
+    review = re.search(r"Reviewing it:.*?/review/preview.*?-d '(\{.*?\})'.*?```json\n(.*?)```",
+                       section, re.DOTALL)
+    assert review, "README's panel example lost its review"
+    # Two lines of ``jq -c`` (the preview), then the review's answer.
+    first, second, rest = review.group(2).split("\n", 2)
+    alone = re.search(r"A result \(board 1 of the panel alone.*?```json\n(.*?)```", section,
+                      re.DOTALL)
+    assert alone, "README lost its example of a result"
+    return {"recipe": json.loads(recipe.group(1)), "answer": json.loads(answer),
+            "review": json.loads(review.group(1)),
+            "preview": [json.loads(first), json.loads(second)], "reviewed": json.loads(rest),
+            "alone": json.loads(alone.group(1))}
 
 
 @pytest.fixture(scope="module")
@@ -344,10 +356,12 @@ def shipped_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerP
 def test_the_readme_panel_on_the_shipped_models_reviewed_board_by_board(
         shipped_server: ServerProcess, browser: Any) -> None:
     """The README's two-board panel with its ignore zones, as its commands make it
-    (``training.synth --boards 2 --seed 3 --n-defects 3,0``): the shipped pair model answers
-    what the README shows; on the review page board 1's call is confirmed and the defect the
-    model missed drawn on it, while board 2 stays untouched; the picture is taken then."""
-    recipe, shown = _readme_panel_example()
+    (``training.synth --boards 2 --seed 3 --n-defects 3,0``): the shipped models answer what
+    the README shows (the panel, its review preview, board 1 alone); on the review page board
+    1's call is confirmed and the defect the model missed drawn on it, while board 2 stays
+    untouched; the picture is taken then."""
+    example = _readme_panel_example()
+    recipe, shown = example["recipe"], example["answer"]
     boards = [make_board(seed=3, size=640, n_defects=3), make_board(seed=4, size=640,
                                                                     n_defects=0)]
     panel = encode(np.hstack([b.image for b in boards]))
@@ -369,7 +383,12 @@ def test_the_readme_panel_on_the_shipped_models_reviewed_board_by_board(
     # The mousebite the generator drew on board 1 is the one the pair model misses.
     (mousebite,) = [d for d in boards[0].defects if d.class_name == "mousebite"]
     assert all(d["class"] != "mousebite" for d in body["defects"]), body["defects"]
-
+    # The README's review, previewed (nothing recorded): the units it shows.
+    preview = httpx.post(f"{url}/v1/inspections/{body['inspection_id']}/review/preview",
+                         json=example["review"], timeout=30).json()
+    assert [{k: u[k] for k in ("position", "verdict", "reviewed_verdict")}
+            for u in preview["units"]] == example["preview"]
+    assert preview == example["reviewed"]
     page = browser.new_page(viewport={"width": 1440, "height": 1152})
     problems = collect_problems(page)
     page.goto(f"{url}/review")
@@ -409,4 +428,16 @@ def test_the_readme_panel_on_the_shipped_models_reviewed_board_by_board(
     assert missed["class"] == "mousebite"
     mx0, my0, mx1, my1 = missed["bbox"]
     assert x0 - 4 <= mx0 <= x0 and x1 <= mx1 <= x1 + 4 and y0 - 4 <= my0 <= y0, missed
+    # The README's example of a result: board 1 alone, on the single model (after the review:
+    # it fails too, and the newest failed board opens first).
+    alone = httpx.post(f"{url}/predict", files={"file": ("board.png", encode(boards[0].image),
+                                                         "image/png")}, timeout=120).json()
+    shown_alone = example["alone"]
+    assert alone.keys() == shown_alone.keys()
+    for key in ("image", "model", "summary", "params", "tiles", "reference", "units", "ignored",
+                "recipe", "reference_defects"):
+        assert alone[key] == shown_alone[key], key
+    assert [{k: v for k, v in d.items() if k != "confidence"} for d in alone["defects"]] == [
+        {k: v for k, v in d.items() if k != "confidence"} for d in shown_alone["defects"]]
+
     assert problems == []
