@@ -5,11 +5,17 @@ click per board, zoom, missed boxes placed on their board, zones' set-aside call
 
 A real server subprocess with the tiny single and pair models records every inspection and
 keeps every image; a two-board synthetic panel is inspected with ``?product=`` through the API,
-then opened on ``/review`` in Debian's Chromium (Playwright).
+then opened on ``/review`` in Debian's Chromium (Playwright). The last test does the README's
+panel example (its recipe and review, read from the README) on the shipped models, checks the
+answers the README shows, and reviews one board of it for the README's picture.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import re
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,12 +23,21 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+from helpers.browser import SCREENSHOT_MAX_BYTES, collect_problems, save_screenshot
 from helpers.browser import browser as browser  # noqa: F401 - the module's fixture
-from helpers.browser import collect_problems
 from helpers.live_server import live_server_running
 from helpers.server import ServerProcess
 
+from app.core.config import DEFAULT_WEIGHTS
 from training.synth import encode, make_board
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+# Written over the README's picture only when asked (PCB_PANEL_SCREENSHOT_OUT=
+# docs/img/review-panel.png): a test run never rewrites a tracked file on its own.
+PANEL_SCREENSHOT = Path(
+    os.environ.get("PCB_PANEL_SCREENSHOT_OUT")
+    or Path(tempfile.gettempdir()) / "pcb-inspect-review-panel.png"
+)
 
 SIDE = 192
 LEFT, RIGHT = make_board(seed=5, size=SIDE), make_board(seed=6, size=SIDE)
@@ -293,4 +308,136 @@ def test_calls_set_aside_by_a_zone_are_listed_apart_for_audit_only(
     assert [o["defect_id"] for o in stored["reviews"][-1]["body"]["defects"]] == [
         d["id"] for d in body["defects"]]
     assert ignored["id"] not in [d["id"] for d in body["defects"]]
+    assert problems == []
+
+
+# --- the README's panel, on the shipped models (the README's picture) --------------------------
+
+
+def _readme_panel_example() -> dict[str, Any]:
+    """The README's panel example: the recipe it stores, the answer it shows, the review it
+    previews and sends, and what the preview and the review answer."""
+    readme = (REPO_ROOT / "README.md").read_text()
+    section = readme[readme.index("### Product recipes: panels and zones"):]
+    recipe = re.search(r"cat > recipe\.json <<'JSON'\n(.*?)\nJSON\n", section, re.DOTALL)
+    assert recipe, "README's panel example lost its recipe.json"
+    shown = re.search(r"What it answered.*?```json\n(.*?)```", section, re.DOTALL)
+    assert shown, "README's panel example lost its answer"
+    # The README abbreviates the recipe's sha256.
+    answer = re.sub(r'"sha256": "([0-9a-f]+)\.\.\."', r'"sha256_prefix": "\1"', shown.group(1))
+    review = re.search(r"Reviewing it:.*?/review/preview.*?-d '(\{.*?\})'.*?```json\n(.*?)```",
+                       section, re.DOTALL)
+    assert review, "README's panel example lost its review"
+    # Two lines of ``jq -c`` (the preview), then the review's answer.
+    first, second, rest = review.group(2).split("\n", 2)
+    alone = re.search(r"A result \(board 1 of the panel alone.*?```json\n(.*?)```", section,
+                      re.DOTALL)
+    assert alone, "README lost its example of a result"
+    return {"recipe": json.loads(recipe.group(1)), "answer": json.loads(answer),
+            "review": json.loads(review.group(1)),
+            "preview": [json.loads(first), json.loads(second)], "reviewed": json.loads(rest),
+            "alone": json.loads(alone.group(1))}
+
+
+@pytest.fixture(scope="module")
+def shipped_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """A server on the shipped single and pair models that records and keeps every board."""
+    pair = DEFAULT_WEIGHTS.with_name("pcb_pair_unet.keras")
+    assert DEFAULT_WEIGHTS.is_file() and pair.is_file(), "shipped weights missing"
+    with live_server_running(
+        DEFAULT_WEIGHTS, tmp_path_factory.mktemp("shipped_panel_server"),
+        env={"PCB_IMAGES_KEEP": "all"}, pair_weights_path=str(pair),
+        data_dir=str(tmp_path_factory.mktemp("shipped_panel_data")),
+    ) as running:
+        yield running
+
+
+@pytest.mark.slow
+def test_the_readme_panel_on_the_shipped_models_reviewed_board_by_board(
+        shipped_server: ServerProcess, browser: Any) -> None:
+    """The README's two-board panel with its ignore zones, as its commands make it
+    (``training.synth --boards 2 --seed 3 --n-defects 3,0``): the shipped models answer what
+    the README shows (the panel, its review preview, board 1 alone); on the review page board
+    1's call is confirmed and the defect the model missed drawn on it, while board 2 stays
+    untouched; the picture is taken then."""
+    example = _readme_panel_example()
+    recipe, shown = example["recipe"], example["answer"]
+    boards = [make_board(seed=3, size=640, n_defects=3), make_board(seed=4, size=640,
+                                                                    n_defects=0)]
+    panel = encode(np.hstack([b.image for b in boards]))
+    golden = encode(np.hstack([b.template for b in boards]))
+    url = shipped_server.url
+    assert httpx.put(f"{url}/v1/golden-boards/P2", files={"file": ("golden_panel.png", golden)},
+                     timeout=120).status_code == 201
+    assert httpx.put(f"{url}/v1/products/P2/recipe", json=recipe, timeout=30).status_code == 201
+    body = httpx.post(f"{url}/predict", params={"product": "P2", "serial": "SER123",
+                                                "mask": "none"},
+                      files={"file": ("panel.png", panel, "image/png")}, timeout=300).json()
+    # What the README shows (confidences aside: they move in the last digits with the CPU).
+    assert body["summary"]["verdict"] == shown["verdict"]
+    assert body["units"] == shown["units"]
+    assert [{k: v for k, v in d.items() if k != "confidence"} for d in body["ignored"]] == [
+        {k: v for k, v in d.items() if k != "confidence"} for d in shown["ignored"]]
+    assert body["recipe"]["sha256"].startswith(shown["recipe"].pop("sha256_prefix"))
+    assert {k: v for k, v in body["recipe"].items() if k != "sha256"} == shown["recipe"]
+    # The mousebite the generator drew on board 1 is the one the pair model misses.
+    (mousebite,) = [d for d in boards[0].defects if d.class_name == "mousebite"]
+    assert all(d["class"] != "mousebite" for d in body["defects"]), body["defects"]
+    # The README's review, previewed (nothing recorded): the units it shows.
+    preview = httpx.post(f"{url}/v1/inspections/{body['inspection_id']}/review/preview",
+                         json=example["review"], timeout=30).json()
+    assert [{k: u[k] for k in ("position", "verdict", "reviewed_verdict")}
+            for u in preview["units"]] == example["preview"]
+    assert preview == example["reviewed"]
+    page = browser.new_page(viewport={"width": 1440, "height": 1152})
+    problems = collect_problems(page)
+    page.goto(f"{url}/review")
+    insp = body["inspection_id"]
+    page.wait_for_selector(f'#board-area[data-inspection-id="{insp}"]', timeout=60_000)
+    page.wait_for_selector('#review-canvas[data-rendered="image"]', timeout=60_000)
+    page.wait_for_selector('tr.unit-head[data-position="1"][data-reviewed="fail"]')
+    head = page.locator('tr.unit-head[data-position="1"]')
+    head.locator(".unit-confirm").click()
+    page.keyboard.press("m")
+    x0, y0, x1, y1 = mousebite.bbox
+    page.mouse.move(*_client_point(page, x0 - 2, y0 - 2))
+    page.mouse.down()
+    page.mouse.move(*_client_point(page, x1 + 1, y1 + 1), steps=5)
+    page.mouse.up()
+    classes = httpx.get(f"{url}/v1/model", timeout=30).json()["classes"]
+    page.keyboard.press(str(classes.index("mousebite") + 1))
+    # The box is placed on its board by the service (the review preview), then listed there.
+    page.wait_for_selector('tr.unit-head[data-position="2"][data-reviewed="pass"]')
+    page.wait_for_selector('tr.unit-head[data-position="1"][data-reviewed="fail"]')
+    rows = _rows(page)
+    at = rows.index(["unit-head", "2", "pass", "pass"])
+    assert rows[0] == ["unit-head", "1", "fail", "fail"]
+    assert [r[2] for r in rows[1:at]] == ["confirmed"] * len(body["units"][0]["defect_ids"]) + [
+        "missed"]
+    assert rows[-1][0] == "ignored-call"
+    page.locator("#review-defects tbody tr").nth(1).click()  # the call, selected on the board
+    save_screenshot(page, PANEL_SCREENSHOT)
+    assert PANEL_SCREENSHOT.stat().st_size < SCREENSHOT_MAX_BYTES
+
+    page.keyboard.press("Enter")
+    page.wait_for_selector(f'#review-result[data-inspection-id="{insp}"]', timeout=30_000)
+    stored = httpx.get(f"{url}/v1/inspections/{insp}", timeout=30).json()
+    assert [(u["position"], u["verdict"], u["reviewed_verdict"]) for u in stored["units"]] == [
+        (1, "fail", "fail"), (2, "pass", "pass")]
+    (missed,) = stored["reviews"][-1]["body"]["missed"]
+    assert missed["class"] == "mousebite"
+    mx0, my0, mx1, my1 = missed["bbox"]
+    assert x0 - 4 <= mx0 <= x0 and x1 <= mx1 <= x1 + 4 and y0 - 4 <= my0 <= y0, missed
+    # The README's example of a result: board 1 alone, on the single model (after the review:
+    # it fails too, and the newest failed board opens first).
+    alone = httpx.post(f"{url}/predict", files={"file": ("board.png", encode(boards[0].image),
+                                                         "image/png")}, timeout=120).json()
+    shown_alone = example["alone"]
+    assert alone.keys() == shown_alone.keys()
+    for key in ("image", "model", "summary", "params", "tiles", "reference", "units", "ignored",
+                "recipe", "reference_defects"):
+        assert alone[key] == shown_alone[key], key
+    assert [{k: v for k, v in d.items() if k != "confidence"} for d in alone["defects"]] == [
+        {k: v for k, v in d.items() if k != "confidence"} for d in shown_alone["defects"]]
+
     assert problems == []
