@@ -12,6 +12,11 @@ RabbitMQ 3.x declares the queue of an AMQP 1.0 ``/queue/NAME`` address as a tran
 a restart deletes with its messages; the durable queues the tests publish to are declared at
 boot from a definitions file (``queues``) and addressed as ``/amq/queue/NAME``, as a production
 broker's would be (see the README).
+
+Ports (the policy of :mod:`.ports`): a new node whose AMQP or distribution port was taken before
+it bound it starts again on new ones. A node started again keeps its ports, as clients must
+reconnect to the same address: it waits until they can be bound again (a client's ephemeral
+port may hold one for a moment), and says so if one stays taken.
 """
 
 from __future__ import annotations
@@ -25,7 +30,6 @@ import pwd
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -34,15 +38,13 @@ from pathlib import Path
 
 import pytest
 
+from .ports import free_port, start_retrying, wait_bindable
+
 SERVER = "/usr/lib/rabbitmq/bin/rabbitmq-server"
 INSTALL_HINT = "install it with: apt-get install -y rabbitmq-server"
 START_TIMEOUT_S = 120.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+#: How long a node started again waits for its ports to be free.
+RESTART_PORT_WAIT_S = 30.0
 
 
 def server_or_skip() -> str:
@@ -60,7 +62,9 @@ class RabbitBroker:
         self.queues = queues
         self.folder = Path(folder or tempfile.mkdtemp(prefix="pcb-rabbitmq-"))
         self.user, self.password = "cfx", secrets.token_hex(12)
-        self.port, self.dist_port = free_port(), free_port()
+        self.port, self.dist_port = _two_ports()
+        #: Whether the node has run: it then keeps its ports.
+        self.booted = False
         self.node = f"pcb-test-{secrets.token_hex(4)}@localhost"
         self.proc: subprocess.Popen[bytes] | None = None
         self._runas: list[str] = []
@@ -79,15 +83,7 @@ class RabbitBroker:
         for sub in ("home", "mnesia", "log", "gen"):
             (self.folder / sub).mkdir(parents=True, exist_ok=True)
         (self.folder / "enabled_plugins").write_text("[rabbitmq_amqp1_0].\n")
-        (self.folder / "rabbitmq.conf").write_text(
-            f"listeners.tcp.1 = 127.0.0.1:{self.port}\n"
-            f"default_user = {self.user}\ndefault_pass = {self.password}\n"
-            "loopback_users = none\n"
-            f"load_definitions = {self.folder / 'definitions.json'}\n"
-            # A test machine's disk may be nearly full: the default alarm (50 MB) would block
-            # publishers, which is not what these tests are about.
-            "disk_free_limit.absolute = 1MB\n"
-        )
+        self._write_conf()
         (self.folder / "rabbitmq-env.conf").write_text("")
         (self.folder / "definitions.json").write_text(json.dumps(self._definitions()))
         cookie = home / ".erlang.cookie"
@@ -104,6 +100,18 @@ class RabbitBroker:
             for path in [self.folder, *self.folder.rglob("*")]:
                 os.chown(path, owner.pw_uid, owner.pw_gid)
             self._runas = [runuser, "-u", "rabbitmq", "--"]
+
+    def _write_conf(self) -> None:
+        # Rewritten in place on new ports: the file keeps its owner.
+        (self.folder / "rabbitmq.conf").write_text(
+            f"listeners.tcp.1 = 127.0.0.1:{self.port}\n"
+            f"default_user = {self.user}\ndefault_pass = {self.password}\n"
+            "loopback_users = none\n"
+            f"load_definitions = {self.folder / 'definitions.json'}\n"
+            # A test machine's disk may be nearly full: the default alarm (50 MB) would block
+            # publishers, which is not what these tests are about.
+            "disk_free_limit.absolute = 1MB\n"
+        )
 
     def _definitions(self) -> dict[str, object]:
         # Definitions imported at boot replace the default user: the user is defined here too,
@@ -145,10 +153,50 @@ class RabbitBroker:
         }
 
     def start(self) -> None:
-        """Starts the node and waits until it accepts AMQP 1.0 connections."""
+        """Starts the node and waits until it accepts AMQP 1.0 connections.
+
+        Raises:
+            RuntimeError: It did not start (after the retries, when a port was taken); with
+                the end of its log.
+        """
         assert self.proc is None, "already running"
+        if not self.booted:
+            attempts = 0
+
+            def fresh() -> None:
+                nonlocal attempts
+                if attempts:
+                    self.port, self.dist_port = _two_ports()
+                    self._write_conf()
+                attempts += 1
+                self._boot()
+
+            start_retrying(fresh, lambda exc: isinstance(exc, _PortTaken))
+            self.booted = True
+            return
+
+        def again() -> None:
+            for port in (self.port, self.dist_port):
+                if not wait_bindable(port, RESTART_PORT_WAIT_S):
+                    raise RuntimeError(
+                        f"rabbitmq-server cannot be started again: its port 127.0.0.1:{port} is "
+                        f"still in use {RESTART_PORT_WAIT_S} s after it stopped, and it must "
+                        "listen on the same ports again (clients reconnect to the same address)")
+            self._boot()
+
+        try:
+            start_retrying(again, lambda exc: isinstance(exc, _PortTaken))
+        except _PortTaken as exc:
+            raise RuntimeError(f"rabbitmq-server could not be started again on its ports "
+                               f"(127.0.0.1:{self.port}, distribution {self.dist_port}): "
+                               f"something took one between the check and its bind. {exc}"
+                               ) from exc
+
+    def _boot(self) -> None:
+        """Runs the server on the current ports until it accepts AMQP 1.0 connections."""
         env = self._env()
         cmd = [*self._runas, "env", *(f"{k}={v}" for k, v in env.items()), self.server]
+        offset = self.log.stat().st_size if self.log.exists() else 0
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL, start_new_session=True,
@@ -156,9 +204,15 @@ class RabbitBroker:
         deadline = time.monotonic() + START_TIMEOUT_S
         while True:
             if self.proc.poll() is not None:
-                tail = self.log.read_text(errors="replace")[-3000:]
+                # Whatever of the failed node outlived its shell must not hold a port.
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc = None
-                raise RuntimeError(f"rabbitmq-server exited at startup:\n{tail}")
+                with open(self.log, "rb") as log:
+                    log.seek(offset)
+                    text = log.read().decode(errors="replace")
+                error = _PortTaken if self._port_taken(text) else RuntimeError
+                raise error(f"rabbitmq-server exited at startup:\n{text[-3000:]}")
             if self.accepts_amqp10():
                 return
             if time.monotonic() > deadline:
@@ -166,6 +220,12 @@ class RabbitBroker:
                 raise RuntimeError(f"rabbitmq-server did not accept AMQP 1.0 within "
                                    f"{START_TIMEOUT_S} s; see {self.log}")
             time.sleep(0.5)
+
+    def _port_taken(self, log: str) -> bool:
+        """Whether a boot's log says its AMQP listener or its distribution port was in use."""
+        return ((f'could_not_start_listener,"127.0.0.1",{self.port},' in log
+                 and "eaddrinuse" in log)
+                or f"dist_port_already_used,{self.dist_port}," in log)
 
     def accepts_amqp10(self) -> bool:
         from proton.utils import BlockingConnection
@@ -208,6 +268,18 @@ class RabbitBroker:
     def close(self) -> None:
         self.stop()
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+class _PortTaken(RuntimeError):
+    """A boot failed because a port it was to listen on was in use."""
+
+
+def _two_ports() -> tuple[int, int]:
+    """The AMQP and the distribution port: two free ports, never the same one twice."""
+    port = free_port()
+    while (dist := free_port()) == port:
+        pass
+    return port, dist
 
 
 @contextlib.contextmanager

@@ -19,7 +19,6 @@ import contextlib
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -30,6 +29,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
+# The retry policy all harnesses share (see .ports); free_port is re-exported.
+from .ports import PORT_TAKEN_RETRIES, free_port
 
 __all__ = [
     "REPO_ROOT",
@@ -58,18 +60,6 @@ TEST_ENV: Mapping[str, str] = {
     "PCB_PAIR_WEIGHTS_PATH": "",
     "CUDA_VISIBLE_DEVICES": "",
 }
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-#: How many times :meth:`ServerProcess.wait_ready` starts a server again on another port when
-#: its port was taken between :func:`free_port` and the server's bind.
-PORT_TAKEN_RETRIES = 2
 
 
 def _port_taken(log: str, port: int) -> bool:
