@@ -346,7 +346,11 @@ def shipped_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerP
     assert DEFAULT_WEIGHTS.is_file() and pair.is_file(), "shipped weights missing"
     with live_server_running(
         DEFAULT_WEIGHTS, tmp_path_factory.mktemp("shipped_panel_server"),
-        env={"PCB_IMAGES_KEEP": "all"}, pair_weights_path=str(pair),
+        # float32 pinned: with "auto" a CPU with AVX512_BF16/AMX runs bfloat16 and one without
+        # float32, and a call near the single model's 0.98 operating point could then come and
+        # go with the CI machine; float32 kernels agree across CPUs to far below that.
+        env={"PCB_IMAGES_KEEP": "all", "PCB_PRECISION": "float32"},
+        pair_weights_path=str(pair),
         data_dir=str(tmp_path_factory.mktemp("shipped_panel_data")),
     ) as running:
         yield running
