@@ -12,6 +12,7 @@ import logging
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
+from starlette.routing import NoMatchFound
 
 from app.api.routes import (
     cfx,
@@ -147,6 +148,20 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             app.state.records = None
 
 
+def build_routes(app: FastAPI) -> None:
+    """Builds every route's request handling state now, before the server takes requests.
+
+    FastAPI builds a router's routes (their pydantic models and validators) on the first
+    request that reaches that router: tens of milliseconds of schema generation on the event
+    loop, stalling every other request, ``/livez`` included, the first time a client reviews
+    or lists inspections. Looking up a name that no route has walks every route, and so builds
+    them all here, where nothing waits on the loop (and before ``gc.freeze`` keeps them out of
+    the collector).
+    """
+    with contextlib.suppress(NoMatchFound):
+        app.url_path_for("no route has this name: builds them all")
+
+
 @contextlib.asynccontextmanager
 async def serve_models(app: FastAPI) -> AsyncIterator[None]:
     """Loads and warms the models, starts their batchers; on shutdown drains and stops them."""
@@ -190,6 +205,7 @@ async def serve_models(app: FastAPI) -> AsyncIterator[None]:
     state.inferencer, state.batcher = inferencer, batcher
     state.pair_inferencer, state.pair_batcher = pair, pair_batcher
     state.pair_unavailable_reason = why_no_pair
+    build_routes(app)
     # TensorFlow and the models leave hundreds of thousands of long-lived objects that every
     # full collection walks with the GIL held: a stall of every request (/livez included)
     # whenever a large JSON body tips the collector. Frozen, they are skipped from now on.

@@ -11,6 +11,7 @@ import dataclasses
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
@@ -51,6 +52,16 @@ async def _read_form(request: Request, settings: Settings) -> Any:
         raise ApiError(400, "malformed_multipart", f"Malformed multipart body: {detail}") from None
 
 
+async def _raw_body(request: Request) -> bytes:
+    """The whole body, as ``request.body()`` reads it, but joined in a worker thread: copying
+    an image of tens of megabytes into one buffer takes milliseconds that every other request,
+    ``/livez`` included, would wait out on the event loop."""
+    chunks = [chunk async for chunk in request.stream()]
+    body = await run_in_threadpool(b"".join, chunks)
+    request._body = body  # what ``request.body()`` returns from now on, as if it had read it
+    return body
+
+
 async def read_upload_form(
     request: Request, settings: Settings, field: str, optional: tuple[str, ...] = (),
     texts: tuple[str, ...] = (),
@@ -88,7 +99,7 @@ async def read_upload_form(
     if field == "file" and (
         content_type.startswith("image/") or content_type == "application/octet-stream"
     ):
-        return UploadForm([Upload(None, await request.body())],
+        return UploadForm([Upload(None, await _raw_body(request))],
                           {name: [] for name in optional}, {name: [] for name in texts})
     allowed = "multipart/form-data" + (" or image/*" if field == "file" else "")
     raise ApiError(
