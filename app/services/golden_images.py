@@ -37,6 +37,9 @@ class GoldenBoardImage:
     data: bytes | None = None
     #: The form field an uploaded golden board came in (``golden`` or ``template``).
     field: str | None = None
+    #: How many warnings the single-image model gave when this stored board was stored;
+    #: ``None`` for a board never checked, and for an uploaded one.
+    warnings: int | None = None
 
 
 def check_product_param(product: str | None) -> None:
@@ -79,7 +82,10 @@ async def stored_golden(store: GoldenStore, product: str) -> GoldenBoardImage:
         UnknownProductError, GoldenStoreError: As :func:`in_store`.
     """
     board, pixels = await in_store(store, store.pixels, product)
-    return GoldenBoardImage("product", product, board.sha256, pixels)
+    # The check of exactly these pixels' PNG, even if the board is replaced meanwhile.
+    check = await in_store(store, store.check_of, product, board.sha256, warnings=False)
+    return GoldenBoardImage("product", product, board.sha256, pixels,
+                            warnings=None if check is None else check.count)
 
 
 async def uploaded_golden(upload: Upload, settings: Settings) -> GoldenBoardImage:
