@@ -237,7 +237,8 @@ class GoldenStore:
             deleted while it was being checked): its check would never be read.
 
         Raises:
-            InvalidProductError, GoldenStoreError.
+            InvalidProductError, GoldenStoreError; ValueError: ``checked_by`` without exactly
+                the fields name, version and mode.
         """
         if set(checked_by) != set(_CHECKED_BY):
             raise ValueError(f"checked_by must have {_CHECKED_BY}. Received: {checked_by}")
