@@ -998,7 +998,8 @@ def _golden_put(client: InspectClient, args: argparse.Namespace, out: Console) -
     if _printed_as_json(args, stored):
         return EXIT_PASS
     verb = "Replaced" if stored.get("replaced") else "Stored"
-    out.print(escape(f"{verb} the golden board of {args.product}: {_golden_line(stored)}"))
+    out.print(escape(f"{verb} the golden board of {args.product}: {_golden_line(stored)}; "
+                     f"warnings: {_warnings_text(stored)}"))
     return EXIT_PASS
 
 
@@ -1009,12 +1010,12 @@ def _golden_list(client: InspectClient, args: argparse.Namespace, out: Console) 
     if not boards:
         out.print("No golden boards stored. Add one with: pcb-inspect golden put PRODUCT FILE")
         return EXIT_PASS
-    table = _table(f"Golden boards ({len(boards)})", ("product", "size", "sha256", "created"),
-                   right={"size"})
+    table = _table(f"Golden boards ({len(boards)})",
+                   ("product", "size", "sha256", "created", "warnings"), right={"size"})
     for board in boards:
         table.add_row(
             escape(str(board.get("product"))), _size(board), str(board.get("sha256", ""))[:12],
-            str(board.get("created", "")),
+            str(board.get("created", "")), escape(_warnings_text(board)),
         )
     out.print(table)
     return EXIT_PASS
@@ -1036,6 +1037,12 @@ def _golden_get(client: InspectClient, args: argparse.Namespace, out: Console) -
         return EXIT_PASS
     table = _fields_table(escape(f"Golden board {args.product}"))
     for key, value in board.items():
+        if key == "warnings":
+            value = _warnings_text(board)
+            for w in board.get("warnings") or ():
+                value += f"\n  {w.get('class')} at {w.get('bbox')} ({w.get('confidence')})"
+        elif key == "checked_by" and isinstance(value, dict):
+            value = f"{value.get('name')} {value.get('version')} ({value.get('mode')})"
         table.add_row(escape(str(key)), escape(str(value)))
     out.print(table)
     return EXIT_PASS
@@ -1058,6 +1065,19 @@ _GOLDEN_ACTIONS = {
 def _size(board: dict[str, Any]) -> str:
     width, height = board.get("width"), board.get("height")
     return f"{width}×{height}" if width is not None and height is not None else "?"
+
+
+def _warnings_text(board: dict[str, Any]) -> str:
+    """What the single-image model found on a golden board when it was stored, in short."""
+    if "warnings" not in board:
+        return "unknown"  # a server that does not keep them
+    warnings = board["warnings"]
+    if warnings is None:
+        return "not checked"
+    if not warnings:
+        return "none"
+    classes = Counter(str(w.get("class")) for w in warnings)
+    return f"{len(warnings)} (" + ", ".join(f"{n} {c}" for c, n in sorted(classes.items())) + ")"
 
 
 def _golden_line(board: dict[str, Any]) -> str:

@@ -72,6 +72,12 @@ class GoldenBoardRefOut(BaseModel):
     product: str | None
     sha256: str = Field(description="sha256 of the golden board image's bytes.")
     alignment: AlignmentOut
+    warnings: int | None = Field(
+        None, description="How many warnings the single-image model gave on this stored golden "
+        "board when it was stored (GET /v1/golden-boards/{product} lists them): above 0, this "
+        "comparison may be wrong where they are. Null when it was never checked, and for an "
+        "uploaded golden board."
+    )
 
 
 class ParamsOut(Rules):
@@ -183,6 +189,7 @@ class PredictionOut(BaseModel):
                 product=golden.product,
                 sha256=golden.sha256,
                 alignment=AlignmentOut(**result.alignment.as_dict()),
+                warnings=golden.warnings,
             ),
             units=unit_records(inspection), ignored=ignored_records(inspection),
             recipe=recipe_ref(inspection),
@@ -272,6 +279,14 @@ class GoldenBoardOut(BaseModel):
     height: int
     sha256: str = Field(description="sha256 of the stored PNG (what Accept: image/png returns).")
     created: str = Field(description="When this version was stored (ISO 8601, UTC).")
+    warnings: list[Defect] | None = Field(
+        None, description="What the single-image model found on this board when it was stored "
+        "(as the PUT answered); null when it was not checked (stored before checks were kept, "
+        "or while no model could check it)."
+    )
+    checked_by: ModelRef | None = Field(
+        None, description="The model that checked it; null when it was not checked."
+    )
 
 
 class GoldenBoardPutOut(GoldenBoardOut):

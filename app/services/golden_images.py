@@ -37,6 +37,9 @@ class GoldenBoardImage:
     data: bytes | None = None
     #: The form field an uploaded golden board came in (``golden`` or ``template``).
     field: str | None = None
+    #: How many warnings the single-image model gave when this stored board was stored;
+    #: ``None`` for a board never checked, and for an uploaded one.
+    warnings: int | None = None
 
 
 def check_product_param(product: str | None) -> None:
@@ -78,8 +81,15 @@ async def stored_golden(store: GoldenStore, product: str) -> GoldenBoardImage:
     Raises:
         UnknownProductError, GoldenStoreError: As :func:`in_store`.
     """
-    board, pixels = await in_store(store, store.pixels, product)
-    return GoldenBoardImage("product", product, board.sha256, pixels)
+    def read() -> tuple[str, np.ndarray, int | None]:
+        board, pixels = store.pixels(product)
+        # The check of exactly these pixels' PNG, even if the board is replaced meanwhile; its
+        # header only, since an inspection shows the count.
+        check = store.check_of(product, board.sha256, warnings=False)
+        return board.sha256, pixels, None if check is None else check.count
+
+    sha256, pixels, warnings = await in_store(store, read)
+    return GoldenBoardImage("product", product, sha256, pixels, warnings=warnings)
 
 
 async def uploaded_golden(upload: Upload, settings: Settings) -> GoldenBoardImage:

@@ -9,6 +9,16 @@ survives a power cut. A reader therefore sees the old board or the new one, neve
 writer killed mid-way leaves only a ``.tmp-*.partial`` file, which no reader looks at and
 :meth:`GoldenStore.sweep_partials` removes later.
 
+What the single-image model found on a board when it was stored (its *check*: the warnings and
+the model) is kept beside it in ``<root>/<product>.<sha256>.warnings``, written the same atomic
+way once the check is done. The PNG's sha256 in the name ties the check to exactly the board it
+was computed for: a board replaced meanwhile, here or by another replica, never shows the old
+board's warnings, and two replicas storing two boards at once each keep their own. A board with
+no check file (stored before checks were kept, or while no model could check it) reads as not
+checked. Checks of boards no longer stored are removed when a board of the product is stored
+or deleted, only when older than the current board's file, so that a concurrent writer's newer
+check is never taken for a stale one.
+
 Several replicas may share the folder (a ReadWriteMany volume): nothing is held in memory
 that another replica's write could make stale. Decoded boards are cached (LRU, bounded in
 bytes: :mod:`app.services.golden_cache`), but every read first re-reads the file's header and
@@ -27,6 +37,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -37,6 +48,7 @@ import numpy as np
 from app.core.domain_errors import DomainError
 from app.core.files import fsync_dir, write_atomic
 from app.core.ids import PRODUCT_PATTERN, check_product
+from app.inference.defects import Defect
 from app.services.golden_cache import BoardCache
 
 logger = logging.getLogger("pcb_inspect.golden")
@@ -47,6 +59,10 @@ _PARTIAL_PREFIX = ".tmp-"
 _PARTIAL_SUFFIX = ".partial"
 #: The header is a few hundred bytes; a longer first line means the file is not ours.
 _MAX_HEADER_BYTES = 4096
+CHECK_FORMAT = "pcb-golden-warnings/1"
+CHECK_SUFFIX = ".warnings"
+#: The fields of a check's ``checked_by``: the model card's name and version, and its mode.
+_CHECKED_BY = ("name", "version", "mode")
 #: PNG compression: level 3 is several times faster to write than the default 6 on large
 #: boards, for files only slightly larger.
 _PNG_LEVEL = 3
@@ -93,6 +109,20 @@ class GoldenBoard:
             "sha256": self.sha256,
             "created": self.created,
         }
+
+
+@dataclasses.dataclass(frozen=True)
+class GoldenCheck:
+    """What the single-image model found on one stored board (the PNG of ``sha256``)."""
+
+    sha256: str
+    #: The model that checked it: ``name``, ``version`` and ``mode`` of its card.
+    checked_by: dict[str, str]
+    #: When it was checked, ISO 8601 UTC.
+    checked: str
+    #: How many warnings; ``warnings`` itself is ``None`` when only the header was read.
+    count: int
+    warnings: tuple[Defect, ...] | None = None
 
 
 def encode_png(pixels: np.ndarray) -> bytes:
@@ -145,9 +175,7 @@ class GoldenStore:
             width=int(pixels.shape[1]),
             height=int(pixels.shape[0]),
             sha256=hashlib.sha256(png).hexdigest(),
-            created=dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds").replace(
-                "+00:00", "Z"
-            ),
+            created=_now(),
             png_bytes=len(png),
         )
         header = json.dumps(
@@ -162,6 +190,7 @@ class GoldenStore:
             raise GoldenStoreError(
                 f"cannot store the golden board of {product!r} in {self.root}: {exc}"
             ) from exc
+        self._sweep_checks(product, keep=board.sha256)
         # The board just written is what the next inspection of this product will want; a
         # copy, since the caller keeps its array.
         if pixels.nbytes <= self.cache_bytes:
@@ -177,6 +206,10 @@ class GoldenStore:
             InvalidProductError, UnknownProductError, GoldenStoreError.
         """
         path = self.path_of(product)
+        deleted: GoldenBoard | None = None
+        with contextlib.suppress(GoldenStoreError, UnknownProductError), self._open(product) as f:
+            deleted = _read_header(f, path)
+            mtime_ns = os.fstat(f.fileno()).st_mtime_ns
         try:
             os.unlink(path)
         except FileNotFoundError:
@@ -186,8 +219,104 @@ class GoldenStore:
                 f"cannot delete the golden board of {product!r} in {self.root}: {exc}"
             ) from exc
         self._cache.forget(product)
+        if deleted is not None:
+            # Its own check was written after it, so it is not older than it: by name.
+            with contextlib.suppress(OSError):
+                os.unlink(self._check_path(product, deleted.sha256))
+            self._remove_checks(product, keep=None, older_than_ns=mtime_ns)
         with contextlib.suppress(OSError):
             fsync_dir(self.root)
+
+    # ------------------------------------------------------------------------------ checks
+    def put_check(self, product: str, sha256: str, checked_by: dict[str, str],
+                  warnings: list[Defect]) -> GoldenCheck | None:
+        """Keeps what ``checked_by`` found on the board of ``product`` whose PNG has ``sha256``.
+
+        Returns:
+            The check kept; ``None`` when that board is no longer the stored one (replaced or
+            deleted while it was being checked): its check would never be read.
+
+        Raises:
+            InvalidProductError, GoldenStoreError; ValueError: ``checked_by`` without exactly
+                the fields name, version and mode.
+        """
+        if set(checked_by) != set(_CHECKED_BY):
+            raise ValueError(f"checked_by must have {_CHECKED_BY}. Received: {checked_by}")
+        path = self.path_of(product)
+        try:
+            current = self.get(product)
+        except UnknownProductError:
+            return None
+        if current.sha256 != sha256:
+            return None
+        check = GoldenCheck(
+            sha256=sha256, checked_by=dict(checked_by), checked=_now(), count=len(warnings),
+            warnings=tuple(warnings),
+        )
+        header = json.dumps(
+            {"format": CHECK_FORMAT, "product": product, "sha256": sha256,
+             "checked_by": check.checked_by, "checked": check.checked, "count": check.count},
+            separators=(",", ":"),
+        ).encode()
+        body = json.dumps([w.model_dump(mode="json", by_alias=True) for w in warnings],
+                          separators=(",", ":")).encode()
+        try:
+            write_atomic(self._check_path(product, sha256), (header, b"\n", body),
+                         prefix=_PARTIAL_PREFIX, suffix=_PARTIAL_SUFFIX)
+        except OSError as exc:
+            raise GoldenStoreError(
+                f"cannot store the check of the golden board of {product!r} in {path.parent}: "
+                f"{exc}"
+            ) from exc
+        # A check of an older board that finished after that board was replaced.
+        self._sweep_checks(product, keep=sha256)
+        return check
+
+    def check_of(self, product: str, sha256: str, *, warnings: bool = True
+                 ) -> GoldenCheck | None:
+        """The check of the board of ``product`` whose PNG has ``sha256``; ``None`` when it
+        was not checked. ``warnings=False`` reads only the header (the count, not the list).
+
+        An unreadable check file is logged and reads as not checked: the check is advice
+        about the board, and the board itself is still good to compare with.
+        """
+        path = self._check_path(product, sha256)
+        try:
+            with open(path, "rb") as f:
+                return _read_check(f, path, product, sha256, warnings)
+        except FileNotFoundError:
+            return None
+        except (OSError, GoldenStoreError) as exc:
+            logger.warning("golden board check read as not checked: %s", exc)
+            return None
+
+    def _check_path(self, product: str, sha256: str) -> Path:
+        return self.root / f"{check_product(product)}.{sha256}{CHECK_SUFFIX}"
+
+    def _sweep_checks(self, product: str, keep: str) -> None:
+        """Removes the checks of ``product`` other than ``keep``'s that are older than the
+        stored board's file (a newer one may be another replica's board's, its board already
+        stored)."""
+        try:
+            with self._open(product) as f:
+                current = _read_header(f, self.path_of(product))
+                mtime_ns = os.fstat(f.fileno()).st_mtime_ns
+        except (UnknownProductError, GoldenStoreError, OSError):
+            return
+        keep_both = {keep, current.sha256}
+        self._remove_checks(product, keep=keep_both, older_than_ns=mtime_ns)
+
+    def _remove_checks(self, product: str, keep: set[str] | None,
+                       older_than_ns: int) -> None:
+        pattern = re.compile(re.escape(product) + r"\.([0-9a-f]{64})" + re.escape(CHECK_SUFFIX))
+        with contextlib.suppress(OSError):
+            for entry in os.scandir(self.root):
+                match = pattern.fullmatch(entry.name)
+                if match is None or (keep is not None and match.group(1) in keep):
+                    continue
+                with contextlib.suppress(OSError):
+                    if entry.stat().st_mtime_ns < older_than_ns:
+                        os.unlink(entry.path)
 
     def sweep_partials(self, max_age_s: float = 3600.0) -> int:
         """Removes temporary files older than ``max_age_s`` left by killed writers.
@@ -217,6 +346,15 @@ class GoldenStore:
         """
         with self._open(product) as f:
             return _read_header(f, self.path_of(product))
+
+    def get_checked(self, product: str) -> tuple[GoldenBoard, GoldenCheck | None]:
+        """The metadata of ``product``'s board and its check (``None``: not checked)."""
+        board = self.get(product)
+        return board, self.check_of(product, board.sha256)
+
+    def list_checked(self) -> list[tuple[GoldenBoard, GoldenCheck | None]]:
+        """:meth:`list_boards`, each board with its check (``None``: not checked)."""
+        return [(b, self.check_of(b.product, b.sha256)) for b in self.list_boards()]
 
     def list_boards(self) -> list[GoldenBoard]:
         """All stored boards, by product id. Damaged files are logged and left out."""
@@ -282,6 +420,42 @@ class GoldenStore:
     def cached_bytes(self) -> int:
         """Bytes of decoded boards held in memory now."""
         return self._cache.nbytes
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _read_check(f: BinaryIO, path: Path, product: str, sha256: str,
+                with_warnings: bool) -> GoldenCheck:
+    line = f.readline(_MAX_HEADER_BYTES + 1)
+    try:
+        if not line.endswith(b"\n"):
+            raise ValueError("no header line")
+        raw = json.loads(line)
+        if raw.get("format") != CHECK_FORMAT:
+            raise ValueError(f"format is not {CHECK_FORMAT!r}")
+        if (raw["product"], raw["sha256"]) != (product, sha256):
+            raise ValueError("it names another board")
+        checked_by = raw["checked_by"]
+        if not (isinstance(checked_by, dict) and set(checked_by) == set(_CHECKED_BY)
+                and all(isinstance(v, str) for v in checked_by.values())
+                and checked_by["mode"] in ("single", "pair")):
+            raise ValueError(f"checked_by is not an object of {', '.join(_CHECKED_BY)}")
+        count = raw["count"]
+        if not isinstance(count, int) or count < 0:
+            raise ValueError("count is not a count")
+        warnings = None
+        if with_warnings:
+            warnings = tuple(Defect.model_validate(w) for w in json.loads(f.read()))
+            if len(warnings) != count:
+                raise ValueError(f"{len(warnings)} warnings, its header says {count}")
+        return GoldenCheck(sha256=sha256, checked_by=checked_by, checked=str(raw["checked"]),
+                           count=count, warnings=warnings)
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise GoldenStoreError(
+            f"golden board check file {path} is unreadable ({exc}); expected {CHECK_FORMAT}"
+        ) from None
 
 
 def _read_header(f: BinaryIO, path: Path) -> GoldenBoard:

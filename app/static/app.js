@@ -305,6 +305,19 @@
       ? `product ${ref.product}${sha}`
       : `uploaded${view && view.reference ? ` ${view.reference}` : ""}${sha}`;
     ui.reference.dataset.source = ref.source || "";
+    // What the model found on a stored golden board when it was stored: the operator must see
+    // that a comparison with a suspect golden board may be wrong, without asking elsewhere.
+    const n = ref.warnings;
+    ui.reference.dataset.warnings = n == null ? "" : String(n);
+    if (n > 0 || (n == null && ref.source === "product")) {
+      const note = document.createElement("span");
+      note.className = n > 0 ? "golden-warnings" : "golden-unchecked";
+      note.textContent = n > 0
+        ? ` (${n} warning${n === 1 ? "" : "s"} on this golden board when it was stored: ` +
+          "the comparison may be wrong there)"
+        : " (not checked when it was stored)";
+      ui.reference.append(note);
+    }
     const a = ref.alignment;
     if (!a) return;
     Object.assign(ui.alignment.dataset, {

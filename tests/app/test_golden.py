@@ -197,10 +197,11 @@ def test_golden_board_lifecycle(client: TestClient) -> None:
     meta = {k: v for k, v in answer.items() if k not in ("warnings", "checked_by")}
     assert (meta["product"], meta["width"], meta["height"]) == ("crud-1", SIDE, SIDE)
 
+    # GET and the list give the check the PUT answered with: it is kept with the board.
     listed = ok(client.get("/v1/golden-boards"))
     assert listed["count"] == len(listed["boards"])
-    assert meta in listed["boards"]
-    assert ok(client.get("/v1/golden-boards/crud-1")) == meta
+    assert answer in listed["boards"]
+    assert ok(client.get("/v1/golden-boards/crud-1")) == answer
 
     png = client.get("/v1/golden-boards/crud-1", headers={"accept": "image/png"})
     assert png.status_code == 200 and png.headers["content-type"] == "image/png"

@@ -51,8 +51,11 @@ def test_a_pin_hole_in_the_golden_board(client: TestClient, seed: int) -> None:
     assert stored["checked_by"]["mode"] == "single"
     assert any(w["class"] == "pin_hole" and overlaps(w["bbox"], hole)
                for w in stored["warnings"]), stored["warnings"]
-    # Stored all the same: the warnings are advice, not a refusal.
-    assert client.get(f"/v1/golden-boards/{product}").status_code == 200
+    # Stored all the same: the warnings are advice, not a refusal; and kept with the board.
+    got = client.get(f"/v1/golden-boards/{product}")
+    assert got.status_code == 200
+    assert (got.json()["warnings"], got.json()["checked_by"]) == (stored["warnings"],
+                                                                  stored["checked_by"])
 
     good = client.post("/predict", params={"product": product, "mask": "none"},
                        files={"file": ("board.png", encode(board.template), "image/png")})
@@ -60,11 +63,14 @@ def test_a_pin_hole_in_the_golden_board(client: TestClient, seed: int) -> None:
     body = good.json()
     assert not [d for d in body["defects"] if overlaps(d["bbox"], hole)], body["defects"]
     assert all(overlaps(d["bbox"], hole) for d in body["reference_defects"])
+    # The station learns that the golden board it was compared with is suspect.
+    assert body["reference"]["warnings"] == len(stored["warnings"])
 
     # The other way round the pin hole is the board's, and it is reported as a defect.
-    client.put(f"/v1/golden-boards/{product}",
-               files={"file": ("golden.png", encode(board.template), "image/png")})
+    clean = client.put(f"/v1/golden-boards/{product}",
+                       files={"file": ("golden.png", encode(board.template), "image/png")})
     bad = client.post("/predict", params={"product": product, "mask": "none"},
                       files={"file": ("board.png", encode(board.image), "image/png")}).json()
     assert any(overlaps(d["bbox"], hole) for d in bad["defects"]), bad["defects"]
     assert bad["reference_defects"] == []
+    assert bad["reference"]["warnings"] == len(clean.json()["warnings"])

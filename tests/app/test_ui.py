@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from helpers.app import defect_cut, with_thresholds
 from helpers.browser import SCREENSHOT_MAX_BYTES, collect_problems, save_screenshot
 from helpers.browser import browser as browser  # noqa: F401 - the module's fixture
 from helpers.live_server import live_server_running
@@ -313,9 +314,12 @@ def test_inspection_page_end_to_end(
 def pair_server(
     tiny_weights: Path, tiny_pair_weights: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServerProcess]:
-    """A server with the tiny single model and a tiny golden-board (pair) model."""
+    """A server with the tiny single model and a tiny golden-board (pair) model; the single
+    one cut where it finds defects, so that a stored golden board has warnings to show."""
+    [single] = with_thresholds(tmp_path_factory.mktemp("ui_pair_models"), tiny_weights,
+                               confidence=defect_cut(tiny_weights))
     with live_server_running(
-        tiny_weights, tmp_path_factory.mktemp("ui_pair_server"),
+        single, tmp_path_factory.mktemp("ui_pair_server"),
         pair_weights_path=str(tiny_pair_weights),
         data_dir=str(tmp_path_factory.mktemp("ui_golden")),
     ) as running:
@@ -369,6 +373,7 @@ def test_inspection_against_a_golden_board(
     assert page.inner_text("#model-mode").startswith("pair")
     assert page.get_attribute("#reference", "data-source") == "upload"
     assert "golden_42.png" in page.inner_text("#reference")
+    assert page.get_attribute("#reference", "data-warnings") == ""  # an upload is not checked
     _check_alignment_shown(page, expected["reference"]["alignment"])
     assert page.inner_text("#defect-count") == str(expected["summary"]["defect_count"])
 
@@ -379,6 +384,12 @@ def test_inspection_against_a_golden_board(
     inspect(board)
     assert page.get_attribute("#reference", "data-source") == "product"
     assert "product A17-top" in page.inner_text("#reference")
+    # The warnings the golden board got when it was stored, shown with every comparison.
+    warnings = len(stored.json()["warnings"])
+    assert warnings > 0, "the single model at this cut finds defects on a drawn board"
+    assert page.get_attribute("#reference", "data-warnings") == str(warnings)
+    assert (f"({warnings} warning{'' if warnings == 1 else 's'} on this golden board"
+            in page.inner_text("#reference"))
     page.set_input_files("#ref-file", str(other))
     assert page.input_value("#product") == ""
 

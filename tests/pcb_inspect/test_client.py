@@ -518,6 +518,38 @@ def test_golden_commands_against_the_scripted_server(
     assert "not allowed with argument" in capsys.readouterr().err
 
 
+def test_golden_commands_show_the_warnings_kept_with_the_boards(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("COLUMNS", "200")  # one line per row, whatever the terminal
+    checked_by = {"name": "pcb-unet", "version": "1.0.0", "mode": "single"}
+    warned = {**_golden_meta("A17"), "checked_by": checked_by, "warnings": [
+        {"id": 1, "class": "pin_hole", "confidence": 0.91, "bbox": [10, 12, 15, 17]},
+        {"id": 2, "class": "short", "confidence": 0.62, "bbox": [30, 8, 34, 20]},
+        {"id": 3, "class": "pin_hole", "confidence": 0.55, "bbox": [40, 40, 44, 45]},
+    ]}
+    unchecked = {**_golden_meta("B2"), "warnings": None, "checked_by": None}
+    clean = {**_golden_meta("C3"), "warnings": [], "checked_by": checked_by}
+    script = {
+        "/v1/golden-boards/A17": [Reply(200, warned)],
+        "/v1/golden-boards": [Reply(200, {"count": 4, "boards": [
+            warned, unchecked, clean, _golden_meta("D4")]})],  # D4: a server before warnings
+    }
+    with ScriptedServer(script) as server:
+        url = ["--url", server.url]
+        assert cli_main(["golden", "list", *url]) == 0
+        rows = {line.split()[1]: line for line in capsys.readouterr().out.splitlines()
+                if line.split()[1:2] in (["A17"], ["B2"], ["C3"], ["D4"])}
+        assert "3 (2 pin_hole, 1 short)" in rows["A17"]
+        assert "not checked" in rows["B2"]
+        assert rows["C3"].rstrip(" │").endswith("none")
+        assert "unknown" in rows["D4"]
+        assert cli_main(["golden", "get", "A17", *url]) == 0
+        shown = capsys.readouterr().out
+        assert "pcb-unet 1.0.0 (single)" in shown
+        assert "3 (2 pin_hole, 1 short)" in shown and "short at [30, 8, 34, 20] (0.62)" in shown
+
+
 # --- batch command against the scripted server -----------------------------------------------
 
 

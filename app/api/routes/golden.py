@@ -19,9 +19,7 @@ from app.api.schemas import (
 )
 from app.api.uploads import disconnect_check, one_upload, read_uploads
 from app.services.golden_images import in_store
-from app.services.golden_store import (
-    GoldenBoard,
-)
+from app.services.golden_store import GoldenBoard, GoldenCheck
 from app.services.uploads import decode_upload
 
 router = APIRouter(prefix="/v1/golden-boards", tags=["golden boards"], dependencies=[AuthDep])
@@ -31,10 +29,11 @@ _UPLOAD_ERRORS = error_responses(400, 401, 403, 413, 415, 422, 500)
 _UPLOAD_DOC = upload_doc({"file": BINARY}, required=["file"], raw_types=("image/png",))
 
 
-
-
-def _out(board: GoldenBoard) -> GoldenBoardOut:
-    return GoldenBoardOut(**board.as_dict())
+def _out(board: GoldenBoard, check: GoldenCheck | None) -> GoldenBoardOut:
+    if check is None:
+        return GoldenBoardOut(**board.as_dict())
+    return GoldenBoardOut(**board.as_dict(), warnings=list(check.warnings or ()),
+                          checked_by=ModelRef.model_validate(check.checked_by))
 
 
 @router.put(
@@ -72,11 +71,13 @@ async def put_golden_board(
     response.status_code = 201 if created else 200
     found, checker = await inspections.check_golden(decoded.pixels, disconnect_check(request))
     card = checker.inferencer.card if checker is not None else None
-    return GoldenBoardPutOut(
-        **board.as_dict(), warnings=found,
-        checked_by=None if card is None else ModelRef(name=card.name, version=card.version,
-                                                      mode="single"),
-    )
+    checked_by = None if card is None else ModelRef(name=card.name, version=card.version,
+                                                    mode="single")
+    if checked_by is not None:
+        # Kept with exactly this board's PNG, for GET and for every inspection against it.
+        await in_store(store, store.put_check, product, board.sha256, checked_by.model_dump(),
+                       found)
+    return GoldenBoardPutOut(**board.as_dict(), warnings=found, checked_by=checked_by)
 
 
 @router.get(
@@ -86,9 +87,10 @@ async def put_golden_board(
     responses=error_responses(401, 500),
 )
 async def list_golden_boards(store: StoreDep) -> GoldenBoardListOut:
-    """Every stored golden board: product, size, sha256 of its PNG, when it was stored."""
-    boards = await in_store(store, store.list_boards)
-    return GoldenBoardListOut(count=len(boards), boards=[_out(b) for b in boards])
+    """Every stored golden board: product, size, sha256 of its PNG, when it was stored, and
+    what the single-image model found on it then (``warnings``, ``checked_by``)."""
+    boards = await in_store(store, store.list_checked)
+    return GoldenBoardListOut(count=len(boards), boards=[_out(b, c) for b, c in boards])
 
 
 @router.get(
@@ -101,14 +103,15 @@ async def list_golden_boards(store: StoreDep) -> GoldenBoardListOut:
 async def get_golden_board(
     product: ProductPath, request: Request, store: StoreDep
 ) -> GoldenBoardOut | Response:
-    """The metadata of ``product``'s golden board as JSON, or with ``Accept: image/png`` the
-    stored PNG (its sha256 is the metadata's)."""
+    """The metadata of ``product``'s golden board as JSON, with the warnings the single-image
+    model gave when it was stored (null when it was not checked), or with ``Accept: image/png``
+    the stored PNG (its sha256 is the metadata's)."""
     product = product_id(product)
     accept = request.headers.get("accept", "").lower()
     if "image/png" in accept and "application/json" not in accept:
         board, png = await in_store(store, store.png, product)
         return Response(png, media_type="image/png", headers={"ETag": f'"{board.sha256}"'})
-    return _out(await in_store(store, store.get, product))
+    return _out(*await in_store(store, store.get_checked, product))
 
 
 @router.delete(

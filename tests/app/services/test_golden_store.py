@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from app.core.ids import InvalidProductError, check_product
+from app.inference.defects import Defect
 from app.services.golden_store import GoldenStore, GoldenStoreError, UnknownProductError
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
@@ -215,6 +216,127 @@ def test_sweep_removes_only_old_partial_files(store: GoldenStore) -> None:
     assert store.sweep_partials(max_age_s=3600) == 1
     assert not old.exists() and young.exists()
     assert [b.product for b in store.list_boards()] == ["p1"]
+
+
+# --- checks: what the single-image model found on a stored board ------------------------------
+
+SINGLE = {"name": "tiny-test-unet", "version": "0.0.1-test", "mode": "single"}
+
+
+def warning(i: int) -> Defect:
+    return Defect.model_validate({
+        "id": i, "class": "pin_hole", "confidence": 0.75, "bbox": [i, i, i + 4, i + 5],
+        "area_px": 12, "area_mm2": 0.005208, "centroid": [i + 1.5, i + 2.0],
+    })
+
+
+def check_files(store: GoldenStore) -> list[str]:
+    return sorted(p.name for p in store.root.glob("*.warnings"))
+
+
+def test_a_check_belongs_to_exactly_the_board_it_was_computed_for(tmp_path: Path) -> None:
+    store = GoldenStore(tmp_path / "golden", cache_bytes=1 << 20)
+    first, _ = store.put("p1", board(1))
+    assert store.check_of("p1", first.sha256) is None, "stored, not yet checked"
+    kept = store.put_check("p1", first.sha256, SINGLE, [warning(1), warning(2)])
+    assert kept is not None and kept.count == 2
+
+    # Another replica on the same folder reads it; the header alone gives the count.
+    replica = GoldenStore(store.root, cache_bytes=0)
+    got = replica.check_of("p1", first.sha256)
+    assert got is not None and got.warnings == (warning(1), warning(2))
+    assert got.checked_by == SINGLE and got.checked.endswith("Z")
+    head = replica.check_of("p1", first.sha256, warnings=False)
+    assert head is not None and (head.count, head.warnings) == (2, None)
+    assert replica.get_checked("p1") == (first, got)
+    assert replica.list_checked() == [(first, got)]
+
+    # A replacement, stored without a check (by a replica without a model, say), reads as not
+    # checked, never as the old board's warnings; the old check goes once it is older.
+    os.utime(store._check_path("p1", first.sha256), (time.time() - 60, time.time() - 60))
+    second, _ = replica.put("p1", board(2))
+    assert store.get_checked("p1") == (second, None)
+    assert store.list_checked() == [(second, None)]
+    assert check_files(store) == []
+
+    # A check that finishes after its board was replaced is not kept.
+    assert store.put_check("p1", first.sha256, SINGLE, [warning(1)]) is None
+    assert check_files(store) == []
+    store.put_check("p1", second.sha256, SINGLE, [])
+    empty = store.check_of("p1", second.sha256)
+    assert empty is not None and empty.warnings == () and empty.count == 0
+
+    store.delete("p1")
+    assert check_files(store) == []
+    assert store.put_check("p1", second.sha256, SINGLE, []) is None
+
+
+def test_storing_the_same_board_again_keeps_its_check(store: GoldenStore) -> None:
+    meta, _ = store.put("p1", board(1))
+    store.put_check("p1", meta.sha256, SINGLE, [warning(3)])
+    again, created = store.put("p1", board(1))
+    assert not created and again.sha256 == meta.sha256
+    check = store.check_of("p1", meta.sha256)
+    assert check is not None and check.warnings == (warning(3),)
+
+
+def test_a_newer_check_of_another_board_is_left_alone(store: GoldenStore) -> None:
+    # Another replica stored a board and its check after ours: a sweep must not take its
+    # check for a stale one, even when our board is the one on disk now.
+    meta, _ = store.put("p1", board(1))
+    theirs = store._check_path("p1", "f" * 64)
+    theirs.write_bytes(b"{}\n[]")
+    store.put_check("p1", meta.sha256, SINGLE, [])
+    assert theirs.exists()
+    os.utime(theirs, (time.time() - 60, time.time() - 60))
+    store.put("p1", board(2))
+    assert not theirs.exists()
+
+
+def test_checks_of_dotted_products_do_not_mix(store: GoldenStore) -> None:
+    # "a.b"'s check files start with "a." as "a"'s do: a sweep of "a" must leave them.
+    a, _ = store.put("a", board(1))
+    store.put_check("a", a.sha256, SINGLE, [warning(1)])
+    b, _ = store.put("a.b", board(2))
+    store.put_check("a.b", b.sha256, SINGLE, [warning(2)])
+    for path in store.root.glob("*.warnings"):
+        os.utime(path, (time.time() - 60, time.time() - 60))
+    store.put("a", board(3))
+    assert check_files(store) == [f"a.b.{b.sha256}.warnings"]
+    check = store.check_of("a.b", b.sha256)
+    assert check is not None and check.warnings == (warning(2),)
+    store.delete("a")
+    assert check_files(store) == [f"a.b.{b.sha256}.warnings"]
+
+
+@pytest.mark.parametrize("damage", [
+    b"not json\n[]",
+    b'{"format":"pcb-golden-warnings/1"}\n[]',
+    b"",
+])
+def test_an_unreadable_check_reads_as_not_checked(
+    store: GoldenStore, damage: bytes, caplog: pytest.LogCaptureFixture,
+) -> None:
+    meta, _ = store.put("p1", board(1))
+    store.put_check("p1", meta.sha256, SINGLE, [warning(1)])
+    path = store._check_path("p1", meta.sha256)
+    path.write_bytes(damage)
+    assert store.check_of("p1", meta.sha256) is None
+    assert store.get_checked("p1") == (meta, None)
+    assert "read as not checked" in caplog.text and "unreadable" in caplog.text
+
+
+def test_a_check_whose_count_disagrees_is_refused(store: GoldenStore) -> None:
+    meta, _ = store.put("p1", board(1))
+    store.put_check("p1", meta.sha256, SINGLE, [warning(1), warning(2)])
+    path = store._check_path("p1", meta.sha256)
+    header, body = path.read_bytes().split(b"\n", 1)
+    warnings = json.loads(body)
+    path.write_bytes(header + b"\n" + json.dumps(warnings[:1]).encode())
+    assert store.check_of("p1", meta.sha256) is None
+    # The header alone still says how many there were.
+    head = store.check_of("p1", meta.sha256, warnings=False)
+    assert head is not None and head.count == 2
 
 
 # --- SIGKILL in the middle of writes -------------------------------------------------------------
